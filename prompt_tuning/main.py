@@ -1,0 +1,93 @@
+"""The `prompt-tuning` command.
+
+  prompt-tuning inspect CHECKPOINT
+  prompt-tuning decode CHECKPOINT --spm_model=M --input="text" [--method=beam]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def _load_model(path: str, max_distance: Optional[int]):
+  from prompt_tuning import readers
+  from prompt_tuning.models import infer
+  from prompt_tuning.models.t5 import T5
+  ckpt = readers.open_checkpoint(path)
+  if hasattr(ckpt, "config"):  # Hugging Face: config.json says it all.
+    config = ckpt.config
+    if max_distance:
+      config = config.replace(relative_attention_max_distance=max_distance)
+  else:
+    overrides = {"relative_attention_max_distance": max_distance} if max_distance else {}
+    config = infer.config_from_shapes(ckpt.shapes(), **overrides)
+  model = T5(config)
+  return ckpt, model, readers.load_params(path, model)
+
+
+def _inspect(args) -> int:
+  from prompt_tuning.models import params as params_lib
+  from prompt_tuning.readers import tree as tree_lib
+  ckpt, model, params = _load_model(args.checkpoint, args.relative_attention_max_distance)
+  print(f"checkpoint: {getattr(ckpt, 'dir', args.checkpoint)}")
+  print(f"format:     {getattr(ckpt, 'format', 'huggingface')}  step: {getattr(ckpt, 'step', '-')}")
+  print(f"config:     {model.config}")
+  for name, value in sorted(tree_lib.flatten(params).items()):
+    print(f"  {name:60s} {str(tuple(value.shape)):18s} {value.dtype}")
+  print(f"parameters: {params_lib.param_count(params):,}")
+  return 0
+
+
+def _decode(args) -> int:
+  import jax.numpy as jnp
+  import sentencepiece as spm
+  from prompt_tuning import decoding
+  _, model, params = _load_model(args.checkpoint, args.relative_attention_max_distance)
+  sp = spm.SentencePieceProcessor(model_file=args.spm_model)
+  ids = sp.encode(args.input) + [1]
+  config = decoding.DecodingConfig(method=args.method, max_decode_length=args.max_decode_length,
+                                   num_beams=args.num_beams, temperature=args.temperature)
+  import jax
+  tokens, score = decoding.generate(model, params, jnp.asarray([ids]), config,
+                                    rng=jax.random.PRNGKey(args.seed))
+  out = [int(t) for t in np.asarray(tokens[0])]
+  out = out[:out.index(1)] if 1 in out else out
+  out = [t for t in out if t < sp.get_piece_size()]  # sentinel/extra ids have no text
+  print(f"input ids:  {ids}")
+  print(f"output ids: {out}")
+  print(f"output:     {sp.decode(out)!r}  (score {float(score[0]):.3f})")
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="prompt-tuning", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+  for name, helptext in (("inspect", "list a checkpoint's parameters and inferred config"),
+                         ("decode", "decode one input with a T5X or Hugging Face checkpoint")):
+    p = sub.add_parser(name, help=helptext)
+    p.add_argument("checkpoint", help="T5X checkpoint (folder or model dir) or HF folder")
+    p.add_argument("--relative_attention_max_distance", type=int, default=None,
+                   help="not stored in T5X checkpoints; default 128")
+  dec = sub.choices["decode"]
+  dec.add_argument("--spm_model", required=True, help="SentencePiece model file")
+  dec.add_argument("--input", required=True)
+  dec.add_argument("--method", choices=("greedy", "beam", "sample"), default="greedy")
+  dec.add_argument("--max_decode_length", type=int, default=16)
+  dec.add_argument("--num_beams", type=int, default=4)
+  dec.add_argument("--temperature", type=float, default=1.0)
+  dec.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  try:
+    return {"inspect": _inspect, "decode": _decode}[args.command](args)
+  except (FileNotFoundError, ValueError, KeyError) as e:
+    print(f"prompt-tuning {args.command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,232 @@
+"""Building blocks of T5 in Flax linen, named and initialized after T5X.
+
+Shape key used in names: B batch, L query length, K key length, H model
+(embedding) width, N attention heads, D head width, F MLP width, V vocabulary.
+
+Every parameter carries logical axis names (`embed`, `joined_kv`, `mlp`,
+`vocab`, `heads`, `relpos_buckets`); a rules table elsewhere maps them onto a
+device mesh.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+# Masked attention logits get this added; large but finite so that a row with
+# no visible key (a padded query) still has a well-defined softmax.
+MASK_BIAS = -1e10
+
+default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+def _param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
+           axes: Sequence[str], dtype: Any) -> Array:
+  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype)
+
+
+class Dense(nn.Module):
+  """A bias-free projection of the last axis, kernel [in, out]."""
+  features: int
+  kernel_axes: tuple[str, str]
+  kernel_init: Initializer = default_kernel_init
+  dtype: Any = jnp.float32
+  weight_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = _param(self, "kernel", self.kernel_init, (x.shape[-1], self.features),
+                    self.kernel_axes, self.weight_dtype)
+    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class Embed(nn.Module):
+  """Token embedding table [V, H], also usable as the tied output projection."""
+  num_embeddings: int
+  features: int
+  dtype: Any = jnp.float32
+  weight_dtype: Any = jnp.float32
+  embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+
+  def setup(self):
+    self.embedding = _param(self, "embedding", self.embedding_init,
+                            (self.num_embeddings, self.features), ("vocab", "embed"),
+                            self.weight_dtype)
+
+  def __call__(self, tokens_BL: Array) -> Array:
+    return jnp.take(self.embedding, tokens_BL, axis=0).astype(self.dtype)
+
+  def attend(self, x_BLH: Array) -> Array:
+    """Logits against the embedding table: x @ embedding.T."""
+    return jnp.dot(x_BLH.astype(self.dtype), self.embedding.astype(self.dtype).T)
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: scale only, no mean subtraction, statistics in float32."""
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+  weight_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",),
+                   self.weight_dtype)
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(var + self.epsilon)
+    scale = scale.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))
+    return (y * scale).astype(self.dtype)
+
+
+def relative_position_bucket(relative_position: Array, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> Array:
+  """Maps key-minus-query offsets to T5's bucket ids.
+
+  Half of the buckets (per direction, when bidirectional) hold exact small
+  offsets; the rest cover offsets up to `max_distance` on a log scale, and
+  larger offsets share the last bucket.
+  """
+  n = -relative_position
+  ret = jnp.zeros_like(n)
+  if bidirectional:
+    num_buckets //= 2
+    ret = ret + (n < 0).astype(n.dtype) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  n_f = jnp.maximum(n, 1).astype(jnp.float32)
+  large = max_exact + (
+      jnp.log(n_f / max_exact + np.finfo(np.float32).eps)
+      / math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(n.dtype)
+  large = jnp.minimum(large, num_buckets - 1)
+  return ret + jnp.where(is_small, n, large)
+
+
+class RelativePositionBias(nn.Module):
+  """The bucketed relative-position table [N, buckets] and its lookup."""
+  num_heads: int
+  num_buckets: int
+  max_distance: int
+  bidirectional: bool
+  dtype: Any = jnp.float32
+  weight_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, query_positions_L: Array, key_positions_K: Array) -> Array:
+    """Returns the bias [1, N, L, K] for the given absolute positions."""
+    table_NB = _param(self, "rel_embedding",
+                      nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                      (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"),
+                      self.weight_dtype)
+    rel_LK = key_positions_K[None, :] - query_positions_L[:, None]
+    buckets_LK = relative_position_bucket(rel_LK.astype(jnp.int32), self.bidirectional,
+                                          self.num_buckets, self.max_distance)
+    bias_NLK = jnp.take(table_NB.astype(self.dtype), buckets_LK, axis=1)
+    return bias_NLK[None]
+
+
+def mask_to_bias(mask_BLK: Array, dtype: Any = jnp.float32) -> Array:
+  """Boolean [B, L, K] visibility -> additive bias [B, 1, L, K]."""
+  return jnp.where(mask_BLK, 0.0, MASK_BIAS).astype(dtype)[:, None]
+
+
+class MultiHeadAttention(nn.Module):
+  """T5 attention: no 1/sqrt(D) at run time (it lives in the query init).
+
+  In decode mode the keys and values of the tokens seen so far live in the
+  'cache' collection ([B, Lmax, N, D]); each call writes its T new positions
+  at `decode_index` and attends over the whole cache.
+  """
+  num_heads: int
+  head_dim: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  weight_dtype: Any = jnp.float32
+  float32_logits: bool = True
+
+  @nn.compact
+  def __call__(self, inputs_q_BLH: Array, inputs_kv_BKH: Array, bias: Optional[Array],
+               deterministic: bool = True, decode: bool = False,
+               decode_index: Optional[Array] = None) -> Array:
+    n, d = self.num_heads, self.head_dim
+    depth_scaling = math.sqrt(d)
+
+    def query_init(*args):
+      return nn.initializers.variance_scaling(1.0, "fan_in", "normal")(*args) / depth_scaling
+
+    proj = functools.partial(Dense, features=n * d, kernel_axes=("embed", "joined_kv"),
+                             dtype=self.dtype, weight_dtype=self.weight_dtype)
+    kv_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+    b, l = inputs_q_BLH.shape[:2]
+    q = proj(name="query", kernel_init=query_init)(inputs_q_BLH).reshape(b, l, n, d)
+    k = proj(name="key", kernel_init=kv_init)(inputs_kv_BKH).reshape(b, -1, n, d)
+    v = proj(name="value", kernel_init=kv_init)(inputs_kv_BKH).reshape(b, -1, n, d)
+
+    if decode:
+      is_initialized = self.has_variable("cache", "cached_key")
+      cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+      cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+      if is_initialized:
+        start = (0, decode_index, 0, 0)
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, start)
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, start)
+        k, v = cached_k.value, cached_v.value
+
+    logits_dtype = jnp.float32 if self.float32_logits else self.dtype
+    logits_BNLK = jnp.einsum("blnd,bknd->bnlk", q.astype(logits_dtype), k.astype(logits_dtype))
+    if bias is not None:
+      logits_BNLK = logits_BNLK + bias.astype(logits_dtype)
+    weights = jax.nn.softmax(logits_BNLK, axis=-1).astype(self.dtype)
+    if not deterministic and self.dropout_rate > 0:
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+    out = jnp.einsum("bnlk,bknd->blnd", weights, v.astype(self.dtype)).reshape(b, l, n * d)
+    return Dense(inputs_q_BLH.shape[-1], ("joined_kv", "embed"), kernel_init=kv_init,
+                 dtype=self.dtype, weight_dtype=self.weight_dtype, name="out")(out)
+
+
+_ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": functools.partial(jax.nn.gelu, approximate=True),  # T5 1.1's gelu_new
+    "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),
+    "silu": jax.nn.silu,
+    "linear": lambda x: x,
+}
+
+
+class MlpBlock(nn.Module):
+  """T5's feed-forward block; several activations multiply (gated variants).
+
+  One activation gives `wi`; several give `wi_0`, `wi_1`, ... (T5X naming).
+  """
+  mlp_dim: int
+  activations: tuple[str, ...] = ("relu",)
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  weight_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BLH: Array, deterministic: bool = True) -> Array:
+    hidden = None
+    for i, act in enumerate(self.activations):
+      if act not in _ACTIVATIONS:
+        raise ValueError(f"Unknown MLP activation {act!r}; expected one of {sorted(_ACTIVATIONS)}")
+      name = "wi" if len(self.activations) == 1 else f"wi_{i}"
+      h = Dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype,
+                weight_dtype=self.weight_dtype, name=name)(x_BLH)
+      h = _ACTIVATIONS[act](h)
+      hidden = h if hidden is None else hidden * h
+    if not deterministic and self.dropout_rate > 0:
+      hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=False)
+    return Dense(x_BLH.shape[-1], ("mlp", "embed"), dtype=self.dtype,
+                 weight_dtype=self.weight_dtype, name="wo")(hidden)

@@ -1,0 +1,51 @@
+"""Published T5 sizes as T5Config presets (T5 1.1 / LM-adapted / Flan, T5 1.0, mT5, umT5).
+
+The gin files under configs/sizes and configs/models bind the same numbers;
+tests check that both agree.
+"""
+
+from __future__ import annotations
+
+from prompt_tuning.models.t5 import T5Config
+
+# (emb_dim, num_heads, num_layers, head_dim, mlp_dim); encoder and decoder
+# have the same depth in every published size.
+T5_1_1_SIZES = {
+    "small": (512, 6, 8, 64, 1024),
+    "base": (768, 12, 12, 64, 2048),
+    "large": (1024, 16, 24, 64, 2816),
+    "xl": (2048, 32, 24, 64, 5120),
+    "xxl": (4096, 64, 24, 64, 10240),
+}
+T5_1_0_SIZES = {
+    "small": (512, 8, 6, 64, 2048),
+    "base": (768, 12, 12, 64, 3072),
+    "large": (1024, 16, 24, 64, 4096),
+    "3B": (1024, 32, 24, 128, 16384),
+    "11B": (1024, 128, 24, 128, 65536),
+}
+FAMILIES = {
+    # family: (size table, overrides)
+    "t5_1_1": (T5_1_1_SIZES, dict(vocab_size=32128, mlp_activations=("gelu", "linear"),
+                                  logits_via_embedding=False)),
+    "t5_1_0": (T5_1_0_SIZES, dict(vocab_size=32128, mlp_activations=("relu",),
+                                  logits_via_embedding=True)),
+    "mt5": (T5_1_1_SIZES, dict(vocab_size=250112, mlp_activations=("gelu", "linear"),
+                               logits_via_embedding=False)),
+    "umt5": (T5_1_1_SIZES, dict(vocab_size=256384, mlp_activations=("gelu", "linear"),
+                                logits_via_embedding=False, shared_relative_bias=False)),
+}
+
+
+def preset(family: str, size: str, **overrides) -> T5Config:
+  """Returns the T5Config of a published model, e.g. preset("t5_1_1", "base")."""
+  if family not in FAMILIES:
+    raise ValueError(f"Unknown T5 family {family!r}; expected one of {sorted(FAMILIES)}")
+  sizes, family_kwargs = FAMILIES[family]
+  if size not in sizes:
+    raise ValueError(f"Unknown size {size!r} for {family}; expected one of {sorted(sizes)}")
+  emb, heads, layers, head_dim, mlp = sizes[size]
+  kwargs = dict(emb_dim=emb, num_heads=heads, num_encoder_layers=layers,
+                num_decoder_layers=layers, head_dim=head_dim, mlp_dim=mlp, **family_kwargs)
+  kwargs.update(overrides)
+  return T5Config(**kwargs)

@@ -1,0 +1,75 @@
+"""Checkpoint readers: T5X (msgpack + zarr, inline msgpack, Orbax) and Hugging Face.
+
+`load_params(path, model)` fills a model's parameter tree by name from either
+format and fails with one error listing every missing, unexpected or
+wrong-shaped array. `read_array(path, name)` reads one array only.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import numpy as np
+
+from prompt_tuning.models import params as params_lib
+from prompt_tuning.models.t5 import T5Config
+from prompt_tuning.readers import hf, t5x
+from prompt_tuning.readers import tree as tree_lib
+from prompt_tuning.readers.tree import CheckpointMismatchError  # noqa: F401  (re-export)
+
+
+def is_hf_folder(path: str) -> bool:
+  return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
+
+
+def open_checkpoint(path: str):
+  """A T5XCheckpoint or HFCheckpoint, by what the folder holds."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Checkpoint not found: {path} (expected a T5X checkpoint_N folder "
+                            "or a Hugging Face folder with config.json)")
+  return hf.HFCheckpoint(path) if is_hf_folder(path) else t5x.T5XCheckpoint(path)
+
+
+def read_array(path: str, name: str) -> np.ndarray:
+  """One parameter (e.g. 'token_embedder/embedding') of either format, nothing else."""
+  return open_checkpoint(path).read(name)
+
+
+def hf_config(path: str, **overrides) -> T5Config:
+  """The T5Config described by a Hugging Face folder's config.json."""
+  return hf.HFCheckpoint(path).config.replace(**overrides) if overrides else (
+      hf.HFCheckpoint(path).config)
+
+
+def load_params(path: str, model: nn.Module, allow_missing: Sequence[str] = (),
+                dtype: Optional[Any] = None) -> dict[str, Any]:
+  """Reads a checkpoint into `model`'s parameter tree (nested dict of numpy arrays).
+
+  Args:
+    path: T5X checkpoint (folder or file) or Hugging Face folder.
+    model: the T5 module; its abstract parameters say what must be read.
+    allow_missing: '/'-joined names (regexes are not accepted here) that the
+      checkpoint may lack, such as prompt parameters; they are left out of the
+      result for the caller to initialize.
+    dtype: cast every array to this dtype (defaults to the model's
+      `weight_dtype`).
+  """
+  cfg: T5Config = model.config
+  shapes, _ = params_lib.abstract_params(model)
+  expected = tree_lib.flatten(shapes)
+  # Checkpoints name layers one by one; a scanned model stacks them after reading.
+  expected_unrolled = params_lib.unstack_layers(expected) if cfg.scan_layers else expected
+  ckpt = open_checkpoint(path)
+  present = {k: tree_lib.ShapeOnly(s) for k, s in ckpt.shapes().items()}
+  tree_lib.check_against(present, expected_unrolled, getattr(ckpt, "dir", path),
+                         tuple(allow_missing))
+  flat = ckpt.read_many([k for k in expected_unrolled if k in present])
+  if cfg.scan_layers:
+    flat = params_lib.stack_layers(flat, {"encoder": cfg.num_encoder_layers,
+                                          "decoder": cfg.num_decoder_layers})
+  target_dtype = np.dtype(dtype) if dtype is not None else cfg.param_dtype
+  flat = {k: np.asarray(v).astype(target_dtype) for k, v in flat.items()}
+  return tree_lib.unflatten(flat)
+

@@ -1,0 +1,43 @@
+"""prompt-tuning: learn small parameter sets (soft prompts and relatives) for a frozen T5."""
+
+from setuptools import find_packages, setup
+
+
+setup(
+    name="prompt-tuning",
+    version="0.1.0",
+    description="Prompt tuning, recycling and hypernetwork prompts for frozen T5 in JAX/Flax",
+    python_requires=">=3.10",
+    # configs/ (top level in the repo) ships inside the package as
+    # prompt_tuning/configs, so `--gin_file=models/...` works after any install.
+    packages=find_packages(include=["prompt_tuning", "prompt_tuning.*"]) + ["prompt_tuning.configs"],
+    package_dir={"prompt_tuning.configs": "configs"},
+    package_data={"prompt_tuning.configs": ["*.gin", "*/*.gin", "*/*/*.gin"]},
+    install_requires=[
+        # Versions seen working together: jax 0.10.2, flax 0.12.8, optax 0.2.8,
+        # orbax-checkpoint 0.12.8, tensorstore 0.1.86, msgpack 1.2.4, seqio 0.0.20,
+        # tensorflow 2.21.0, tensorflow-datasets 4.9.10, gin-config 0.5.0,
+        # sentencepiece 0.2.3, ml_dtypes 0.6.0.
+        "jax>=0.4.30",
+        "flax>=0.10",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.6",
+        "tensorstore>=0.1.60",
+        "msgpack>=1.0",
+        "ml_dtypes>=0.4",
+        "numpy>=1.26",
+        "gin-config>=0.5",
+        "sentencepiece>=0.1.99",
+        "seqio>=0.0.19",
+        "tensorflow>=2.16",
+        "tensorflow-datasets>=4.9",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-xdist>=3"],
+        # Seen working: torch 2.13.0 (CPU wheel), transformers 5.23.0, peft 0.21.2,
+        # safetensors 0.8.0. Install torch's CPU build first (see .ci/run).
+        "interop": ["torch>=2.1", "transformers>=4.40", "peft>=0.10", "safetensors>=0.4"],
+    },
+    entry_points={"console_scripts": ["prompt-tuning=prompt_tuning.main:main"]},
+)

@@ -1,0 +1,192 @@
+"""Decoding: search correctness on known distributions, caching, scoring, jit."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prompt_tuning import decoding
+from prompt_tuning.models import params as params_lib
+from prompt_tuning.models.t5 import T5
+from tests.conftest import TINY_CONFIG
+
+EOS = 1
+
+
+def _markov(table_VV):
+  """A 'model' whose next-token logits depend only on the last token."""
+  table = jnp.asarray(table_VV, jnp.float32)
+
+  def tokens_to_logits(state):
+    return table[state.cur_token], state.cache
+  return tokens_to_logits
+
+
+def _brute_force_finished(table, length, alpha):
+  """All EOS-terminated sequences with their length-normalized scores."""
+  logp = np.asarray(jax.nn.log_softmax(jnp.asarray(table, jnp.float32), -1))
+  vocab = table.shape[0]
+  out = []
+  for n in range(1, length + 1):
+    for body in itertools.product([t for t in range(vocab) if t != EOS], repeat=n - 1):
+      seq = list(body) + [EOS]
+      prev, total = 0, 0.0
+      for tok in seq:
+        total += logp[prev, tok]
+        prev = tok
+      out.append((total / ((5.0 + n) / 6.0) ** alpha, seq + [0] * (length - n)))
+  return sorted(out, key=lambda x: -x[0])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+def test_wide_beam_search_is_exhaustive(alpha):
+  rng = np.random.RandomState(0)
+  table = rng.normal(size=(4, 4)) * 2.0
+  length = 3
+  seqs, scores = decoding.beam_search(_markov(table), None, batch_size=1,
+                                      max_decode_len=length, num_beams=48, alpha=alpha,
+                                      eos_id=EOS)
+  expected = _brute_force_finished(table, length, alpha)
+  assert len(expected) == 1 + 3 + 9
+  got_scores = np.asarray(scores[0, :len(expected)])
+  np.testing.assert_allclose(got_scores, [e[0] for e in expected], rtol=1e-5, atol=1e-5)
+  assert np.asarray(seqs[0, 0]).tolist() == expected[0][1]
+
+
+def test_length_penalty_decides_between_short_and_long():
+  # From the start: EOS at once (p=0.45), or token 2 (p=0.55) then token 3
+  # (p=0.8) then EOS surely: log-probs -0.80 (length 1) vs -0.82 (length 3).
+  table = np.log(np.array([[1e-9, 0.45, 0.55, 1e-9],
+                           [1.0, 1e-9, 1e-9, 1e-9],
+                           [1e-9, 0.2, 1e-9, 0.8],
+                           [1e-9, 1.0, 1e-9, 1e-9]]))
+  short, long = [EOS, 0, 0], [2, 3, EOS]
+  seqs, _ = decoding.beam_search(_markov(table), None, 1, 3, num_beams=2, alpha=0.0)
+  assert np.asarray(seqs[0, 0]).tolist() == short
+  seqs, _ = decoding.beam_search(_markov(table), None, 1, 3, num_beams=2, alpha=1.0)
+  assert np.asarray(seqs[0, 0]).tolist() == long
+
+
+def test_greedy_follows_the_argmax_chain_and_stops_at_eos():
+  table = np.full((5, 5), -5.0)
+  table[0, 3] = table[3, 4] = table[4, 2] = table[2, EOS] = 0.0
+  tokens, logp = decoding.temperature_sample(_markov(table), None, batch_size=2,
+                                             max_decode_len=7, temperature=0.0)
+  assert np.asarray(tokens).tolist() == [[3, 4, 2, EOS, 0, 0, 0]] * 2
+  lsm = np.asarray(jax.nn.log_softmax(jnp.asarray(table, jnp.float32), -1))
+  want = lsm[0, 3] + lsm[3, 4] + lsm[4, 2] + lsm[2, EOS]
+  np.testing.assert_allclose(logp, [want, want], rtol=1e-5)
+
+
+def _one_step_samples(logits_V, n, **kwargs):
+  table = np.tile(np.asarray(logits_V, np.float32), (len(logits_V), 1))
+  tokens, _ = decoding.temperature_sample(_markov(table), None, batch_size=n, max_decode_len=1,
+                                          rng=jax.random.PRNGKey(0), **kwargs)
+  return np.asarray(tokens[:, 0])
+
+
+def test_temperature_sampling_matches_the_distribution():
+  probs = np.array([0.1, 0.2, 0.3, 0.4])
+  samples = _one_step_samples(np.log(probs), 20000, temperature=1.0, eos_id=99)
+  freq = np.bincount(samples, minlength=4) / len(samples)
+  np.testing.assert_allclose(freq, probs, atol=0.02)
+  hot = _one_step_samples(np.log(probs), 20000, temperature=0.5, eos_id=99)
+  sharpened = probs ** 2 / np.sum(probs ** 2)
+  np.testing.assert_allclose(np.bincount(hot, minlength=4) / len(hot), sharpened, atol=0.02)
+
+
+def test_top_k_and_top_p_restrict_the_support():
+  probs = np.array([0.05, 0.5, 0.3, 0.15])
+  top2 = _one_step_samples(np.log(probs), 5000, temperature=1.0, top_k=2, eos_id=99)
+  assert set(top2.tolist()) == {1, 2}
+  np.testing.assert_allclose(np.mean(top2 == 1), 0.5 / 0.8, atol=0.03)
+  p70 = _one_step_samples(np.log(probs), 5000, temperature=1.0, top_p=0.7, eos_id=99)
+  assert set(p70.tolist()) == {1, 2}
+  p90 = _one_step_samples(np.log(probs), 5000, temperature=1.0, top_p=0.9, eos_id=99)
+  assert set(p90.tolist()) == {1, 2, 3}
+
+
+def test_sampling_arguments_are_checked():
+  with pytest.raises(ValueError, match="temperature"):
+    decoding.temperature_sample(_markov(np.zeros((3, 3))), None, 1, 2, temperature=-1.0)
+  with pytest.raises(ValueError, match="method"):
+    decoding.DecodingConfig(method="viterbi")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  model = T5(TINY_CONFIG)
+  params = params_lib.init_params(model, jax.random.PRNGKey(0))
+  # A random model repeats one token (26 here); make EOS a noisy copy of that
+  # token's output column so that some rows end early and others never do.
+  kernel = params["decoder"]["logits_dense"]["kernel"]
+  noise = 0.5 * jax.random.normal(jax.random.PRNGKey(7), kernel[:, 26].shape)
+  params["decoder"]["logits_dense"]["kernel"] = kernel.at[:, EOS].set(kernel[:, 26] + noise)
+  enc = jnp.array([[5, 6, 7, 8, 1], [9, 10, 1, 0, 0], [3, 1, 0, 0, 0]])
+  return model, params, enc
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_cached_equals_uncached(tiny, method):
+  model, params, enc = tiny
+  out = []
+  for use_cache in (True, False):
+    cfg = decoding.DecodingConfig(method=method, max_decode_length=12, use_cache=use_cache,
+                                  num_beams=3, temperature=0.8, top_k=10)
+    out.append(decoding.generate(model, params, enc, cfg, rng=jax.random.PRNGKey(5)))
+  np.testing.assert_array_equal(out[0][0], out[1][0])
+  np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-4, atol=1e-4)
+
+
+def test_generated_rows_end_at_eos_and_score_matches_scoring(tiny):
+  model, params, enc = tiny
+  tokens, logp = decoding.generate(model, params, enc,
+                                   decoding.DecodingConfig(max_decode_length=12))
+  tokens = np.asarray(tokens)
+  assert any(EOS in row for row in tokens), "test model should end some rows"
+  assert not all(EOS in row for row in tokens), "and leave some running"
+  for row in tokens:
+    if EOS in row:
+      assert not row[list(row).index(EOS) + 1:].any()
+  # The greedy log-probability equals scoring the decoded tokens as targets.
+  scored = decoding.score(model, params, enc, jnp.asarray(tokens))
+  np.testing.assert_allclose(logp, scored, rtol=1e-4, atol=1e-4)
+
+
+def test_one_beam_equals_greedy(tiny):
+  model, params, enc = tiny
+  greedy = decoding.generate(model, params, enc, decoding.DecodingConfig(max_decode_length=12))
+  beam = decoding.generate(model, params, enc, decoding.DecodingConfig(
+      method="beam", num_beams=1, alpha=0.0, max_decode_length=12))
+  np.testing.assert_array_equal(greedy[0], beam[0])
+  np.testing.assert_allclose(greedy[1], beam[1], rtol=1e-5)
+
+
+def test_score_and_rank_classification(tiny):
+  model, params, enc = tiny
+  candidates = [jnp.array([[20, 21, 1]] * 3), jnp.array([[22, 1, 0]] * 3)]
+  scores = jnp.stack([decoding.score(model, params, enc, c) for c in candidates], axis=1)
+  logits = model.apply({"params": params}, enc, decoding.shift_right(candidates[1]),
+                       candidates[1])
+  lsm = jax.nn.log_softmax(logits, -1)
+  manual = lsm[:, 0, 22] + lsm[:, 1, EOS]
+  np.testing.assert_allclose(scores[:, 1], manual, rtol=1e-5)
+  np.testing.assert_array_equal(decoding.rank_classify(scores),
+                                jnp.argmax(scores, axis=1))
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_jit_and_eager_agree(tiny, method):
+  model, params, enc = tiny
+  cfg = decoding.DecodingConfig(method=method, max_decode_length=8, num_beams=2)
+  eager = decoding.generate(model, params, enc, cfg, rng=jax.random.PRNGKey(1))
+  jitted = jax.jit(lambda p, e, r: decoding.generate(model, p, e, cfg, rng=r))(
+      params, enc, jax.random.PRNGKey(1))
+  np.testing.assert_array_equal(eager[0], jitted[0])
+  np.testing.assert_allclose(eager[1], jitted[1], rtol=1e-4, atol=1e-4)
+  tgt = jnp.array([[20, 21, 1]] * 3)
+  np.testing.assert_allclose(
+      decoding.score(model, params, enc, tgt),
+      jax.jit(lambda p: decoding.score(model, p, enc, tgt))(params), rtol=1e-5)
