@@ -31,6 +31,7 @@ setup(
         "seqio>=0.0.19",
         "tensorflow>=2.16",
         "tensorflow-datasets>=4.9",
+        "tensorboard>=2.16",
         "tqdm",
     ],
     extras_require={

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import gin
 
@@ -30,12 +30,86 @@ def configs_dir() -> str:
 
 
 def register_configurables() -> None:
-  """Makes the library's config dataclasses bindable from gin (idempotent)."""
+  """Makes the binaries' functions and config objects bindable (idempotent).
+
+  Registered names: T5Config, SoftPrompt, DecodingConfig, train, evaluate,
+  infer, prompt_init.{random_uniform,sampled_vocab,class_labels,from_string,
+  from_file}, prompt_tuning_adafactor, every public optax function and
+  schedule as optax.<name>, seqio.SentencePieceVocabulary and
+  seqio.ByteVocabulary; constants PROMPT_TUNING_RULES and FULL_FINETUNING_RULES.
+  """
   global _REGISTERED
   if _REGISTERED:
     return
+  import optax
+  import seqio
+
+  from prompt_tuning import decoding, evaluation
+  from prompt_tuning.prompts import initializers, soft
+  from prompt_tuning.train import freezing, loop, optimizers
+
   gin.external_configurable(t5_lib.T5Config, "T5Config")
+  gin.external_configurable(soft.SoftPrompt, "SoftPrompt")
+  gin.external_configurable(decoding.DecodingConfig, "DecodingConfig")
+  gin.external_configurable(loop.train, "train")
+  gin.external_configurable(evaluation.evaluate, "evaluate")
+  gin.external_configurable(evaluation.infer, "infer")
+  for name in ("random_uniform", "sampled_vocab", "class_labels", "from_string", "from_file"):
+    gin.external_configurable(getattr(initializers, name), name, module="prompt_init")
+  gin.external_configurable(optimizers.prompt_tuning_adafactor, "prompt_tuning_adafactor")
+  for name in dir(optax) + [f"schedules.{n}" for n in dir(optax.schedules)]:
+    obj = getattr(optax.schedules, name.split(".")[1]) if "." in name else getattr(optax, name)
+    if not name.split(".")[-1].startswith("_") and callable(obj) and name[0].islower():
+      try:
+        gin.external_configurable(obj, name.split(".")[-1], module="optax")
+      except ValueError:  # Already registered under that name (an alias).
+        pass
+  gin.external_configurable(seqio.SentencePieceVocabulary, "SentencePieceVocabulary",
+                            module="seqio")
+  gin.external_configurable(seqio.ByteVocabulary, "ByteVocabulary", module="seqio")
+  gin.constant("PROMPT_TUNING_RULES", tuple(freezing.PROMPT_TUNING_RULES))
+  gin.constant("FULL_FINETUNING_RULES", tuple(freezing.FULL_FINETUNING_RULES))
   _REGISTERED = True
+
+
+def split_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str], list[str]]:
+  """T5X-style flags: (gin files, bindings, search paths, other args).
+
+  `--gin_file=F` (repeatable), `--gin.NAME=VALUE` (a binding `NAME = VALUE`,
+  VALUE a gin literal such as "'text'" or 100), `--gin_search_paths=a,b`.
+  """
+  files, bindings, paths, rest = [], [], [], []
+  args = list(argv)
+  while args:
+    arg = args.pop(0)
+    if arg.startswith("--gin_file"):
+      files.append(arg.split("=", 1)[1] if "=" in arg else args.pop(0))
+    elif arg.startswith("--gin_search_paths"):
+      value = arg.split("=", 1)[1] if "=" in arg else args.pop(0)
+      paths.extend(p for p in value.split(",") if p)
+    elif arg.startswith("--gin."):
+      if "=" not in arg:
+        raise ValueError(f"Bad gin flag {arg!r}: expected --gin.NAME=VALUE")
+      name, value = arg[len("--gin."):].split("=", 1)
+      bindings.append(f"{name} = {value}")
+    else:
+      rest.append(arg)
+  return files, bindings, paths, rest
+
+
+def run_configured(name: str) -> Any:
+  """Calls the registered function `name` with every argument gin binds."""
+  try:
+    fn = gin.get_configurable(name)
+  except ValueError as e:
+    raise ValueError(f"No configurable {name!r}: {e}") from e
+  try:
+    return fn()
+  except TypeError as e:
+    if "missing" in str(e) and "argument" in str(e):
+      raise ValueError(f"{name}: {e}. Bind it in a gin file or with --gin.{name}.<arg>=...; "
+                       "required macros are listed at the top of each configs/runs file") from e
+    raise
 
 
 def parse_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
@@ -54,7 +128,9 @@ def parse_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
     with _quiet_root_logger():
       gin.parse_config_files_and_bindings(list(gin_files), list(bindings),
                                           finalize_config=False)
-  except (ValueError, KeyError, SyntaxError) as e:
+  except OSError as e:  # An included file that cannot be found or read.
+    raise FileNotFoundError(f"gin: {e}") from e
+  except (ValueError, KeyError, SyntaxError, ImportError) as e:
     raise ValueError(f"Bad gin configuration: {e}") from e
 
 

@@ -1,7 +1,14 @@
 """The `prompt-tuning` command.
 
+  prompt-tuning train --gin_file=F [--gin_file=...] [--gin.NAME=VALUE ...]
+  prompt-tuning eval  --gin_file=F ...
+  prompt-tuning infer --gin_file=F ...
   prompt-tuning inspect CHECKPOINT
   prompt-tuning decode CHECKPOINT --spm_model=M --input="text" [--method=beam]
+
+train / eval / infer take T5X's flags: gin files (bundled configs are found
+from any directory), `--gin.MACRO=VALUE` bindings with gin literals
+(`--gin.MODEL_DIR="'/tmp/run'"`), and `--gin_search_paths=a,b`.
 """
 
 from __future__ import annotations
@@ -63,10 +70,44 @@ def _decode(args) -> int:
   return 0
 
 
+_GIN_BINARIES = {"train": "train", "eval": "evaluate", "infer": "infer"}
+
+
+def run_gin_binary(command: str, argv: Sequence[str]) -> int:
+  """Parses gin flags and calls the configured train / evaluate / infer."""
+  import logging
+  import os
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  from prompt_tuning import gin_utils
+  files, bindings, paths, rest = gin_utils.split_flags(argv)
+  if rest:
+    print(f"prompt-tuning {command}: error: unknown arguments {rest}; expected --gin_file=..., "
+          "--gin.NAME=VALUE or --gin_search_paths=...", file=sys.stderr)
+    return 2
+  if not files:
+    print(f"prompt-tuning {command}: error: give at least one --gin_file "
+          "(e.g. --gin_file=runs/prompt_finetune.gin)", file=sys.stderr)
+    return 2
+  try:
+    gin_utils.parse_gin(files, bindings, paths)
+    result = gin_utils.run_configured(_GIN_BINARIES[command])
+  except (FileNotFoundError, ValueError, KeyError, FileExistsError) as e:
+    print(f"prompt-tuning {command}: error: {e}", file=sys.stderr)
+    return 2
+  print(result)
+  return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] in _GIN_BINARIES:
+    return run_gin_binary(argv[0], argv[1:])
   parser = argparse.ArgumentParser(prog="prompt-tuning", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
+  for name in _GIN_BINARIES:
+    sub.add_parser(name, help=f"{name} with gin files and --gin.NAME=VALUE bindings")
   for name, helptext in (("inspect", "list a checkpoint's parameters and inferred config"),
                          ("decode", "decode one input with a T5X or Hugging Face checkpoint")):
     p = sub.add_parser(name, help=helptext)

@@ -1,0 +1,180 @@
+"""Evaluation and inference with a trained prompt (the `eval` and `infer` binaries).
+
+Predictions come from decoding (greedy / beam / sampling) or, for
+classification tasks, from rank classification over CLASS_LABELS: every label
+is scored as a target and the best one is the prediction. Predictions and
+targets go through the task's postprocessor, then its metric functions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning import decoding
+from prompt_tuning.models.t5 import T5Config
+from prompt_tuning.readers import tree as tree_lib
+from prompt_tuning.train import checkpoints as checkpoints_lib
+from prompt_tuning.train import data as data_lib
+from prompt_tuning.train import freezing
+from prompt_tuning.train import model_setup
+
+log = logging.getLogger(__name__)
+
+
+def load_for_inference(model_dir: Optional[str], model_config: T5Config,
+                       initial_checkpoint_path: Optional[str],
+                       encoder_prompt: Optional[nn.Module],
+                       trainable_rules: freezing.Rules, checkpoint_step: Optional[int],
+                       restore_checkpoint: bool) -> tuple[model_setup.ModelSetup, Any, int]:
+  """(setup, full params, step): prompts from MODEL_DIR's checkpoint, or as initialized.
+
+  With `restore_checkpoint=False` (e.g. PROMPT_FILE with the from-file
+  initializer) the trainable parameters are exactly what the initializers give.
+  """
+  setup = model_setup.build(model_config, initial_checkpoint_path, encoder_prompt,
+                            trainable_rules=trainable_rules)
+  trainable, step = setup.trainable, 0
+  if restore_checkpoint:
+    if not model_dir:
+      raise ValueError("Restoring a checkpoint needs MODEL_DIR")
+    store = checkpoints_lib.CheckpointStore(model_dir)
+    step = checkpoint_step if checkpoint_step is not None else store.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint under {store.directory}; train first, or pass "
+                              "a prompt file with restore_checkpoint=False")
+    trainable = store.restore_trainable(model_setup.abstract(trainable), step)
+    store.close()
+  return setup, freezing.merge(trainable, setup.frozen), int(step)
+
+
+def _batches(items: Sequence[Any], size: int):
+  for i in range(0, len(items), size):
+    yield items[i:i + size]
+
+
+def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]],
+            vocabulary: Any, input_length: int, batch_size: int,
+            decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
+            class_labels: Optional[Sequence[str]] = None,
+            seed: int = 0) -> list[tuple[str, float]]:
+  """(prediction text, score) per example, in order.
+
+  Partial last batches are padded to `batch_size` so that one compiled
+  program serves every batch.
+  """
+  gen = jax.jit(lambda p, x, r: decoding.generate(model, p, x, decoding_config, rng=r))
+  if class_labels:
+    label_ids = [list(np.asarray(vocabulary.encode(label))) + [1] for label in class_labels]
+    target_len = max(len(ids) for ids in label_ids)
+    targets = np.zeros((len(label_ids), target_len), np.int32)
+    for i, ids in enumerate(label_ids):
+      targets[i, :len(ids)] = ids
+    score_fn = jax.jit(lambda p, x, t: decoding.score(model, p, x, t))
+  out: list[tuple[str, float]] = []
+  for n, chunk in enumerate(_batches(list(examples), batch_size)):
+    inputs = data_lib.pad_batch(chunk, "inputs", input_length)
+    real = len(chunk)
+    if real < batch_size:
+      inputs = np.concatenate([inputs, np.zeros((batch_size - real, input_length), np.int32)])
+    if class_labels:
+      scores = np.stack([np.asarray(score_fn(params, inputs, np.tile(t, (batch_size, 1))))
+                         for t in targets], axis=1)[:real]
+      best = scores.argmax(axis=1)
+      out.extend((class_labels[b], float(scores[i, b])) for i, b in enumerate(best))
+    else:
+      tokens, scores = gen(params, jnp.asarray(inputs), jax.random.PRNGKey(seed + n))
+      for row, score in zip(np.asarray(tokens)[:real], np.asarray(scores)[:real]):
+        ids = [int(t) for t in row]
+        ids = ids[:ids.index(1)] if 1 in ids else ids
+        out.append((vocabulary.decode(ids), float(score)))
+  return out
+
+
+def _text(value: Any) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def compute_metrics(task: Any, examples: Sequence[Mapping[str, Any]],
+                    predictions: Sequence[str]) -> dict[str, float]:
+  """Runs the task's postprocessor and metric functions."""
+  post = task.postprocess_fn
+  targets = [post(_text(ex["targets_pretokenized"]), example=ex, is_target=True)
+             for ex in examples]
+  preds = [post(p, example=ex, is_target=False) for p, ex in zip(predictions, examples)]
+  metrics: dict[str, float] = {}
+  for metric_fn in task.metric_fns:
+    for name, value in metric_fn(targets, preds).items():
+      metrics[name] = float(getattr(value, "value", value))
+  return metrics
+
+
+def evaluate(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
+             task_feature_lengths: Mapping[str, int], batch_size: int,
+             initial_checkpoint_path: Optional[str],
+             encoder_prompt: Optional[nn.Module] = None,
+             trainable_rules: freezing.Rules = freezing.PROMPT_TUNING_RULES,
+             split: str = "validation", checkpoint_step: Optional[int] = None,
+             restore_checkpoint: bool = True,
+             decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
+             class_labels: Optional[Sequence[str]] = None,
+             max_examples: Optional[int] = None,
+             output_name: str = "eval") -> dict[str, Any]:
+  """Metrics of a split; appended to MODEL_DIR/<output_name>/metrics.jsonl and TensorBoard."""
+  from prompt_tuning.train.loop import MetricsWriter
+  task = data_lib.get_task_or_mixture(mixture_or_task_name)
+  data_lib.check_vocabulary(task, model_config.vocab_size)
+  setup, params, step = load_for_inference(model_dir, model_config, initial_checkpoint_path,
+                                           encoder_prompt, trainable_rules, checkpoint_step,
+                                           restore_checkpoint)
+  examples = data_lib.eval_examples(mixture_or_task_name, split, task_feature_lengths,
+                                    max_examples)
+  vocab = task.output_features["targets"].vocabulary
+  preds = predict(setup.model, params, examples, vocab, task_feature_lengths["inputs"],
+                  batch_size, decoding_config, class_labels)
+  metrics = compute_metrics(task, examples, [p for p, _ in preds])
+  metrics["num_examples"] = len(examples)
+  MetricsWriter(model_dir, output_name).write(step, metrics, task=mixture_or_task_name,
+                                               split=split)
+  log.info("%s %s step %d: %s", mixture_or_task_name, split, step, metrics)
+  return dict(step=step, **metrics)
+
+
+def infer(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
+          task_feature_lengths: Mapping[str, int], batch_size: int,
+          initial_checkpoint_path: Optional[str],
+          encoder_prompt: Optional[nn.Module] = None,
+          trainable_rules: freezing.Rules = freezing.PROMPT_TUNING_RULES,
+          split: str = "validation", checkpoint_step: Optional[int] = None,
+          restore_checkpoint: bool = True,
+          decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
+          class_labels: Optional[Sequence[str]] = None,
+          max_examples: Optional[int] = None) -> str:
+  """Writes JSON Lines of {input, prediction, score} and returns the file's path."""
+  task = data_lib.get_task_or_mixture(mixture_or_task_name)
+  setup, params, step = load_for_inference(model_dir, model_config, initial_checkpoint_path,
+                                           encoder_prompt, trainable_rules, checkpoint_step,
+                                           restore_checkpoint)
+  examples = data_lib.eval_examples(mixture_or_task_name, split, task_feature_lengths,
+                                    max_examples)
+  vocab = task.output_features["targets"].vocabulary
+  preds = predict(setup.model, params, examples, vocab, task_feature_lengths["inputs"],
+                  batch_size, decoding_config, class_labels)
+  out_dir = os.path.join(model_dir, "infer")
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, f"{mixture_or_task_name}-{split}-step_{step}.jsonl")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for ex, (pred, score) in zip(examples, preds):
+      f.write(json.dumps(dict(input=_text(ex.get("inputs_pretokenized", "")),
+                              target=_text(ex.get("targets_pretokenized", "")),
+                              prediction=pred, score=score)) + "\n")
+  os.replace(tmp, path)
+  return path

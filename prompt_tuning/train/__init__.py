@@ -1,0 +1,1 @@
+"""Training: freezing, optimizers, the step, checkpoints, data and the loops."""

@@ -1,0 +1,97 @@
+"""seqio data for training and evaluation.
+
+Training batches come from seqio's EncDecFeatureConverter (unpacked, since a
+soft prompt is per sequence). The order is a pure function of the seed, so a
+restarted run skips the batches it has already consumed and sees exactly the
+data an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterator, Mapping, Optional
+
+import numpy as np
+
+
+def get_task_or_mixture(name: str):
+  """A registered seqio Task or Mixture; an unknown name suggests close ones."""
+  import seqio
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError as e:
+    known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f"; did you mean {close}?" if close else f"; {len(known)} are registered"
+    raise ValueError(f"Unknown task or mixture {name!r}{hint}") from e
+
+
+def check_vocabulary(task: Any, vocab_size: int) -> None:
+  """The task's vocabularies must fit the model's embedding table."""
+  for name, feature in task.output_features.items():
+    size = feature.vocabulary.vocab_size
+    if size > vocab_size:
+      raise ValueError(f"Task {task.name} feature {name!r} has a vocabulary of {size} ids but "
+                       f"the model's embedding table has {vocab_size} rows")
+
+
+def train_batches(task_name: str, feature_lengths: Mapping[str, int], batch_size: int,
+                  split: str = "train", seed: int = 0, shuffle: bool = True,
+                  start_batch: int = 0, num_epochs: Optional[int] = None,
+                  shard_id: int = 0, num_shards: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Numpy batches, starting at batch `start_batch`; endless unless `num_epochs` is set."""
+  import seqio
+  import tensorflow as tf
+  task = get_task_or_mixture(task_name)
+  ds = seqio.get_dataset(
+      task_name, task_feature_lengths=dict(feature_lengths), dataset_split=split,
+      shuffle=shuffle, num_epochs=num_epochs, seed=seed,
+      shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards),
+      feature_converter=seqio.EncDecFeatureConverter(pack=False))
+  del task
+  options = tf.data.Options()
+  options.deterministic = True
+  ds = ds.with_options(options)
+  ds = ds.batch(batch_size, drop_remainder=True).skip(start_batch)
+  it = ds.as_numpy_iterator()
+  first = next(it, None)
+  if first is None:
+    raise ValueError(f"Split {split!r} of {task_name} yielded no batch of {batch_size} "
+                     "examples (is it empty?)")
+  yield _to_model_batch(first)
+  for batch in it:
+    yield _to_model_batch(batch)
+
+
+def _to_model_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  out = {k: np.asarray(v) for k, v in batch.items()}
+  for k in ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens"):
+    out[k] = out[k].astype(np.int32)
+  if "decoder_loss_weights" in out:
+    out["decoder_loss_weights"] = out["decoder_loss_weights"].astype(np.float32)
+  return out
+
+
+def eval_examples(task_name: str, split: str, feature_lengths: Mapping[str, int],
+                  max_examples: Optional[int] = None) -> list[dict[str, Any]]:
+  """Preprocessed examples of a split, in order, with their pretokenized text."""
+  task = get_task_or_mixture(task_name)
+  if split not in task.splits:
+    raise ValueError(f"Task {task_name} has no split {split!r}; it has {list(task.splits)}")
+  ds = task.get_dataset(sequence_length=dict(feature_lengths), split=split, shuffle=False,
+                        num_epochs=1)
+  if max_examples:
+    ds = ds.take(max_examples)
+  examples = list(ds.as_numpy_iterator())
+  if not examples:
+    raise ValueError(f"Split {split!r} of {task_name} is empty")
+  return examples
+
+
+def pad_batch(examples: list[Mapping[str, Any]], key: str, length: int) -> np.ndarray:
+  """Stacks token lists into [B, length] int32, truncating and zero-padding."""
+  out = np.zeros((len(examples), length), np.int32)
+  for i, ex in enumerate(examples):
+    ids = np.asarray(ex[key])[:length]
+    out[i, :len(ids)] = ids
+  return out

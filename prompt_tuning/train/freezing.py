@@ -1,0 +1,63 @@
+"""Which parameters train: a first-match table of regexes over '/'-joined paths.
+
+    rules = [("encoder_prompt/.*", True), (".*", False)]   # prompt tuning
+    rules = [(".*", True)]                                  # full fine-tuning
+
+Every leaf must be matched by some rule and every rule must match some leaf
+(a typo is an error, never a silent mis-freeze). The tree is then split into a
+trainable and a frozen subtree; gradients and optimizer state exist only for
+the trainable one.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+from prompt_tuning.readers import tree as tree_lib
+
+Rules = Sequence[tuple[str, bool]]
+PROMPT_TUNING_RULES: Rules = ((r"(encoder|decoder)_prompt/.*", True), (r".*", False))
+FULL_FINETUNING_RULES: Rules = ((r".*", True),)
+
+
+def trainable_mask(params: Mapping[str, Any], rules: Rules) -> dict[str, bool]:
+  """{'/'-joined path: trainable?}, checking coverage both ways."""
+  compiled = [(re.compile(pattern), bool(train), pattern) for pattern, train in rules]
+  paths = list(tree_lib.flatten(params))
+  used = set()
+  mask = {}
+  for path in paths:
+    for i, (regex, train, _) in enumerate(compiled):
+      if regex.fullmatch(path):
+        mask[path] = train
+        used.add(i)
+        break
+    else:
+      raise ValueError(f"Parameter {path} is matched by no freezing rule "
+                       f"{[p for _, _, p in compiled]}; add a rule (e.g. ('.*', False))")
+  unmatched = [p for i, (regex, _, p) in enumerate(compiled)
+               if i not in used and not any(regex.fullmatch(x) for x in paths)]
+  if unmatched:
+    raise ValueError(f"Freezing rule(s) {unmatched} match no parameter; parameters look like "
+                     f"{paths[:4]}")
+  if not any(mask.values()):
+    raise ValueError(f"Freezing rules {[p for _, _, p in compiled]} leave nothing trainable")
+  return mask
+
+
+def split(params: Mapping[str, Any], mask: Mapping[str, bool]) -> tuple[dict, dict]:
+  """(trainable subtree, frozen subtree), both nested dicts."""
+  flat = tree_lib.flatten(params)
+  return (tree_lib.unflatten({k: v for k, v in flat.items() if mask[k]}),
+          tree_lib.unflatten({k: v for k, v in flat.items() if not mask[k]}))
+
+
+def merge(trainable: Mapping[str, Any], frozen: Mapping[str, Any]) -> dict:
+  """The full parameter tree from its two parts."""
+  flat = tree_lib.flatten(frozen)
+  overlap = set(flat) & set(tree_lib.flatten(trainable))
+  if overlap:
+    raise ValueError(f"Parameters both trainable and frozen: {sorted(overlap)}")
+  flat.update(tree_lib.flatten(trainable))
+  return tree_lib.unflatten(flat)

@@ -1,0 +1,195 @@
+"""The training loop, top to bottom: model, data, state, jitted step, checkpoints, logs.
+
+`train(...)` is the function the `prompt-tuning train` binary binds with gin
+(T5X's macros: MODEL_DIR, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS,
+TRAIN_STEPS, BATCH_SIZE, INITIAL_CHECKPOINT_PATH, ...). Prompt tuning and full
+fine-tuning are the same code; only the freezing rules differ.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+
+from prompt_tuning.models.t5 import T5Config
+from prompt_tuning.train import checkpoints as checkpoints_lib
+from prompt_tuning.train import data as data_lib
+from prompt_tuning.train import freezing
+from prompt_tuning.train import model_setup
+from prompt_tuning.train import optimizers
+from prompt_tuning.train import step as step_lib
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A step produced a NaN or Inf loss or update."""
+
+
+class MetricsWriter:
+  """JSON Lines plus TensorBoard scalars under MODEL_DIR/<name>/."""
+
+  def __init__(self, model_dir: str, name: str):
+    self.dir = os.path.join(model_dir, name)
+    os.makedirs(self.dir, exist_ok=True)
+    self._jsonl = os.path.join(self.dir, "metrics.jsonl")
+    import tensorflow as tf  # TensorBoard event files; TF is only used for data and logs.
+    self._tf = tf
+    self._writer = tf.summary.create_file_writer(self.dir)
+
+  def write(self, step: int, scalars: Mapping[str, Any], **extra) -> None:
+    record = dict(step=int(step), **{k: _jsonable(v) for k, v in scalars.items()}, **extra)
+    with open(self._jsonl, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    with self._writer.as_default(step=int(step)):
+      for k, v in scalars.items():
+        if isinstance(v, (int, float, np.floating, np.integer)):
+          self._tf.summary.scalar(k, float(v))
+    self._writer.flush()
+
+
+def _jsonable(v):
+  if isinstance(v, (np.floating, np.integer)):
+    return v.item()
+  return v
+
+
+def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
+          task_feature_lengths: Mapping[str, int], train_steps: int, batch_size: int,
+          initial_checkpoint_path: Optional[str],
+          encoder_prompt: Optional[nn.Module] = None,
+          decoder_prompt: Optional[nn.Module] = None,
+          trainable_rules: freezing.Rules = freezing.PROMPT_TUNING_RULES,
+          optimizer: Optional[optax.GradientTransformation] = None,
+          z_loss: float = 1e-4, seed: int = 0, data_seed: int = 0, split: str = "train",
+          checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = None,
+          log_period: int = 100, use_dropout: bool = False,
+          progress: bool = True, frozen_digest: bool = False) -> dict[str, Any]:
+  """Trains, resuming from MODEL_DIR's latest checkpoint if there is one.
+
+  Args:
+    frozen_digest: also record a SHA-256 of the frozen parameters as they are
+      at the end (an integrity check; it copies the backbone to the host).
+
+  Returns:
+    a summary: final step, last logged metrics, checkpoint and backbone bytes.
+  """
+  if train_steps <= 0 or batch_size <= 0:
+    raise ValueError(f"train_steps={train_steps} and batch_size={batch_size} must be positive")
+  os.makedirs(model_dir, exist_ok=True)
+  optimizer = optimizer or optimizers.prompt_tuning_adafactor()
+
+  # Model and parameters: backbone by name from the checkpoint, the rest fresh.
+  setup = model_setup.build(model_config, initial_checkpoint_path, encoder_prompt,
+                            decoder_prompt, trainable_rules, seed)
+  task = data_lib.get_task_or_mixture(mixture_or_task_name)
+  data_lib.check_vocabulary(task, model_config.vocab_size)
+  trainable, frozen = setup.trainable, setup.frozen
+  opt_state = optimizer.init(trainable)
+
+  # Resume.
+  store = checkpoints_lib.CheckpointStore(model_dir, keep_checkpoints)
+  start_step, data_position = 0, 0
+  restored = store.restore(model_setup.abstract(trainable), model_setup.abstract(opt_state))
+  if restored is not None:
+    trainable, opt_state, meta = restored
+    start_step, data_position = int(meta["step"]), int(meta["data_position"])
+    log.info("Resumed from step %d (%s)", start_step, store.step_dir(start_step))
+
+  batches = data_lib.train_batches(mixture_or_task_name, task_feature_lengths, batch_size,
+                                   split=split, seed=data_seed, start_batch=data_position)
+  train_step = jax.jit(step_lib.make_train_step(setup.model, optimizer, z_loss, use_dropout),
+                       donate_argnums=(0, 1))
+  writer = MetricsWriter(model_dir, "train")
+  backbone_bytes = model_setup.tree_bytes(frozen)
+  summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes)
+
+  def save(step: int) -> None:
+    store.save(step, trainable, opt_state, data_position=step,
+               extra=dict(task=mixture_or_task_name))
+    checkpoints_lib.export_prompts(model_dir, step, trainable)
+    size = checkpoints_lib.directory_bytes(store.step_dir(step))
+    summary.update(checkpoint_bytes=size, checkpoint_fraction_of_backbone=size / max(
+        backbone_bytes, 1))
+    log.info("Saved step %d: checkpoint %d bytes, %.4f%% of the %d-byte backbone",
+             step, size, 100 * size / max(backbone_bytes, 1), backbone_bytes)
+
+  bar = _progress(progress, start_step, train_steps)
+  rng = jax.random.PRNGKey(seed)
+  pending = None  # (step, metrics on device): fetched after the next dispatch
+  window = dict(start=time.time(), steps=0, tokens=0.0)
+  step = start_step
+  try:
+    for step in range(start_step + 1, train_steps + 1):
+      batch = next(batches)
+      trainable, opt_state, metrics = train_step(trainable, opt_state, frozen, batch,
+                                                 jax.random.fold_in(rng, step))
+      if pending is not None:
+        _log_metrics(pending, writer, window, log_period, summary, bar)
+      pending = (step, metrics, int(np.sum(batch["encoder_input_tokens"] > 0)))
+      if step % checkpoint_period == 0 or step == train_steps:
+        _log_metrics(pending, writer, window, log_period, summary, bar, force=True)
+        pending = None
+        save(step)
+    if pending is not None:
+      _log_metrics(pending, writer, window, log_period, summary, bar, force=True)
+  finally:
+    if bar is not None:
+      bar.close()
+    store.close()
+  summary.update(step=max(step, start_step))
+  if frozen_digest:
+    summary["frozen_sha256"] = tree_digest(frozen)
+  with open(os.path.join(model_dir, "train_summary.json"), "w") as f:
+    json.dump(summary, f, indent=1, default=_jsonable)
+  return summary
+
+
+def tree_digest(tree: Any) -> str:
+  """SHA-256 over a tree's leaves in path order (names, dtypes, shapes and bytes)."""
+  import hashlib
+  from prompt_tuning.readers import tree as tree_lib
+  h = hashlib.sha256()
+  for name, value in sorted(tree_lib.flatten(jax.device_get(tree)).items()):
+    value = np.asarray(value)
+    h.update(f"{name}|{value.dtype}|{value.shape}|".encode())
+    h.update(np.ascontiguousarray(value).tobytes())
+  return h.hexdigest()
+
+
+def _progress(enabled: bool, start: int, total: int):
+  if not enabled:
+    return None
+  from tqdm import tqdm
+  return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _log_metrics(pending, writer: MetricsWriter, window: dict, log_period: int,
+                 summary: dict, bar, force: bool = False) -> None:
+  step, metrics, input_tokens = pending
+  metrics = jax.device_get(metrics)
+  loss = float(metrics["loss"])
+  if not np.isfinite(loss) or not np.isfinite(float(metrics["update_norm"])):
+    raise NonFiniteLossError(f"Non-finite loss ({loss}) or update at step {step}; the last "
+                             "good checkpoint is kept")
+  window["steps"] += 1
+  window["tokens"] += input_tokens
+  if bar is not None:
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}")
+  if force or step % log_period == 0:
+    elapsed = max(time.time() - window["start"], 1e-9)
+    scalars = step_lib.summarize(metrics)
+    scalars.update(steps_per_sec=window["steps"] / elapsed,
+                   input_tokens_per_sec=window["tokens"] / elapsed)
+    writer.write(step, scalars)
+    summary["last_metrics"] = dict(step=step, **scalars)
+    window.update(start=time.time(), steps=0, tokens=0.0)

@@ -1,0 +1,73 @@
+"""Builds the model and its parameters the same way for train, eval and infer.
+
+The backbone comes from INITIAL_CHECKPOINT_PATH (T5X or Hugging Face) by
+name; only parameters the checkpoint cannot hold (the prompt modules') are
+initialized, inside a jitted init whose unused outputs XLA drops, so the
+backbone is never randomly initialized when a checkpoint is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from prompt_tuning import readers
+from prompt_tuning.models import params as params_lib
+from prompt_tuning.models.t5 import T5, T5Config
+from prompt_tuning.readers import tree as tree_lib
+from prompt_tuning.train import checkpoints as checkpoints_lib
+from prompt_tuning.train import freezing
+
+
+@dataclasses.dataclass
+class ModelSetup:
+  model: T5
+  trainable: Any          # nested dict of the trainable leaves
+  frozen: Any             # nested dict of the frozen leaves
+  mask: dict[str, bool]   # '/'-joined path -> trainable?
+  logical_specs: Any      # PartitionSpec tree of logical axis names
+
+
+def build(model_config: T5Config, initial_checkpoint_path: Optional[str],
+          encoder_prompt: Optional[nn.Module] = None, decoder_prompt: Optional[nn.Module] = None,
+          trainable_rules: freezing.Rules = freezing.PROMPT_TUNING_RULES,
+          seed: int = 0) -> ModelSetup:
+  """The model, its parameters split by the freezing rules, and their logical axes.
+
+  Args:
+    initial_checkpoint_path: the backbone. None initializes everything at
+      random (pretraining from scratch); never used as a silent fallback.
+  """
+  model = T5(model_config, encoder_prompt=encoder_prompt, decoder_prompt=decoder_prompt)
+  shapes, specs = params_lib.abstract_params(model)
+  flat_shapes = tree_lib.flatten(shapes)
+  mask = freezing.trainable_mask(shapes, trainable_rules)
+  if initial_checkpoint_path:
+    prompt_paths = tuple(k for k in flat_shapes if checkpoints_lib.PROMPT_PATH.fullmatch(k))
+    loaded = tree_lib.flatten(readers.load_params(initial_checkpoint_path, model,
+                                                  allow_missing=prompt_paths))
+  else:
+    loaded = {}
+  missing = sorted(k for k in flat_shapes if k not in loaded)
+  if missing:
+    def init_missing(rng):
+      flat = tree_lib.flatten(params_lib.init_params(model, rng))
+      return {k: flat[k] for k in missing}
+    loaded.update(jax.jit(init_missing)(jax.random.PRNGKey(seed)))
+  params = tree_lib.unflatten({k: jax.numpy.asarray(v) for k, v in loaded.items()})
+  trainable, frozen = freezing.split(params, mask)
+  return ModelSetup(model=model, trainable=trainable, frozen=frozen, mask=mask,
+                    logical_specs=specs)
+
+
+def abstract(tree: Any) -> Any:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+
+
+def tree_bytes(tree: Any) -> int:
+  return int(sum(np.prod(np.shape(x)) * np.dtype(x.dtype).itemsize
+                 for x in jax.tree.leaves(tree)))
