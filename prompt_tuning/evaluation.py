@@ -116,6 +116,23 @@ def compute_metrics(task: Any, examples: Sequence[Mapping[str, Any]],
   return metrics
 
 
+def _predict_split(model_dir, model_config, task_name, feature_lengths, batch_size,
+                   initial_checkpoint_path, encoder_prompt, trainable_rules, split,
+                   checkpoint_step, restore_checkpoint, decoding_config, class_labels,
+                   max_examples):
+  """(task, examples, [(prediction, score)], step) for eval and infer alike."""
+  task = data_lib.get_task_or_mixture(task_name)
+  data_lib.check_vocabulary(task, model_config.vocab_size)
+  setup, params, step = load_for_inference(model_dir, model_config, initial_checkpoint_path,
+                                           encoder_prompt, trainable_rules, checkpoint_step,
+                                           restore_checkpoint)
+  examples = data_lib.eval_examples(task_name, split, feature_lengths, max_examples)
+  vocab = task.output_features["targets"].vocabulary
+  preds = predict(setup.model, params, examples, vocab, feature_lengths["inputs"],
+                  batch_size, decoding_config, class_labels)
+  return task, examples, preds, step
+
+
 def evaluate(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
              task_feature_lengths: Mapping[str, int], batch_size: int,
              initial_checkpoint_path: Optional[str],
@@ -129,16 +146,10 @@ def evaluate(*, model_dir: str, model_config: T5Config, mixture_or_task_name: st
              output_name: str = "eval") -> dict[str, Any]:
   """Metrics of a split; appended to MODEL_DIR/<output_name>/metrics.jsonl and TensorBoard."""
   from prompt_tuning.train.loop import MetricsWriter
-  task = data_lib.get_task_or_mixture(mixture_or_task_name)
-  data_lib.check_vocabulary(task, model_config.vocab_size)
-  setup, params, step = load_for_inference(model_dir, model_config, initial_checkpoint_path,
-                                           encoder_prompt, trainable_rules, checkpoint_step,
-                                           restore_checkpoint)
-  examples = data_lib.eval_examples(mixture_or_task_name, split, task_feature_lengths,
-                                    max_examples)
-  vocab = task.output_features["targets"].vocabulary
-  preds = predict(setup.model, params, examples, vocab, task_feature_lengths["inputs"],
-                  batch_size, decoding_config, class_labels)
+  task, examples, preds, step = _predict_split(
+      model_dir, model_config, mixture_or_task_name, task_feature_lengths, batch_size,
+      initial_checkpoint_path, encoder_prompt, trainable_rules, split, checkpoint_step,
+      restore_checkpoint, decoding_config, class_labels, max_examples)
   metrics = compute_metrics(task, examples, [p for p, _ in preds])
   metrics["num_examples"] = len(examples)
   MetricsWriter(model_dir, output_name).write(step, metrics, task=mixture_or_task_name,
@@ -157,16 +168,11 @@ def infer(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
           decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
           class_labels: Optional[Sequence[str]] = None,
           max_examples: Optional[int] = None) -> str:
-  """Writes JSON Lines of {input, prediction, score} and returns the file's path."""
-  task = data_lib.get_task_or_mixture(mixture_or_task_name)
-  setup, params, step = load_for_inference(model_dir, model_config, initial_checkpoint_path,
-                                           encoder_prompt, trainable_rules, checkpoint_step,
-                                           restore_checkpoint)
-  examples = data_lib.eval_examples(mixture_or_task_name, split, task_feature_lengths,
-                                    max_examples)
-  vocab = task.output_features["targets"].vocabulary
-  preds = predict(setup.model, params, examples, vocab, task_feature_lengths["inputs"],
-                  batch_size, decoding_config, class_labels)
+  """Writes JSON Lines of {input, target, prediction, score}; returns the file's path."""
+  _, examples, preds, step = _predict_split(
+      model_dir, model_config, mixture_or_task_name, task_feature_lengths, batch_size,
+      initial_checkpoint_path, encoder_prompt, trainable_rules, split, checkpoint_step,
+      restore_checkpoint, decoding_config, class_labels, max_examples)
   out_dir = os.path.join(model_dir, "infer")
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f"{mixture_or_task_name}-{split}-step_{step}.jsonl")
