@@ -10,8 +10,10 @@ setup(
     python_requires=">=3.10",
     # configs/ (top level in the repo) ships inside the package as
     # prompt_tuning/configs, so `--gin_file=models/...` works after any install.
-    packages=find_packages(include=["prompt_tuning", "prompt_tuning.*"]) + ["prompt_tuning.configs"],
-    package_dir={"prompt_tuning.configs": "configs"},
+    # tasks/ likewise installs as prompt_tuning.tasks.
+    packages=(find_packages(include=["prompt_tuning", "prompt_tuning.*"])
+              + ["prompt_tuning.configs", "prompt_tuning.tasks"]),
+    package_dir={"prompt_tuning.configs": "configs", "prompt_tuning.tasks": "tasks"},
     package_data={"prompt_tuning.configs": ["*.gin", "*/*.gin", "*/*/*.gin"]},
     install_requires=[
         # Versions seen working together: jax 0.10.2, flax 0.12.8, optax 0.2.8,

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 def load_for_inference(model_dir: Optional[str], model_config: T5Config,
                        initial_checkpoint_path: Optional[str],
                        encoder_prompt: Optional[nn.Module],
-                       trainable_rules: freezing.Rules, checkpoint_step: Optional[int],
+                       trainable_rules: Optional[freezing.Rules],
+                       checkpoint_step: Optional[int],
                        restore_checkpoint: bool) -> tuple[model_setup.ModelSetup, Any, int]:
   """(setup, full params, step): prompts from MODEL_DIR's checkpoint, or as initialized.
 
@@ -40,7 +41,7 @@ def load_for_inference(model_dir: Optional[str], model_config: T5Config,
   initializer) the trainable parameters are exactly what the initializers give.
   """
   setup = model_setup.build(model_config, initial_checkpoint_path, encoder_prompt,
-                            trainable_rules=trainable_rules)
+                            trainable_rules=trainable_rules, require_trainable=False)
   trainable, step = setup.trainable, 0
   if restore_checkpoint:
     if not model_dir:
@@ -137,7 +138,7 @@ def evaluate(*, model_dir: str, model_config: T5Config, mixture_or_task_name: st
              task_feature_lengths: Mapping[str, int], batch_size: int,
              initial_checkpoint_path: Optional[str],
              encoder_prompt: Optional[nn.Module] = None,
-             trainable_rules: freezing.Rules = freezing.PROMPT_TUNING_RULES,
+             trainable_rules: Optional[freezing.Rules] = None,
              split: str = "validation", checkpoint_step: Optional[int] = None,
              restore_checkpoint: bool = True,
              decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
@@ -162,7 +163,7 @@ def infer(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
           task_feature_lengths: Mapping[str, int], batch_size: int,
           initial_checkpoint_path: Optional[str],
           encoder_prompt: Optional[nn.Module] = None,
-          trainable_rules: freezing.Rules = freezing.PROMPT_TUNING_RULES,
+          trainable_rules: Optional[freezing.Rules] = None,
           split: str = "validation", checkpoint_step: Optional[int] = None,
           restore_checkpoint: bool = True,
           decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),

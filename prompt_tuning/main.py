@@ -3,6 +3,7 @@
   prompt-tuning train --gin_file=F [--gin_file=...] [--gin.NAME=VALUE ...]
   prompt-tuning eval  --gin_file=F ...
   prompt-tuning infer --gin_file=F ...
+  prompt-tuning quickstart [--cache_dir=D]
   prompt-tuning inspect CHECKPOINT
   prompt-tuning decode CHECKPOINT --spm_model=M --input="text" [--method=beam]
 
@@ -73,6 +74,19 @@ def _decode(args) -> int:
 _GIN_BINARIES = {"train": "train", "eval": "evaluate", "infer": "infer"}
 
 
+def _quickstart(args) -> int:
+  import logging
+  import os
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  logging.basicConfig(level=logging.WARNING)
+  from prompt_tuning import quickstart
+  pretrain = quickstart.PretrainConfig(size=args.size, seed=args.seed, steps=args.pretrain_steps)
+  prompt = quickstart.PromptConfig(steps=args.prompt_steps, length=args.prompt_length)
+  quickstart.run(cache_dir=args.cache_dir, pretrain_cfg=pretrain, prompt_cfg=prompt,
+                 eval_examples=args.eval_examples, work_dir=args.work_dir)
+  return 0
+
+
 def run_gin_binary(command: str, argv: Sequence[str]) -> int:
   """Parses gin flags and calls the configured train / evaluate / infer."""
   import logging
@@ -80,6 +94,7 @@ def run_gin_binary(command: str, argv: Sequence[str]) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   from prompt_tuning import gin_utils
+  import prompt_tuning.tasks  # noqa: F401  (registers the bundled seqio tasks)
   files, bindings, paths, rest = gin_utils.split_flags(argv)
   if rest:
     print(f"prompt-tuning {command}: error: unknown arguments {rest}; expected --gin_file=..., "
@@ -92,7 +107,7 @@ def run_gin_binary(command: str, argv: Sequence[str]) -> int:
   try:
     gin_utils.parse_gin(files, bindings, paths)
     result = gin_utils.run_configured(_GIN_BINARIES[command])
-  except (FileNotFoundError, ValueError, KeyError, FileExistsError) as e:
+  except (FileNotFoundError, ValueError, KeyError, FileExistsError, FloatingPointError) as e:
     print(f"prompt-tuning {command}: error: {e}", file=sys.stderr)
     return 2
   print(result)
@@ -114,6 +129,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("checkpoint", help="T5X checkpoint (folder or model dir) or HF folder")
     p.add_argument("--relative_attention_max_distance", type=int, default=None,
                    help="not stored in T5X checkpoints; default 128")
+  qs = sub.add_parser("quickstart", help="pretrain a small T5 (cached), prompt-tune a held-out "
+                      "task, print the accuracy table")
+  qs.add_argument("--cache_dir", default=None, help="backbone cache (default "
+                  "$PROMPT_TUNING_CACHE or ~/.cache/prompt_tuning)")
+  qs.add_argument("--work_dir", default=None, help="prompt run folder (default: a temp dir)")
+  qs.add_argument("--size", default="small", choices=("tiny", "small"))
+  qs.add_argument("--seed", type=int, default=0)
+  qs.add_argument("--pretrain_steps", type=int, default=3000)
+  qs.add_argument("--prompt_steps", type=int, default=400)
+  qs.add_argument("--prompt_length", type=int, default=10)
+  qs.add_argument("--eval_examples", type=int, default=512)
   dec = sub.choices["decode"]
   dec.add_argument("--spm_model", required=True, help="SentencePiece model file")
   dec.add_argument("--input", required=True)
@@ -124,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   dec.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   try:
-    return {"inspect": _inspect, "decode": _decode}[args.command](args)
+    return {"inspect": _inspect, "decode": _decode, "quickstart": _quickstart}[args.command](args)
   except (FileNotFoundError, ValueError, KeyError) as e:
     print(f"prompt-tuning {args.command}: error: {e}", file=sys.stderr)
     return 2

@@ -1,5 +1,11 @@
-"""seqio task and mixture registrations (importing this package registers them).
+"""seqio task and mixture registrations; importing this package registers them.
 
-The task library (SuperGLUE, GLUE, transfer and recycling tasks, tasks from
-local files) is tracked as its own issue; nothing is registered yet.
+Installed as `prompt_tuning.tasks` (the binaries import it):
+  synthetic.py   the quickstart's synthetic string tasks (byte vocabulary)
+  metrics.py     metric functions
+The SuperGLUE / GLUE / transfer task library is tracked as its own issue.
 """
+
+from prompt_tuning.tasks import synthetic
+
+synthetic.register()

@@ -7,6 +7,9 @@ Layouts understood (each a `checkpoint_N` folder):
   * inline msgpack (older T5X): the same file with every array inline;
   * Orbax PyTree (newer T5X): `_METADATA` / `manifest.ocdbt` in the folder or
     in one item sub-folder.
+  * this project's own training checkpoints (`MODEL_DIR`, its `checkpoints/`
+    folder, or one `checkpoints/<step>` folder): the `trainable` item of a
+    full-training run, so a backbone trained here loads like any other.
 Parameters are the `target` subtree (`optimizer/target` in the oldest files).
 Nothing is unpickled: msgpack carries raw bytes, zarr and Orbax arrays are
 read by tensorstore.
@@ -111,10 +114,18 @@ def find_checkpoint_dir(path: str) -> str:
   entries = os.listdir(path)
   if "checkpoint" in entries or any(m in entries for m in _ORBAX_MARKERS):
     return os.path.abspath(path)
+  if "trainable" in entries and os.path.isdir(os.path.join(path, "trainable")):
+    return os.path.abspath(path)  # One step of this project's CheckpointStore.
   steps = sorted((int(e.split("_")[1]), e) for e in entries
                  if e.startswith("checkpoint_") and e.split("_")[1].isdigit())
   if steps:
     return os.path.abspath(os.path.join(path, steps[-1][1]))
+  if "checkpoints" in entries:  # A MODEL_DIR written by this project's trainer.
+    return find_checkpoint_dir(os.path.join(path, "checkpoints"))
+  own_steps = sorted(int(e) for e in entries
+                     if e.isdigit() and os.path.isdir(os.path.join(path, e, "trainable")))
+  if own_steps:
+    return os.path.abspath(os.path.join(path, str(own_steps[-1])))
   item_dirs = [e for e in entries if os.path.isdir(os.path.join(path, e)) and any(
       os.path.exists(os.path.join(path, e, m)) for m in _ORBAX_MARKERS)]
   if item_dirs:
@@ -181,7 +192,10 @@ class T5XCheckpoint:
   def _open_orbax(self):
     import orbax.checkpoint as ocp  # Lazy: only this layout needs it.
     item_dir = self.dir
-    if not any(os.path.exists(os.path.join(item_dir, m)) for m in ("_METADATA", "manifest.ocdbt")):
+    self._own = os.path.isdir(os.path.join(item_dir, "trainable"))
+    if self._own:
+      item_dir = os.path.join(item_dir, "trainable")
+    elif not any(os.path.exists(os.path.join(item_dir, m)) for m in ("_METADATA", "manifest.ocdbt")):
       subdirs = [e for e in sorted(os.listdir(item_dir))
                  if os.path.exists(os.path.join(item_dir, e, "_METADATA"))]
       if not subdirs:
@@ -196,6 +210,8 @@ class T5XCheckpoint:
     meta_tree = getattr(meta, "item_metadata", meta)
     meta_tree = getattr(meta_tree, "tree", meta_tree)
     self._orbax_tree = meta_tree
+    if self._own:  # The trainable item is the parameter tree itself.
+      return tree_lib.flatten(meta_tree), int(os.path.basename(self.dir))
     params = _params_subtree(meta_tree, item_dir)
     arrays = tree_lib.flatten(params)
     step = meta_tree.get("state", {}).get("step") if isinstance(meta_tree, Mapping) else None
@@ -213,6 +229,8 @@ class T5XCheckpoint:
     return {p: np.asarray(flat[p]) for p in full_paths}
 
   def _orbax_prefix(self) -> str:
+    if self._own:
+      return ""
     tree = self._orbax_tree
     if "optimizer" in tree:
       return "optimizer/target/"

@@ -21,8 +21,15 @@ PROMPT_TUNING_RULES: Rules = ((r"(encoder|decoder)_prompt/.*", True), (r".*", Fa
 FULL_FINETUNING_RULES: Rules = ((r".*", True),)
 
 
-def trainable_mask(params: Mapping[str, Any], rules: Rules) -> dict[str, bool]:
-  """{'/'-joined path: trainable?}, checking coverage both ways."""
+FROZEN_RULES: Rules = ((r".*", False),)
+
+
+def trainable_mask(params: Mapping[str, Any], rules: Rules,
+                   require_trainable: bool = True) -> dict[str, bool]:
+  """{'/'-joined path: trainable?}, checking coverage both ways.
+
+  `require_trainable=False` accepts an all-frozen model (inference only).
+  """
   compiled = [(re.compile(pattern), bool(train), pattern) for pattern, train in rules]
   paths = list(tree_lib.flatten(params))
   used = set()
@@ -41,7 +48,7 @@ def trainable_mask(params: Mapping[str, Any], rules: Rules) -> dict[str, bool]:
   if unmatched:
     raise ValueError(f"Freezing rule(s) {unmatched} match no parameter; parameters look like "
                      f"{paths[:4]}")
-  if not any(mask.values()):
+  if require_trainable and not any(mask.values()):
     raise ValueError(f"Freezing rules {[p for _, _, p in compiled]} leave nothing trainable")
   return mask
 

@@ -34,18 +34,25 @@ class ModelSetup:
 
 def build(model_config: T5Config, initial_checkpoint_path: Optional[str],
           encoder_prompt: Optional[nn.Module] = None, decoder_prompt: Optional[nn.Module] = None,
-          trainable_rules: freezing.Rules = freezing.PROMPT_TUNING_RULES,
-          seed: int = 0) -> ModelSetup:
+          trainable_rules: Optional[freezing.Rules] = None,
+          seed: int = 0, require_trainable: bool = True) -> ModelSetup:
   """The model, its parameters split by the freezing rules, and their logical axes.
 
   Args:
     initial_checkpoint_path: the backbone. None initializes everything at
       random (pretraining from scratch); never used as a silent fallback.
+    trainable_rules: default: the prompt modules train, nothing else; with
+      no prompt module, everything is frozen (inference of the backbone).
+    require_trainable: training needs something trainable; inference not.
   """
   model = T5(model_config, encoder_prompt=encoder_prompt, decoder_prompt=decoder_prompt)
   shapes, specs = params_lib.abstract_params(model)
   flat_shapes = tree_lib.flatten(shapes)
-  mask = freezing.trainable_mask(shapes, trainable_rules)
+  if trainable_rules is None:
+    has_prompt = encoder_prompt is not None or decoder_prompt is not None
+    trainable_rules = freezing.PROMPT_TUNING_RULES if has_prompt else freezing.FROZEN_RULES
+    require_trainable = require_trainable and has_prompt
+  mask = freezing.trainable_mask(shapes, trainable_rules, require_trainable)
   if initial_checkpoint_path:
     prompt_paths = tuple(k for k in flat_shapes if checkpoints_lib.PROMPT_PATH.fullmatch(k))
     loaded = tree_lib.flatten(readers.load_params(initial_checkpoint_path, model,

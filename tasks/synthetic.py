@@ -1,0 +1,125 @@
+"""A synthetic task family for the quickstart: string tasks over a byte vocabulary.
+
+Every example is a short word of letters from `ALPHABET`; the tasks transform
+it, each announced by a textual instruction:
+
+  copy: cabd     -> cabd        reverse: cabd -> dbac
+  sort: cabd     -> abcd        first: cabd   -> c
+  last: cabd     -> d           count: cabd   -> 4
+  rotate: cabd   -> abdc        (the first letter moves to the end)
+
+Registered seqio tasks (byte-level vocabulary, no vocabulary file):
+  synthetic_<task>             instruction + word -> answer, for every task
+  synthetic_pretrain           mixture of all of them (equal rates), except
+                               that `reverse` only ever appears with its
+                               instruction
+  synthetic_reverse_bare       the held-out format: the bare word, no
+                               instruction -> its reverse. Nothing in
+                               pretraining shows it; a prompt must learn to
+                               stand in for the instruction.
+
+Examples are a pure function of (task, split). One word in five (by hash)
+is reserved for validation and test, so evaluation words never occur in any
+training split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from typing import Callable
+
+import numpy as np
+
+from prompt_tuning.tasks import metrics
+
+ALPHABET = "abcdefgh"
+MIN_LEN, MAX_LEN = 3, 6
+SPLIT_SIZES = {"train": 50_000, "validation": 512, "test": 512}
+# Byte vocabulary (pad 0, EOS 1, UNK 2, bytes at 3..258): 259 ids; the models
+# round the embedding table up to 384 rows.
+VOCAB_ROWS = 384
+FEATURE_LENGTHS = {"inputs": 16, "targets": 8}
+
+TASKS: dict[str, Callable[[str], str]] = {
+    "copy": lambda w: w,
+    "reverse": lambda w: w[::-1],
+    "sort": lambda w: "".join(sorted(w)),
+    "first": lambda w: w[0],
+    "last": lambda w: w[-1],
+    "count": lambda w: str(len(w)),
+    "rotate": lambda w: w[1:] + w[:1],
+}
+HELD_OUT = "reverse"
+
+
+def _seed(*parts) -> int:
+  digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+  return int.from_bytes(digest[:4], "little")
+
+
+def is_held_out_word(w: str) -> bool:
+  """One word in five (by hash) is reserved for validation and test."""
+  return zlib.crc32(w.encode()) % 5 == 0
+
+
+def words(split: str, count: int, salt: str = "") -> list[str]:
+  """`count` random words, a pure function of (split, salt, count).
+
+  Train words and validation/test words come from disjoint parts of the word
+  space, so evaluation is on words never seen in training.
+  """
+  rng = np.random.RandomState(_seed("words", split, salt))
+  held_out = split != "train"
+  out: list[str] = []
+  while len(out) < count:
+    n = 2 * (count - len(out)) + 16
+    lengths = rng.randint(MIN_LEN, MAX_LEN + 1, size=n)
+    letters = np.asarray(list(ALPHABET))[rng.randint(0, len(ALPHABET), size=(n, MAX_LEN))]
+    for row, length in zip(letters, lengths):
+      w = "".join(row[:length])
+      if is_held_out_word(w) == held_out:
+        out.append(w)
+  return out[:count]
+
+
+def examples(task: str, split: str, count: int, instruction: bool = True,
+             salt: str = "") -> dict[str, list[str]]:
+  """The first `count` examples of a task's split (deterministic)."""
+  fn = TASKS[task]
+  words_ = words(split, count, salt=task + salt)
+  inputs = [f"{task}: {w}" if instruction else w for w in words_]
+  return {"inputs": inputs, "targets": [fn(w) for w in words_]}
+
+
+def _source(task: str, instruction: bool):
+  import seqio
+  import tensorflow as tf
+
+  def dataset_fn(split, shuffle_files=False, seed=None):
+    del shuffle_files, seed
+    count = SPLIT_SIZES[split]
+    data = examples(task, split, count, instruction,
+                    salt="" if instruction else "/bare")
+    return tf.data.Dataset.from_tensor_slices(data)
+  return seqio.FunctionDataSource(dataset_fn, splits=tuple(SPLIT_SIZES),
+                                  num_input_examples={k: v for k, v in SPLIT_SIZES.items()})
+
+
+def register() -> None:
+  """Registers the tasks and the mixture (idempotent)."""
+  import seqio
+  if "synthetic_pretrain" in seqio.MixtureRegistry.names():
+    return
+  vocab = seqio.ByteVocabulary()
+  features = {"inputs": seqio.Feature(vocab, add_eos=True),
+              "targets": seqio.Feature(vocab, add_eos=True)}
+  preprocessors = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
+  for task in TASKS:
+    seqio.TaskRegistry.add(f"synthetic_{task}", source=_source(task, True),
+                           preprocessors=preprocessors, output_features=features,
+                           metric_fns=[metrics.exact_match])
+  seqio.TaskRegistry.add("synthetic_reverse_bare", source=_source(HELD_OUT, False),
+                         preprocessors=preprocessors, output_features=features,
+                         metric_fns=[metrics.exact_match])
+  seqio.MixtureRegistry.add("synthetic_pretrain", [(f"synthetic_{t}", 1.0) for t in TASKS])

@@ -1,0 +1,75 @@
+"""The quickstart, shortened: a pretrained tiny backbone, then prompt tuning of
+the held-out format, must beat both baselines by a clear margin."""
+
+import json
+import os
+
+import gin
+import numpy as np
+import pytest
+
+from prompt_tuning import quickstart, readers
+from prompt_tuning.readers import tree as tree_lib
+
+# Shortened from the defaults (small backbone, 3000 + 400 steps) to fit a test.
+PRETRAIN = quickstart.PretrainConfig(size="tiny", steps=1200)
+PROMPT = quickstart.PromptConfig(steps=400)
+# Exact-match points (out of 100) by which the trained prompt must win; the
+# full quickstart wins by 100 (see benchmarks/quickstart.md).
+MARGIN = 30.0
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+  root = tmp_path_factory.mktemp("quickstart")
+  return quickstart.run(cache_dir=str(root / "cache"), pretrain_cfg=PRETRAIN, prompt_cfg=PROMPT,
+                        eval_examples=128, work_dir=str(root / "work"), progress=False)
+
+
+def test_trained_prompt_beats_both_baselines(results):
+  rows = results["rows"]
+  trained = rows["trained prompt"]
+  assert trained >= rows["no prompt"] + MARGIN, rows
+  assert trained >= rows["random prompt (untrained)"] + MARGIN, rows
+  # The backbone itself learned the task when told what to do.
+  assert rows["with the instruction (reference)"] >= 80.0, rows
+
+
+def test_results_are_written_and_printed(results, capsys):
+  path = os.path.join(os.path.dirname(results["prompt_model_dir"]), "quickstart_results.json")
+  assert json.load(open(path))["rows"] == results["rows"]
+  table = quickstart.format_table(results)
+  assert "trained prompt" in table and "no prompt" in table
+
+
+def test_backbone_is_cached_and_reused(results, monkeypatch):
+  cache = os.path.dirname(os.path.dirname(results["backbone"]))
+  monkeypatch.setattr(quickstart.loop, "train", lambda **kw: pytest.fail("retrained"))
+  assert quickstart.pretrain(PRETRAIN, cache) == results["backbone"]
+
+
+def test_training_run_loads_as_a_backbone(results):
+  # The pretraining MODEL_DIR (this project's own checkpoints) and the
+  # exported T5X-layout checkpoint hold the same weights.
+  own = results["backbone"] + ".training"
+  exported = results["backbone"]
+  model = quickstart.T5(quickstart.backbone_config(PRETRAIN.size))
+  a = tree_lib.flatten(readers.load_params(own, model))
+  b = tree_lib.flatten(readers.load_params(exported, model))
+  assert set(a) == set(b)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_gin_pretraining_config_matches_the_quickstart():
+  from prompt_tuning import gin_utils
+  gin.clear_config()
+  for size in quickstart.SIZES:
+    assert gin_utils.model_config_from_gin([f"models/synthetic_{size}.gin"]) == (
+        quickstart.backbone_config(size))
+    gin.clear_config()
+  gin_utils.parse_gin(["models/synthetic_tiny.gin", "runs/pretrain_synthetic.gin"],
+                      ["MODEL_DIR = '/tmp/x'"])
+  assert gin.query_parameter("train.mixture_or_task_name") == "synthetic_pretrain"
+  assert str(gin.query_parameter("train.trainable_rules")) == "%FULL_FINETUNING_RULES"
+  gin.clear_config()
