@@ -72,16 +72,22 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
           z_loss: float = 1e-4, seed: int = 0, data_seed: int = 0, split: str = "train",
           checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = None,
           log_period: int = 100, use_dropout: bool = False,
-          progress: bool = True, frozen_digest: bool = False) -> dict[str, Any]:
+          progress: bool = True, frozen_digest: bool = False,
+          on_non_finite: str = "stop") -> dict[str, Any]:
   """Trains, resuming from MODEL_DIR's latest checkpoint if there is one.
 
   Args:
     frozen_digest: also record a SHA-256 of the frozen parameters as they are
       at the end (an integrity check; it copies the backbone to the host).
+    on_non_finite: a step with a NaN/Inf loss or update changes nothing; then
+      "stop" raises NonFiniteLossError naming the step (the last good
+      checkpoint stays the latest), "skip" goes on and counts it.
 
   Returns:
     a summary: final step, last logged metrics, checkpoint and backbone bytes.
   """
+  if on_non_finite not in ("stop", "skip"):
+    raise ValueError(f"on_non_finite={on_non_finite!r}; expected 'stop' or 'skip'")
   if train_steps <= 0 or batch_size <= 0:
     raise ValueError(f"train_steps={train_steps} and batch_size={batch_size} must be positive")
   os.makedirs(model_dir, exist_ok=True)
@@ -110,7 +116,7 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
                        donate_argnums=(0, 1))
   writer = MetricsWriter(model_dir, "train")
   backbone_bytes = model_setup.tree_bytes(frozen)
-  summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes)
+  summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes, skipped_steps=[])
 
   def save(step: int) -> None:
     store.save(step, trainable, opt_state, data_position=step,
@@ -133,14 +139,16 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
       trainable, opt_state, metrics = train_step(trainable, opt_state, frozen, batch,
                                                  jax.random.fold_in(rng, step))
       if pending is not None:
-        _log_metrics(pending, writer, window, log_period, summary, bar)
+        _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite)
       pending = (step, metrics, int(np.sum(batch["encoder_input_tokens"] > 0)))
       if step % checkpoint_period == 0 or step == train_steps:
-        _log_metrics(pending, writer, window, log_period, summary, bar, force=True)
+        _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite,
+                     force=True)
         pending = None
         save(step)
     if pending is not None:
-      _log_metrics(pending, writer, window, log_period, summary, bar, force=True)
+      _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite,
+                   force=True)
   finally:
     if bar is not None:
       bar.close()
@@ -173,13 +181,20 @@ def _progress(enabled: bool, start: int, total: int):
 
 
 def _log_metrics(pending, writer: MetricsWriter, window: dict, log_period: int,
-                 summary: dict, bar, force: bool = False) -> None:
+                 summary: dict, bar, on_non_finite: str, force: bool = False) -> None:
   step, metrics, input_tokens = pending
   metrics = jax.device_get(metrics)
   loss = float(metrics["loss"])
-  if not np.isfinite(loss) or not np.isfinite(float(metrics["update_norm"])):
-    raise NonFiniteLossError(f"Non-finite loss ({loss}) or update at step {step}; the last "
-                             "good checkpoint is kept")
+  if not metrics["finite"]:
+    what = (f"loss {loss}" if not np.isfinite(loss)
+            else f"update norm {float(metrics['update_norm'])}")
+    if on_non_finite == "stop":
+      raise NonFiniteLossError(
+          f"Non-finite {what} at step {step}; stopping. The last good checkpoint is kept; "
+          "pass on_non_finite='skip' (--gin.train.on_non_finite=\"'skip'\") to skip such steps")
+    log.warning("Skipped step %d: non-finite %s", step, what)
+    summary["skipped_steps"].append(step)
+    return
   window["steps"] += 1
   window["tokens"] += input_tokens
   if bar is not None:

@@ -68,16 +68,23 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
   """`step(trainable, opt_state, frozen, batch, rng) -> (trainable, opt_state, metrics)`.
 
   Gradients are taken with respect to `trainable` only, so no weight
-  gradient of the frozen backbone is ever computed.
+  gradient of the frozen backbone is ever computed. A step whose loss or
+  update is not finite changes nothing (`metrics['finite']` is 0): the caller
+  stops or counts it as skipped.
   """
   def step(trainable, opt_state, frozen, batch, rng):
     dropout_rng = jax.random.fold_in(rng, 0) if dropout else None
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         trainable, frozen, model, batch, dropout_rng, z_loss)
-    updates, opt_state = optimizer.update(grads, opt_state, trainable)
-    trainable = optax.apply_updates(trainable, updates)
+    updates, new_opt_state = optimizer.update(grads, opt_state, trainable)
+    update_norm = optax.global_norm(updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(update_norm)
+    new_trainable = optax.apply_updates(trainable, updates)
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    trainable = jax.tree.map(keep, new_trainable, trainable)
+    opt_state = jax.tree.map(keep, new_opt_state, opt_state)
     metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                   update_norm=optax.global_norm(updates))
+                   update_norm=update_norm, finite=finite.astype(jnp.float32))
     lr = optimizers_lib.current_learning_rate(opt_state)
     if lr is not None:
       metrics["learning_rate"] = jnp.asarray(lr, jnp.float32)
