@@ -106,6 +106,11 @@ def run_configured(name: str) -> Any:
   try:
     return fn()
   except TypeError as e:
+    if "macro() missing" in str(e):
+      raise ValueError(
+          f"{name}: a %MACRO used by the configs has no value. ENCODER_PROMPT comes from a "
+          "prompts/ file (e.g. --gin_file=prompts/soft_prompt.gin), MODEL_CONFIG from a "
+          "models/ file; others are listed at the top of each configs/runs file") from e
     if "missing" in str(e) and "argument" in str(e):
       raise ValueError(f"{name}: {e}. Bind it in a gin file or with --gin.{name}.<arg>=...; "
                        "required macros are listed at the top of each configs/runs file") from e

@@ -66,10 +66,11 @@ def check_against(loaded: Mapping[str, Any], expected: Mapping[str, Any], source
       for k in expected if k in loaded and shape(loaded[k]) != shape(expected[k]))
   if not (missing or unexpected or wrong):
     return
-  parts = [f"Checkpoint {source} does not match the model:"]
+  parts = []
   for title, items in (("missing", missing), ("unexpected", unexpected),
                        ("wrong shape", wrong)):
     if items:
       shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
-      parts.append(f"  {len(items)} {title}: " + ", ".join(shown))
-  raise CheckpointMismatchError("\n".join(parts))
+      parts.append(f"{len(items)} {title}: " + ", ".join(shown))
+  raise CheckpointMismatchError(f"Checkpoint {source} does not match the model: "
+                                + "; ".join(parts))

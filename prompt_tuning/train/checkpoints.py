@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from prompt_tuning.readers import tree as tree_lib
+from prompt_tuning.train import faults
 
 PROMPT_PATH = re.compile(r"(^|.*/)(encoder|decoder)_prompt/.*")
 
@@ -47,6 +48,7 @@ class CheckpointStore:
         trainable=ocp.args.StandardSave(trainable),
         opt_state=ocp.args.StandardSave(opt_state),
         meta=ocp.args.JsonSave(meta)))
+    faults.maybe_kill("during_save", step)  # The write is under way, not committed.
     self._manager.wait_until_finished()
 
   def restore(self, abstract_trainable: Any, abstract_opt_state: Any,

@@ -22,6 +22,7 @@ import optax
 from prompt_tuning.models.t5 import T5Config
 from prompt_tuning.train import checkpoints as checkpoints_lib
 from prompt_tuning.train import data as data_lib
+from prompt_tuning.train import faults
 from prompt_tuning.train import freezing
 from prompt_tuning.train import model_setup
 from prompt_tuning.train import optimizers
@@ -73,7 +74,8 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
           checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = None,
           log_period: int = 100, use_dropout: bool = False,
           progress: bool = True, frozen_digest: bool = False,
-          on_non_finite: str = "stop") -> dict[str, Any]:
+          on_non_finite: str = "stop",
+          max_encoder_length: Optional[int] = None) -> dict[str, Any]:
   """Trains, resuming from MODEL_DIR's latest checkpoint if there is one.
 
   Args:
@@ -82,6 +84,8 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
     on_non_finite: a step with a NaN/Inf loss or update changes nothing; then
       "stop" raises NonFiniteLossError naming the step (the last good
       checkpoint stays the latest), "skip" goes on and counts it.
+    max_encoder_length: if set, the encoder length budget: the prompt plus
+      TASK_FEATURE_LENGTHS['inputs'] must fit in it.
 
   Returns:
     a summary: final step, last logged metrics, checkpoint and backbone bytes.
@@ -93,11 +97,12 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
   os.makedirs(model_dir, exist_ok=True)
   optimizer = optimizer or optimizers.prompt_tuning_adafactor()
 
-  # Model and parameters: backbone by name from the checkpoint, the rest fresh.
-  setup = model_setup.build(model_config, initial_checkpoint_path, encoder_prompt,
-                            decoder_prompt, trainable_rules, seed)
+  # Cheap checks first, then the model: backbone by name, the rest fresh.
   task = data_lib.get_task_or_mixture(mixture_or_task_name)
   data_lib.check_vocabulary(task, model_config.vocab_size)
+  data_lib.check_prompt_budget(encoder_prompt, task_feature_lengths, max_encoder_length)
+  setup = model_setup.build(model_config, initial_checkpoint_path, encoder_prompt,
+                            decoder_prompt, trainable_rules, seed)
   trainable, frozen = setup.trainable, setup.frozen
   opt_state = optimizer.init(trainable)
 
@@ -109,6 +114,9 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
     trainable, opt_state, meta = restored
     start_step, data_position = int(meta["step"]), int(meta["data_position"])
     log.info("Resumed from step %d (%s)", start_step, store.step_dir(start_step))
+    # A kill between the commit and the export must not lose the .npy files.
+    if jax.process_index() == 0:
+      checkpoints_lib.export_prompts(model_dir, start_step, trainable)
 
   batches = data_lib.train_batches(mixture_or_task_name, task_feature_lengths, batch_size,
                                    split=split, seed=data_seed, start_batch=data_position)
@@ -121,7 +129,9 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
   def save(step: int) -> None:
     store.save(step, trainable, opt_state, data_position=step,
                extra=dict(task=mixture_or_task_name))
-    checkpoints_lib.export_prompts(model_dir, step, trainable)
+    faults.maybe_kill("before_export", step)
+    if jax.process_index() == 0:
+      checkpoints_lib.export_prompts(model_dir, step, trainable)
     size = checkpoints_lib.directory_bytes(store.step_dir(step))
     summary.update(checkpoint_bytes=size, checkpoint_fraction_of_backbone=size / max(
         backbone_bytes, 1))
@@ -138,6 +148,7 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
       batch = next(batches)
       trainable, opt_state, metrics = train_step(trainable, opt_state, frozen, batch,
                                                  jax.random.fold_in(rng, step))
+      faults.maybe_kill("after_step", step)
       if pending is not None:
         _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite)
       pending = (step, metrics, int(np.sum(batch["encoder_input_tokens"] > 0)))

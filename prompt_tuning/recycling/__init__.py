@@ -1,0 +1,1 @@
+"""Prompt recycling (Lester et al. 2022): moving prompts between frozen models."""
