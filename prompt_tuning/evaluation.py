@@ -25,6 +25,7 @@ from prompt_tuning.train import checkpoints as checkpoints_lib
 from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import freezing
 from prompt_tuning.train import model_setup
+from prompt_tuning.train import partitioning
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,18 @@ def load_for_inference(model_dir: Optional[str], model_config: T5Config,
                        encoder_prompt: Optional[nn.Module],
                        trainable_rules: Optional[freezing.Rules],
                        checkpoint_step: Optional[int],
-                       restore_checkpoint: bool) -> tuple[model_setup.ModelSetup, Any, int]:
+                       restore_checkpoint: bool,
+                       partitioning_config: partitioning.PartitioningConfig = (
+                           partitioning.PartitioningConfig())
+                       ) -> tuple[model_setup.ModelSetup, Any, int]:
   """(setup, full params, step): prompts from MODEL_DIR's checkpoint, or as initialized.
 
   With `restore_checkpoint=False` (e.g. PROMPT_FILE with the from-file
   initializer) the trainable parameters are exactly what the initializers give.
   """
   setup = model_setup.build(model_config, initial_checkpoint_path, encoder_prompt,
-                            trainable_rules=trainable_rules, require_trainable=False)
+                            trainable_rules=trainable_rules, require_trainable=False,
+                            partitioning_config=partitioning_config)
   trainable, step = setup.trainable, 0
   if restore_checkpoint:
     if not model_dir:
@@ -120,13 +125,13 @@ def compute_metrics(task: Any, examples: Sequence[Mapping[str, Any]],
 def _predict_split(model_dir, model_config, task_name, feature_lengths, batch_size,
                    initial_checkpoint_path, encoder_prompt, trainable_rules, split,
                    checkpoint_step, restore_checkpoint, decoding_config, class_labels,
-                   max_examples):
+                   max_examples, partitioning_config):
   """(task, examples, [(prediction, score)], step) for eval and infer alike."""
   task = data_lib.get_task_or_mixture(task_name)
   data_lib.check_vocabulary(task, model_config.vocab_size)
   setup, params, step = load_for_inference(model_dir, model_config, initial_checkpoint_path,
                                            encoder_prompt, trainable_rules, checkpoint_step,
-                                           restore_checkpoint)
+                                           restore_checkpoint, partitioning_config)
   examples = data_lib.eval_examples(task_name, split, feature_lengths, max_examples)
   vocab = task.output_features["targets"].vocabulary
   preds = predict(setup.model, params, examples, vocab, feature_lengths["inputs"],
@@ -144,13 +149,15 @@ def evaluate(*, model_dir: str, model_config: T5Config, mixture_or_task_name: st
              decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
              class_labels: Optional[Sequence[str]] = None,
              max_examples: Optional[int] = None,
-             output_name: str = "eval") -> dict[str, Any]:
+             output_name: str = "eval",
+             partitioning_config: partitioning.PartitioningConfig = (
+                 partitioning.PartitioningConfig())) -> dict[str, Any]:
   """Metrics of a split; appended to MODEL_DIR/<output_name>/metrics.jsonl and TensorBoard."""
   from prompt_tuning.train.loop import MetricsWriter
   task, examples, preds, step = _predict_split(
       model_dir, model_config, mixture_or_task_name, task_feature_lengths, batch_size,
       initial_checkpoint_path, encoder_prompt, trainable_rules, split, checkpoint_step,
-      restore_checkpoint, decoding_config, class_labels, max_examples)
+      restore_checkpoint, decoding_config, class_labels, max_examples, partitioning_config)
   metrics = compute_metrics(task, examples, [p for p, _ in preds])
   metrics["num_examples"] = len(examples)
   MetricsWriter(model_dir, output_name).write(step, metrics, task=mixture_or_task_name,
@@ -168,12 +175,14 @@ def infer(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
           restore_checkpoint: bool = True,
           decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
           class_labels: Optional[Sequence[str]] = None,
-          max_examples: Optional[int] = None) -> str:
+          max_examples: Optional[int] = None,
+          partitioning_config: partitioning.PartitioningConfig = (
+              partitioning.PartitioningConfig())) -> str:
   """Writes JSON Lines of {input, target, prediction, score}; returns the file's path."""
   _, examples, preds, step = _predict_split(
       model_dir, model_config, mixture_or_task_name, task_feature_lengths, batch_size,
       initial_checkpoint_path, encoder_prompt, trainable_rules, split, checkpoint_step,
-      restore_checkpoint, decoding_config, class_labels, max_examples)
+      restore_checkpoint, decoding_config, class_labels, max_examples, partitioning_config)
   out_dir = os.path.join(model_dir, "infer")
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f"{mixture_or_task_name}-{split}-step_{step}.jsonl")

@@ -32,8 +32,8 @@ def configs_dir() -> str:
 def register_configurables() -> None:
   """Makes the binaries' functions and config objects bindable (idempotent).
 
-  Registered names: T5Config, SoftPrompt, DecodingConfig, train, evaluate,
-  infer, prompt_init.{random_uniform,sampled_vocab,class_labels,from_string,
+  Registered names: T5Config, SoftPrompt, DecodingConfig, PartitioningConfig,
+  train, evaluate, infer, precompile, prompt_init.{random_uniform,sampled_vocab,class_labels,from_string,
   from_file}, prompt_tuning_adafactor, every public optax function and
   schedule as optax.<name>, seqio.SentencePieceVocabulary and
   seqio.ByteVocabulary; constants PROMPT_TUNING_RULES and FULL_FINETUNING_RULES.
@@ -44,9 +44,9 @@ def register_configurables() -> None:
   import optax
   import seqio
 
-  from prompt_tuning import decoding, evaluation
+  from prompt_tuning import decoding, evaluation, precompile
   from prompt_tuning.prompts import initializers, soft
-  from prompt_tuning.train import freezing, loop, optimizers
+  from prompt_tuning.train import freezing, loop, optimizers, partitioning
 
   gin.external_configurable(t5_lib.T5Config, "T5Config")
   gin.external_configurable(soft.SoftPrompt, "SoftPrompt")
@@ -54,6 +54,8 @@ def register_configurables() -> None:
   gin.external_configurable(loop.train, "train")
   gin.external_configurable(evaluation.evaluate, "evaluate")
   gin.external_configurable(evaluation.infer, "infer")
+  gin.external_configurable(precompile.precompile, "precompile")
+  gin.external_configurable(partitioning.PartitioningConfig, "PartitioningConfig")
   for name in ("random_uniform", "sampled_vocab", "class_labels", "from_string", "from_file"):
     gin.external_configurable(getattr(initializers, name), name, module="prompt_init")
   gin.external_configurable(optimizers.prompt_tuning_adafactor, "prompt_tuning_adafactor")

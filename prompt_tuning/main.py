@@ -3,13 +3,17 @@
   prompt-tuning train --gin_file=F [--gin_file=...] [--gin.NAME=VALUE ...]
   prompt-tuning eval  --gin_file=F ...
   prompt-tuning infer --gin_file=F ...
+  prompt-tuning precompile --gin_file=F ... [--virtual_devices=64]
   prompt-tuning quickstart [--cache_dir=D]
   prompt-tuning inspect CHECKPOINT
   prompt-tuning decode CHECKPOINT --spm_model=M --input="text" [--method=beam]
 
-train / eval / infer take T5X's flags: gin files (bundled configs are found
-from any directory), `--gin.MACRO=VALUE` bindings with gin literals
-(`--gin.MODEL_DIR="'/tmp/run'"`), and `--gin_search_paths=a,b`.
+train / eval / infer / precompile take T5X's flags: gin files (bundled configs
+are found from any directory), `--gin.MACRO=VALUE` bindings with gin literals
+(`--gin.MODEL_DIR="'/tmp/run'"`), and `--gin_search_paths=a,b`. Multi-host:
+`--jax_distributed` (JAX's own cluster detection) or `--coordinator_address=
+host:port --num_processes=N --process_id=i`. `--virtual_devices=N` gives N
+CPU devices (for precompile or tests).
 """
 
 from __future__ import annotations
@@ -71,7 +75,47 @@ def _decode(args) -> int:
   return 0
 
 
-_GIN_BINARIES = {"train": "train", "eval": "evaluate", "infer": "infer"}
+_GIN_BINARIES = {"train": "train", "eval": "evaluate", "infer": "infer",
+                 "precompile": "precompile"}
+# Multi-host and device flags, read before JAX starts.
+_HOST_FLAGS = ("--coordinator_address", "--num_processes", "--process_id",
+               "--virtual_devices", "--jax_distributed")
+
+
+def _pop_host_flags(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+  flags, rest = {}, []
+  for arg in argv:
+    name, _, value = arg.partition("=")
+    if name in _HOST_FLAGS:
+      flags[name[2:]] = value or "true"
+    else:
+      rest.append(arg)
+  return flags, rest
+
+
+def _start_jax(flags: dict[str, str]) -> None:
+  """Virtual CPU devices and jax.distributed, from flags or the environment.
+
+  `--jax_distributed` alone calls jax.distributed.initialize() with JAX's own
+  detection (TPU pods, SLURM, ...); `--coordinator_address=host:port
+  --num_processes=N --process_id=i` (or PT_COORDINATOR, PT_NUM_PROCESSES,
+  PT_PROCESS_ID) name the coordinator explicitly.
+  """
+  import os
+  if "virtual_devices" in flags:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
+                               f"device_count={int(flags['virtual_devices'])}").strip()
+  import jax
+  address = flags.get("coordinator_address") or os.environ.get("PT_COORDINATOR")
+  if address:
+    # CPU processes need gloo for their collectives; accelerators ignore it.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=address,
+        num_processes=int(flags.get("num_processes") or os.environ["PT_NUM_PROCESSES"]),
+        process_id=int(flags.get("process_id") or os.environ["PT_PROCESS_ID"]))
+  elif "jax_distributed" in flags:
+    jax.distributed.initialize()
 
 
 def _quickstart(args) -> int:
@@ -93,6 +137,8 @@ def run_gin_binary(command: str, argv: Sequence[str]) -> int:
   import os
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  host_flags, argv = _pop_host_flags(argv)
+  _start_jax(host_flags)
   from prompt_tuning import gin_utils
   import prompt_tuning.tasks  # noqa: F401  (registers the bundled seqio tasks)
   files, bindings, paths, rest = gin_utils.split_flags(argv)
@@ -110,7 +156,11 @@ def run_gin_binary(command: str, argv: Sequence[str]) -> int:
   except (FileNotFoundError, ValueError, KeyError, FileExistsError, FloatingPointError) as e:
     print(f"prompt-tuning {command}: error: {e}", file=sys.stderr)
     return 2
-  print(result)
+  if command == "precompile":
+    import json
+    print(json.dumps(result, indent=1))
+  else:
+    print(result)
   return 0
 
 

@@ -26,6 +26,7 @@ from prompt_tuning.train import faults
 from prompt_tuning.train import freezing
 from prompt_tuning.train import model_setup
 from prompt_tuning.train import optimizers
+from prompt_tuning.train import partitioning
 from prompt_tuning.train import step as step_lib
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,9 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
           log_period: int = 100, use_dropout: bool = False,
           progress: bool = True, frozen_digest: bool = False,
           on_non_finite: str = "stop",
-          max_encoder_length: Optional[int] = None) -> dict[str, Any]:
+          max_encoder_length: Optional[int] = None,
+          partitioning_config: partitioning.PartitioningConfig = (
+              partitioning.PartitioningConfig())) -> dict[str, Any]:
   """Trains, resuming from MODEL_DIR's latest checkpoint if there is one.
 
   Args:
@@ -86,6 +89,9 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
       checkpoint stays the latest), "skip" goes on and counts it.
     max_encoder_length: if set, the encoder length budget: the prompt plus
       TASK_FEATURE_LENGTHS['inputs'] must fit in it.
+    partitioning_config: the (data, model) mesh and logical-axis rules. Every
+      process reads the same global batches and its devices take their rows,
+      so results do not depend on the number of processes or devices.
 
   Returns:
     a summary: final step, last logged metrics, checkpoint and backbone bytes.
@@ -101,10 +107,18 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
   task = data_lib.get_task_or_mixture(mixture_or_task_name)
   data_lib.check_vocabulary(task, model_config.vocab_size)
   data_lib.check_prompt_budget(encoder_prompt, task_feature_lengths, max_encoder_length)
+  mesh = partitioning.make_mesh(partitioning_config)
+  if batch_size % mesh.shape["data"]:
+    raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by the {mesh.shape['data']} "
+                     "data-parallel replicas of the mesh")
   setup = model_setup.build(model_config, initial_checkpoint_path, encoder_prompt,
-                            decoder_prompt, trainable_rules, seed)
+                            decoder_prompt, trainable_rules, seed,
+                            partitioning_config=partitioning_config, mesh=mesh)
   trainable, frozen = setup.trainable, setup.frozen
-  opt_state = optimizer.init(trainable)
+  opt_shardings = partitioning.optimizer_shardings(
+      jax.eval_shape(optimizer.init, trainable), trainable, setup.trainable_shardings, mesh)
+  opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(trainable)
+  is_chief = jax.process_index() == 0
 
   # Resume.
   store = checkpoints_lib.CheckpointStore(model_dir, keep_checkpoints)
@@ -120,9 +134,10 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
 
   batches = data_lib.train_batches(mixture_or_task_name, task_feature_lengths, batch_size,
                                    split=split, seed=data_seed, start_batch=data_position)
-  train_step = jax.jit(step_lib.make_train_step(setup.model, optimizer, z_loss, use_dropout),
-                       donate_argnums=(0, 1))
-  writer = MetricsWriter(model_dir, "train")
+  train_step = jit_train_step(setup.model, optimizer, z_loss, use_dropout, seed, mesh,
+                              setup.trainable_shardings, opt_shardings,
+                              setup.frozen_shardings)
+  writer = MetricsWriter(model_dir, "train") if is_chief else None
   backbone_bytes = model_setup.tree_bytes(frozen)
   summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes, skipped_steps=[])
 
@@ -130,7 +145,7 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
     store.save(step, trainable, opt_state, data_position=step,
                extra=dict(task=mixture_or_task_name))
     faults.maybe_kill("before_export", step)
-    if jax.process_index() == 0:
+    if is_chief:
       checkpoints_lib.export_prompts(model_dir, step, trainable)
     size = checkpoints_lib.directory_bytes(store.step_dir(step))
     summary.update(checkpoint_bytes=size, checkpoint_fraction_of_backbone=size / max(
@@ -138,16 +153,16 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
     log.info("Saved step %d: checkpoint %d bytes, %.4f%% of the %d-byte backbone",
              step, size, 100 * size / max(backbone_bytes, 1), backbone_bytes)
 
-  bar = _progress(progress, start_step, train_steps)
-  rng = jax.random.PRNGKey(seed)
+  bar = _progress(progress and is_chief, start_step, train_steps)
   pending = None  # (step, metrics on device): fetched after the next dispatch
   window = dict(start=time.time(), steps=0, tokens=0.0)
   step = start_step
   try:
     for step in range(start_step + 1, train_steps + 1):
-      batch = next(batches)
-      trainable, opt_state, metrics = train_step(trainable, opt_state, frozen, batch,
-                                                 jax.random.fold_in(rng, step))
+      batch = partitioning.local_batch_to_global(next(batches), mesh)
+      with mesh, partitioning.logical_rules_context(partitioning_config):
+        trainable, opt_state, metrics = train_step(trainable, opt_state, frozen, batch,
+                                                   np.int32(step))
       faults.maybe_kill("after_step", step)
       if pending is not None:
         _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite)
@@ -164,12 +179,36 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
     if bar is not None:
       bar.close()
     store.close()
-  summary.update(step=max(step, start_step))
+  summary.update(step=max(step, start_step), start_step=start_step)
   if frozen_digest:
     summary["frozen_sha256"] = tree_digest(frozen)
-  with open(os.path.join(model_dir, "train_summary.json"), "w") as f:
-    json.dump(summary, f, indent=1, default=_jsonable)
+  if is_chief:
+    with open(os.path.join(model_dir, "train_summary.json"), "w") as f:
+      json.dump(summary, f, indent=1, default=_jsonable)
   return summary
+
+
+def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, z_loss: float,
+                   use_dropout: bool, seed: int, mesh: Any, trainable_shardings: Any,
+                   opt_shardings: Any, frozen_shardings: Any):
+  """The train step, jitted with explicit shardings and donated state.
+
+  `step(trainable, opt_state, frozen, batch, step_number)`; the dropout key
+  is derived from the seed and the step number on device.
+  """
+  base_step = step_lib.make_train_step(model, optimizer, z_loss, use_dropout)
+
+  def step_fn(trainable, opt_state, frozen, batch, step):
+    return base_step(trainable, opt_state, frozen, batch,
+                     jax.random.fold_in(jax.random.PRNGKey(seed), step))
+
+  replicated = partitioning.replicated(mesh)
+  return jax.jit(
+      step_fn,
+      in_shardings=(trainable_shardings, opt_shardings, frozen_shardings,
+                    partitioning.batch_sharding(mesh), replicated),
+      out_shardings=(trainable_shardings, opt_shardings, replicated),
+      donate_argnums=(0, 1))
 
 
 def tree_digest(tree: Any) -> str:
@@ -191,7 +230,7 @@ def _progress(enabled: bool, start: int, total: int):
   return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
 
-def _log_metrics(pending, writer: MetricsWriter, window: dict, log_period: int,
+def _log_metrics(pending, writer: Optional[MetricsWriter], window: dict, log_period: int,
                  summary: dict, bar, on_non_finite: str, force: bool = False) -> None:
   step, metrics, input_tokens = pending
   metrics = jax.device_get(metrics)
@@ -216,6 +255,7 @@ def _log_metrics(pending, writer: MetricsWriter, window: dict, log_period: int,
     scalars = step_lib.summarize(metrics)
     scalars.update(steps_per_sec=window["steps"] / elapsed,
                    input_tokens_per_sec=window["tokens"] / elapsed)
-    writer.write(step, scalars)
+    if writer is not None:  # Only process 0 writes.
+      writer.write(step, scalars)
     summary["last_metrics"] = dict(step=step, **scalars)
     window.update(start=time.time(), steps=0, tokens=0.0)

@@ -1,0 +1,80 @@
+"""Per-device memory of the sharded train step, from XLA's own analysis.
+
+For each model size and mesh, compiles (from shapes only, nothing allocated)
+the prompt-tuning step and the full fine-tuning step of the same model and
+batch, and records per-device bytes of parameters, optimizer state and XLA
+temporaries. Run: python benchmarks/memory.py  (about a minute on 2 CPU
+cores; it makes its own virtual devices). Writes memory_results.json and
+memory.md next to this file.
+"""
+
+import json
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=64")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+from prompt_tuning import precompile  # noqa: E402
+from prompt_tuning.models import presets  # noqa: E402
+from prompt_tuning.train import freezing, partitioning  # noqa: E402
+
+CASES = [
+    # (name, family, size, overrides, mesh, batch)
+    ("T5 1.1 small, f32", "t5_1_1", "small", {}, (8, 1), 32),
+    ("T5 1.1 base, bf16 weights", "t5_1_1", "base", {"weight_dtype": "bfloat16"}, (4, 2), 32),
+    ("T5 1.1 XXL, bf16, scan + remat", "t5_1_1", "xxl",
+     {"weight_dtype": "bfloat16", "dtype": "bfloat16", "scan_layers": True,
+      "remat_policy": "full"}, (8, 8), 64),
+]
+MIB = 2 ** 20
+
+
+def main():
+  rows = []
+  for name, family, size, overrides, mesh, batch in CASES:
+    cfg = presets.preset(family, size, **overrides)
+    part = partitioning.PartitioningConfig(mesh_shape=mesh, num_devices=mesh[0] * mesh[1])
+    for method, kwargs in (("prompt tuning (P=100)", dict(prompt_length=100)),
+                           ("full fine-tuning", dict(
+                               prompt_length=100,
+                               trainable_rules=freezing.FULL_FINETUNING_RULES))):
+      r = precompile.precompile(cfg, batch_size=batch, partitioning_config=part, **kwargs)
+      b = r["per_device_bytes"]
+      rows.append(dict(model=name, mesh=f"{mesh[0]}x{mesh[1]}", batch=batch, method=method,
+                       params_mib=(b["frozen_params"] + b["trainable_params"]) / MIB,
+                       optimizer_state_mib=b["optimizer_state"] / MIB,
+                       temporaries_mib=b["temporaries"] / MIB,
+                       flops_per_device=r["flops_per_device"]))
+      print(rows[-1], flush=True)
+  here = os.path.dirname(os.path.abspath(__file__))
+  with open(os.path.join(here, "memory_results.json"), "w") as f:
+    json.dump(dict(rows=rows, jax=jax.__version__, backend=jax.default_backend()), f, indent=1)
+  lines = ["# Per-device memory of one train step (XLA memory analysis)", "",
+           "Compiled from shapes only with `prompt_tuning.precompile` on "
+           f"{jax.default_backend().upper()} virtual devices; inputs 512 + prompt 100 tokens, "
+           "targets 16; Adafactor. Rerun: `python benchmarks/memory.py`.", "",
+           "| model | mesh | batch | method | params MiB | optimizer state MiB | "
+           "temporaries MiB | FLOPs ratio vs full |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for i in range(0, len(rows), 2):
+    pt, ft = rows[i], rows[i + 1]
+    for r in (pt, ft):
+      ratio = r["flops_per_device"] / ft["flops_per_device"]
+      lines.append(f"| {r['model']} | {r['mesh']} | {r['batch']} | {r['method']} | "
+                   f"{r['params_mib']:.1f} | {r['optimizer_state_mib']:.3f} | "
+                   f"{r['temporaries_mib']:.0f} | {ratio:.2f} |")
+  lines += ["", "Temporaries are what XLA's CPU backend plans; GPU/TPU backends fuse more "
+            "and differ. Prompt tuning's optimizer state is the prompt's own (0.2 to 1.6 MiB "
+            "here): the frozen backbone has none. Adafactor factors its second moments, so "
+            "full fine-tuning's state is small too; the difference in FLOPs (about 0.7x) is "
+            "the backbone weight gradients that prompt tuning never computes."]
+  with open(os.path.join(here, "memory.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,59 @@
+"""Runs short training jobs on a given mesh and writes their results as JSON.
+
+Launched by tests/test_sharding.py in subprocesses, because the number of
+(virtual) devices is fixed when JAX starts:
+
+  python -m tests.sharding_worker OUT.json BACKBONE MODEL_DIR STEPS MESH [MESH ...]
+      MESH is "data,model", optionally "@N" (only the first N devices) and
+      ":NAME" (the run folder under MODEL_DIR; default from the mesh)
+  with PT_PROCESS_ID / PT_NUM_PROCESSES / PT_COORDINATOR set, joins a
+  multi-process run (jax.distributed over gloo) first.
+"""
+
+import json
+import os
+import sys
+
+
+def main(argv):
+  out, backbone, model_dir_root, steps, *meshes = argv
+  import jax
+  if os.environ.get("PT_NUM_PROCESSES"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=os.environ["PT_COORDINATOR"],
+                               num_processes=int(os.environ["PT_NUM_PROCESSES"]),
+                               process_id=int(os.environ["PT_PROCESS_ID"]))
+  import numpy as np
+  import prompt_tuning.tasks  # noqa: F401
+  from prompt_tuning.prompts import initializers, soft
+  from prompt_tuning.train import loop, partitioning
+  from tests.test_sharding import MODEL_CONFIG
+  results = {}
+  for spec in meshes:
+    mesh, _, name = spec.partition(":")
+    shape, _, count = mesh.partition("@")
+    data, model = (int(x) for x in shape.split(","))
+    cfg = partitioning.PartitioningConfig(mesh_shape=(data, model),
+                                          num_devices=int(count) if count else None)
+    model_dir = os.path.join(model_dir_root, name or mesh.replace(",", "x").replace("@", "_on"))
+    prompt = soft.SoftPrompt(length=4, init=initializers.sampled_vocab(backbone, 4, first_n=259))
+    summary = loop.train(model_dir=model_dir, model_config=MODEL_CONFIG,
+                         mixture_or_task_name="synthetic_reverse_bare",
+                         task_feature_lengths={"inputs": 16, "targets": 8},
+                         train_steps=int(steps), batch_size=8, initial_checkpoint_path=backbone,
+                         encoder_prompt=prompt, checkpoint_period=int(steps), log_period=1,
+                         progress=False, partitioning_config=cfg)
+    results[mesh] = dict(loss=summary["last_metrics"]["loss"], step=summary["step"],
+                         start_step=summary["start_step"], devices=jax.device_count(),
+                         processes=jax.process_count())
+    if jax.process_index() == 0:
+      prompt_file = os.path.join(model_dir, "prompts", f"step_{steps}",
+                                 "encoder_prompt.prompt.npy")
+      results[mesh]["prompt"] = np.load(prompt_file).tolist()
+  if jax.process_index() == 0:
+    with open(out, "w") as f:
+      json.dump(results, f)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
