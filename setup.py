@@ -35,6 +35,7 @@ setup(
         "tensorflow-datasets>=4.9",
         "tensorboard>=2.16",
         "tqdm",
+        "matplotlib>=3.7",  # recycling result plots
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist>=3"],

@@ -5,6 +5,7 @@
   prompt-tuning infer --gin_file=F ...
   prompt-tuning precompile --gin_file=F ... [--virtual_devices=64]
   prompt-tuning quickstart [--cache_dir=D]
+  prompt-tuning recycle --source_checkpoint=A --target_checkpoint=B --prompt=p.npy --out=q.npy
   prompt-tuning inspect CHECKPOINT
   prompt-tuning decode CHECKPOINT --spm_model=M --input="text" [--method=beam]
 
@@ -164,6 +165,28 @@ def run_gin_binary(command: str, argv: Sequence[str]) -> int:
   return 0
 
 
+def _recycle(args) -> int:
+  import os
+  from prompt_tuning.recycling import methods
+  if os.path.exists(args.out) and not args.overwrite:
+    raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+  support = {}
+  if args.filter_file:
+    support = dict(filter_file=args.filter_file, skip=args.skip, take=args.take)
+  else:  # All ids both tables share, after `skip`.
+    from prompt_tuning import readers
+    rows = min(readers.open_checkpoint(p).shapes()["token_embedder/embedding"][0]
+               for p in (args.source_checkpoint, args.target_checkpoint))
+    support = dict(support=np.arange(args.skip, rows))
+  recycled = methods.recycle(args.prompt, args.source_checkpoint, args.target_checkpoint,
+                             args.method, **support)
+  tmp = args.out + ".tmp.npy"
+  np.save(tmp, recycled, allow_pickle=False)
+  os.replace(tmp, args.out)
+  print(f"recycled {args.prompt} -> {args.out} with {args.method}: shape {recycled.shape}")
+  return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] in _GIN_BINARIES:
@@ -190,6 +213,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   qs.add_argument("--prompt_steps", type=int, default=400)
   qs.add_argument("--prompt_length", type=int, default=10)
   qs.add_argument("--eval_examples", type=int, default=512)
+  rc = sub.add_parser("recycle", help="move a prompt from one frozen model to another")
+  rc.add_argument("--source_checkpoint", required=True, help="T5X checkpoint or HF folder")
+  rc.add_argument("--target_checkpoint", required=True)
+  rc.add_argument("--prompt", required=True, help="[P, H_source] .npy")
+  rc.add_argument("--out", required=True, help="where to write the [P, H_target] .npy")
+  rc.add_argument("--method", default="linear", choices=("linear", "mlp", "linear_combination"))
+  rc.add_argument("--filter_file", default=None, help="{id: piece} JSON choosing the support "
+                  "vocabulary (e.g. english_vocab_filter.json); default: all shared ids")
+  rc.add_argument("--skip", type=int, default=None, help="support ids to skip (default 1000 "
+                  "with a filter file, 0 without)")
+  rc.add_argument("--take", type=int, default=4000)
+  rc.add_argument("--overwrite", action="store_true")
   dec = sub.choices["decode"]
   dec.add_argument("--spm_model", required=True, help="SentencePiece model file")
   dec.add_argument("--input", required=True)
@@ -200,8 +235,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   dec.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   try:
-    return {"inspect": _inspect, "decode": _decode, "quickstart": _quickstart}[args.command](args)
-  except (FileNotFoundError, ValueError, KeyError) as e:
+    if args.command == "recycle" and args.skip is None:
+      args.skip = 1000 if args.filter_file else 0
+    return {"inspect": _inspect, "decode": _decode, "quickstart": _quickstart,
+            "recycle": _recycle}[args.command](args)
+  except (FileNotFoundError, ValueError, KeyError, FileExistsError) as e:
     print(f"prompt-tuning {args.command}: error: {e}", file=sys.stderr)
     return 2
 

@@ -105,7 +105,7 @@ def class_labels(embeddings: str | np.ndarray, vocabulary: Any, labels: Sequence
     rows.append(table[ids].mean(axis=0))
   rest = length - len(rows)
   return _with_fallback(np.stack(rows) if rows else np.zeros((0, table.shape[1])), rest,
-                        fallback or sampled_vocab(table, rest, seed=seed) if rest else None,
+                        fallback or _default_fallback(table, rest, seed) if rest else None,
                         "class-label prompt")
 
 
@@ -116,8 +116,13 @@ def from_string(embeddings: str | np.ndarray, vocabulary: Any, text: str, length
   ids = _encode(vocabulary, text)[:length]
   rest = length - len(ids)
   return _with_fallback(table[ids], rest,
-                        fallback or sampled_vocab(table, rest, seed=seed) if rest else None,
+                        fallback or _default_fallback(table, rest, seed) if rest else None,
                         "string prompt")
+
+
+def _default_fallback(table: np.ndarray, rest: int, seed: int) -> Initializer:
+  """Sampled vocabulary among the first 5,000 ids (or all, for smaller tables)."""
+  return sampled_vocab(table, rest, first_n=min(5000, table.shape[0]), seed=seed)
 
 
 def _with_fallback(head: np.ndarray, rest: int, fallback: Optional[Initializer],
@@ -131,6 +136,11 @@ def _with_fallback(head: np.ndarray, rest: int, fallback: Optional[Initializer],
     tail = fallback(rng, (p - head.shape[0], h), dtype)
     return jnp.concatenate([jnp.asarray(head, dtype), tail], axis=0)
   return init
+
+
+def from_array(value_PH: np.ndarray) -> Initializer:
+  """A prompt given as an array (e.g. a recycled one)."""
+  return _fixed(np.asarray(value_PH, np.float32), "prompt array")
 
 
 def from_file(path: str) -> Initializer:

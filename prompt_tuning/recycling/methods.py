@@ -1,0 +1,155 @@
+"""Recycling methods (Lester et al. 2022): map a prompt between embedding spaces.
+
+Each method is fitted on the two models' embeddings of a shared support
+vocabulary (source S [N, Hs], target T [N, Ht]) and then applied to any
+number of prompts [P, Hs] -> [P, Ht]. No task data, no paired prompts, no
+training on the target model.
+
+  linear              W = argmin ||S W - T||: the prompt maps as p W.
+  mlp                 Dense(4 Ht) -> ReLU -> Dense(Ht), trained on S -> T.
+  linear_combination  each prompt row as a least-squares combination of the
+                      source support embeddings; the same weights applied to
+                      the target support embeddings. With exact minimum-norm
+                      least squares this is the same map as `linear`: both
+                      are p S+ T. It is kept as the paper's separate method;
+                      it differs only under regularized or iterative fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+METHODS = ("linear", "mlp", "linear_combination")
+
+
+@dataclasses.dataclass
+class Recycler:
+  """A fitted map from source to target embedding space."""
+  method: str
+  source_width: int
+  target_width: int
+  apply_fn: Callable[[np.ndarray], np.ndarray]
+
+  def __call__(self, prompt_PH: np.ndarray) -> np.ndarray:
+    prompt_PH = np.asarray(prompt_PH)
+    if prompt_PH.ndim != 2 or prompt_PH.shape[1] != self.source_width:
+      raise ValueError(f"Prompt of shape {prompt_PH.shape} does not fit the source model: "
+                       f"expected [prompt length, {self.source_width}]")
+    return np.asarray(self.apply_fn(prompt_PH.astype(np.float32)), np.float32)
+
+
+def _check_support(source_NH: np.ndarray, target_NH: np.ndarray) -> None:
+  if source_NH.ndim != 2 or target_NH.ndim != 2 or len(source_NH) != len(target_NH):
+    raise ValueError(f"Support embeddings must be [N, H] with the same N; got "
+                     f"{source_NH.shape} and {target_NH.shape}")
+
+
+def fit_linear(source_NH: np.ndarray, target_NH: np.ndarray) -> Recycler:
+  _check_support(source_NH, target_NH)
+  s64, t64 = source_NH.astype(np.float64), target_NH.astype(np.float64)
+  # Normal equations (S^T S) W = S^T T: one [H, H] solve instead of an SVD of
+  # the whole support; lstsq when the support does not determine W.
+  gram = s64.T @ s64
+  try:
+    if len(s64) < s64.shape[1]:
+      raise np.linalg.LinAlgError("fewer support rows than dimensions")
+    np.linalg.cholesky(gram)  # Raises unless positive definite.
+    w = np.linalg.solve(gram, s64.T @ t64)
+  except np.linalg.LinAlgError:
+    w, *_ = np.linalg.lstsq(s64, t64, rcond=None)
+  w = w.astype(np.float32)
+  return Recycler("linear", source_NH.shape[1], target_NH.shape[1], lambda p: p @ w)
+
+
+def fit_linear_combination(source_NH: np.ndarray, target_NH: np.ndarray) -> Recycler:
+  _check_support(source_NH, target_NH)
+  # Rows of the prompt as combinations of support rows: p = a S, a = p pinv(S).
+  pinv = np.linalg.pinv(source_NH.astype(np.float64))  # [Hs, N]
+  target = target_NH.astype(np.float64)
+  return Recycler("linear_combination", source_NH.shape[1], target_NH.shape[1],
+                  lambda p: (p.astype(np.float64) @ pinv) @ target)
+
+
+def fit_mlp(source_NH: np.ndarray, target_NH: np.ndarray, steps: int = 2000,
+            learning_rate: float = 1e-3, seed: int = 0) -> Recycler:
+  """Dense(4H) -> ReLU -> Dense(H) trained with Adam on the support pairs."""
+  _check_support(source_NH, target_NH)
+  hs, ht = source_NH.shape[1], target_NH.shape[1]
+  # Standardize inputs and outputs; the MLP learns in unit scale.
+  mu_s, sd_s = source_NH.mean(0), source_NH.std(0) + 1e-6
+  mu_t, sd_t = target_NH.mean(0), target_NH.std(0) + 1e-6
+  x = jnp.asarray((source_NH - mu_s) / sd_s, jnp.float32)
+  y = jnp.asarray((target_NH - mu_t) / sd_t, jnp.float32)
+  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+  params = {"w1": jax.random.normal(k1, (hs, 4 * ht)) * np.sqrt(2.0 / hs),
+            "b1": jnp.zeros((4 * ht,)),
+            "w2": jax.random.normal(k2, (4 * ht, ht)) * np.sqrt(1.0 / (4 * ht)),
+            "b2": jnp.zeros((ht,))}
+
+  def forward(p, v):
+    h = jax.nn.relu(v @ p["w1"] + p["b1"][None])
+    return h @ p["w2"] + p["b2"][None]
+
+  opt = optax.adam(learning_rate)
+
+  @jax.jit
+  def train(params):
+    def body(carry, _):
+      p, s = carry
+      loss, g = jax.value_and_grad(lambda q: jnp.mean((forward(q, x) - y) ** 2))(p)
+      updates, s = opt.update(g, s, p)
+      return (optax.apply_updates(p, updates), s), loss
+    (params, _), losses = jax.lax.scan(body, (params, opt.init(params)), None, length=steps)
+    return params, losses
+
+  params, _ = train(params)
+  params = jax.device_get(params)
+
+  def apply(p):
+    return np.asarray(forward(params, jnp.asarray((p - mu_s) / sd_s))) * sd_t + mu_t
+  return Recycler("mlp", hs, ht, apply)
+
+
+def fit(method: str, source_NH: np.ndarray, target_NH: np.ndarray, **kwargs) -> Recycler:
+  fns = {"linear": fit_linear, "mlp": fit_mlp, "linear_combination": fit_linear_combination}
+  if method not in fns:
+    raise ValueError(f"Unknown recycling method {method!r}; expected one of {METHODS}")
+  return fns[method](source_NH, target_NH, **kwargs)
+
+
+# Fitted recyclers, reused across prompts: (source, target, method, support) -> Recycler.
+_CACHE: dict[tuple, Recycler] = {}
+
+
+def recycler_for(source_checkpoint: str, target_checkpoint: str, method: str,
+                 support: Optional[np.ndarray] = None, filter_file: Optional[str] = None,
+                 skip: int = 1000, take: int = 4000) -> Recycler:
+  """A fitted recycler between two checkpoints (T5X or HF), read only for their
+  embedding tables; cached per (checkpoints, method, support)."""
+  from prompt_tuning.prompts.initializers import load_embeddings
+  from prompt_tuning.recycling import support as support_lib
+  source = load_embeddings(source_checkpoint)
+  target = load_embeddings(target_checkpoint)
+  if support is None:
+    ids = support_lib.load_filter(filter_file) if filter_file else None
+    support = support_lib.support_ids([len(source), len(target)], ids, skip, take)
+  else:
+    support = support_lib.support_ids([len(source), len(target)], support, 0, len(support))
+  key = (source_checkpoint, target_checkpoint, method, support.tobytes())
+  if key not in _CACHE:
+    _CACHE[key] = fit(method, source[support], target[support])
+  return _CACHE[key]
+
+
+def recycle(prompt_PH: Any, source_checkpoint: str, target_checkpoint: str,
+            method: str = "linear", **support_kwargs) -> np.ndarray:
+  """Recycles one prompt (an array or a .npy path) from source to target model."""
+  from prompt_tuning.prompts.initializers import load_npy
+  prompt = load_npy(prompt_PH) if isinstance(prompt_PH, str) else np.asarray(prompt_PH)
+  return recycler_for(source_checkpoint, target_checkpoint, method, **support_kwargs)(prompt)
