@@ -224,14 +224,34 @@ class DecodingConfig:
       raise ValueError(f"DecodingConfig.method={self.method!r}; expected greedy, sample or beam")
 
 
-def init_cache(model: nn.Module, params: Any, batch_size: int, max_decode_length: int) -> Any:
-  """A zeroed KV cache for `batch_size` rows and `max_decode_length` steps."""
+def init_cache(model: nn.Module, params: Any, batch_size: int, max_decode_length: int,
+               encoded_length: int = 1) -> Any:
+  """A zeroed KV cache for `batch_size` rows and `max_decode_length` steps,
+  with room for the cross-attention keys and values of `encoded_length`
+  encoder positions."""
   def make():
-    enc = jnp.ones((batch_size, 1), jnp.int32)
+    encoded = jnp.ones((batch_size, encoded_length, model.config.emb_dim),
+                       model.config.activation_dtype)
+    mask = jnp.ones((batch_size, encoded_length), bool)
     dec = jnp.ones((batch_size, max_decode_length), jnp.int32)
-    return model.apply({"params": params}, enc, dec, decode=True, mutable=["cache"])[1]["cache"]
+    return model.apply({"params": params}, encoded, mask, dec, decode=True, cross_cache="fill",
+                       mutable=["cache"], method=model.decode)[1]["cache"]
   shapes = jax.eval_shape(make)
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def fill_cross_cache(model: nn.Module, params: Any, cache: Any, encoded: Array,
+                     encoder_mask: Array, prompt_features: Optional[dict] = None) -> Any:
+  """Projects the encoder output once into every layer's cross-attention cache;
+  the rest of the cache (self-attention, position) is left as it was."""
+  from prompt_tuning.readers import tree as tree_lib
+  start = jnp.zeros((encoded.shape[0], 1), jnp.int32)
+  _, mutated = model.apply({"params": params, "cache": cache}, encoded, encoder_mask, start,
+                           decode=True, cross_cache="fill", prompt_features=prompt_features,
+                           mutable=["cache"], method=model.decode)
+  flat, filled = tree_lib.flatten(cache), tree_lib.flatten(mutated["cache"])
+  flat.update({k: v for k, v in filled.items() if k.rsplit("/", 1)[-1].startswith("cross_")})
+  return tree_lib.unflatten(flat)
 
 
 def generate(model: nn.Module, params: Any, encoder_input_tokens: Array,
@@ -253,13 +273,14 @@ def generate(model: nn.Module, params: Any, encoder_input_tokens: Array,
     prompt_features = expand_to_beams(prompt_features, k) if prompt_features else None
 
   if config.use_cache:
-    cache = init_cache(model, params, b * k, length)
+    cache = init_cache(model, params, b * k, length, encoded.shape[1])
+    cache = fill_cross_cache(model, params, cache, encoded, enc_mask, prompt_features)
 
     def tokens_to_logits(state: DecodeState):
       logits, mutated = model.apply(
           {"params": params, "cache": state.cache}, encoded, enc_mask,
           state.cur_token[:, None], decode=True, prompt_features=prompt_features,
-          mutable=["cache"], method=model.decode)
+          cross_cache="use", mutable=["cache"], method=model.decode)
       return logits[:, 0], mutated["cache"]
   else:
     cache = None

@@ -158,7 +158,10 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, inputs_q_BLH: Array, inputs_kv_BKH: Array, bias: Optional[Array],
                deterministic: bool = True, decode: bool = False,
-               decode_index: Optional[Array] = None) -> Array:
+               decode_index: Optional[Array] = None, cross_cache: str = "none") -> Array:
+    """`cross_cache` (cross-attention while decoding): "fill" projects the
+    encoder output and keeps its keys and values in the cache; "use" reads
+    them instead of projecting again; "none" projects every call."""
     n, d = self.num_heads, self.head_dim
     depth_scaling = math.sqrt(d)
 
@@ -170,10 +173,18 @@ class MultiHeadAttention(nn.Module):
     kv_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
     b, l = inputs_q_BLH.shape[:2]
     q = proj(name="query", kernel_init=query_init)(inputs_q_BLH).reshape(b, l, n, d)
-    k = proj(name="key", kernel_init=kv_init)(inputs_kv_BKH).reshape(b, -1, n, d)
-    v = proj(name="value", kernel_init=kv_init)(inputs_kv_BKH).reshape(b, -1, n, d)
+    if cross_cache == "use":
+      k = self.get_variable("cache", "cross_key")
+      v = self.get_variable("cache", "cross_value")
+    else:
+      k = proj(name="key", kernel_init=kv_init)(inputs_kv_BKH).reshape(b, -1, n, d)
+      v = proj(name="value", kernel_init=kv_init)(inputs_kv_BKH).reshape(b, -1, n, d)
+    if cross_cache == "fill":
+      self.put_variable("cache", "cross_key", k)
+      self.put_variable("cache", "cross_value", v)
+      decode = False  # Cross-attention has no causal cache of its own.
 
-    if decode:
+    if decode and cross_cache == "none":
       is_initialized = self.has_variable("cache", "cached_key")
       cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
       cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)

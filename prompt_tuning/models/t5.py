@@ -132,6 +132,7 @@ class DecoderLayer(nn.Module):
   config: T5Config
   deterministic: bool = True
   decode: bool = False
+  cross_cache: str = "none"  # see layers.MultiHeadAttention
 
   @nn.compact
   def __call__(self, y_BTH: Array, encoded_BMH: Array, self_bias: Array, cross_bias: Array,
@@ -147,7 +148,8 @@ class DecoderLayer(nn.Module):
     y_BTH = y_BTH + _dropout(cfg, z, deterministic)
     z = _norm(cfg, "pre_cross_attention_layer_norm")(y_BTH)
     z = _attention(cfg, "encoder_decoder_attention")(z, encoded_BMH, cross_bias,
-                                                     deterministic=deterministic)
+                                                     deterministic=deterministic,
+                                                     cross_cache=self.cross_cache)
     y_BTH = y_BTH + _dropout(cfg, z, deterministic)
     z = _norm(cfg, "pre_mlp_layer_norm")(y_BTH)
     z = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, name="mlp",
@@ -231,12 +233,15 @@ class Decoder(nn.Module):
   def __call__(self, encoded_BMH: Array, encoder_mask_BM: Array,
                decoder_input_tokens_BT: Array, decoder_target_tokens_BT: Optional[Array] = None,
                deterministic: bool = True, decode: bool = False,
-               prompt_features: Optional[Mapping[str, Array]] = None) -> Array:
+               prompt_features: Optional[Mapping[str, Array]] = None,
+               cross_cache: str = "none") -> Array:
     """Returns logits [B, T, V] (float32).
 
     In decode mode, T new tokens are appended to the cache and attend to
     everything cached before them; call once with the full decode length
-    (inside `init`) to create the cache.
+    (inside `init`) to create the cache. `cross_cache` ("fill" once, then
+    "use") keeps the cross-attention keys and values of the encoder output in
+    the cache instead of projecting them at every step.
     """
     cfg = self.config
     y = self.shared_embedding(decoder_input_tokens_BT.astype(jnp.int32))
@@ -283,7 +288,7 @@ class Decoder(nn.Module):
     y = _run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, y,
                     (encoded_BMH, self_bias, cross_bias, query_positions, key_positions,
                      decode_index),
-                    deterministic=deterministic, decode=decode)
+                    deterministic=deterministic, decode=decode, cross_cache=cross_cache)
     y = _norm(cfg, "decoder_norm")(y)
     y = _dropout(cfg, y, deterministic)
     if cfg.logits_via_embedding:
@@ -323,10 +328,11 @@ class T5(nn.Module):
   def decode(self, encoded: Array, encoder_mask: Array, decoder_input_tokens: Array,
              decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = False,
              decode: bool = False,
-             prompt_features: Optional[Mapping[str, Array]] = None) -> Array:
+             prompt_features: Optional[Mapping[str, Array]] = None,
+             cross_cache: str = "none") -> Array:
     return self.decoder(encoded, encoder_mask, decoder_input_tokens, decoder_target_tokens,
                         deterministic=not enable_dropout, decode=decode,
-                        prompt_features=prompt_features)
+                        prompt_features=prompt_features, cross_cache=cross_cache)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = False,
