@@ -129,7 +129,7 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
     start_step, data_position = int(meta["step"]), int(meta["data_position"])
     log.info("Resumed from step %d (%s)", start_step, store.step_dir(start_step))
     # A kill between the commit and the export must not lose the .npy files.
-    if jax.process_index() == 0:
+    if is_chief:
       checkpoints_lib.export_prompts(model_dir, start_step, trainable)
 
   batches = data_lib.train_batches(mixture_or_task_name, task_feature_lengths, batch_size,
@@ -159,14 +159,17 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
   step = start_step
   try:
     for step in range(start_step + 1, train_steps + 1):
-      batch = partitioning.local_batch_to_global(next(batches), mesh)
+      host_batch = next(batches)
+      # Counted on the host copy: no device transfer, and no rows of other hosts.
+      input_tokens = int(np.sum(host_batch["encoder_input_tokens"] > 0))
+      batch = partitioning.local_batch_to_global(host_batch, mesh)
       with mesh, partitioning.logical_rules_context(partitioning_config):
         trainable, opt_state, metrics = train_step(trainable, opt_state, frozen, batch,
                                                    np.int32(step))
       faults.maybe_kill("after_step", step)
       if pending is not None:
         _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite)
-      pending = (step, metrics, int(np.sum(batch["encoder_input_tokens"] > 0)))
+      pending = (step, metrics, input_tokens)
       if step % checkpoint_period == 0 or step == train_steps:
         _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite,
                      force=True)
