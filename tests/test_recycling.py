@@ -61,22 +61,28 @@ def test_support_id_outside_a_table_is_a_clear_error():
 def test_fitted_recyclers_are_cached(monkeypatch):
   tiny, inline = fixture_path("t5x_tiny_checkpoint"), fixture_path("t5x_inline_checkpoint")
   methods._CACHE.clear()
-  fits = []
+  fits, reads = [], []
   real = methods.fit
   monkeypatch.setattr(methods, "fit", lambda *a, **k: fits.append(a[0]) or real(*a, **k))
+  from prompt_tuning.prompts import initializers as init_lib
+  real_load = init_lib.load_embeddings
+  monkeypatch.setattr(init_lib, "load_embeddings",
+                      lambda path: reads.append(path) or real_load(path))
   filter_file = fixture_path("english_vocab_filter.json")
   a = methods.recycler_for(tiny, inline, "linear", filter_file=filter_file)
   b = methods.recycler_for(tiny, inline, "linear", filter_file=filter_file)
   assert a is b and fits == ["linear"]
-  for _ in range(3):  # many prompts, one fit
+  for _ in range(3):  # many prompts, one fit, the two tables read once
     methods.recycle(np.ones((5, 4)), tiny, inline, "linear", filter_file=filter_file)
   assert fits == ["linear"]
+  assert reads == [tiny, inline]
 
 
 def test_cli_reads_only_embedding_tables(tmp_path, monkeypatch, capsys):
   tiny, inline = fixture_path("t5x_tiny_checkpoint"), fixture_path("t5x_inline_checkpoint")
   prompt = tmp_path / "p.npy"
   np.save(prompt, np.random.RandomState(0).normal(size=(5, 4)).astype(np.float32))
+  methods._CACHE.clear()  # As in a fresh `prompt-tuning recycle` process.
   read = []
   real = t5x.T5XCheckpoint.read_many
   monkeypatch.setattr(t5x.T5XCheckpoint, "read_many",

@@ -29,6 +29,11 @@ def load_embeddings(source: str) -> np.ndarray:
   return np.asarray(table, np.float32)
 
 
+def _table(embeddings: str | np.ndarray) -> np.ndarray:
+  """An embedding table given directly or by its source (see `load_embeddings`)."""
+  return load_embeddings(embeddings) if isinstance(embeddings, str) else np.asarray(embeddings)
+
+
 def load_npy(path: str) -> np.ndarray:
   """np.load with pickles refused and a clear error for anything that is not an array."""
   if not os.path.isfile(path):
@@ -74,7 +79,7 @@ def sampled_vocab(embeddings: str | np.ndarray, length: int, first_n: Optional[i
   The paper samples from the 5,000 most common tokens; T5's SentencePiece ids
   are roughly frequency-ordered, so `first_n` limits to the lowest ids.
   """
-  table = load_embeddings(embeddings) if isinstance(embeddings, str) else np.asarray(embeddings)
+  table = _table(embeddings)
   return _fixed(_sample_rows(table, length, first_n, seed), "sampled-vocabulary prompt")
 
 
@@ -91,7 +96,7 @@ def class_labels(embeddings: str | np.ndarray, vocabulary: Any, labels: Sequence
   Remaining positions come from `fallback` (sampled vocabulary by default).
   `vocabulary` is anything with `encode(str) -> ids` (a seqio vocabulary).
   """
-  table = load_embeddings(embeddings) if isinstance(embeddings, str) else np.asarray(embeddings)
+  table = _table(embeddings)
   if len(labels) > length:
     raise ValueError(f"{len(labels)} class labels do not fit a prompt of length {length}")
   rows = []
@@ -112,7 +117,7 @@ def class_labels(embeddings: str | np.ndarray, vocabulary: Any, labels: Sequence
 def from_string(embeddings: str | np.ndarray, vocabulary: Any, text: str, length: int,
                 fallback: Optional[Initializer] = None, seed: int = 0) -> Initializer:
   """The first positions are the token embeddings of `text`; the rest from `fallback`."""
-  table = load_embeddings(embeddings) if isinstance(embeddings, str) else np.asarray(embeddings)
+  table = _table(embeddings)
   ids = _encode(vocabulary, text)[:length]
   rest = length - len(ids)
   return _with_fallback(table[ids], rest,

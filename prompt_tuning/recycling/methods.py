@@ -132,6 +132,12 @@ def recycler_for(source_checkpoint: str, target_checkpoint: str, method: str,
                  skip: int = 1000, take: int = 4000) -> Recycler:
   """A fitted recycler between two checkpoints (T5X or HF), read only for their
   embedding tables; cached per (checkpoints, method, support)."""
+  # The key is the request itself, so a cached recycler costs no table read.
+  key = (source_checkpoint, target_checkpoint, method,
+         None if support is None else np.asarray(support).tobytes(),
+         filter_file if support is None else None, skip, take)
+  if key in _CACHE:
+    return _CACHE[key]
   from prompt_tuning.prompts.initializers import load_embeddings
   from prompt_tuning.recycling import support as support_lib
   source = load_embeddings(source_checkpoint)
@@ -141,9 +147,7 @@ def recycler_for(source_checkpoint: str, target_checkpoint: str, method: str,
     support = support_lib.support_ids([len(source), len(target)], ids, skip, take)
   else:
     support = support_lib.support_ids([len(source), len(target)], support, 0, len(support))
-  key = (source_checkpoint, target_checkpoint, method, support.tobytes())
-  if key not in _CACHE:
-    _CACHE[key] = fit(method, source[support], target[support])
+  _CACHE[key] = fit(method, source[support], target[support])
   return _CACHE[key]
 
 
