@@ -38,7 +38,8 @@ setup(
         "matplotlib>=3.7",  # recycling result plots
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3"],
+        # scikit-learn: the reference the metric tests compare against (seen: 1.9.1).
+        "test": ["pytest>=7", "pytest-xdist>=3", "scikit-learn>=1.0"],
         # Seen working: torch 2.13.0 (CPU wheel), transformers 5.23.0, peft 0.21.2,
         # safetensors 0.8.0. Install torch's CPU build first (see .ci/run).
         "interop": ["torch>=2.1", "transformers>=4.40", "peft>=0.10", "safetensors>=0.4"],

@@ -70,9 +70,12 @@ def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]]
             vocabulary: Any, input_length: int, batch_size: int,
             decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
             class_labels: Optional[Sequence[str]] = None,
-            seed: int = 0) -> list[tuple[str, float]]:
+            seed: int = 0, target_length: Optional[int] = None) -> list[tuple[str, float]]:
   """(prediction text, score) per example, in order.
 
+  With `target_length`, nothing is decoded: each example's own target is
+  scored (the rank-classification task variants, one candidate per example),
+  and the text returned is empty.
   Partial last batches are padded to `batch_size` so that one compiled
   program serves every batch.
   """
@@ -83,6 +86,7 @@ def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]]
     targets = np.zeros((len(label_ids), target_len), np.int32)
     for i, ids in enumerate(label_ids):
       targets[i, :len(ids)] = ids
+  if class_labels or target_length:
     score_fn = jax.jit(lambda p, x, t: decoding.score(model, p, x, t))
   out: list[tuple[str, float]] = []
   for n, chunk in enumerate(_batches(list(examples), batch_size)):
@@ -90,7 +94,14 @@ def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]]
     real = len(chunk)
     if real < batch_size:
       inputs = np.concatenate([inputs, np.zeros((batch_size - real, input_length), np.int32)])
-    if class_labels:
+    if target_length:
+      targets_BL = data_lib.pad_batch(chunk, "targets", target_length)
+      if real < batch_size:
+        targets_BL = np.concatenate([targets_BL, np.zeros((batch_size - real, target_length),
+                                                          np.int32)])
+      scores = np.asarray(score_fn(params, inputs, targets_BL))[:real]
+      out.extend(("", float(s)) for s in scores)
+    elif class_labels:
       scores = np.stack([np.asarray(score_fn(params, inputs, np.tile(t, (batch_size, 1))))
                          for t in targets], axis=1)[:real]
       best = scores.argmax(axis=1)
@@ -108,16 +119,28 @@ def _text(value: Any) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def compute_metrics(task: Any, examples: Sequence[Mapping[str, Any]],
-                    predictions: Sequence[str]) -> dict[str, float]:
-  """Runs the task's postprocessor and metric functions."""
+def _postprocess(task: Any, text: str, example: Mapping[str, Any], is_target: bool) -> Any:
   post = task.postprocess_fn
-  targets = [post(_text(ex["targets_pretokenized"]), example=ex, is_target=True)
-             for ex in examples]
-  preds = [post(p, example=ex, is_target=False) for p, ex in zip(predictions, examples)]
+  return text if post is None else post(text, example=example, is_target=is_target)
+
+
+def uses_scores(task: Any) -> bool:
+  """Whether the task is evaluated by scoring its targets (rank classification)."""
+  return bool(getattr(task, "score_metric_fns", None)) and not task.predict_metric_fns
+
+
+def compute_metrics(task: Any, examples: Sequence[Mapping[str, Any]],
+                    predictions: Sequence[str],
+                    scores: Optional[Sequence[float]] = None) -> dict[str, float]:
+  """Runs the task's postprocessor, then its prediction (and score) metric functions."""
+  targets = [_postprocess(task, _text(ex["targets_pretokenized"]), ex, True) for ex in examples]
+  preds = [_postprocess(task, p, ex, False) for p, ex in zip(predictions, examples)]
   metrics: dict[str, float] = {}
-  for metric_fn in task.metric_fns:
-    for name, value in metric_fn(targets, preds).items():
+  calls = [(fn, preds) for fn in task.predict_metric_fns]
+  if scores is not None:
+    calls += [(fn, list(scores)) for fn in task.score_metric_fns]
+  for metric_fn, values in calls:
+    for name, value in metric_fn(targets, values).items():
       metrics[name] = float(getattr(value, "value", value))
   return metrics
 
@@ -134,8 +157,10 @@ def _predict_split(model_dir, model_config, task_name, feature_lengths, batch_si
                                            restore_checkpoint, partitioning_config)
   examples = data_lib.eval_examples(task_name, split, feature_lengths, max_examples)
   vocab = task.output_features["targets"].vocabulary
+  target_length = feature_lengths.get("targets") if (
+      uses_scores(task) and not class_labels) else None
   preds = predict(setup.model, params, examples, vocab, feature_lengths["inputs"],
-                  batch_size, decoding_config, class_labels)
+                  batch_size, decoding_config, class_labels, target_length=target_length)
   return task, examples, preds, step
 
 
@@ -158,7 +183,8 @@ def evaluate(*, model_dir: str, model_config: T5Config, mixture_or_task_name: st
       model_dir, model_config, mixture_or_task_name, task_feature_lengths, batch_size,
       initial_checkpoint_path, encoder_prompt, trainable_rules, split, checkpoint_step,
       restore_checkpoint, decoding_config, class_labels, max_examples, partitioning_config)
-  metrics = compute_metrics(task, examples, [p for p, _ in preds])
+  metrics = compute_metrics(task, examples, [p for p, _ in preds],
+                            scores=[s for _, s in preds])
   metrics["num_examples"] = len(examples)
   MetricsWriter(model_dir, output_name).write(step, metrics, task=mixture_or_task_name,
                                                split=split)

@@ -36,7 +36,9 @@ def register_configurables() -> None:
   train, evaluate, infer, precompile, prompt_init.{random_uniform,sampled_vocab,class_labels,from_string,
   from_file}, prompt_tuning_adafactor, every public optax function and
   schedule as optax.<name>, seqio.SentencePieceVocabulary and
-  seqio.ByteVocabulary; constants PROMPT_TUNING_RULES and FULL_FINETUNING_RULES.
+  seqio.ByteVocabulary, TaskVocabularyConfig (the benchmark tasks' vocabulary)
+  and file_task (a task from local files); constants PROMPT_TUNING_RULES and
+  FULL_FINETUNING_RULES.
   """
   global _REGISTERED
   if _REGISTERED:
@@ -69,6 +71,9 @@ def register_configurables() -> None:
   gin.external_configurable(seqio.SentencePieceVocabulary, "SentencePieceVocabulary",
                             module="seqio")
   gin.external_configurable(seqio.ByteVocabulary, "ByteVocabulary", module="seqio")
+  from prompt_tuning.tasks import local_files, vocabularies
+  gin.external_configurable(vocabularies.TaskVocabularyConfig, "TaskVocabularyConfig")
+  gin.external_configurable(local_files.file_task, "file_task")
   gin.constant("PROMPT_TUNING_RULES", tuple(freezing.PROMPT_TUNING_RULES))
   gin.constant("FULL_FINETUNING_RULES", tuple(freezing.FULL_FINETUNING_RULES))
   _REGISTERED = True
@@ -117,6 +122,22 @@ def run_configured(name: str) -> Any:
       raise ValueError(f"{name}: {e}. Bind it in a gin file or with --gin.{name}.<arg>=...; "
                        "required macros are listed at the top of each configs/runs file") from e
     raise
+
+
+def apply_task_vocabulary() -> None:
+  """Applies TaskVocabularyConfig's bindings, if there are any, to the registered tasks."""
+  from prompt_tuning.tasks import vocabularies
+  bound = False
+  for arg in ("kind", "path"):
+    try:
+      gin.query_parameter(f"TaskVocabularyConfig.{arg}")
+      bound = True
+    except ValueError:
+      pass
+  if bound:
+    config = gin.get_configurable("TaskVocabularyConfig")()
+    config.build()  # A bad kind or a missing file fails here, before any work.
+    vocabularies.configure(config)
 
 
 def parse_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),

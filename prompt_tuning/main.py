@@ -7,6 +7,7 @@
   prompt-tuning quickstart [--cache_dir=D]
   prompt-tuning recycle --source_checkpoint=A --target_checkpoint=B --prompt=p.npy --out=q.npy
   prompt-tuning inspect CHECKPOINT
+  prompt-tuning tasks list [REGEX] | tasks show NAME [--split=S] [--num_examples=N]
   prompt-tuning decode CHECKPOINT --spm_model=M --input="text" [--method=beam]
 
 train / eval / infer / precompile take T5X's flags: gin files (bundled configs
@@ -153,6 +154,7 @@ def run_gin_binary(command: str, argv: Sequence[str]) -> int:
     return 2
   try:
     gin_utils.parse_gin(files, bindings, paths)
+    gin_utils.apply_task_vocabulary()
     result = gin_utils.run_configured(_GIN_BINARIES[command])
   except (FileNotFoundError, ValueError, KeyError, FileExistsError, FloatingPointError) as e:
     print(f"prompt-tuning {command}: error: {e}", file=sys.stderr)
@@ -187,6 +189,54 @@ def _recycle(args) -> int:
   return 0
 
 
+def _tasks(args) -> int:
+  import os
+  import re
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import seqio
+  import prompt_tuning.tasks  # noqa: F401  (registers the bundled seqio tasks)
+  from prompt_tuning.tasks import vocabularies
+  from prompt_tuning.train import data as data_lib
+  if args.vocabulary:
+    kind = args.vocabulary if args.vocabulary in vocabularies.KINDS else "sentencepiece"
+    path = None if kind == args.vocabulary else args.vocabulary
+    vocabularies.configure(kind=kind, path=path)
+    vocabularies.current()  # A missing file is reported here.
+  if args.action == "list":
+    try:
+      pattern = re.compile(args.name or ".*")
+    except re.error as e:
+      raise ValueError(f"Bad regular expression {args.name!r}: {e}") from e
+    names = [("task", n) for n in seqio.TaskRegistry.names()]
+    names += [("mixture", n) for n in seqio.MixtureRegistry.names()]
+    shown = sorted((n, kind) for kind, n in names if pattern.search(n))
+    for n, kind in shown:
+      print(f"{n}{'  (mixture)' if kind == 'mixture' else ''}")
+    print(f"{len(shown)} of {len(names)} registered", file=sys.stderr)
+    return 0
+  if not args.name:
+    raise ValueError("tasks show needs a task or mixture NAME")
+  task = data_lib.get_task_or_mixture(args.name)
+  splits = list(task.splits)
+  split = args.split or ("validation" if "validation" in splits else splits[0])
+  if split not in splits:
+    raise ValueError(f"{args.name} has no split {split!r}; it has {splits}")
+  ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
+                        try_in_mem_cache=False)
+  print(f"{args.name}  split={split}  splits={splits}")
+  for n, ex in enumerate(ds.take(args.num_examples).as_numpy_iterator()):
+    print(f"--- example {n}")
+    for key in sorted(ex):
+      value = ex[key]
+      if key in ("inputs", "targets"):
+        print(f"  {key}_ids: {[int(i) for i in value]}")
+      elif isinstance(value, bytes):
+        print(f"  {key}: {value.decode('utf-8', 'replace')!r}")
+      else:
+        print(f"  {key}: {value!r}")
+  return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] in _GIN_BINARIES:
@@ -213,6 +263,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   qs.add_argument("--prompt_steps", type=int, default=400)
   qs.add_argument("--prompt_length", type=int, default=10)
   qs.add_argument("--eval_examples", type=int, default=512)
+  tk = sub.add_parser("tasks", help="list registered tasks and mixtures, or show examples")
+  tk.add_argument("action", choices=("list", "show"))
+  tk.add_argument("name", nargs="?", default=None,
+                  help="list: a regular expression; show: a task or mixture name")
+  tk.add_argument("--split", default=None, help="show: the split (default validation)")
+  tk.add_argument("--num_examples", type=int, default=3)
+  tk.add_argument("--vocabulary", default=None, help="t5, mt5, byte or a SentencePiece "
+                  "model path (default: PT_TASK_VOCABULARY, else T5X's T5 vocabulary)")
   rc = sub.add_parser("recycle", help="move a prompt from one frozen model to another")
   rc.add_argument("--source_checkpoint", required=True, help="T5X checkpoint or HF folder")
   rc.add_argument("--target_checkpoint", required=True)
@@ -238,7 +296,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "recycle" and args.skip is None:
       args.skip = 1000 if args.filter_file else 0
     return {"inspect": _inspect, "decode": _decode, "quickstart": _quickstart,
-            "recycle": _recycle}[args.command](args)
+            "recycle": _recycle, "tasks": _tasks}[args.command](args)
   except (FileNotFoundError, ValueError, KeyError, FileExistsError) as e:
     print(f"prompt-tuning {args.command}: error: {e}", file=sys.stderr)
     return 2

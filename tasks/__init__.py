@@ -1,11 +1,18 @@
 """seqio task and mixture registrations; importing this package registers them.
 
 Installed as `prompt_tuning.tasks` (the binaries import it):
-  synthetic.py   the quickstart's synthetic string tasks (byte vocabulary)
-  metrics.py     metric functions
-The SuperGLUE / GLUE / transfer task library is tracked as its own issue.
+  synthetic.py       the quickstart's synthetic string tasks (byte vocabulary)
+  benchmarks.py      GLUE, SuperGLUE (standard, taskless, task-index and rank
+                     classification variants, mixtures), SST-2 / IMDB with
+                     recycling's verbalizers, MRQA
+  local_files.py     `file_task`: a task from TSV / JSON Lines files (gin-bindable)
+  vocabularies.py    the benchmark tasks' vocabulary: T5, mT5, byte or any SPM file
+  postprocessors.py  text -> labels, numbers, answers
+  metrics.py         metric functions (seqio signatures)
 """
 
+from prompt_tuning.tasks import benchmarks
 from prompt_tuning.tasks import synthetic
 
 synthetic.register()
+benchmarks.register()

@@ -96,8 +96,9 @@ def eval_examples(task_name: str, split: str, feature_lengths: Mapping[str, int]
   task = get_task_or_mixture(task_name)
   if split not in task.splits:
     raise ValueError(f"Task {task_name} has no split {split!r}; it has {list(task.splits)}")
+  # Read once, in order: no in-memory cache (which would also need the split's size).
   ds = task.get_dataset(sequence_length=dict(feature_lengths), split=split, shuffle=False,
-                        num_epochs=1)
+                        num_epochs=1, try_in_mem_cache=False)
   if max_examples:
     ds = ds.take(max_examples)
   examples = list(ds.as_numpy_iterator())

@@ -1,0 +1,159 @@
+"""Tasks from local TSV or JSON Lines files, without writing code.
+
+From gin, the task is registered when the macro is first read:
+
+  MIXTURE_OR_TASK_NAME = @file_task()
+  file_task.name = 'my_sentiment'
+  file_task.splits = {'train': '/data/train.tsv', 'validation': '/data/dev.tsv'}
+  file_task.input_template = 'review: {text}'
+  file_task.target_field = 'label'
+  file_task.verbalizers = {'0': 'negative', '1': 'positive'}
+  file_task.metrics = ['accuracy']
+
+TSV files have a header row naming the fields; JSON Lines files hold one
+object per line. The template is Python's str.format over a record's fields.
+With verbalizers, the target field's value (as a string) is looked up in the
+map and predictions are mapped back to labels for the metrics; without, the
+target text is the field's value itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import string
+from typing import Any, Mapping, Optional, Sequence
+
+import seqio
+import tensorflow as tf
+
+from prompt_tuning.tasks import metrics as metrics_lib
+from prompt_tuning.tasks import postprocessors
+from prompt_tuning.tasks import vocabularies
+
+METRICS = {
+    "accuracy": metrics_lib.accuracy,
+    "exact_match": metrics_lib.exact_match,
+    "f1": metrics_lib.f1_binary,
+    "f1_macro": metrics_lib.f1_macro,
+    "matthews_corrcoef": metrics_lib.matthews_corrcoef,
+    "pearson": metrics_lib.pearson_corrcoef,
+    "spearman": metrics_lib.spearman_corrcoef,
+    "squad": metrics_lib.squad,
+}
+# Metrics that compare label indices (need verbalizers) or numbers.
+_LABEL_METRICS = {"accuracy", "f1", "f1_macro", "matthews_corrcoef"}
+_NUMBER_METRICS = {"pearson", "spearman"}
+
+
+def read_records(path: str, file_format: Optional[str] = None) -> list[dict[str, Any]]:
+  """Rows of a TSV (with a header) or JSON Lines file, as dicts."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Task data file {path!r} does not exist")
+  file_format = file_format or os.path.splitext(path)[1].lstrip(".").lower()
+  if file_format in ("jsonl", "json"):
+    rows = []
+    with open(path, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path} line {n} is not valid JSON: {e}") from e
+        if not isinstance(row, dict):
+          raise ValueError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+  if file_format == "tsv":
+    with open(path, encoding="utf-8", newline="") as f:
+      lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not lines:
+      raise ValueError(f"{path} is empty; expected a header row naming the fields")
+    header, rows = lines[0], []
+    for n, values in enumerate(lines[1:], 2):
+      if not values:
+        continue
+      if len(values) != len(header):
+        raise ValueError(f"{path} line {n} has {len(values)} fields but the header names "
+                         f"{len(header)}: {header}")
+      rows.append(dict(zip(header, values)))
+    return rows
+  raise ValueError(f"Unknown task file format {file_format!r} for {path}; expected 'tsv' "
+                   "or 'jsonl'")
+
+
+def template_fields(template: str) -> list[str]:
+  return [field for _, field, _, _ in string.Formatter().parse(template) if field]
+
+
+def format_records(rows: Sequence[Mapping[str, Any]], path: str, input_template: str,
+                   target_field: str, verbalizers: Optional[Mapping[str, str]]
+                   ) -> dict[str, list[str]]:
+  """{'inputs': [...], 'targets': [...]}, with errors naming the file and row."""
+  needed = template_fields(input_template) + [target_field]
+  inputs, targets = [], []
+  for n, row in enumerate(rows, 1):
+    missing = [f for f in needed if f not in row]
+    if missing:
+      raise ValueError(f"{path} record {n} has no field(s) {missing}; it has {sorted(row)} "
+                       f"(template {input_template!r}, target field {target_field!r})")
+    inputs.append(input_template.format(**{k: row[k] for k in template_fields(input_template)}))
+    value = str(row[target_field])
+    if verbalizers is not None:
+      if value not in verbalizers:
+        raise ValueError(f"{path} record {n}: label {value!r} is not in the verbalizer map "
+                         f"{dict(verbalizers)}")
+      value = verbalizers[value]
+    targets.append(value)
+  return {"inputs": inputs, "targets": targets}
+
+
+def file_task(name: str, splits: Mapping[str, str], input_template: str, target_field: str,
+              verbalizers: Optional[Mapping[Any, str]] = None,
+              metrics: Sequence[str] = ("accuracy",), file_format: Optional[str] = None,
+              vocabulary: Optional[seqio.Vocabulary] = None) -> str:
+  """Registers (or re-registers) a seqio task over local files; returns its name.
+
+  Files are read and checked now, so a missing field or an unknown label is
+  reported before any training starts.
+  """
+  unknown = [m for m in metrics if m not in METRICS]
+  if unknown:
+    raise ValueError(f"Unknown metric(s) {unknown} for task {name!r}; expected some of "
+                     f"{sorted(METRICS)}")
+  if not splits:
+    raise ValueError(f"Task {name!r} needs at least one split file")
+  verbal = {str(k): v for k, v in verbalizers.items()} if verbalizers else None
+  if verbal is None and set(metrics) & _LABEL_METRICS:
+    raise ValueError(f"Metrics {sorted(set(metrics) & _LABEL_METRICS)} compare labels: give "
+                     f"task {name!r} a verbalizer map (label value -> target text)")
+  data = {split: format_records(read_records(path, file_format), path, input_template,
+                                target_field, verbal)
+          for split, path in splits.items()}
+
+  def dataset_fn(split, shuffle_files=False, seed=None):
+    del shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices({k: tf.constant(v, tf.string)
+                                               for k, v in data[split].items()})
+
+  if verbal is not None:
+    post = postprocessors.Verbalizer(sorted(set(verbal.values()), key=list(verbal.values()).index))
+  elif set(metrics) & _NUMBER_METRICS:
+    post = postprocessors.string_to_float
+  else:
+    post = None
+  vocab = vocabulary or vocabularies.TASK_VOCABULARY
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(dataset_fn, splits=tuple(data),
+                                      num_input_examples={k: len(v["inputs"])
+                                                          for k, v in data.items()}),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      output_features={"inputs": seqio.Feature(vocab, add_eos=True),
+                       "targets": seqio.Feature(vocab, add_eos=True)},
+      postprocess_fn=post, metric_fns=[METRICS[m] for m in metrics])
+  return name
