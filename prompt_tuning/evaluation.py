@@ -66,52 +66,94 @@ def _batches(items: Sequence[Any], size: int):
     yield items[i:i + size]
 
 
+def _pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
+  if len(rows) == size:
+    return rows
+  return np.concatenate([rows, np.zeros((size - len(rows),) + rows.shape[1:], rows.dtype)])
+
+
+def _decode_text(vocabulary: Any, row: np.ndarray) -> str:
+  ids = [int(t) for t in row]
+  return vocabulary.decode(ids[:ids.index(1)] if 1 in ids else ids)
+
+
 def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]],
             vocabulary: Any, input_length: int, batch_size: int,
             decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
             class_labels: Optional[Sequence[str]] = None,
-            seed: int = 0, target_length: Optional[int] = None) -> list[tuple[str, float]]:
+            seed: int = 0, target_length: Optional[int] = None,
+            ensemble_prompts: int = 0,
+            ensemble_method: str = "mean_log_prob") -> list[tuple[str, float]]:
   """(prediction text, score) per example, in order.
 
   With `target_length`, nothing is decoded: each example's own target is
   scored (the rank-classification task variants, one candidate per example),
-  and the text returned is empty.
+  and the text returned is empty. Per-example features the prompt modules
+  read (task_index) are passed along.
+
+  `ensemble_prompts=N` (a PromptBank of N prompts for one task): every batch
+  runs once per prompt; rank classification then picks by `ensemble_method`
+  ("mean_log_prob" or "majority_vote"), decoding by majority vote over the N
+  decoded strings.
   Partial last batches are padded to `batch_size` so that one compiled
   program serves every batch.
   """
-  gen = jax.jit(lambda p, x, r: decoding.generate(model, p, x, decoding_config, rng=r))
+  from prompt_tuning.prompts import multi_task
+  n_ens = int(ensemble_prompts or 0)
+  feature_names = [] if n_ens else [
+      f for f in data_lib.PASSTHROUGH_FEATURES if examples and f in examples[0]]
+  gen = jax.jit(lambda p, x, f, r: decoding.generate(model, p, x, decoding_config, rng=r,
+                                                     prompt_features=f or None))
+  score_fn = jax.jit(lambda p, x, t, f: decoding.score(model, p, x, t,
+                                                       prompt_features=f or None))
   if class_labels:
     label_ids = [list(np.asarray(vocabulary.encode(label))) + [1] for label in class_labels]
-    target_len = max(len(ids) for ids in label_ids)
-    targets = np.zeros((len(label_ids), target_len), np.int32)
+    targets = np.zeros((len(label_ids), max(len(ids) for ids in label_ids)), np.int32)
     for i, ids in enumerate(label_ids):
       targets[i, :len(ids)] = ids
-  if class_labels or target_length:
-    score_fn = jax.jit(lambda p, x, t: decoding.score(model, p, x, t))
+
+  def scores_of(inputs, targets_BT):
+    """[B] scores, or [N, B] with an ensemble."""
+    if not n_ens:
+      return np.asarray(score_fn(params, inputs, targets_BT, feats))
+    return np.asarray(multi_task.ensemble_scores(
+        lambda x, t, f: score_fn(params, x, t, f), inputs, targets_BT, n_ens))
+
   out: list[tuple[str, float]] = []
   for n, chunk in enumerate(_batches(list(examples), batch_size)):
-    inputs = data_lib.pad_batch(chunk, "inputs", input_length)
     real = len(chunk)
-    if real < batch_size:
-      inputs = np.concatenate([inputs, np.zeros((batch_size - real, input_length), np.int32)])
+    inputs = _pad_rows(data_lib.pad_batch(chunk, "inputs", input_length), batch_size)
+    feats = {f: _pad_rows(np.asarray([ex[f] for ex in chunk], np.int32), batch_size)
+             for f in feature_names}
     if target_length:
-      targets_BL = data_lib.pad_batch(chunk, "targets", target_length)
-      if real < batch_size:
-        targets_BL = np.concatenate([targets_BL, np.zeros((batch_size - real, target_length),
-                                                          np.int32)])
-      scores = np.asarray(score_fn(params, inputs, targets_BL))[:real]
-      out.extend(("", float(s)) for s in scores)
+      targets_BT = _pad_rows(data_lib.pad_batch(chunk, "targets", target_length), batch_size)
+      scores = scores_of(inputs, targets_BT)
+      scores = scores.mean(axis=0) if n_ens else scores
+      out.extend(("", float(s)) for s in scores[:real])
     elif class_labels:
-      scores = np.stack([np.asarray(score_fn(params, inputs, np.tile(t, (batch_size, 1))))
-                         for t in targets], axis=1)[:real]
-      best = scores.argmax(axis=1)
-      out.extend((class_labels[b], float(scores[i, b])) for i, b in enumerate(best))
+      scores = np.stack([scores_of(inputs, np.tile(t, (batch_size, 1))) for t in targets],
+                        axis=-1)  # [B, C] or [N, B, C]
+      if n_ens:
+        best = np.asarray(multi_task.ensemble_rank(jnp.asarray(scores), ensemble_method))
+        scores = scores.mean(axis=0)
+      else:
+        best = scores.argmax(axis=-1)
+      out.extend((class_labels[b], float(scores[i, b])) for i, b in enumerate(best[:real]))
+    elif n_ens:
+      tiled = np.tile(inputs, (n_ens, 1))
+      tokens, scores = gen(params, jnp.asarray(tiled),
+                           multi_task.ensemble_features(batch_size, n_ens),
+                           jax.random.PRNGKey(seed + n))
+      texts = [_decode_text(vocabulary, r) for r in np.asarray(tokens)]
+      scores = np.asarray(scores).reshape(n_ens, batch_size)
+      for i in range(real):
+        votes = [texts[k * batch_size + i] for k in range(n_ens)]
+        winner = max(votes, key=votes.count)  # ties: the lowest prompt index
+        out.append((winner, float(scores[votes.index(winner), i])))
     else:
-      tokens, scores = gen(params, jnp.asarray(inputs), jax.random.PRNGKey(seed + n))
+      tokens, scores = gen(params, jnp.asarray(inputs), feats, jax.random.PRNGKey(seed + n))
       for row, score in zip(np.asarray(tokens)[:real], np.asarray(scores)[:real]):
-        ids = [int(t) for t in row]
-        ids = ids[:ids.index(1)] if 1 in ids else ids
-        out.append((vocabulary.decode(ids), float(score)))
+        out.append((_decode_text(vocabulary, row), float(score)))
   return out
 
 
@@ -148,7 +190,8 @@ def compute_metrics(task: Any, examples: Sequence[Mapping[str, Any]],
 def _predict_split(model_dir, model_config, task_name, feature_lengths, batch_size,
                    initial_checkpoint_path, encoder_prompt, trainable_rules, split,
                    checkpoint_step, restore_checkpoint, decoding_config, class_labels,
-                   max_examples, partitioning_config):
+                   max_examples, partitioning_config, ensemble_prompts=0,
+                   ensemble_method="mean_log_prob"):
   """(task, examples, [(prediction, score)], step) for eval and infer alike."""
   task = data_lib.get_task_or_mixture(task_name)
   data_lib.check_vocabulary(task, model_config.vocab_size)
@@ -160,7 +203,8 @@ def _predict_split(model_dir, model_config, task_name, feature_lengths, batch_si
   target_length = feature_lengths.get("targets") if (
       uses_scores(task) and not class_labels) else None
   preds = predict(setup.model, params, examples, vocab, feature_lengths["inputs"],
-                  batch_size, decoding_config, class_labels, target_length=target_length)
+                  batch_size, decoding_config, class_labels, target_length=target_length,
+                  ensemble_prompts=ensemble_prompts, ensemble_method=ensemble_method)
   return task, examples, preds, step
 
 
@@ -176,13 +220,16 @@ def evaluate(*, model_dir: str, model_config: T5Config, mixture_or_task_name: st
              max_examples: Optional[int] = None,
              output_name: str = "eval",
              partitioning_config: partitioning.PartitioningConfig = (
-                 partitioning.PartitioningConfig())) -> dict[str, Any]:
+                 partitioning.PartitioningConfig()),
+             ensemble_prompts: int = 0,
+             ensemble_method: str = "mean_log_prob") -> dict[str, Any]:
   """Metrics of a split; appended to MODEL_DIR/<output_name>/metrics.jsonl and TensorBoard."""
   from prompt_tuning.train.loop import MetricsWriter
   task, examples, preds, step = _predict_split(
       model_dir, model_config, mixture_or_task_name, task_feature_lengths, batch_size,
       initial_checkpoint_path, encoder_prompt, trainable_rules, split, checkpoint_step,
-      restore_checkpoint, decoding_config, class_labels, max_examples, partitioning_config)
+      restore_checkpoint, decoding_config, class_labels, max_examples, partitioning_config,
+      ensemble_prompts, ensemble_method)
   metrics = compute_metrics(task, examples, [p for p, _ in preds],
                             scores=[s for _, s in preds])
   metrics["num_examples"] = len(examples)
@@ -203,12 +250,15 @@ def infer(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
           class_labels: Optional[Sequence[str]] = None,
           max_examples: Optional[int] = None,
           partitioning_config: partitioning.PartitioningConfig = (
-              partitioning.PartitioningConfig())) -> str:
+              partitioning.PartitioningConfig()),
+          ensemble_prompts: int = 0,
+          ensemble_method: str = "mean_log_prob") -> str:
   """Writes JSON Lines of {input, target, prediction, score}; returns the file's path."""
   _, examples, preds, step = _predict_split(
       model_dir, model_config, mixture_or_task_name, task_feature_lengths, batch_size,
       initial_checkpoint_path, encoder_prompt, trainable_rules, split, checkpoint_step,
-      restore_checkpoint, decoding_config, class_labels, max_examples, partitioning_config)
+      restore_checkpoint, decoding_config, class_labels, max_examples, partitioning_config,
+      ensemble_prompts, ensemble_method)
   out_dir = os.path.join(model_dir, "infer")
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f"{mixture_or_task_name}-{split}-step_{step}.jsonl")

@@ -32,7 +32,8 @@ def configs_dir() -> str:
 def register_configurables() -> None:
   """Makes the binaries' functions and config objects bindable (idempotent).
 
-  Registered names: T5Config, SoftPrompt, DecodingConfig, PartitioningConfig,
+  Registered names: T5Config, SoftPrompt, MultiTaskPrompt, PromptBank,
+  HyperPrompt, InputDependentPrompt, AttemptPrompt, ensemble_task, DecodingConfig, PartitioningConfig,
   train, evaluate, infer, precompile, prompt_init.{random_uniform,sampled_vocab,class_labels,from_string,
   from_file}, prompt_tuning_adafactor, every public optax function and
   schedule as optax.<name>, seqio.SentencePieceVocabulary and
@@ -52,6 +53,12 @@ def register_configurables() -> None:
 
   gin.external_configurable(t5_lib.T5Config, "T5Config")
   gin.external_configurable(soft.SoftPrompt, "SoftPrompt")
+  from prompt_tuning.prompts import attempt, hyper, input_dependent, multi_task
+  gin.external_configurable(multi_task.MultiTaskPrompt, "MultiTaskPrompt")
+  gin.external_configurable(multi_task.PromptBank, "PromptBank")
+  gin.external_configurable(hyper.HyperPrompt, "HyperPrompt")
+  gin.external_configurable(input_dependent.InputDependentPrompt, "InputDependentPrompt")
+  gin.external_configurable(attempt.AttemptPrompt, "AttemptPrompt")
   gin.external_configurable(decoding.DecodingConfig, "DecodingConfig")
   gin.external_configurable(loop.train, "train")
   gin.external_configurable(evaluation.evaluate, "evaluate")
@@ -74,6 +81,7 @@ def register_configurables() -> None:
   from prompt_tuning.tasks import local_files, vocabularies
   gin.external_configurable(vocabularies.TaskVocabularyConfig, "TaskVocabularyConfig")
   gin.external_configurable(local_files.file_task, "file_task")
+  gin.external_configurable(local_files.ensemble_task, "ensemble_task")
   gin.constant("PROMPT_TUNING_RULES", tuple(freezing.PROMPT_TUNING_RULES))
   gin.constant("FULL_FINETUNING_RULES", tuple(freezing.FULL_FINETUNING_RULES))
   _REGISTERED = True

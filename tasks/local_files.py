@@ -157,3 +157,33 @@ def file_task(name: str, splits: Mapping[str, str], input_template: str, target_
                        "targets": seqio.Feature(vocab, add_eos=True)},
       postprocess_fn=post, metric_fns=[METRICS[m] for m in metrics])
   return name
+
+
+def ensemble_task(task: str, num_prompts: int) -> str:
+  """Registers `<task>_ensemble<N>`: the task with a `task_index` in [0, N) per example.
+
+  The index is a hash of the example's input text, so each prompt of an
+  N-prompt PromptBank trains on its own fixed share of the data (bagging);
+  evaluation with `ensemble_prompts=N` then runs every prompt on every
+  example. Returns the new task's name.
+  """
+  if num_prompts < 1:
+    raise ValueError(f"num_prompts={num_prompts} must be at least 1")
+  base = seqio.get_mixture_or_task(task)
+  if not isinstance(base, seqio.Task):
+    raise ValueError(f"ensemble_task needs a task, not the mixture {task!r}")
+  name = f"{task}_ensemble{num_prompts}"
+  if name in seqio.TaskRegistry.names():
+    return name
+
+  def add_index(ds):
+    def fn(ex):
+      bucket = tf.strings.to_hash_bucket_fast(ex["inputs_pretokenized"], num_prompts)
+      return {**ex, "task_index": tf.cast(bucket, tf.int32)}
+    return ds.map(fn)
+
+  seqio.TaskRegistry.add(name, source=base.source,
+                         preprocessors=[*base.preprocessors, add_index],
+                         output_features=base.output_features,
+                         postprocess_fn=base.postprocess_fn, metric_fns=base.metric_fns)
+  return name

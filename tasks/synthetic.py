@@ -17,6 +17,9 @@ Registered seqio tasks (byte-level vocabulary, no vocabulary file):
                                instruction -> its reverse. Nothing in
                                pretraining shows it; a prompt must learn to
                                stand in for the instruction.
+  synthetic_<task>_bare_indexed  every task in the bare format, with an int32
+                               `task_index` (its position in TASKS); mixed in
+                               `synthetic_bare_multitask` (multi-task prompts).
 
 Examples are a pure function of (task, split). One word in five (by hash)
 is reserved for validation and test, so evaluation words never occur in any
@@ -123,3 +126,19 @@ def register() -> None:
                          preprocessors=preprocessors, output_features=features,
                          metric_fns=[metrics.exact_match])
   seqio.MixtureRegistry.add("synthetic_pretrain", [(f"synthetic_{t}", 1.0) for t in TASKS])
+  # Multi-task prompts: every task in the bare format (no instruction), with
+  # its position in TASKS as `task_index`; only a task-aware prompt can tell
+  # them apart.
+  for index, task in enumerate(TASKS):
+    seqio.TaskRegistry.add(f"synthetic_{task}_bare_indexed", source=_source(task, False),
+                           preprocessors=[_add_task_index(index), *preprocessors],
+                           output_features=features, metric_fns=[metrics.exact_match])
+  seqio.MixtureRegistry.add("synthetic_bare_multitask",
+                            [(f"synthetic_{t}_bare_indexed", 1.0) for t in TASKS])
+
+
+def _add_task_index(index: int):
+  def preprocess(ds):
+    import tensorflow as tf
+    return ds.map(lambda ex: {**ex, "task_index": tf.constant(index, tf.int32)})
+  return preprocess

@@ -156,12 +156,17 @@ class MultiHeadAttention(nn.Module):
   float32_logits: bool = True
 
   @nn.compact
-  def __call__(self, inputs_q_BLH: Array, inputs_kv_BKH: Array, bias: Optional[Array],
+  def __call__(self, inputs_q_BLH: Array, inputs_kv_BKH: Array, bias: Any,
                deterministic: bool = True, decode: bool = False,
-               decode_index: Optional[Array] = None, cross_cache: str = "none") -> Array:
+               decode_index: Optional[Array] = None, cross_cache: str = "none",
+               prefix_kv: Optional[tuple[Array, Array]] = None) -> Array:
     """`cross_cache` (cross-attention while decoding): "fill" projects the
     encoder output and keeps its keys and values in the cache; "use" reads
-    them instead of projecting again; "none" projects every call."""
+    them instead of projecting again; "none" projects every call.
+
+    `prefix_kv`: (keys, values) [B, P, N, D] prepended to the projected keys
+    and values, visible to every query and without position bias
+    (HyperPrompt's per-layer prompts)."""
     n, d = self.num_heads, self.head_dim
     depth_scaling = math.sqrt(d)
 
@@ -194,10 +199,21 @@ class MultiHeadAttention(nn.Module):
         cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, start)
         k, v = cached_k.value, cached_v.value
 
+    # `bias`: one additive array, or a tuple of them (mask and position terms),
+    # each broadcastable to [B, N, L, K].
+    biases = () if bias is None else (tuple(bias) if isinstance(bias, (tuple, list))
+                                      else (bias,))
+    if prefix_kv is not None:
+      pk, pv = prefix_kv
+      k = jnp.concatenate([pk.astype(k.dtype), k], axis=1)
+      v = jnp.concatenate([pv.astype(v.dtype), v], axis=1)
+      biases = tuple(jnp.pad(term, ((0, 0),) * (term.ndim - 1) + ((pk.shape[1], 0),))
+                     for term in biases)
+
     logits_dtype = jnp.float32 if self.float32_logits else self.dtype
     logits_BNLK = jnp.einsum("blnd,bknd->bnlk", q.astype(logits_dtype), k.astype(logits_dtype))
-    if bias is not None:
-      logits_BNLK = logits_BNLK + bias.astype(logits_dtype)
+    for term in biases:
+      logits_BNLK = logits_BNLK + term.astype(logits_dtype)
     weights = jax.nn.softmax(logits_BNLK, axis=-1).astype(self.dtype)
     if not deterministic and self.dropout_rate > 0:
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)

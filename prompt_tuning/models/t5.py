@@ -10,6 +10,9 @@ encoder inputs before the first layer. `M(embedded_BLH, tokens_BL, mask_BL,
 deterministic=..., **features)` returns `(embedded_BMH, mask_BM)`: the
 sequence to run (it may be longer than L) and its mask. Encoder
 self-attention, and the decoder's cross-attention, use the returned mask.
+An encoder module may also return a third item, `(keys, values)` of shape
+[layers, B, P, heads, head_dim], prepended inside every encoder
+self-attention (HyperPrompt); that needs unrolled layers.
 `decoder_prompt` does the same for the decoder input; the logits of the
 positions it adds are dropped. With no module the model is plain T5.
 
@@ -114,12 +117,14 @@ class EncoderLayer(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BMH: Array, bias: Array, positions_M: Array) -> Array:
+  def __call__(self, x_BMH: Array, bias: tuple[Array, ...], positions_M: Array,
+               prefix_kv: Optional[tuple[Array, Array]] = None) -> Array:
     cfg, deterministic = self.config, self.deterministic
     if not cfg.shared_relative_bias:
-      bias = bias + _relpos(cfg, True, "relpos_bias")(positions_M, positions_M)
+      bias = (*bias, _relpos(cfg, True, "relpos_bias")(positions_M, positions_M))
     y = _norm(cfg, "pre_attention_layer_norm")(x_BMH)
-    y = _attention(cfg, "attention")(y, y, bias, deterministic=deterministic)
+    y = _attention(cfg, "attention")(y, y, bias, deterministic=deterministic,
+                                     prefix_kv=prefix_kv)
     x_BMH = x_BMH + _dropout(cfg, y, deterministic)
     y = _norm(cfg, "pre_mlp_layer_norm")(x_BMH)
     y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, name="mlp",
@@ -135,13 +140,14 @@ class DecoderLayer(nn.Module):
   cross_cache: str = "none"  # see layers.MultiHeadAttention
 
   @nn.compact
-  def __call__(self, y_BTH: Array, encoded_BMH: Array, self_bias: Array, cross_bias: Array,
+  def __call__(self, y_BTH: Array, encoded_BMH: Array, self_bias: tuple[Array, ...],
+               cross_bias: Array,
                query_positions_T: Array, key_positions: Array,
                decode_index: Optional[Array]) -> Array:
     cfg, deterministic, decode = self.config, self.deterministic, self.decode
     if not cfg.shared_relative_bias:
-      self_bias = self_bias + _relpos(cfg, False, "relpos_bias")(query_positions_T,
-                                                                  key_positions)
+      self_bias = (*self_bias, _relpos(cfg, False, "relpos_bias")(query_positions_T,
+                                                                    key_positions))
     z = _norm(cfg, "pre_self_attention_layer_norm")(y_BTH)
     z = _attention(cfg, "self_attention")(z, z, self_bias, deterministic=deterministic,
                                           decode=decode, decode_index=decode_index)
@@ -177,12 +183,23 @@ class _ScanBody(nn.Module):
 
 
 def _run_layers(cfg: T5Config, layer_cls, num_layers: int, x: Array, args: tuple,
-                **layer_kwargs) -> Array:
-  """Applies `num_layers` layers, unrolled as `layers_i` or scanned as `layers`."""
+                layer_kv: Optional[tuple[Array, Array]] = None, **layer_kwargs) -> Array:
+  """Applies `num_layers` layers, unrolled as `layers_i` or scanned as `layers`.
+
+  `layer_kv`: per-layer attention prefixes (keys, values) [layers, B, P, N, D].
+  """
   cls = _remat(layer_cls, cfg)
+  if layer_kv is not None:
+    if cfg.scan_layers:
+      raise ValueError("Per-layer prompts (HyperPrompt) need unrolled layers: set "
+                       "T5Config.scan_layers = False")
+    if layer_kv[0].shape[0] != num_layers:
+      raise ValueError(f"Per-layer prompts for {layer_kv[0].shape[0]} layers, but the stack "
+                       f"has {num_layers}")
   if not cfg.scan_layers:
     for i in range(num_layers):
-      x = cls(cfg, name=f"layers_{i}", **layer_kwargs)(x, *args)
+      extra = () if layer_kv is None else ((layer_kv[0][i], layer_kv[1][i]),)
+      x = cls(cfg, name=f"layers_{i}", **layer_kwargs)(x, *args, *extra)
     return x
   # The cache is stacked on axis 1 so that the batch stays on axis 0.
   scanned = nn.scan(
@@ -208,17 +225,25 @@ class Encoder(nn.Module):
     cfg = self.config
     mask_BL = encoder_input_tokens_BL > 0
     x = self.shared_embedding(encoder_input_tokens_BL.astype(jnp.int32))
+    layer_kv = None
     if self.prompt is not None:
-      x, mask_BL = self.prompt(x, encoder_input_tokens_BL, mask_BL,
-                               deterministic=deterministic, **(prompt_features or {}))
+      # The module returns (x, mask), or (x, mask, (keys, values)) with
+      # per-layer self-attention prefixes [layers, B, P, N, D].
+      out = self.prompt(x, encoder_input_tokens_BL, mask_BL, deterministic=deterministic,
+                        **(prompt_features or {}))
+      x, mask_BL = out[:2]
+      layer_kv = out[2] if len(out) > 2 else None
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     x = _dropout(cfg, x, deterministic)
     positions = jnp.arange(x.shape[1])
-    bias = layers.mask_to_bias(mask_BL[:, :, None] & mask_BL[:, None, :])
+    # Biases stay separate terms ([B, 1, M, M] mask, [1, N, M, M] positions) and
+    # are added inside each attention, where XLA fuses them into the softmax
+    # instead of keeping a [B, N, M, M] sum alive per layer for the backward.
+    bias = (layers.mask_to_bias(mask_BL[:, :, None] & mask_BL[:, None, :]),)
     if cfg.shared_relative_bias:
-      bias = bias + _relpos(cfg, True, "relpos_bias")(positions, positions)
+      bias = (*bias, _relpos(cfg, True, "relpos_bias")(positions, positions))
     x = _run_layers(cfg, EncoderLayer, cfg.num_encoder_layers, x, (bias, positions),
-                    deterministic=deterministic)
+                    layer_kv=layer_kv, deterministic=deterministic)
     x = _norm(cfg, "encoder_norm")(x)
     return _dropout(cfg, x, deterministic), mask_BL
 
@@ -280,9 +305,10 @@ class Decoder(nn.Module):
       query_positions = key_positions = jnp.arange(t_total)
       causal = key_positions[None, :] <= query_positions[:, None]
       self_mask = causal[None] & query_mask_BT[:, :, None] & query_mask_BT[:, None, :]
-    self_bias = layers.mask_to_bias(self_mask)
+    self_bias = (layers.mask_to_bias(self_mask),)
     if cfg.shared_relative_bias:
-      self_bias = self_bias + _relpos(cfg, False, "relpos_bias")(query_positions, key_positions)
+      self_bias = (*self_bias, _relpos(cfg, False, "relpos_bias")(query_positions,
+                                                                   key_positions))
     cross_bias = layers.mask_to_bias(query_mask_BT[:, :, None] & encoder_mask_BM[:, None, :])
 
     y = _run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, y,

@@ -43,7 +43,9 @@ def check_prompt_budget(encoder_prompt: Any, feature_lengths: Mapping[str, int],
   budget (a model trained or served at a fixed encoder length), both together
   must fit it.
   """
-  length = getattr(encoder_prompt, "length", 0) or 0
+  length = getattr(encoder_prompt, "num_positions", None)
+  if length is None:
+    length = getattr(encoder_prompt, "length", 0) or 0
   inputs = feature_lengths.get("inputs")
   if inputs is None:
     raise ValueError(f"TASK_FEATURE_LENGTHS {dict(feature_lengths)} has no 'inputs' length")
@@ -61,12 +63,18 @@ def train_batches(task_name: str, feature_lengths: Mapping[str, int], batch_size
   import seqio
   import tensorflow as tf
   task = get_task_or_mixture(task_name)
-  ds = seqio.get_dataset(
-      task_name, task_feature_lengths=dict(feature_lengths), dataset_split=split,
-      shuffle=shuffle, num_epochs=num_epochs, seed=seed,
-      shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards),
-      feature_converter=seqio.EncDecFeatureConverter(pack=False))
-  del task
+  passthrough = passthrough_features(task, split)
+  kwargs = dict(split=split, shuffle=shuffle, num_epochs=num_epochs, seed=seed,
+                shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards))
+  if isinstance(task, seqio.Mixture):
+    kwargs["passthrough_features"] = list(passthrough)
+  ds = task.get_dataset(dict(feature_lengths), **kwargs)
+  if passthrough:  # seqio passes through sequences: make each scalar a [1] one.
+    ds = ds.map(lambda ex: {**ex, **{n: tf.reshape(tf.cast(ex[n], tf.int32), [1])
+                                     for n in passthrough}})
+  converter = seqio.EncDecFeatureConverter(pack=False, passthrough_features={
+      name: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32, rank=1) for name in passthrough})
+  ds = converter(ds, task_feature_lengths={**feature_lengths, **{n: 1 for n in passthrough}})
   options = tf.data.Options()
   options.deterministic = True
   ds = ds.with_options(options)
@@ -81,10 +89,35 @@ def train_batches(task_name: str, feature_lengths: Mapping[str, int], batch_size
     yield _to_model_batch(batch)
 
 
+# Per-example int32 features kept next to the model's token arrays, for the
+# prompt modules that choose a prompt per example.
+PASSTHROUGH_FEATURES = ("task_index",)
+
+
+def passthrough_features(task: Any, split: str) -> tuple[str, ...]:
+  """The PASSTHROUGH_FEATURES every (sub)task of `task` produces on `split`."""
+  import seqio
+  tasks = task.tasks if isinstance(task, seqio.Mixture) else [task]
+  found = None
+  for t in tasks:
+    if split not in t.splits:
+      continue
+    spec = t.get_dataset(None, split=split, shuffle=False, num_epochs=1,
+                         try_in_mem_cache=False).element_spec
+    names = {n for n in PASSTHROUGH_FEATURES if n in spec}
+    found = names if found is None else found & names
+  return tuple(sorted(found or ()))
+
+
 def _to_model_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   out = {k: np.asarray(v) for k, v in batch.items()}
-  for k in ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens"):
+  for k in ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+            *PASSTHROUGH_FEATURES):
+    if k not in out:
+      continue
     out[k] = out[k].astype(np.int32)
+    if k in PASSTHROUGH_FEATURES:
+      out[k] = out[k].reshape(-1)  # [B, 1] -> [B]
   if "decoder_loss_weights" in out:
     out["decoder_loss_weights"] = out["decoder_loss_weights"].astype(np.float32)
   return out

@@ -34,6 +34,18 @@ STANDARD_RULES: tuple[tuple[str, Optional[str]], ...] = (
     ("layers", None),
     ("prompt", None),
     ("prompt_embed", None),
+    # Multi-task prompts, prompt banks, hypernetworks and prompt generators:
+    # small, replicated.
+    ("tasks", None),
+    ("prompts", None),
+    ("task_dim", None),
+    ("rank", None),
+    ("layer_dim", None),
+    ("hyper_in", None),
+    ("hyper_hidden", None),
+    ("hyper_out", None),
+    ("generator", None),
+    ("attention_bottleneck", None),
 )
 
 

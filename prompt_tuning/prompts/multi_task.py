@@ -1,0 +1,205 @@
+"""Prompts chosen per example: multi-task prompts and prompt banks.
+
+Both read an int32 index per example from the batch (by default the
+`task_index` feature that the task_index_ task variants and mixtures write),
+so one batch can mix tasks or prompts. Shape key: B batch, L input length,
+P prompt length, H model width, T tasks, N prompts in a bank.
+
+An index outside the table gives NaN prompts (and so a non-finite loss that
+the trainer stops on) rather than silently reusing another task's prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from prompt_tuning.prompts.soft import COMBINE_MODES, join_prompt
+
+Array = jax.Array
+MULTI_TASK_MODES = ("add", "concat_length", "concat_features", "project")
+
+
+def per_example_index(features: Mapping[str, Array], name: str, owner: str,
+                      module: Optional[nn.Module] = None, batch_size: int = 0) -> Array:
+  """The int32 [B] index feature; zeros while `module` is initializing (shapes only)."""
+  if name not in features and module is not None and module.is_initializing():
+    return jnp.zeros((batch_size,), jnp.int32)
+  if name not in features:
+    raise ValueError(f"{owner} needs the per-example feature {name!r} (an int32 [B]); the "
+                     f"batch has {sorted(features)}. Use a task_index_ task or mixture, or "
+                     "pass prompt_features.")
+  index = jnp.asarray(features[name]).astype(jnp.int32)
+  if index.ndim != 1:
+    raise ValueError(f"{owner}: feature {name!r} must be [B], got shape {index.shape}")
+  return index
+
+
+def take_rows(table: Array, index_B: Array) -> Array:
+  """table[index] per example; NaN rows for an index outside the table."""
+  return jnp.take(table, index_B, axis=0, mode="fill", fill_value=jnp.nan)
+
+
+def stacked(init: Callable[..., Array]) -> Callable[..., Array]:
+  """An initializer for [N, P, H] that calls a [P, H] initializer once per row."""
+  def init_fn(rng, shape, dtype=jnp.float32):
+    rngs = jax.random.split(rng, shape[0])
+    return jnp.stack([init(r, tuple(shape[1:]), dtype) for r in rngs])
+  return init_fn
+
+
+def _check_combine(combine: str) -> None:
+  if combine not in COMBINE_MODES:
+    raise ValueError(f"Unknown prompt combine mode {combine!r}; expected one of {COMBINE_MODES}")
+
+
+class MultiTaskPrompt(nn.Module):
+  """A shared prompt plus a per-task prompt, combined per example.
+
+  Attributes:
+    length: P, the shared prompt's length (and the task prompts', except
+      with `concat_length`).
+    num_tasks: T, rows of the task table (task_index in [0, T)).
+    mode: how they combine:
+      "add"              shared + task[i]                          [P, H]
+      "concat_length"    [shared; task[i]] along positions         [P + task_length, H]
+      "concat_features"  [shared | task[i]] along features: the shared part
+                         has H - H//2 features, the task part H//2  [P, H]
+      "project"          the task vector v_i generates a low-rank map of the
+                         shared prompt: shared (I + A(v_i) B(v_i))   [P, H]
+    task_length: the task prompts' length for "concat_length" (default P).
+    task_dim, rank: the task vector's size and the map's rank ("project").
+    index_feature: the batch feature holding each example's task index.
+  """
+  length: int
+  num_tasks: int
+  mode: str = "add"
+  task_length: Optional[int] = None
+  task_dim: int = 16
+  rank: int = 4
+  init: Callable[..., Array] = nn.initializers.uniform(0.5)
+  combine: str = "prefix"
+  index_feature: str = "task_index"
+  dtype: Any = jnp.float32
+
+  @property
+  def num_positions(self) -> int:
+    return self.length + ((self.task_length or self.length) if self.mode == "concat_length"
+                          else 0)
+
+  def _param(self, name, shape, axes, init=None):
+    return self.param(name, nn.with_logical_partitioning(init or self.init, axes), shape,
+                      self.dtype)
+
+  @nn.compact
+  def __call__(self, embedded_BLH: Array, tokens_BL: Array, mask_BL: Array,
+               deterministic: bool = True, **features) -> tuple[Array, Array]:
+    if self.mode not in MULTI_TASK_MODES:
+      raise ValueError(f"Unknown multi-task mode {self.mode!r}; expected one of "
+                       f"{MULTI_TASK_MODES}")
+    _check_combine(self.combine)
+    index_B = per_example_index(features, self.index_feature, "MultiTaskPrompt", self,
+                                embedded_BLH.shape[0])
+    p, h, t = self.length, embedded_BLH.shape[-1], self.num_tasks
+    task_axes = ("tasks", "prompt", "prompt_embed")
+    if self.mode == "add":
+      shared = self._param("shared", (p, h), ("prompt", "prompt_embed"))
+      tasks = self._param("tasks", (t, p, h), task_axes, stacked(self.init))
+      prompt_BPH = shared[None] + take_rows(tasks, index_B)
+    elif self.mode == "concat_length":
+      shared = self._param("shared", (p, h), ("prompt", "prompt_embed"))
+      tasks = self._param("tasks", (t, self.task_length or p, h), task_axes,
+                          stacked(self.init))
+      task_BPH = take_rows(tasks, index_B)
+      prompt_BPH = jnp.concatenate(
+          [jnp.broadcast_to(shared[None], (index_B.shape[0], p, h)), task_BPH], axis=1)
+    elif self.mode == "concat_features":
+      shared = self._param("shared", (p, h - h // 2), ("prompt", "prompt_embed"))
+      tasks = self._param("tasks", (t, p, h // 2), task_axes, stacked(self.init))
+      task_BPH = take_rows(tasks, index_B)
+      prompt_BPH = jnp.concatenate(
+          [jnp.broadcast_to(shared[None], task_BPH.shape[:2] + shared.shape[-1:]), task_BPH],
+          axis=-1)
+    else:  # project
+      shared = self._param("shared", (p, h), ("prompt", "prompt_embed"))
+      vectors = self._param("task_vectors", (t, self.task_dim), ("tasks", "task_dim"),
+                            nn.initializers.normal(1.0))
+      small = nn.initializers.normal(0.02)
+      gen_a = self._param("generator_a", (self.task_dim, h, self.rank),
+                          ("task_dim", "prompt_embed", "rank"), small)
+      gen_b = self._param("generator_b", (self.task_dim, self.rank, h),
+                          ("task_dim", "rank", "prompt_embed"), small)
+      v_BK = take_rows(vectors, index_B)
+      a_BHR = jnp.einsum("bk,khr->bhr", v_BK, gen_a)
+      b_BRH = jnp.einsum("bk,krh->brh", v_BK, gen_b)
+      prompt_BPH = shared[None] + jnp.einsum("ph,bhr,brg->bpg", shared, a_BHR, b_BRH)
+    return join_prompt(prompt_BPH, embedded_BLH, mask_BL, self.combine)
+
+
+class PromptBank(nn.Module):
+  """N prompts [N, P, H]; each example uses the row its index feature names.
+
+  Serves mixed-task batches (index = task) and prompt ensembles (N prompts
+  for one task; see `ensemble_features` and evaluation's ensembling).
+  """
+  num_prompts: int
+  length: int
+  init: Callable[..., Array] = nn.initializers.uniform(0.5)
+  combine: str = "prefix"
+  index_feature: str = "task_index"
+  dtype: Any = jnp.float32
+
+  @property
+  def num_positions(self) -> int:
+    return self.length
+
+  @nn.compact
+  def __call__(self, embedded_BLH: Array, tokens_BL: Array, mask_BL: Array,
+               deterministic: bool = True, **features) -> tuple[Array, Array]:
+    _check_combine(self.combine)
+    index_B = per_example_index(features, self.index_feature, "PromptBank", self,
+                                embedded_BLH.shape[0])
+    bank = self.param("prompts", nn.with_logical_partitioning(
+        stacked(self.init), ("prompts", "prompt", "prompt_embed")),
+        (self.num_prompts, self.length, embedded_BLH.shape[-1]), self.dtype)
+    return join_prompt(take_rows(bank, index_B), embedded_BLH, mask_BL, self.combine)
+
+
+def ensemble_features(batch_size: int, num_prompts: int,
+                      index_feature: str = "task_index") -> dict[str, Array]:
+  """Features for a batch tiled N times: rows [i*B, (i+1)*B) use prompt i."""
+  return {index_feature: jnp.repeat(jnp.arange(num_prompts, dtype=jnp.int32), batch_size)}
+
+
+def ensemble_scores(score_fn: Callable[[Array, Array, Mapping[str, Array]], Array],
+                    inputs_BL: Array, targets_BT: Array, num_prompts: int,
+                    index_feature: str = "task_index") -> Array:
+  """Per-prompt scores [N, B] of the same examples, from one batch of N*B rows.
+
+  `score_fn(inputs, targets, features) -> [N*B]`, e.g. decoding.score with
+  prompt_features.
+  """
+  b = inputs_BL.shape[0]
+  tiled_inputs = jnp.tile(inputs_BL, (num_prompts, 1))
+  tiled_targets = jnp.tile(targets_BT, (num_prompts, 1))
+  scores = score_fn(tiled_inputs, tiled_targets,
+                    ensemble_features(b, num_prompts, index_feature))
+  return scores.reshape(num_prompts, b)
+
+
+def ensemble_rank(scores_NBC: Array, method: str = "mean_log_prob") -> Array:
+  """The chosen candidate per example [B] from N prompts' candidate scores [N, B, C].
+
+  "mean_log_prob": the best mean log-probability over prompts;
+  "majority_vote": the candidate most prompts rank first (ties: the lower index).
+  """
+  if method == "mean_log_prob":
+    return jnp.argmax(scores_NBC.mean(axis=0), axis=-1)
+  if method == "majority_vote":
+    votes = jax.nn.one_hot(jnp.argmax(scores_NBC, axis=-1), scores_NBC.shape[-1]).sum(axis=0)
+    return jnp.argmax(votes, axis=-1)
+  raise ValueError(f"Unknown ensemble method {method!r}; expected 'mean_log_prob' or "
+                   "'majority_vote'")
