@@ -89,8 +89,8 @@ def test_train_writes_checkpoints_prompts_and_logs(trained):
   assert first["checkpoint_bytes"] < first["backbone_bytes"]
 
 
-def test_frozen_weights_are_bit_identical_to_the_t5x_checkpoint(trained):
-  _, _, first = trained
+def t5x_fixture_digest() -> str:
+  """The digest of the T5X fixture's arrays, read by the tests' independent decoder."""
   ckpt = fixture_path("t5x_tiny_checkpoint", "checkpoint_3")
   reference = {}
   for name, node in test_t5x_reader._independent_msgpack_target(
@@ -100,7 +100,12 @@ def test_frozen_weights_are_bit_identical_to_the_t5x_checkpoint(trained):
           os.path.join(ckpt, node))
     elif isinstance(node, np.ndarray):
       reference[name] = node
-  assert first["frozen_sha256"] == loop.tree_digest(tree_lib.unflatten(reference))
+  return loop.tree_digest(tree_lib.unflatten(reference))
+
+
+def test_frozen_weights_are_bit_identical_to_the_t5x_checkpoint(trained):
+  _, _, first = trained
+  assert first["frozen_sha256"] == t5x_fixture_digest()
 
 
 def test_resumed_run_equals_uninterrupted_run(trained):

@@ -21,6 +21,7 @@ from prompt_tuning.readers import tree as tree_lib
 from prompt_tuning.train import freezing
 from prompt_tuning.train import step as step_lib
 from tests.conftest import fixture_path
+from tests.test_binaries import t5x_fixture_digest
 
 CFG = T5Config(vocab_size=64, emb_dim=16, num_heads=2, num_encoder_layers=2,
                num_decoder_layers=1, head_dim=8, mlp_dim=32)
@@ -281,21 +282,6 @@ METHOD_GINS = {
 }
 
 
-def _fixture_digest():
-  from tests import test_t5x_reader
-  from prompt_tuning.train import loop
-  ckpt = fixture_path("t5x_tiny_checkpoint", "checkpoint_3")
-  reference = {}
-  for name, node in test_t5x_reader._independent_msgpack_target(
-      os.path.join(ckpt, "checkpoint")).items():
-    if name.endswith("/kvstore/path"):
-      reference[name[:-len("/kvstore/path")]] = test_t5x_reader._independent_zarr_read(
-          os.path.join(ckpt, node))
-    elif isinstance(node, np.ndarray):
-      reference[name] = node
-  return loop.tree_digest(tree_lib.unflatten(reference))
-
-
 @pytest.mark.parametrize("method", sorted(METHOD_GINS))
 def test_only_the_methods_own_parameters_train(method, tmp_path):
   """Each method's gin config trains through the train binary on the frozen T5X
@@ -318,7 +304,7 @@ def test_only_the_methods_own_parameters_train(method, tmp_path):
     gin.clear_config()
   assert code == 0
   summary = json.load(open(os.path.join(run, "train_summary.json")))
-  assert summary["frozen_sha256"] == _fixture_digest()
+  assert summary["frozen_sha256"] == t5x_fixture_digest()
   first = sorted(os.listdir(os.path.join(run, "prompts", "step_1")))
   last = sorted(os.listdir(os.path.join(run, "prompts", "step_3")))
   assert first == last and all(f.startswith("encoder_prompt.") for f in last)
