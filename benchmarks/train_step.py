@@ -58,20 +58,29 @@ def _our_params():
     return {k: f[k] for k in f.files}
 
 
-def run_ours(dropout: float) -> dict:
+def run_ours(dropout: float, remat: bool = False) -> dict:
+  """`remat`: scanned layers, rematerialized except the weight matmuls' outputs
+  (T5Config.scan_layers=True, remat_policy='minimal'); otherwise unrolled, nothing
+  recomputed. Both draw 8-bit dropout masks (T5Config.dropout_mask_bits, the default)."""
   import jax
   import jax.numpy as jnp
+  from prompt_tuning.models import params as params_lib
   from prompt_tuning.models import presets
   from prompt_tuning.prompts import initializers, soft
   from prompt_tuning.readers import tree as tree_lib
   from prompt_tuning.train import freezing, loop, optimizers, partitioning
   from prompt_tuning.models.t5 import T5
   flat = _our_params()
-  cfg = presets.preset("t5_1_1", "small", dropout_rate=dropout)
+  cfg = presets.preset("t5_1_1", "small", dropout_rate=dropout, scan_layers=remat,
+                       remat_policy="minimal" if remat else "none")
+  if remat:
+    flat = params_lib.stack_layers(flat, {"encoder": cfg.num_encoder_layers,
+                                          "decoder": cfg.num_decoder_layers})
   model = T5(cfg, encoder_prompt=soft.SoftPrompt(length=PROMPT_LEN,
                                                  init=initializers.random_uniform(0.5)))
   prompt = initializers.random_uniform(0.5)(jax.random.PRNGKey(1), (PROMPT_LEN, 512))
   frozen = tree_lib.unflatten({k: jnp.asarray(v) for k, v in flat.items()})
+  del flat  # The host copy: a real run reads the checkpoint straight to the devices.
   trainable = {"encoder_prompt": {"prompt": prompt}}
   opt = optimizers.prompt_tuning_adafactor()
   opt_state = opt.init(trainable)
@@ -93,6 +102,8 @@ def run_ours(dropout: float) -> dict:
       times.append(time.perf_counter() - start)
   # Peak memory of training alone, before compiling anything else.
   peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  if remat:  # FLOPs are the unrolled run's (rematerialization adds recomputation).
+    return dict(step_seconds=times, peak_rss_mib=peak_rss)
   flops = step.lower(trainable, opt_state, frozen, batch, np.int32(0)).compile().cost_analysis()
   flops = (flops[0] if isinstance(flops, (list, tuple)) else flops)["flops"]
   # Full fine-tuning of the same model and batch, for the FLOPs ratio.
@@ -164,8 +175,14 @@ def matmul_peak() -> float:
   return best
 
 
+SYSTEMS = ("ours", "ours_remat", "peft")
+
+
 def child(system: str, dropout: float) -> None:
-  result = (run_ours if system == "ours" else run_peft)(dropout)
+  if system == "peft":
+    result = run_peft(dropout)
+  else:
+    result = run_ours(dropout, remat=system == "ours_remat")
   result.setdefault("peak_rss_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
   print("RESULT " + json.dumps(result))
 
@@ -184,7 +201,7 @@ def main():
   peak = matmul_peak()
   for dropout in (0.0, 0.1):
     for _ in range(args.rounds):
-      for system in ("ours", "peft"):  # Alternate within the run.
+      for system in SYSTEMS:  # Alternate within the run.
         out = subprocess.run([sys.executable, __file__, "--child", system, str(dropout)],
                              capture_output=True, text=True, env=env, check=True).stdout
         result = json.loads(out.split("RESULT ", 1)[1])
@@ -194,7 +211,7 @@ def main():
   summary = {}
   for dropout in (0.0, 0.1):
     row = {}
-    for system in ("ours", "peft"):
+    for system in SYSTEMS:
       rs = runs[f"{system}@{dropout}"]
       step = float(np.median([t for r in rs for t in r["step_seconds"]]))
       row[system] = dict(step_seconds=step, input_tokens_per_sec=BATCH * INPUT_LEN / step,
@@ -203,6 +220,10 @@ def main():
     row["tokens_per_sec_ratio_ours_over_peft"] = (row["ours"]["input_tokens_per_sec"]
                                                   / row["peft"]["input_tokens_per_sec"])
     row["peak_rss_ratio_ours_over_peft"] = row["ours"]["peak_rss_mib"] / row["peft"]["peak_rss_mib"]
+    row["tokens_per_sec_ratio_ours_remat_over_peft"] = (
+        row["ours_remat"]["input_tokens_per_sec"] / row["peft"]["input_tokens_per_sec"])
+    row["peak_rss_ratio_ours_remat_over_peft"] = (row["ours_remat"]["peak_rss_mib"]
+                                                  / row["peft"]["peak_rss_mib"])
     row["prompt_over_full_finetune_flops"] = ours["flops"] / ours["full_finetune_flops"]
     row["achieved_gflops"] = ours["flops"] / row["ours"]["step_seconds"] / 1e9
     row["fraction_of_matmul_peak"] = row["achieved_gflops"] / peak
@@ -216,14 +237,18 @@ def main():
            f"{PROMPT_LEN}-token prompt, targets {TARGET_LEN}; Adafactor 0.3. Medians over "
            f"{args.rounds} alternating rounds of {TIMED} timed steps after {WARMUP} warm-up. "
            "Rerun: `python benchmarks/train_step.py`.", "",
+           "`ours`: unrolled layers, nothing recomputed. `ours_remat`: scanned layers, "
+           "rematerialized except the outputs of weight matmuls (`T5Config.scan_layers=True, "
+           "remat_policy='minimal'`). Both draw dropout masks from 8-bit random values "
+           "(`T5Config.dropout_mask_bits=8`, the default).", "",
            "| dropout | system | input tokens/s | peak RSS MiB | tokens/s ratio | RSS ratio |",
            "| --- | --- | --- | --- | --- | --- |"]
   for key in ("dropout 0.0", "dropout 0.1"):
     row = summary[key]
-    for system in ("ours", "peft"):
+    for system in SYSTEMS:
       r = row[system]
-      extra = (f"{row['tokens_per_sec_ratio_ours_over_peft']:.2f} | "
-               f"{row['peak_rss_ratio_ours_over_peft']:.2f}") if system == "ours" else " | "
+      extra = (f"{row[f'tokens_per_sec_ratio_{system}_over_peft']:.2f} | "
+               f"{row[f'peak_rss_ratio_{system}_over_peft']:.2f}") if system != "peft" else " | "
       lines.append(f"| {key.split()[1]} | {system} | {r['input_tokens_per_sec']:.0f} | "
                    f"{r['peak_rss_mib']:.0f} | {extra} |")
   row = summary["dropout 0.0"]

@@ -77,14 +77,17 @@ def temperature_sample(tokens_to_logits: TokensToLogits, cache: Any, batch_size:
     state = DecodeState(index=i, cur_token=cur, sequences=c["inputs"], cache=c["cache"])
     logits, cache = tokens_to_logits(state)
     logits = logits.astype(jnp.float32)
-    rng, step_rng = jax.random.split(c["rng"])
     if temperature == 0:
+      rng = c["rng"]
       token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
+      rng, step_rng = jax.random.split(c["rng"])
       filtered = _filter_logits(logits / temperature, top_k, top_p)
       token = jax.random.categorical(step_rng, filtered, axis=-1).astype(jnp.int32)
     token = jnp.where(c["ended"], 0, token)
-    token_logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), token[:, None], -1)[:, 0]
+    # log p(token) = logit - logsumexp, without a [B, V] log-softmax array.
+    token_logp = (jnp.take_along_axis(logits, token[:, None], -1)[:, 0]
+                  - jax.nn.logsumexp(logits, axis=-1))
     # Decoder inputs are the outputs shifted right by one (position 0: start).
     inputs = jax.lax.dynamic_update_slice(c["inputs"], token[:, None],
                                           (0, jnp.minimum(i + 1, length - 1)))
@@ -273,15 +276,23 @@ def generate(model: nn.Module, params: Any, encoder_input_tokens: Array,
     prompt_features = expand_to_beams(prompt_features, k) if prompt_features else None
 
   if config.use_cache:
+    from prompt_tuning.readers import tree as tree_lib
     cache = init_cache(model, params, b * k, length, encoded.shape[1])
-    cache = fill_cross_cache(model, params, cache, encoded, enc_mask, prompt_features)
+    cache = tree_lib.flatten(fill_cross_cache(model, params, cache, encoded, enc_mask,
+                                              prompt_features))
+    # The cross-attention keys and values never change while decoding: they
+    # stay out of the loop state (no per-step copy, no beam reordering), and
+    # only the self-attention cache is carried.
+    cross = {n: v for n, v in cache.items() if n.rsplit("/", 1)[-1].startswith("cross_")}
+    cache = {n: v for n, v in cache.items() if n not in cross}
 
     def tokens_to_logits(state: DecodeState):
       logits, mutated = model.apply(
-          {"params": params, "cache": state.cache}, encoded, enc_mask,
-          state.cur_token[:, None], decode=True, prompt_features=prompt_features,
+          {"params": params, "cache": tree_lib.unflatten({**state.cache, **cross})}, encoded,
+          enc_mask, state.cur_token[:, None], decode=True, prompt_features=prompt_features,
           cross_cache="use", mutable=["cache"], method=model.decode)
-      return logits[:, 0], mutated["cache"]
+      new = tree_lib.flatten(mutated["cache"])
+      return logits[:, 0], {n: new[n] for n in state.cache}
   else:
     cache = None
 

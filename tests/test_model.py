@@ -172,7 +172,8 @@ def test_cached_decoding_refuses_decoder_prompt():
 
 
 @pytest.mark.parametrize("changes", [dict(scan_layers=True), dict(remat_policy="full"),
-                                     dict(scan_layers=True, remat_policy="dots")])
+                                     dict(scan_layers=True, remat_policy="dots"),
+                                     dict(scan_layers=True, remat_policy="minimal")])
 def test_scan_and_remat_match_unrolled(changes):
   base = _params()
   cfg = TINY_CONFIG.replace(**changes)
@@ -302,3 +303,26 @@ def test_gin_binding_overrides_and_errors():
   with pytest.raises(ValueError, match="Bad gin configuration.*no_such_field"):
     gin_utils.parse_gin(["models/t5_1_1_small.gin"], ["T5Config.no_such_field = 3"])
   gin.clear_config()
+
+
+def test_eight_bit_dropout_masks_keep_the_rounded_rate_and_the_expectation():
+  from prompt_tuning.models import layers
+  x = jnp.ones((64, 128, 33))
+  drop = layers.Dropout(rate=0.1, mask_bits=8)
+  out = drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
+  keep = 230 / 256  # 0.9 rounded to a multiple of 1/256
+  kept = np.asarray(out) != 0
+  assert abs(kept.mean() - keep) < 0.005  # 270k draws: the standard error is 0.0006
+  np.testing.assert_allclose(np.asarray(out)[kept], 1 / keep, rtol=1e-6)
+  assert abs(float(out.mean()) - 1.0) < 0.01  # inverted dropout keeps the mean
+  # Different keys give different masks; eval mode is the identity.
+  other = drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
+  assert (np.asarray(other) != 0).tolist() != kept.tolist()
+  np.testing.assert_array_equal(drop.apply({}, x, deterministic=True), x)
+  exact = layers.Dropout(rate=0.1, mask_bits=32).apply(
+      {}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
+  assert abs((np.asarray(exact) != 0).mean() - 0.9) < 0.005
+  with pytest.raises(ValueError, match="dropout_mask_bits=16"):
+    TINY_CONFIG.replace(dropout_mask_bits=16)
+  with pytest.raises(ValueError, match="remat_policy='some'"):
+    TINY_CONFIG.replace(remat_policy="some")

@@ -336,3 +336,36 @@ def test_trainable_rules_switch_trains_the_backbone_too():
   assert float(metrics["finite"]) == 1.0
   key = "encoder/layers_0/attention/query/kernel"
   assert not np.array_equal(tree_lib.flatten(new)[key], tree_lib.flatten(trainable)[key])
+
+
+def test_prompt_ensemble_gin_trains_bagged_prompts_and_evaluates_them_together(tmp_path):
+  """prompts/prompt_ensemble.gin: each example trains one prompt (by hash); eval runs all."""
+  (tmp_path / "model.gin").write_text(TINY_FIXTURE_GIN)
+  (tmp_path / "ensemble.gin").write_text(
+      "include 'prompts/prompt_ensemble.gin'\nNUM_PROMPTS = 3\nPROMPT_LENGTH = 2\n"
+      "ENSEMBLE_BASE_TASK = 'synthetic_copy'\nENSEMBLE_METHOD = 'majority_vote'\n")
+  run = str(tmp_path / "run")
+  common = [f"--gin_file={tmp_path / 'model.gin'}", f"--gin.MODEL_DIR='{run}'",
+            f"--gin.INITIAL_CHECKPOINT_PATH='{fixture_path('t5x_tiny_checkpoint')}'",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}", "--gin.BATCH_SIZE=8"]
+  gin.clear_config()
+  try:
+    assert main_lib.main(["train", *common[:1], "--gin_file=runs/prompt_finetune.gin",
+                          f"--gin_file={tmp_path / 'ensemble.gin'}", *common[1:],
+                          "--gin.TRAIN_STEPS=2", "--gin.CHECKPOINT_PERIOD=2"]) == 0
+    gin.clear_config()
+    assert main_lib.main(["eval", *common[:1], "--gin_file=runs/prompt_eval.gin",
+                          f"--gin_file={tmp_path / 'ensemble.gin'}", *common[1:],
+                          "--gin.MIXTURE_OR_TASK_NAME='synthetic_copy'",
+                          "--gin.MAX_EVAL_EXAMPLES=8",
+                          "--gin.DecodingConfig.max_decode_length=4"]) == 0
+    assert str(gin.query_parameter("evaluate.ensemble_prompts")) == "%NUM_PROMPTS"
+    assert gin.query_parameter("%NUM_PROMPTS") == 3
+  finally:
+    gin.clear_config()
+  import seqio
+  assert "synthetic_copy_ensemble3" in seqio.TaskRegistry.names()
+  bank = np.load(os.path.join(run, "prompts", "step_2", "encoder_prompt.prompts.npy"))
+  assert bank.shape == (3, 2, 4)
+  records = [json.loads(line) for line in open(os.path.join(run, "eval", "metrics.jsonl"))]
+  assert records[-1]["num_examples"] == 8 and "exact_match" in records[-1]

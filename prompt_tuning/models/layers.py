@@ -141,6 +141,36 @@ def mask_to_bias(mask_BLK: Array, dtype: Any = jnp.float32) -> Array:
   return jnp.where(mask_BLK, 0.0, MASK_BIAS).astype(dtype)[:, None]
 
 
+class Dropout(nn.Module):
+  """Inverted dropout; `mask_bits=8` draws 8-bit masks, four per 32-bit random word.
+
+  JAX's generators produce 32-bit words; taking one word per element (Flax's
+  Dropout, `mask_bits=32`) makes dropout masks a large share of a CPU step.
+  With 8 bits the keep probability is rounded to a multiple of 1/256
+  (rate 0.1 keeps 230/256 = 0.8984) and the kept values are scaled by the
+  inverse of that rounded probability, so the expectation is exact.
+  """
+  rate: float
+  mask_bits: int = 8
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    if deterministic or self.rate == 0:
+      return x
+    if self.mask_bits == 32:
+      return nn.Dropout(self.rate)(x, deterministic=False)
+    if self.mask_bits != 8:
+      raise ValueError(f"dropout mask_bits={self.mask_bits}; expected 8 or 32")
+    threshold = int(round((1.0 - self.rate) * 256))
+    if threshold <= 0:
+      return jnp.zeros_like(x)
+    n = math.prod(x.shape)
+    words = jax.random.bits(self.make_rng("dropout"), ((n + 3) // 4,), jnp.uint32)
+    bytes_ = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[:n].reshape(x.shape)
+    keep = bytes_ < threshold if threshold < 256 else jnp.ones(x.shape, bool)
+    return jnp.where(keep, x / (threshold / 256.0), 0).astype(x.dtype)
+
+
 class MultiHeadAttention(nn.Module):
   """T5 attention: no 1/sqrt(D) at run time (it lives in the query init).
 
@@ -151,6 +181,7 @@ class MultiHeadAttention(nn.Module):
   num_heads: int
   head_dim: int
   dropout_rate: float = 0.0
+  dropout_mask_bits: int = 8
   dtype: Any = jnp.float32
   weight_dtype: Any = jnp.float32
   float32_logits: bool = True
@@ -178,6 +209,9 @@ class MultiHeadAttention(nn.Module):
     kv_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
     b, l = inputs_q_BLH.shape[:2]
     q = proj(name="query", kernel_init=query_init)(inputs_q_BLH).reshape(b, l, n, d)
+    # The cross-attention cache is head-major [B, N, K, D]: each decoding
+    # step's one query then reads contiguous keys and values per head.
+    head_major = cross_cache in ("fill", "use")
     if cross_cache == "use":
       k = self.get_variable("cache", "cross_key")
       v = self.get_variable("cache", "cross_value")
@@ -185,6 +219,7 @@ class MultiHeadAttention(nn.Module):
       k = proj(name="key", kernel_init=kv_init)(inputs_kv_BKH).reshape(b, -1, n, d)
       v = proj(name="value", kernel_init=kv_init)(inputs_kv_BKH).reshape(b, -1, n, d)
     if cross_cache == "fill":
+      k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
       self.put_variable("cache", "cross_key", k)
       self.put_variable("cache", "cross_value", v)
       decode = False  # Cross-attention has no causal cache of its own.
@@ -211,13 +246,14 @@ class MultiHeadAttention(nn.Module):
                      for term in biases)
 
     logits_dtype = jnp.float32 if self.float32_logits else self.dtype
-    logits_BNLK = jnp.einsum("blnd,bknd->bnlk", q.astype(logits_dtype), k.astype(logits_dtype))
+    keys = "bnkd" if head_major else "bknd"
+    logits_BNLK = jnp.einsum(f"blnd,{keys}->bnlk", q.astype(logits_dtype), k.astype(logits_dtype))
     for term in biases:
       logits_BNLK = logits_BNLK + term.astype(logits_dtype)
     weights = jax.nn.softmax(logits_BNLK, axis=-1).astype(self.dtype)
     if not deterministic and self.dropout_rate > 0:
-      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-    out = jnp.einsum("bnlk,bknd->blnd", weights, v.astype(self.dtype)).reshape(b, l, n * d)
+      weights = Dropout(self.dropout_rate, self.dropout_mask_bits)(weights, deterministic=False)
+    out = jnp.einsum(f"bnlk,{keys}->blnd", weights, v.astype(self.dtype)).reshape(b, l, n * d)
     return Dense(inputs_q_BLH.shape[-1], ("joined_kv", "embed"), kernel_init=kv_init,
                  dtype=self.dtype, weight_dtype=self.weight_dtype, name="out")(out)
 
@@ -239,6 +275,7 @@ class MlpBlock(nn.Module):
   mlp_dim: int
   activations: tuple[str, ...] = ("relu",)
   dropout_rate: float = 0.0
+  dropout_mask_bits: int = 8
   dtype: Any = jnp.float32
   weight_dtype: Any = jnp.float32
 
@@ -254,6 +291,6 @@ class MlpBlock(nn.Module):
       h = _ACTIVATIONS[act](h)
       hidden = h if hidden is None else hidden * h
     if not deterministic and self.dropout_rate > 0:
-      hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=False)
+      hidden = Dropout(self.dropout_rate, self.dropout_mask_bits)(hidden, deterministic=False)
     return Dense(x_BLH.shape[-1], ("mlp", "embed"), dtype=self.dtype,
                  weight_dtype=self.weight_dtype, name="wo")(hidden)
