@@ -21,8 +21,8 @@ from prompt_tuning.train import loop
 from tests import test_t5x_reader
 from tests.conftest import REPO_ROOT, fixture_path
 
-TINY_MODEL_GIN = """
-import tests.tiny_tasks
+# The T5X fixture's shapes, as a gin model file.
+FIXTURE_MODEL_GIN = """
 MODEL_CONFIG = @T5Config()
 T5Config.vocab_size = 32128
 T5Config.emb_dim = 4
@@ -33,9 +33,10 @@ T5Config.head_dim = 2
 T5Config.mlp_dim = 8
 T5Config.relative_attention_num_buckets = 4
 T5Config.relative_attention_max_distance = 8
-include 'prompts/soft_prompt.gin'
-PROMPT_LENGTH = 4
 """
+
+TINY_MODEL_GIN = ("import tests.tiny_tasks\n" + FIXTURE_MODEL_GIN
+                  + "include 'prompts/soft_prompt.gin'\nPROMPT_LENGTH = 4\n")
 
 
 def _run(command, model_dir, *extra):

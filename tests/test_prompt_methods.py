@@ -21,7 +21,7 @@ from prompt_tuning.readers import tree as tree_lib
 from prompt_tuning.train import freezing
 from prompt_tuning.train import step as step_lib
 from tests.conftest import fixture_path
-from tests.test_binaries import t5x_fixture_digest
+from tests.test_binaries import FIXTURE_MODEL_GIN, t5x_fixture_digest
 
 CFG = T5Config(vocab_size=64, emb_dim=16, num_heads=2, num_encoder_layers=2,
                num_decoder_layers=1, head_dim=8, mlp_dim=32)
@@ -257,19 +257,6 @@ def test_ensemble_predict_runs_every_prompt():
 
 # --- Only the method's own parameters train; the backbone stays bit-identical --------
 
-TINY_FIXTURE_GIN = """
-MODEL_CONFIG = @T5Config()
-T5Config.vocab_size = 32128
-T5Config.emb_dim = 4
-T5Config.num_heads = 2
-T5Config.num_encoder_layers = 2
-T5Config.num_decoder_layers = 2
-T5Config.head_dim = 2
-T5Config.mlp_dim = 8
-T5Config.relative_attention_num_buckets = 4
-T5Config.relative_attention_max_distance = 8
-"""
-
 METHOD_GINS = {
     "multi_task": ["include 'prompts/multi_task.gin'", "NUM_TASKS = 7", "PROMPT_LENGTH = 3",
                    "MULTI_TASK_MODE = 'project'"],
@@ -288,7 +275,7 @@ def test_only_the_methods_own_parameters_train(method, tmp_path):
   fixture: every exported leaf is the method's and changed; the backbone's
   digest equals the checkpoint's."""
   sources = _write_sources(tmp_path, 2, p=3, h=4)
-  body = "\n".join([TINY_FIXTURE_GIN] + METHOD_GINS[method]) % {"sources": sources}
+  body = "\n".join([FIXTURE_MODEL_GIN] + METHOD_GINS[method]) % {"sources": sources}
   (tmp_path / "model.gin").write_text(body)
   run = str(tmp_path / "run")
   gin.clear_config()
@@ -340,7 +327,7 @@ def test_trainable_rules_switch_trains_the_backbone_too():
 
 def test_prompt_ensemble_gin_trains_bagged_prompts_and_evaluates_them_together(tmp_path):
   """prompts/prompt_ensemble.gin: each example trains one prompt (by hash); eval runs all."""
-  (tmp_path / "model.gin").write_text(TINY_FIXTURE_GIN)
+  (tmp_path / "model.gin").write_text(FIXTURE_MODEL_GIN)
   (tmp_path / "ensemble.gin").write_text(
       "include 'prompts/prompt_ensemble.gin'\nNUM_PROMPTS = 3\nPROMPT_LENGTH = 2\n"
       "ENSEMBLE_BASE_TASK = 'synthetic_copy'\nENSEMBLE_METHOD = 'majority_vote'\n")
