@@ -324,7 +324,7 @@ def register_spec(spec: Spec, task_index: int) -> list[str]:
     _add(name, source=source, preprocessors=[*pre, *_TOKENIZE],
          postprocess_fn=_postprocessor(spec), metric_fns=list(spec.metric_fns))
     names.append(name)
-    if spec.labels and spec.kind in ("classification", "wsc") and variant != "task_index":
+    if spec.labels and spec.kind != "stsb" and variant != "task_index":
       _add(f"{name}_rank", source=source,
            preprocessors=[formatter(spec, prefix), expand_candidates(spec.labels), *_TOKENIZE],
            postprocess_fn=postprocessors.rank_candidate,

@@ -46,6 +46,7 @@ def test_every_registered_task_yields_examples_on_mock_data(byte_vocabulary):
     assert f"glue_{t}_v002" in names and f"taskless_glue_{t}_v002" in names
     assert f"task_index_glue_{t}_v002" in names
   assert "glue_rte_v002_rank" in names and "super_glue_copa_v102_rank" in names
+  assert "super_glue_multirc_v102_rank" in names and "super_glue_wsc_v102_rank" in names
   assert "glue_stsb_v002_rank" not in names and "super_glue_record_v102_rank" not in names
   assert {"glue_v002_proportional", "super_glue_v102_proportional",
           "task_index_super_glue_v102_proportional"} <= set(names)
