@@ -112,8 +112,8 @@ def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]]
     for i, ids in enumerate(label_ids):
       targets[i, :len(ids)] = ids
 
-  def scores_of(inputs, targets_BT):
-    """[B] scores, or [N, B] with an ensemble."""
+  def scores_of(inputs, targets_BT, feats):
+    """[B] scores, or [N, B] with an ensemble (which sets its own features)."""
     if not n_ens:
       return np.asarray(score_fn(params, inputs, targets_BT, feats))
     return np.asarray(multi_task.ensemble_scores(
@@ -127,11 +127,12 @@ def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]]
              for f in feature_names}
     if target_length:
       targets_BT = _pad_rows(data_lib.pad_batch(chunk, "targets", target_length), batch_size)
-      scores = scores_of(inputs, targets_BT)
+      scores = scores_of(inputs, targets_BT, feats)
       scores = scores.mean(axis=0) if n_ens else scores
       out.extend(("", float(s)) for s in scores[:real])
     elif class_labels:
-      scores = np.stack([scores_of(inputs, np.tile(t, (batch_size, 1))) for t in targets],
+      scores = np.stack([scores_of(inputs, np.tile(t, (batch_size, 1)), feats)
+                         for t in targets],
                         axis=-1)  # [B, C] or [N, B, C]
       if n_ens:
         best = np.asarray(multi_task.ensemble_rank(jnp.asarray(scores), ensemble_method))

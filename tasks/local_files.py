@@ -139,7 +139,7 @@ def file_task(name: str, splits: Mapping[str, str], input_template: str, target_
                                                for k, v in data[split].items()})
 
   if verbal is not None:
-    post = postprocessors.Verbalizer(sorted(set(verbal.values()), key=list(verbal.values()).index))
+    post = postprocessors.Verbalizer(list(dict.fromkeys(verbal.values())))
   elif set(metrics) & _NUMBER_METRICS:
     post = postprocessors.string_to_float
   else:

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from prompt_tuning.prompts.soft import COMBINE_MODES, join_prompt
+from prompt_tuning.prompts.soft import join_prompt
 
 Array = jax.Array
 MULTI_TASK_MODES = ("add", "concat_length", "concat_features", "project")
@@ -49,11 +49,6 @@ def stacked(init: Callable[..., Array]) -> Callable[..., Array]:
     rngs = jax.random.split(rng, shape[0])
     return jnp.stack([init(r, tuple(shape[1:]), dtype) for r in rngs])
   return init_fn
-
-
-def _check_combine(combine: str) -> None:
-  if combine not in COMBINE_MODES:
-    raise ValueError(f"Unknown prompt combine mode {combine!r}; expected one of {COMBINE_MODES}")
 
 
 class MultiTaskPrompt(nn.Module):
@@ -100,7 +95,6 @@ class MultiTaskPrompt(nn.Module):
     if self.mode not in MULTI_TASK_MODES:
       raise ValueError(f"Unknown multi-task mode {self.mode!r}; expected one of "
                        f"{MULTI_TASK_MODES}")
-    _check_combine(self.combine)
     index_B = per_example_index(features, self.index_feature, "MultiTaskPrompt", self,
                                 embedded_BLH.shape[0])
     p, h, t = self.length, embedded_BLH.shape[-1], self.num_tasks
@@ -159,7 +153,6 @@ class PromptBank(nn.Module):
   @nn.compact
   def __call__(self, embedded_BLH: Array, tokens_BL: Array, mask_BL: Array,
                deterministic: bool = True, **features) -> tuple[Array, Array]:
-    _check_combine(self.combine)
     index_B = per_example_index(features, self.index_feature, "PromptBank", self,
                                 embedded_BLH.shape[0])
     bank = self.param("prompts", nn.with_logical_partitioning(
