@@ -44,5 +44,5 @@ setup(
         # safetensors 0.8.0. Install torch's CPU build first (see .ci/run).
         "interop": ["torch>=2.1", "transformers>=4.40", "peft>=0.10", "safetensors>=0.4"],
     },
-    entry_points={"console_scripts": ["prompt-tuning=prompt_tuning.main:main"]},
+    entry_points={"console_scripts": ["prompt-tuning=prompt_tuning.cli.main:main"]},
 )

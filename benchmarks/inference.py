@@ -33,7 +33,7 @@ def main():
   from prompt_tuning.models import presets
   from prompt_tuning.models.t5 import T5
   from prompt_tuning.readers import hf as hf_lib
-  from prompt_tuning.readers import tree as tree_lib
+  from prompt_tuning import trees as tree_lib
   import train_step
 
   flat = train_step._our_params()

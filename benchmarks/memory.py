@@ -20,7 +20,8 @@ import jax  # noqa: E402
 
 from prompt_tuning import precompile  # noqa: E402
 from prompt_tuning.models import presets  # noqa: E402
-from prompt_tuning.train import freezing, partitioning  # noqa: E402
+from prompt_tuning.train import freezing  # noqa: E402
+from prompt_tuning.runtime import partitioning
 
 CASES = [
     # (name, family, size, overrides, mesh, batch)

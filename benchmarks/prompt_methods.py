@@ -85,8 +85,9 @@ def _optimizer(name):
 
 def _train(name, prompt, task, optimizer, steps, backbone, cfg):
   from prompt_tuning.tasks import local_files, synthetic
-  from prompt_tuning.train import checkpoints as checkpoints_lib
-  from prompt_tuning.train import loop, model_setup
+  from prompt_tuning.runtime import checkpoints as checkpoints_lib
+  from prompt_tuning.train import loop
+  from prompt_tuning.runtime import setup as model_setup
   if task.startswith("ensemble:"):
     task = local_files.ensemble_task(task.split(":", 1)[1], prompt.num_prompts)
   model_dir = os.path.join(CACHE, "runs", name.replace(" ", "_").replace(",", "")
@@ -108,7 +109,7 @@ def _train(name, prompt, task, optimizer, steps, backbone, cfg):
 def _exact_match(setup, trained, task, ensemble=0, num=512):
   from prompt_tuning import decoding, evaluation
   from prompt_tuning.tasks import synthetic
-  from prompt_tuning.train import data as data_lib
+  from prompt_tuning.runtime import data as data_lib
   from prompt_tuning.train import freezing
   task_obj = data_lib.get_task_or_mixture(task)
   examples = data_lib.eval_examples(task, "validation", synthetic.FEATURE_LENGTHS, num)

@@ -49,7 +49,7 @@ def _our_params():
   from prompt_tuning.models import params as params_lib
   from prompt_tuning.models import presets
   from prompt_tuning.models.t5 import T5
-  from prompt_tuning.readers import tree as tree_lib
+  from prompt_tuning import trees as tree_lib
   path = _weights_path()
   if not os.path.exists(path):
     params = params_lib.init_params(T5(presets.preset("t5_1_1", "small")), jax.random.PRNGKey(0))
@@ -67,8 +67,9 @@ def run_ours(dropout: float, remat: bool = False) -> dict:
   from prompt_tuning.models import params as params_lib
   from prompt_tuning.models import presets
   from prompt_tuning.prompts import initializers, soft
-  from prompt_tuning.readers import tree as tree_lib
-  from prompt_tuning.train import freezing, loop, optimizers, partitioning
+  from prompt_tuning import trees as tree_lib
+  from prompt_tuning.train import freezing, loop, optimizers
+  from prompt_tuning.runtime import partitioning
   from prompt_tuning.models.t5 import T5
   flat = _our_params()
   cfg = presets.preset("t5_1_1", "small", dropout_rate=dropout, scan_layers=remat,

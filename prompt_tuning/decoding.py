@@ -247,7 +247,7 @@ def fill_cross_cache(model: nn.Module, params: Any, cache: Any, encoded: Array,
                      encoder_mask: Array, prompt_features: Optional[dict] = None) -> Any:
   """Projects the encoder output once into every layer's cross-attention cache;
   the rest of the cache (self-attention, position) is left as it was."""
-  from prompt_tuning.readers import tree as tree_lib
+  from prompt_tuning import trees as tree_lib
   start = jnp.zeros((encoded.shape[0], 1), jnp.int32)
   _, mutated = model.apply({"params": params, "cache": cache}, encoded, encoder_mask, start,
                            decode=True, cross_cache="fill", prompt_features=prompt_features,
@@ -276,7 +276,7 @@ def generate(model: nn.Module, params: Any, encoder_input_tokens: Array,
     prompt_features = expand_to_beams(prompt_features, k) if prompt_features else None
 
   if config.use_cache:
-    from prompt_tuning.readers import tree as tree_lib
+    from prompt_tuning import trees as tree_lib
     cache = init_cache(model, params, b * k, length, encoded.shape[1])
     cache = tree_lib.flatten(fill_cross_cache(model, params, cache, encoded, enc_mask,
                                               prompt_features))

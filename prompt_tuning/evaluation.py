@@ -20,12 +20,12 @@ import numpy as np
 
 from prompt_tuning import decoding
 from prompt_tuning.models.t5 import T5Config
-from prompt_tuning.readers import tree as tree_lib
-from prompt_tuning.train import checkpoints as checkpoints_lib
-from prompt_tuning.train import data as data_lib
+from prompt_tuning import trees as tree_lib
+from prompt_tuning.runtime import checkpoints as checkpoints_lib
+from prompt_tuning.runtime import data as data_lib
 from prompt_tuning.train import freezing
-from prompt_tuning.train import model_setup
-from prompt_tuning.train import partitioning
+from prompt_tuning.runtime import setup as model_setup
+from prompt_tuning.runtime import partitioning
 
 log = logging.getLogger(__name__)
 

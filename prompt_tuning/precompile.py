@@ -18,7 +18,8 @@ import optax
 from prompt_tuning.models import params as params_lib
 from prompt_tuning.models.t5 import T5, T5Config
 from prompt_tuning.prompts import soft
-from prompt_tuning.train import freezing, loop, optimizers, partitioning
+from prompt_tuning.train import freezing, loop, optimizers
+from prompt_tuning.runtime import partitioning
 
 
 def _per_device_bytes(abstract_tree: Any) -> int:

@@ -27,8 +27,9 @@ from prompt_tuning import evaluation
 from prompt_tuning.models import params as params_lib
 from prompt_tuning.models.t5 import T5, T5Config
 from prompt_tuning.prompts import initializers, soft
-from prompt_tuning.train import checkpoints as checkpoints_lib
-from prompt_tuning.train import freezing, loop, model_setup
+from prompt_tuning.runtime import checkpoints as checkpoints_lib
+from prompt_tuning.train import freezing, loop
+from prompt_tuning.runtime import setup as model_setup
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def exact_match_of(model_config: T5Config, backbone: str, prompt: Optional[soft.
   """Exact match (%) of greedy decoding on a split, with the given prompt (or none)."""
   from prompt_tuning import decoding
   from prompt_tuning.tasks import synthetic
-  from prompt_tuning.train import data as data_lib
+  from prompt_tuning.runtime import data as data_lib
   setup = model_setup.build(model_config, backbone, prompt, require_trainable=False)
   params = freezing.merge(trainable if trainable is not None else setup.trainable,
                           setup.frozen)

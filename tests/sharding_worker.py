@@ -26,7 +26,8 @@ def main(argv):
   import numpy as np
   import prompt_tuning.tasks  # noqa: F401
   from prompt_tuning.prompts import initializers, soft
-  from prompt_tuning.train import loop, partitioning
+  from prompt_tuning.train import loop
+  from prompt_tuning.runtime import partitioning
   from tests.test_sharding import MODEL_CONFIG
   results = {}
   for spec in meshes:

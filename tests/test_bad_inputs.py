@@ -9,7 +9,7 @@ import gin
 import numpy as np
 import pytest
 
-from prompt_tuning import main as main_lib
+from prompt_tuning.cli import main as main_lib
 from prompt_tuning.recycling import support
 from tests.conftest import fixture_path
 from tests.test_binaries import TINY_MODEL_GIN

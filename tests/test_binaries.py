@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning import main as main_lib
-from prompt_tuning.readers import tree as tree_lib
+from prompt_tuning.cli import main as main_lib
+from prompt_tuning import trees as tree_lib
 from prompt_tuning.train import loop
 from tests import test_t5x_reader
 from tests.conftest import REPO_ROOT, fixture_path
@@ -190,9 +190,10 @@ def test_prompt_learns_on_a_tiny_model(tmp_path):
   from prompt_tuning.models import params as params_lib
   from prompt_tuning.models.t5 import T5, T5Config
   from prompt_tuning.prompts import initializers, soft
-  from prompt_tuning.train import checkpoints as checkpoints_lib
-  from prompt_tuning.train import data as data_lib
-  from prompt_tuning.train import freezing, model_setup
+  from prompt_tuning.runtime import checkpoints as checkpoints_lib
+  from prompt_tuning.runtime import data as data_lib
+  from prompt_tuning.train import freezing
+  from prompt_tuning.runtime import setup as model_setup
   from prompt_tuning.train import step as step_lib
 
   fixture_path("t5_spm.model")

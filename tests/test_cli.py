@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from prompt_tuning import main as main_lib
-from prompt_tuning.models import infer
+from prompt_tuning.cli import main as main_lib
+from prompt_tuning.readers import config as infer
 from prompt_tuning.readers import t5x
 from tests.conftest import INLINE_T5X_CONFIG, TINY_T5X_CONFIG, fixture_path
 
@@ -30,7 +30,7 @@ def test_inspect_lists_parameters(capsys):
 def test_decode_runs_on_real_checkpoint_and_vocabulary():
   # As a user would: the installed console script, in a fresh process.
   result = subprocess.run(
-      [sys.executable, "-m", "prompt_tuning.main", "decode", fixture_path("t5x_tiny_checkpoint"),
+      [sys.executable, "-m", "prompt_tuning.cli.main", "decode", fixture_path("t5x_tiny_checkpoint"),
        "--spm_model", fixture_path("t5_spm.model"), "--input", "The movie was great!",
        "--relative_attention_max_distance", "8", "--max_decode_length", "5"],
       capture_output=True, text=True, timeout=300)

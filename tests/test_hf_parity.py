@@ -20,7 +20,7 @@ from prompt_tuning import decoding  # noqa: E402
 from prompt_tuning import readers  # noqa: E402
 from prompt_tuning.models.t5 import T5  # noqa: E402
 from prompt_tuning.readers import hf as hf_lib  # noqa: E402
-from prompt_tuning.readers import tree as tree_lib  # noqa: E402
+from prompt_tuning import trees as tree_lib  # noqa: E402
 
 VOCAB = 96
 COMMON = dict(vocab_size=VOCAB, d_model=16, d_kv=8, d_ff=24, num_layers=2, num_decoder_layers=3,
@@ -82,7 +82,7 @@ def pair(request, tmp_path_factory):
   hf_model = _make_hf_model(variant)
   folder = str(tmp_path_factory.mktemp(variant))
   hf_model.save_pretrained(folder)
-  config = readers.hf_config(folder)
+  config = readers.config_for(folder)
   model = T5(config)
   params = readers.load_params(folder, model)
   return variant, hf_model, folder, model, params

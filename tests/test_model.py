@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import gin_utils
+from prompt_tuning.cli import gin as gin_utils
 from prompt_tuning.models import params as params_lib
 from prompt_tuning.models import presets
 from prompt_tuning.models.t5 import T5, T5Config
-from prompt_tuning.readers import tree as tree_lib
+from prompt_tuning import trees as tree_lib
 from tests.conftest import TINY_CONFIG, TINY_T5X_CONFIG, fixture_path
 
 ENC = jnp.array([[5, 6, 7, 8, 9, 1], [10, 11, 1, 0, 0, 0]])

@@ -17,7 +17,7 @@ from tests.conftest import REPO_ROOT
 
 def test_xxl_prompt_tuning_compiles_for_64_devices():
   result = subprocess.run(
-      [sys.executable, "-m", "prompt_tuning.main", "precompile", "--virtual_devices=64",
+      [sys.executable, "-m", "prompt_tuning.cli.main", "precompile", "--virtual_devices=64",
        "--gin_file=models/t5_1_1_xxl_prompt.gin", "--gin_file=runs/precompile.gin",
        "--gin.MESH_SHAPE=(8, 8)", "--gin.T5Config.scan_layers=True",
        "--gin.T5Config.weight_dtype='bfloat16'", "--gin.T5Config.remat_policy='full'"],

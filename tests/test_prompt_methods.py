@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from prompt_tuning import decoding, evaluation
-from prompt_tuning import main as main_lib
+from prompt_tuning.cli import main as main_lib
 from prompt_tuning.models import layers
 from prompt_tuning.models import params as params_lib
 from prompt_tuning.models.t5 import T5, T5Config
 from prompt_tuning.prompts import attempt, hyper, input_dependent, multi_task
-from prompt_tuning.readers import tree as tree_lib
+from prompt_tuning import trees as tree_lib
 from prompt_tuning.train import freezing
 from prompt_tuning.train import step as step_lib
 from tests.conftest import fixture_path

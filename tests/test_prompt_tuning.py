@@ -12,8 +12,8 @@ from prompt_tuning.models import params as params_lib
 from prompt_tuning.models import presets
 from prompt_tuning.models.t5 import T5, T5Config
 from prompt_tuning.prompts import initializers, soft
-from prompt_tuning.readers import tree as tree_lib
-from prompt_tuning.train import checkpoints as checkpoints_lib
+from prompt_tuning import trees as tree_lib
+from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.train import freezing, optimizers
 from prompt_tuning.train import step as step_lib
 from tests.conftest import TINY_CONFIG, fixture_path
@@ -257,7 +257,7 @@ def test_checkpoint_is_under_one_percent_of_the_backbone(tmp_path):
                                    ["decoding/nucleus_sampling.gin"]])
 def test_run_configs_parse_with_their_documented_macros(run, fn, extra):
   import gin
-  from prompt_tuning import gin_utils
+  from prompt_tuning.cli import gin as gin_utils
   gin.clear_config()
   gin_utils.parse_gin(["models/t5_1_1_small_prompt.gin", *extra, run],
                       ["MODEL_DIR = '/tmp/x'", "MIXTURE_OR_TASK_NAME = 't'",

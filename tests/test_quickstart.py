@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning import quickstart, readers
-from prompt_tuning.readers import tree as tree_lib
+from prompt_tuning import trees as tree_lib
 
 # Shortened from the defaults (small backbone, 3000 + 400 steps) to fit a test.
 PRETRAIN = quickstart.PretrainConfig(size="tiny", steps=1200)
@@ -62,7 +62,7 @@ def test_training_run_loads_as_a_backbone(results):
 
 
 def test_gin_pretraining_config_matches_the_quickstart():
-  from prompt_tuning import gin_utils
+  from prompt_tuning.cli import gin as gin_utils
   gin.clear_config()
   for size in quickstart.SIZES:
     assert gin_utils.model_config_from_gin([f"models/synthetic_{size}.gin"]) == (

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning import main as main_lib
+from prompt_tuning.cli import main as main_lib
 from prompt_tuning.recycling import harness, methods
 from prompt_tuning.readers import t5x
 from tests.conftest import fixture_path

@@ -14,8 +14,9 @@ import optax
 import pytest
 
 from prompt_tuning.prompts import initializers, soft
-from prompt_tuning.train import checkpoints as checkpoints_lib
-from prompt_tuning.train import faults, loop, model_setup
+from prompt_tuning.runtime import checkpoints as checkpoints_lib
+from prompt_tuning.train import loop
+from prompt_tuning.runtime import faults, setup as model_setup
 from tests.conftest import REPO_ROOT, TINY_T5X_CONFIG, fixture_path
 from tests.test_binaries import TINY_MODEL_GIN
 

@@ -15,7 +15,7 @@ from prompt_tuning import readers
 from prompt_tuning.models import params as params_lib
 from prompt_tuning.models.t5 import T5
 from prompt_tuning.readers import t5x
-from prompt_tuning.readers import tree as tree_lib
+from prompt_tuning import trees as tree_lib
 from tests.conftest import INLINE_T5X_CONFIG, TINY_T5X_CONFIG, fixture_path
 
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import prompt_tuning.tasks  # noqa: F401  (registers the tasks)
-from prompt_tuning import main as main_lib
+from prompt_tuning.cli import main as main_lib
 from prompt_tuning.tasks import benchmarks, local_files, metrics, postprocessors, vocabularies
 from tests.conftest import fixture_path
 
@@ -215,7 +215,7 @@ def test_task_vocabulary_is_configurable():
     assert list(vocab.encode("entailment")) == list(expected.encode("entailment"))
     assert vocab.vocab_size == expected.vocab_size
     # Through gin, as the binaries apply it.
-    from prompt_tuning import gin_utils
+    from prompt_tuning.cli import gin as gin_utils
     gin.clear_config()
     gin_utils.parse_gin([], ["TaskVocabularyConfig.kind = 'byte'"])
     gin_utils.apply_task_vocabulary()
@@ -335,9 +335,9 @@ def test_file_task_trains_a_prompt_end_to_end(tmp_path):
   from prompt_tuning.models import params as params_lib
   from prompt_tuning.models.t5 import T5, T5Config
   from prompt_tuning.prompts import initializers, soft
-  from prompt_tuning.train import checkpoints as checkpoints_lib
-  from prompt_tuning.train import data as data_lib
-  from prompt_tuning.train import model_setup
+  from prompt_tuning.runtime import checkpoints as checkpoints_lib
+  from prompt_tuning.runtime import data as data_lib
+  from prompt_tuning.runtime import setup as model_setup
   from prompt_tuning.train import step as step_lib
 
   files = {}

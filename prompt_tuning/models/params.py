@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.readers import tree as tree_lib
+from prompt_tuning import trees as tree_lib
 
 
 def _dummy_inputs(batch: int = 1, enc_len: int = 1, dec_len: int = 1):

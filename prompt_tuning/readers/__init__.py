@@ -2,11 +2,14 @@
 
 `load_params(path, model)` fills a model's parameter tree by name from either
 format and fails with one error listing every missing, unexpected or
-wrong-shaped array. `read_array(path, name)` reads one array only.
+wrong-shaped array. `read_array(path, name)` reads one array only;
+`config_for(path)` gives the T5Config. Opened checkpoints (their metadata) are
+cached per path, and `ARRAY_READS` counts every array read, by (folder, name).
 """
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Any, Optional, Sequence
 
@@ -15,9 +18,14 @@ import numpy as np
 
 from prompt_tuning.models import params as params_lib
 from prompt_tuning.models.t5 import T5Config
+from prompt_tuning import trees as tree_lib
 from prompt_tuning.readers import hf, t5x
-from prompt_tuning.readers import tree as tree_lib
-from prompt_tuning.readers.tree import CheckpointMismatchError  # noqa: F401  (re-export)
+from prompt_tuning.readers.config import config_for, config_from_shapes  # noqa: F401
+from prompt_tuning.trees import CheckpointMismatchError  # noqa: F401  (re-export)
+
+# (checkpoint folder, parameter name) -> times read in this process.
+ARRAY_READS: collections.Counter = collections.Counter()
+_OPENED: dict[tuple[str, float], Any] = {}
 
 
 def is_hf_folder(path: str) -> bool:
@@ -25,22 +33,34 @@ def is_hf_folder(path: str) -> bool:
 
 
 def open_checkpoint(path: str):
-  """A T5XCheckpoint or HFCheckpoint, by what the folder holds."""
+  """A T5XCheckpoint or HFCheckpoint, by what the folder holds (cached per path and mtime)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"Checkpoint not found: {path} (expected a T5X checkpoint_N folder "
                             "or a Hugging Face folder with config.json)")
-  return hf.HFCheckpoint(path) if is_hf_folder(path) else t5x.T5XCheckpoint(path)
+  key = (os.path.abspath(path), _newest_mtime(path))
+  if key not in _OPENED:
+    ckpt = hf.HFCheckpoint(path) if is_hf_folder(path) else t5x.T5XCheckpoint(path)
+    _OPENED.clear()  # One at a time: an inline msgpack checkpoint holds its arrays.
+    _OPENED[key] = ckpt
+  return _OPENED[key]
+
+
+def _newest_mtime(path: str) -> float:
+  """A folder's own mtime misses files rewritten in place: take its entries' too."""
+  if not os.path.isdir(path):
+    return os.path.getmtime(path)
+  return max([os.path.getmtime(path)] + [e.stat().st_mtime for e in os.scandir(path)])
+
+
+def _read(ckpt: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
+  source = getattr(ckpt, "dir", "")
+  ARRAY_READS.update((source, n) for n in names)
+  return ckpt.read_many(list(names))
 
 
 def read_array(path: str, name: str) -> np.ndarray:
   """One parameter (e.g. 'token_embedder/embedding') of either format, nothing else."""
-  return open_checkpoint(path).read(name)
-
-
-def hf_config(path: str, **overrides) -> T5Config:
-  """The T5Config described by a Hugging Face folder's config.json."""
-  return hf.HFCheckpoint(path).config.replace(**overrides) if overrides else (
-      hf.HFCheckpoint(path).config)
+  return _read(open_checkpoint(path), [name])[name]
 
 
 def load_params(path: str, model: nn.Module, allow_missing: Sequence[str] = (),
@@ -65,7 +85,7 @@ def load_params(path: str, model: nn.Module, allow_missing: Sequence[str] = (),
   present = {k: tree_lib.ShapeOnly(s) for k, s in ckpt.shapes().items()}
   tree_lib.check_against(present, expected_unrolled, getattr(ckpt, "dir", path),
                          tuple(allow_missing))
-  flat = ckpt.read_many([k for k in expected_unrolled if k in present])
+  flat = _read(ckpt, [k for k in expected_unrolled if k in present])
   if cfg.scan_layers:
     flat = params_lib.stack_layers(flat, {"encoder": cfg.num_encoder_layers,
                                           "decoder": cfg.num_decoder_layers})

@@ -17,7 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from prompt_tuning.models.t5 import T5Config
-from prompt_tuning.readers import tree as tree_lib
+from prompt_tuning import trees as tree_lib
 
 SUPPORTED_MODEL_TYPES = ("t5", "mt5", "umt5")
 _SAFETENSORS_DTYPES = {

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional
 import msgpack
 import numpy as np
 
-from prompt_tuning.readers import tree as tree_lib
+from prompt_tuning import trees as tree_lib
 
 _ORBAX_MARKERS = ("_METADATA", "manifest.ocdbt", "_CHECKPOINT_METADATA")
 # Flax's msgpack extension codes.

@@ -23,8 +23,9 @@ import numpy as np
 from prompt_tuning import quickstart
 from prompt_tuning.prompts import initializers, soft
 from prompt_tuning.recycling import methods as methods_lib
-from prompt_tuning.train import checkpoints as checkpoints_lib
-from prompt_tuning.train import loop, model_setup
+from prompt_tuning.runtime import checkpoints as checkpoints_lib
+from prompt_tuning.train import loop
+from prompt_tuning.runtime import setup as model_setup
 
 TASK = "synthetic_reverse_bare"
 # Byte-vocabulary ids of real bytes: the support both backbones share.

@@ -2,7 +2,7 @@
 
 import sys
 
-from prompt_tuning.main import run_gin_binary
+from prompt_tuning.cli.main import run_gin_binary
 
 if __name__ == "__main__":
   sys.exit(run_gin_binary("train", sys.argv[1:]))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-from prompt_tuning.readers import tree as tree_lib
+from prompt_tuning import trees as tree_lib
 
 Rules = Sequence[tuple[str, bool]]
 PROMPT_TUNING_RULES: Rules = ((r"(encoder|decoder)_prompt/.*", True), (r".*", False))

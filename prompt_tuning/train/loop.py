@@ -20,13 +20,15 @@ import numpy as np
 import optax
 
 from prompt_tuning.models.t5 import T5Config
-from prompt_tuning.train import checkpoints as checkpoints_lib
-from prompt_tuning.train import data as data_lib
-from prompt_tuning.train import faults
+from prompt_tuning.runtime import checkpoints as checkpoints_lib
+from prompt_tuning.runtime import data as data_lib
+from prompt_tuning import trees as tree_lib
+from prompt_tuning.runtime import faults
+from prompt_tuning.runtime import metrics as metrics_lib
 from prompt_tuning.train import freezing
-from prompt_tuning.train import model_setup
+from prompt_tuning.runtime import setup as model_setup
 from prompt_tuning.train import optimizers
-from prompt_tuning.train import partitioning
+from prompt_tuning.runtime import partitioning
 from prompt_tuning.train import step as step_lib
 
 log = logging.getLogger(__name__)
@@ -34,34 +36,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
   """A step produced a NaN or Inf loss or update."""
-
-
-class MetricsWriter:
-  """JSON Lines plus TensorBoard scalars under MODEL_DIR/<name>/."""
-
-  def __init__(self, model_dir: str, name: str):
-    self.dir = os.path.join(model_dir, name)
-    os.makedirs(self.dir, exist_ok=True)
-    self._jsonl = os.path.join(self.dir, "metrics.jsonl")
-    import tensorflow as tf  # TensorBoard event files; TF is only used for data and logs.
-    self._tf = tf
-    self._writer = tf.summary.create_file_writer(self.dir)
-
-  def write(self, step: int, scalars: Mapping[str, Any], **extra) -> None:
-    record = dict(step=int(step), **{k: _jsonable(v) for k, v in scalars.items()}, **extra)
-    with open(self._jsonl, "a") as f:
-      f.write(json.dumps(record) + "\n")
-    with self._writer.as_default(step=int(step)):
-      for k, v in scalars.items():
-        if isinstance(v, (int, float, np.floating, np.integer)):
-          self._tf.summary.scalar(k, float(v))
-    self._writer.flush()
-
-
-def _jsonable(v):
-  if isinstance(v, (np.floating, np.integer)):
-    return v.item()
-  return v
 
 
 def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
@@ -127,7 +101,7 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
   # Resume.
   store = checkpoints_lib.CheckpointStore(model_dir, keep_checkpoints)
   start_step, data_position = 0, 0
-  restored = store.restore(model_setup.abstract(trainable), model_setup.abstract(opt_state))
+  restored = store.restore(tree_lib.abstract(trainable), tree_lib.abstract(opt_state))
   if restored is not None:
     trainable, opt_state, meta = restored
     start_step, data_position = int(meta["step"]), int(meta["data_position"])
@@ -141,8 +115,8 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
   train_step = jit_train_step(setup.model, optimizer, z_loss, use_dropout, seed, mesh,
                               setup.trainable_shardings, opt_shardings,
                               setup.frozen_shardings, dropout_rng_impl)
-  writer = MetricsWriter(model_dir, "train") if is_chief else None
-  backbone_bytes = model_setup.tree_bytes(frozen)
+  writer = metrics_lib.MetricsWriter(model_dir, "train") if is_chief else None
+  backbone_bytes = tree_lib.tree_bytes(frozen)
   summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes, skipped_steps=[])
 
   def save(step: int) -> None:
@@ -188,10 +162,10 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
     store.close()
   summary.update(step=max(step, start_step), start_step=start_step)
   if frozen_digest:
-    summary["frozen_sha256"] = tree_digest(frozen)
+    summary["frozen_sha256"] = tree_lib.tree_digest(frozen)
   if is_chief:
     with open(os.path.join(model_dir, "train_summary.json"), "w") as f:
-      json.dump(summary, f, indent=1, default=_jsonable)
+      json.dump(summary, f, indent=1, default=metrics_lib.jsonable)
   return summary
 
 
@@ -223,18 +197,6 @@ def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, z_
       donate_argnums=(0, 1))
 
 
-def tree_digest(tree: Any) -> str:
-  """SHA-256 over a tree's leaves in path order (names, dtypes, shapes and bytes)."""
-  import hashlib
-  from prompt_tuning.readers import tree as tree_lib
-  h = hashlib.sha256()
-  for name, value in sorted(tree_lib.flatten(jax.device_get(tree)).items()):
-    value = np.asarray(value)
-    h.update(f"{name}|{value.dtype}|{value.shape}|".encode())
-    h.update(np.ascontiguousarray(value).tobytes())
-  return h.hexdigest()
-
-
 def _progress(enabled: bool, start: int, total: int):
   if not enabled:
     return None
@@ -242,7 +204,7 @@ def _progress(enabled: bool, start: int, total: int):
   return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
 
-def _log_metrics(pending, writer: Optional[MetricsWriter], window: dict, log_period: int,
+def _log_metrics(pending, writer: Optional[metrics_lib.MetricsWriter], window: dict, log_period: int,
                  summary: dict, bar, on_non_finite: str, force: bool = False) -> None:
   step, metrics, input_tokens = pending
   metrics = jax.device_get(metrics)

@@ -29,23 +29,14 @@ import numpy as np
 
 def _load_model(path: str, max_distance: Optional[int]):
   from prompt_tuning import readers
-  from prompt_tuning.models import infer
   from prompt_tuning.models.t5 import T5
-  ckpt = readers.open_checkpoint(path)
-  if hasattr(ckpt, "config"):  # Hugging Face: config.json says it all.
-    config = ckpt.config
-    if max_distance:
-      config = config.replace(relative_attention_max_distance=max_distance)
-  else:
-    overrides = {"relative_attention_max_distance": max_distance} if max_distance else {}
-    config = infer.config_from_shapes(ckpt.shapes(), **overrides)
-  model = T5(config)
-  return ckpt, model, readers.load_params(path, model)
+  model = T5(readers.config_for(path, max_distance))
+  return readers.open_checkpoint(path), model, readers.load_params(path, model)
 
 
 def _inspect(args) -> int:
   from prompt_tuning.models import params as params_lib
-  from prompt_tuning.readers import tree as tree_lib
+  from prompt_tuning import trees as tree_lib
   ckpt, model, params = _load_model(args.checkpoint, args.relative_attention_max_distance)
   print(f"checkpoint: {getattr(ckpt, 'dir', args.checkpoint)}")
   print(f"format:     {getattr(ckpt, 'format', 'huggingface')}  step: {getattr(ckpt, 'step', '-')}")
@@ -141,7 +132,7 @@ def run_gin_binary(command: str, argv: Sequence[str]) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   host_flags, argv = _pop_host_flags(argv)
   _start_jax(host_flags)
-  from prompt_tuning import gin_utils
+  from prompt_tuning.cli import gin as gin_utils
   import prompt_tuning.tasks  # noqa: F401  (registers the bundled seqio tasks)
   files, bindings, paths, rest = gin_utils.split_flags(argv)
   if rest:
@@ -196,7 +187,7 @@ def _tasks(args) -> int:
   import seqio
   import prompt_tuning.tasks  # noqa: F401  (registers the bundled seqio tasks)
   from prompt_tuning.tasks import vocabularies
-  from prompt_tuning.train import data as data_lib
+  from prompt_tuning.runtime import data as data_lib
   if args.vocabulary:
     kind = args.vocabulary if args.vocabulary in vocabularies.KINDS else "sentencepiece"
     path = None if kind == args.vocabulary else args.vocabulary

@@ -122,7 +122,7 @@ def optimizer_shardings(opt_shapes: Any, params: Any, param_shardings: Any,
   """Shardings for optimizer state: a leaf that mirrors a parameter (its path
   ends with the parameter's path and the shapes agree) is sharded like it;
   counts and factored statistics are replicated."""
-  from prompt_tuning.readers import tree as tree_lib
+  from prompt_tuning import trees as tree_lib
   flat_params = tree_lib.flatten(params)
   flat_sh = tree_lib.flatten(param_shardings)
   by_suffix = {tuple(k.split("/")): k for k in flat_params}

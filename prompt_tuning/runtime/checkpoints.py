@@ -16,8 +16,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from prompt_tuning.readers import tree as tree_lib
-from prompt_tuning.train import faults
+from prompt_tuning import trees as tree_lib
+from prompt_tuning.runtime import faults
 
 PROMPT_PATH = re.compile(r"(^|.*/)(encoder|decoder)_prompt/.*")
 

@@ -18,10 +18,10 @@ import numpy as np
 from prompt_tuning import readers
 from prompt_tuning.models import params as params_lib
 from prompt_tuning.models.t5 import T5, T5Config
-from prompt_tuning.readers import tree as tree_lib
-from prompt_tuning.train import checkpoints as checkpoints_lib
+from prompt_tuning import trees as tree_lib
+from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.train import freezing
-from prompt_tuning.train import partitioning
+from prompt_tuning.runtime import partitioning
 
 
 @dataclasses.dataclass
@@ -87,15 +87,3 @@ def build(model_config: T5Config, initial_checkpoint_path: Optional[str],
   return ModelSetup(model=model, trainable=trainable, frozen=frozen, mask=mask,
                     logical_specs=specs, mesh=mesh, trainable_shardings=trainable_sh,
                     frozen_shardings=frozen_sh)
-
-
-def abstract(tree: Any) -> Any:
-  """Shapes, dtypes and (for jax arrays) shardings: the target of a restore."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
-                                                     sharding=getattr(x, "sharding", None)),
-                      tree)
-
-
-def tree_bytes(tree: Any) -> int:
-  return int(sum(np.prod(np.shape(x)) * np.dtype(x.dtype).itemsize
-                 for x in jax.tree.leaves(tree)))

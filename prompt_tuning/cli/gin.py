@@ -21,7 +21,7 @@ _REGISTERED = False
 
 def configs_dir() -> str:
   """The bundled configs folder (next to the package, or installed inside it)."""
-  here = os.path.dirname(os.path.abspath(__file__))
+  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # prompt_tuning/
   for candidate in (os.path.join(os.path.dirname(here), "configs"),
                     os.path.join(here, "configs")):
     if os.path.isdir(candidate):
@@ -49,7 +49,8 @@ def register_configurables() -> None:
 
   from prompt_tuning import decoding, evaluation, precompile
   from prompt_tuning.prompts import initializers, soft
-  from prompt_tuning.train import freezing, loop, optimizers, partitioning
+  from prompt_tuning.train import freezing, loop, optimizers
+  from prompt_tuning.runtime import partitioning
 
   gin.external_configurable(t5_lib.T5Config, "T5Config")
   gin.external_configurable(soft.SoftPrompt, "SoftPrompt")

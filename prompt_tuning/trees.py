@@ -1,9 +1,12 @@
-"""Flat '/'-joined views of parameter trees, and loading checks by name."""
+"""Pytree helpers, the ground floor: flat '/'-joined views, shapes, bytes, digests,
+and the check of loaded arrays against the ones a model expects."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Mapping
 
+import jax
 import numpy as np
 
 
@@ -74,3 +77,26 @@ def check_against(loaded: Mapping[str, Any], expected: Mapping[str, Any], source
       parts.append(f"{len(items)} {title}: " + ", ".join(shown))
   raise CheckpointMismatchError(f"Checkpoint {source} does not match the model: "
                                 + "; ".join(parts))
+
+
+def abstract(tree: Any) -> Any:
+  """Shapes, dtypes and (for jax arrays) shardings: the target of a restore."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
+                                                     sharding=getattr(x, "sharding", None)),
+                      tree)
+
+
+def tree_bytes(tree: Any) -> int:
+  """Bytes of every leaf together (arrays or ShapeDtypeStructs)."""
+  return int(sum(np.prod(np.shape(x), dtype=np.int64) * np.dtype(x.dtype).itemsize
+                 for x in jax.tree.leaves(tree)))
+
+
+def tree_digest(tree: Any) -> str:
+  """SHA-256 over a tree's leaves in path order (names, dtypes, shapes and bytes)."""
+  h = hashlib.sha256()
+  for name, value in sorted(flatten(jax.device_get(tree)).items()):
+    value = np.asarray(value)
+    h.update(f"{name}|{value.dtype}|{value.shape}|".encode())
+    h.update(np.ascontiguousarray(value).tobytes())
+  return h.hexdigest()
