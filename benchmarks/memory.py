@@ -20,8 +20,10 @@ import jax  # noqa: E402
 
 from prompt_tuning import precompile  # noqa: E402
 from prompt_tuning.models import presets  # noqa: E402
+from prompt_tuning.prompts import soft  # noqa: E402
+from prompt_tuning.runtime import partitioning  # noqa: E402
+from prompt_tuning.runtime.specs import DataSpec, ModelSpec  # noqa: E402
 from prompt_tuning.train import freezing  # noqa: E402
-from prompt_tuning.runtime import partitioning
 
 CASES = [
     # (name, family, size, overrides, mesh, batch)
@@ -39,11 +41,12 @@ def main():
   for name, family, size, overrides, mesh, batch in CASES:
     cfg = presets.preset(family, size, **overrides)
     part = partitioning.PartitioningConfig(mesh_shape=mesh, num_devices=mesh[0] * mesh[1])
-    for method, kwargs in (("prompt tuning (P=100)", dict(prompt_length=100)),
-                           ("full fine-tuning", dict(
-                               prompt_length=100,
-                               trainable_rules=freezing.FULL_FINETUNING_RULES))):
-      r = precompile.precompile(cfg, batch_size=batch, partitioning_config=part, **kwargs)
+    data = DataSpec("-", {"inputs": 512, "targets": 16}, batch)
+    prompted = ModelSpec(cfg, encoder_prompt=soft.SoftPrompt(length=100))
+    for method, model in (("prompt tuning (P=100)", prompted),
+                          ("full fine-tuning", prompted.replace(
+                              trainable_rules=freezing.FULL_FINETUNING_RULES))):
+      r = precompile.precompile(model, data, partitioning_config=part)
       b = r["per_device_bytes"]
       rows.append(dict(model=name, mesh=f"{mesh[0]}x{mesh[1]}", batch=batch, method=method,
                        params_mib=(b["frozen_params"] + b["trainable_params"]) / MIB,

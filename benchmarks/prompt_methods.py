@@ -66,7 +66,7 @@ def _methods(backbone, cfg, sources):
       "multi-task prompt, projection": (
           multi_task.MultiTaskPrompt(PROMPT_LEN, 7, mode="project"), multi, indexed,
           "adafactor", 1200),
-      "HyperPrompt": (hyper.HyperPrompt(cfg, 7, length=4), multi, indexed, "adam", 1200),
+      "HyperPrompt": (hyper.HyperPrompt(7, length=4), multi, indexed, "adam", 1200),
       "input-dependent prompt": (
           input_dependent.InputDependentPrompt(PROMPT_LEN, width=64, num_heads=4, mlp_dim=128),
           bare, bare, "adam", 400),
@@ -90,18 +90,19 @@ def _train(name, prompt, task, optimizer, steps, backbone, cfg):
   from prompt_tuning.runtime import setup as model_setup
   if task.startswith("ensemble:"):
     task = local_files.ensemble_task(task.split(":", 1)[1], prompt.num_prompts)
+  from prompt_tuning.runtime.specs import DataSpec, ModelSpec
   model_dir = os.path.join(CACHE, "runs", name.replace(" ", "_").replace(",", "")
                            .replace("(", "").replace(")", "").replace(".", ""))
   start = time.time()
-  loop.train(model_dir=model_dir, model_config=cfg, mixture_or_task_name=task,
-             task_feature_lengths=synthetic.FEATURE_LENGTHS, train_steps=steps, batch_size=32,
-             initial_checkpoint_path=backbone, encoder_prompt=prompt,
+  spec = ModelSpec(cfg, backbone, prompt)
+  loop.train(model_dir=model_dir, model=spec,
+             data=DataSpec(task, synthetic.FEATURE_LENGTHS, 32), train_steps=steps,
              optimizer=_optimizer(optimizer), checkpoint_period=steps, log_period=100,
              progress=False)
   seconds = time.time() - start
-  setup = model_setup.build(cfg, backbone, prompt)
+  setup = model_setup.build(spec)
   store = checkpoints_lib.CheckpointStore(model_dir)
-  trained = store.restore_trainable(model_setup.abstract(setup.trainable))
+  trained = store.restore_trainable(setup.abstract.trainable)
   store.close()
   return setup, trained, seconds, model_dir
 
@@ -156,7 +157,7 @@ def throughput(cfg, rounds=5, steps=10, batch=32, input_len=64, num_prompts=8):
   import jax
   import jax.numpy as jnp
   from prompt_tuning.models import params as params_lib
-  from prompt_tuning.models.t5 import T5
+  from prompt_tuning.models.t5 import T5, shift_right
   from prompt_tuning.prompts import multi_task, soft
   from prompt_tuning.train import freezing, optimizers
   from prompt_tuning.train import step as step_lib
@@ -165,7 +166,7 @@ def throughput(cfg, rounds=5, steps=10, batch=32, input_len=64, num_prompts=8):
   enc[:, -1] = 1
   tgt = rng.randint(3, 259, size=(batch, 8)).astype(np.int32)
   base = {"encoder_input_tokens": jnp.asarray(enc), "decoder_target_tokens": jnp.asarray(tgt),
-          "decoder_input_tokens": jnp.asarray(np.pad(tgt, ((0, 0), (1, 0)))[:, :-1])}
+          "decoder_input_tokens": shift_right(jnp.asarray(tgt))}
   variants = {
       "one soft prompt": (soft.SoftPrompt(PROMPT_LEN), base),
       f"prompt bank, {num_prompts} prompts mixed": (

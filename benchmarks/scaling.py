@@ -33,7 +33,7 @@ def measure(size="small", batch=8, input_len=256, prompt_len=100, weight_dtype="
   import jax.numpy as jnp
   from prompt_tuning.models import params as params_lib
   from prompt_tuning.models import presets
-  from prompt_tuning.models.t5 import T5
+  from prompt_tuning.models.t5 import T5, shift_right
   from prompt_tuning.prompts import initializers, soft
   from prompt_tuning.train import freezing, optimizers
   from prompt_tuning.train import step as step_lib
@@ -53,7 +53,7 @@ def measure(size="small", batch=8, input_len=256, prompt_len=100, weight_dtype="
   tgt = rng.randint(2, 32000, size=(batch, TARGET_LEN)).astype(np.int32)
   tgt[:, -1] = 1
   b = {"encoder_input_tokens": jnp.asarray(enc), "decoder_target_tokens": jnp.asarray(tgt),
-       "decoder_input_tokens": jnp.asarray(np.pad(tgt, ((0, 0), (1, 0)))[:, :-1])}
+       "decoder_input_tokens": shift_right(jnp.asarray(tgt))}
   if prompt_len:
     fn = jax.jit(step_lib.make_train_step(model, opt), donate_argnums=(0, 1))
     args = [trainable, opt.init(trainable), frozen, b, jax.random.PRNGKey(0)]

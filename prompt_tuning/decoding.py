@@ -20,6 +20,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from prompt_tuning import registry
+from prompt_tuning.models.t5 import shift_right
+
 Array = jax.Array
 NEG_INF = -1.0e7
 
@@ -209,6 +212,7 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, batch_size: int,
 # T5 wiring.
 
 
+@registry.configurable
 @dataclasses.dataclass(frozen=True)
 class DecodingConfig:
   """How `generate` searches; bindable from gin at the binaries."""
@@ -330,13 +334,4 @@ def score(model: nn.Module, params: Any, encoder_input_tokens: Array,
   token_logp = jnp.take_along_axis(log_probs, decoder_target_tokens[..., None], -1)[..., 0]
   return jnp.sum(token_logp * loss_weights, axis=-1)
 
-
-def shift_right(tokens_BL: Array, start_id: int = 0) -> Array:
-  """Decoder inputs from targets: prepend the start token, drop the last."""
-  return jnp.pad(tokens_BL, ((0, 0), (1, 0)), constant_values=start_id)[:, :-1]
-
-
-def rank_classify(scores_BC: Array) -> Array:
-  """Index of the best-scoring candidate per example."""
-  return jnp.argmax(scores_BC, axis=-1)
 

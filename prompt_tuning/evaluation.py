@@ -4,60 +4,67 @@ Predictions come from decoding (greedy / beam / sampling) or, for
 classification tasks, from rank classification over CLASS_LABELS: every label
 is scored as a target and the best one is the prediction. Predictions and
 targets go through the task's postprocessor, then its metric functions.
+A PromptBank of N prompts for one task can be evaluated as an ensemble
+(Lester et al. 2021, section 7): every batch runs once per prompt, then the
+predictions are combined by majority vote or mean log-probability.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning import registry
 from prompt_tuning import decoding
-from prompt_tuning.models.t5 import T5Config
-from prompt_tuning import trees as tree_lib
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import data as data_lib
-from prompt_tuning.train import freezing
-from prompt_tuning.runtime import setup as model_setup
+from prompt_tuning import layout
+from prompt_tuning.runtime import metrics as metrics_lib
 from prompt_tuning.runtime import partitioning
+from prompt_tuning.runtime import setup as model_setup
+from prompt_tuning.runtime import specs as specs_lib
+from prompt_tuning.train import freezing
+
+Array = jax.Array
 
 log = logging.getLogger(__name__)
 
 
-def load_for_inference(model_dir: Optional[str], model_config: T5Config,
-                       initial_checkpoint_path: Optional[str],
-                       encoder_prompt: Optional[nn.Module],
-                       trainable_rules: Optional[freezing.Rules],
-                       checkpoint_step: Optional[int],
-                       restore_checkpoint: bool,
+def load_for_inference(model_dir: Optional[str], model: specs_lib.ModelSpec,
+                       checkpoint_step: Optional[int], restore_checkpoint: bool,
                        partitioning_config: partitioning.PartitioningConfig = (
                            partitioning.PartitioningConfig())
-                       ) -> tuple[model_setup.ModelSetup, Any, int]:
+                       ) -> tuple[model_setup.Setup, Any, int]:
   """(setup, full params, step): prompts from MODEL_DIR's checkpoint, or as initialized.
 
-  With `restore_checkpoint=False` (e.g. PROMPT_FILE with the from-file
+  Restoring, the prompt modules' initializers never run: the trainable part
+  stays abstract until the checkpoint fills it. With
+  `restore_checkpoint=False` (e.g. PROMPT_FILE with the from-file
   initializer) the trainable parameters are exactly what the initializers give.
   """
-  setup = model_setup.build(model_config, initial_checkpoint_path, encoder_prompt,
-                            trainable_rules=trainable_rules, require_trainable=False,
-                            partitioning_config=partitioning_config)
+  setup = model_setup.build(model, partitioning_config, require_trainable=False,
+                            init_trainable=not restore_checkpoint)
   trainable, step = setup.trainable, 0
-  if restore_checkpoint:
+  if restore_checkpoint and jax.tree.leaves(trainable):
     if not model_dir:
       raise ValueError("Restoring a checkpoint needs MODEL_DIR")
     store = checkpoints_lib.CheckpointStore(model_dir)
-    step = checkpoint_step if checkpoint_step is not None else store.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"No checkpoint under {store.directory}; train first, or pass "
-                              "a prompt file with restore_checkpoint=False")
-    trainable = store.restore_trainable(model_setup.abstract(trainable), step)
-    store.close()
+    try:
+      step = checkpoint_step if checkpoint_step is not None else store.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"No checkpoint under {store.directory}; train first, or pass "
+                                "a prompt file with restore_checkpoint=False")
+      trainable = store.restore_trainable(setup.abstract.trainable, step)
+    finally:
+      store.close()
   return setup, freezing.merge(trainable, setup.frozen), int(step)
 
 
@@ -98,7 +105,6 @@ def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]]
   Partial last batches are padded to `batch_size` so that one compiled
   program serves every batch.
   """
-  from prompt_tuning.prompts import multi_task
   n_ens = int(ensemble_prompts or 0)
   feature_names = [] if n_ens else [
       f for f in data_lib.PASSTHROUGH_FEATURES if examples and f in examples[0]]
@@ -116,7 +122,7 @@ def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]]
     """[B] scores, or [N, B] with an ensemble (which sets its own features)."""
     if not n_ens:
       return np.asarray(score_fn(params, inputs, targets_BT, feats))
-    return np.asarray(multi_task.ensemble_scores(
+    return np.asarray(ensemble_scores(
         lambda x, t, f: score_fn(params, x, t, f), inputs, targets_BT, n_ens))
 
   out: list[tuple[str, float]] = []
@@ -135,7 +141,7 @@ def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]]
                          for t in targets],
                         axis=-1)  # [B, C] or [N, B, C]
       if n_ens:
-        best = np.asarray(multi_task.ensemble_rank(jnp.asarray(scores), ensemble_method))
+        best = np.asarray(ensemble_rank(jnp.asarray(scores), ensemble_method))
         scores = scores.mean(axis=0)
       else:
         best = scores.argmax(axis=-1)
@@ -143,7 +149,7 @@ def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]]
     elif n_ens:
       tiled = np.tile(inputs, (n_ens, 1))
       tokens, scores = gen(params, jnp.asarray(tiled),
-                           multi_task.ensemble_features(batch_size, n_ens),
+                           ensemble_features(batch_size, n_ens),
                            jax.random.PRNGKey(seed + n))
       texts = [_decode_text(vocabulary, r) for r in np.asarray(tokens)]
       scores = np.asarray(scores).reshape(n_ens, batch_size)
@@ -188,34 +194,33 @@ def compute_metrics(task: Any, examples: Sequence[Mapping[str, Any]],
   return metrics
 
 
-def _predict_split(model_dir, model_config, task_name, feature_lengths, batch_size,
-                   initial_checkpoint_path, encoder_prompt, trainable_rules, split,
-                   checkpoint_step, restore_checkpoint, decoding_config, class_labels,
-                   max_examples, partitioning_config, ensemble_prompts=0,
-                   ensemble_method="mean_log_prob"):
+def _predict_split(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpec,
+                   checkpoint_step: Optional[int], restore_checkpoint: bool,
+                   decoding_config: decoding.DecodingConfig,
+                   class_labels: Optional[Sequence[str]], max_examples: Optional[int],
+                   partitioning_config: partitioning.PartitioningConfig,
+                   ensemble_prompts: int, ensemble_method: str):
   """(task, examples, [(prediction, score)], step) for eval and infer alike."""
-  task = data_lib.get_task_or_mixture(task_name)
-  data_lib.check_vocabulary(task, model_config.vocab_size)
-  setup, params, step = load_for_inference(model_dir, model_config, initial_checkpoint_path,
-                                           encoder_prompt, trainable_rules, checkpoint_step,
+  task = data_lib.get_task_or_mixture(data.task)
+  data_lib.check_vocabulary(task, model.config.vocab_size)
+  if model.decoder_prompt is not None and decoding_config.use_cache:
+    # The KV cache holds no decoder prompt: decode without it (slower, same result).
+    decoding_config = dataclasses.replace(decoding_config, use_cache=False)
+  setup, params, step = load_for_inference(model_dir, model, checkpoint_step,
                                            restore_checkpoint, partitioning_config)
-  examples = data_lib.eval_examples(task_name, split, feature_lengths, max_examples)
+  examples = data_lib.eval_examples(data.task, data.split, data.feature_lengths, max_examples)
   vocab = task.output_features["targets"].vocabulary
-  target_length = feature_lengths.get("targets") if (
+  target_length = data.feature_lengths.get("targets") if (
       uses_scores(task) and not class_labels) else None
-  preds = predict(setup.model, params, examples, vocab, feature_lengths["inputs"],
-                  batch_size, decoding_config, class_labels, target_length=target_length,
+  preds = predict(setup.model, params, examples, vocab, data.feature_lengths["inputs"],
+                  data.batch_size, decoding_config, class_labels, target_length=target_length,
                   ensemble_prompts=ensemble_prompts, ensemble_method=ensemble_method)
   return task, examples, preds, step
 
 
-def evaluate(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
-             task_feature_lengths: Mapping[str, int], batch_size: int,
-             initial_checkpoint_path: Optional[str],
-             encoder_prompt: Optional[nn.Module] = None,
-             trainable_rules: Optional[freezing.Rules] = None,
-             split: str = "validation", checkpoint_step: Optional[int] = None,
-             restore_checkpoint: bool = True,
+@registry.configurable
+def evaluate(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpec,
+             checkpoint_step: Optional[int] = None, restore_checkpoint: bool = True,
              decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
              class_labels: Optional[Sequence[str]] = None,
              max_examples: Optional[int] = None,
@@ -224,29 +229,35 @@ def evaluate(*, model_dir: str, model_config: T5Config, mixture_or_task_name: st
                  partitioning.PartitioningConfig()),
              ensemble_prompts: int = 0,
              ensemble_method: str = "mean_log_prob") -> dict[str, Any]:
-  """Metrics of a split; appended to MODEL_DIR/<output_name>/metrics.jsonl and TensorBoard."""
-  from prompt_tuning.train.loop import MetricsWriter
+  """Metrics of `data.split`; appended to MODEL_DIR/<output_name>/metrics.jsonl and TensorBoard.
+
+  Args:
+    model, data: what is evaluated, on what (the same specs as training).
+    checkpoint_step: the step to restore (default: the latest).
+    restore_checkpoint: False evaluates the prompts as their initializers
+      give them (a prompt file, or no prompt).
+    class_labels: rank classification: score each label, predict the best.
+    ensemble_prompts: N > 0 evaluates a PromptBank of N prompts as an
+      ensemble combined by `ensemble_method` ("mean_log_prob" or "majority_vote").
+  """
   task, examples, preds, step = _predict_split(
-      model_dir, model_config, mixture_or_task_name, task_feature_lengths, batch_size,
-      initial_checkpoint_path, encoder_prompt, trainable_rules, split, checkpoint_step,
-      restore_checkpoint, decoding_config, class_labels, max_examples, partitioning_config,
-      ensemble_prompts, ensemble_method)
+      model_dir=model_dir, model=model, data=data, checkpoint_step=checkpoint_step,
+      restore_checkpoint=restore_checkpoint, decoding_config=decoding_config,
+      class_labels=class_labels, max_examples=max_examples,
+      partitioning_config=partitioning_config, ensemble_prompts=ensemble_prompts,
+      ensemble_method=ensemble_method)
   metrics = compute_metrics(task, examples, [p for p, _ in preds],
                             scores=[s for _, s in preds])
   metrics["num_examples"] = len(examples)
-  MetricsWriter(model_dir, output_name).write(step, metrics, task=mixture_or_task_name,
-                                               split=split)
-  log.info("%s %s step %d: %s", mixture_or_task_name, split, step, metrics)
+  metrics_lib.MetricsWriter(model_dir, output_name).write(step, metrics, task=data.task,
+                                                          split=data.split)
+  log.info("%s %s step %d: %s", data.task, data.split, step, metrics)
   return dict(step=step, **metrics)
 
 
-def infer(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
-          task_feature_lengths: Mapping[str, int], batch_size: int,
-          initial_checkpoint_path: Optional[str],
-          encoder_prompt: Optional[nn.Module] = None,
-          trainable_rules: Optional[freezing.Rules] = None,
-          split: str = "validation", checkpoint_step: Optional[int] = None,
-          restore_checkpoint: bool = True,
+@registry.configurable
+def infer(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpec,
+          checkpoint_step: Optional[int] = None, restore_checkpoint: bool = True,
           decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
           class_labels: Optional[Sequence[str]] = None,
           max_examples: Optional[int] = None,
@@ -254,15 +265,18 @@ def infer(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
               partitioning.PartitioningConfig()),
           ensemble_prompts: int = 0,
           ensemble_method: str = "mean_log_prob") -> str:
-  """Writes JSON Lines of {input, target, prediction, score}; returns the file's path."""
+  """Writes JSON Lines of {input, target, prediction, score}; returns the file's path.
+
+  The arguments are `evaluate`'s.
+  """
   _, examples, preds, step = _predict_split(
-      model_dir, model_config, mixture_or_task_name, task_feature_lengths, batch_size,
-      initial_checkpoint_path, encoder_prompt, trainable_rules, split, checkpoint_step,
-      restore_checkpoint, decoding_config, class_labels, max_examples, partitioning_config,
-      ensemble_prompts, ensemble_method)
-  out_dir = os.path.join(model_dir, "infer")
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, f"{mixture_or_task_name}-{split}-step_{step}.jsonl")
+      model_dir=model_dir, model=model, data=data, checkpoint_step=checkpoint_step,
+      restore_checkpoint=restore_checkpoint, decoding_config=decoding_config,
+      class_labels=class_labels, max_examples=max_examples,
+      partitioning_config=partitioning_config, ensemble_prompts=ensemble_prompts,
+      ensemble_method=ensemble_method)
+  path = layout.infer_file(model_dir, data.task, data.split, step)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     for ex, (pred, score) in zip(examples, preds):
@@ -271,3 +285,40 @@ def infer(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
                               prediction=pred, score=score)) + "\n")
   os.replace(tmp, path)
   return path
+
+
+def ensemble_features(batch_size: int, num_prompts: int,
+                      index_feature: str = "task_index") -> dict[str, Array]:
+  """Features for a batch tiled N times: rows [i*B, (i+1)*B) use prompt i."""
+  return {index_feature: jnp.repeat(jnp.arange(num_prompts, dtype=jnp.int32), batch_size)}
+
+
+def ensemble_scores(score_fn: Callable[[Array, Array, Mapping[str, Array]], Array],
+                    inputs_BL: Array, targets_BT: Array, num_prompts: int,
+                    index_feature: str = "task_index") -> Array:
+  """Per-prompt scores [N, B] of the same examples, from one batch of N*B rows.
+
+  `score_fn(inputs, targets, features) -> [N*B]`, e.g. decoding.score with
+  prompt_features.
+  """
+  b = inputs_BL.shape[0]
+  tiled_inputs = jnp.tile(inputs_BL, (num_prompts, 1))
+  tiled_targets = jnp.tile(targets_BT, (num_prompts, 1))
+  scores = score_fn(tiled_inputs, tiled_targets,
+                    ensemble_features(b, num_prompts, index_feature))
+  return scores.reshape(num_prompts, b)
+
+
+def ensemble_rank(scores_NBC: Array, method: str = "mean_log_prob") -> Array:
+  """The chosen candidate per example [B] from N prompts' candidate scores [N, B, C].
+
+  "mean_log_prob": the best mean log-probability over prompts;
+  "majority_vote": the candidate most prompts rank first (ties: the lower index).
+  """
+  if method == "mean_log_prob":
+    return jnp.argmax(scores_NBC.mean(axis=0), axis=-1)
+  if method == "majority_vote":
+    votes = jax.nn.one_hot(jnp.argmax(scores_NBC, axis=-1), scores_NBC.shape[-1]).sum(axis=0)
+    return jnp.argmax(votes, axis=-1)
+  raise ValueError(f"Unknown ensemble method {method!r}; expected 'mean_log_prob' or "
+                   "'majority_vote'")

@@ -8,18 +8,19 @@ per-device bytes of parameters, optimizer state and XLA's temporaries.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from prompt_tuning import registry
 from prompt_tuning.models import params as params_lib
-from prompt_tuning.models.t5 import T5, T5Config
-from prompt_tuning.prompts import soft
-from prompt_tuning.train import freezing, loop, optimizers
 from prompt_tuning.runtime import partitioning
+from prompt_tuning.runtime import setup as model_setup
+from prompt_tuning.runtime import specs as specs_lib
+from prompt_tuning.train import loop, optimizers
 
 
 def _per_device_bytes(abstract_tree: Any) -> int:
@@ -31,47 +32,36 @@ def _per_device_bytes(abstract_tree: Any) -> int:
   return total
 
 
-def precompile(model_config: T5Config, prompt_length: Optional[int] = 100,
-               batch_size: int = 32,
-               task_feature_lengths: Mapping[str, int] = {"inputs": 512, "targets": 16},
+@registry.configurable
+def precompile(model: specs_lib.ModelSpec, data: specs_lib.DataSpec,
                partitioning_config: partitioning.PartitioningConfig = (
                    partitioning.PartitioningConfig()),
-               trainable_rules: Optional[freezing.Rules] = None,
                optimizer: Optional[optax.GradientTransformation] = None) -> dict[str, Any]:
   """Lowers and compiles the train step; returns per-device memory figures (bytes).
 
-  `prompt_length=None` with `trainable_rules=FULL_FINETUNING_RULES` compiles
+  Uses only the abstract setup phase: nothing is read or allocated. A model
+  spec with no prompt and `trainable_rules=FULL_FINETUNING_RULES` compiles
   full fine-tuning of the same model for comparison.
   """
-  mesh = partitioning.make_mesh(partitioning_config)
-  rules = partitioning_config.logical_axis_rules
-  prompt = soft.SoftPrompt(length=prompt_length) if prompt_length else None
-  model = T5(model_config, encoder_prompt=prompt)
-  trainable_rules = trainable_rules or (freezing.PROMPT_TUNING_RULES if prompt
-                                        else freezing.FULL_FINETUNING_RULES)
   optimizer = optimizer or optimizers.prompt_tuning_adafactor()
-  shapes, specs = params_lib.abstract_params(model)
-  shardings = partitioning.tree_shardings(shapes, specs, mesh, rules)
-  mask = freezing.trainable_mask(shapes, trainable_rules)
-  t_shapes, f_shapes = freezing.split(shapes, mask)
-  t_sh, f_sh = freezing.split(shardings, mask)
-  with_sh = lambda tree, sh: jax.tree.map(  # noqa: E731
-      lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h), tree, sh)
-  trainable, frozen = with_sh(t_shapes, t_sh), with_sh(f_shapes, f_sh)
-  opt_shapes = jax.eval_shape(optimizer.init, t_shapes)
-  opt_sh = partitioning.optimizer_shardings(opt_shapes, t_shapes, t_sh, mesh)
-  opt_state = with_sh(opt_shapes, opt_sh)
+  setup = model_setup.abstract(model, partitioning_config)
+  mesh, trainable, frozen = setup.mesh, setup.trainable, setup.frozen
+  t_sh, f_sh = setup.trainable_shardings, setup.frozen_shardings
+  opt_shapes = jax.eval_shape(optimizer.init, trainable)
+  opt_sh = partitioning.optimizer_shardings(opt_shapes, trainable, t_sh, mesh)
+  opt_state = jax.tree.map(lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h),
+                           opt_shapes, opt_sh)
   batch_sh = partitioning.batch_sharding(mesh)
-  lin, lt = task_feature_lengths["inputs"], task_feature_lengths["targets"]
-  batch = {
-      "encoder_input_tokens": jax.ShapeDtypeStruct((batch_size, lin), jnp.int32, sharding=batch_sh),
-      "decoder_input_tokens": jax.ShapeDtypeStruct((batch_size, lt), jnp.int32, sharding=batch_sh),
-      "decoder_target_tokens": jax.ShapeDtypeStruct((batch_size, lt), jnp.int32, sharding=batch_sh),
-      "decoder_loss_weights": jax.ShapeDtypeStruct((batch_size, lt), jnp.float32,
-                                                   sharding=batch_sh),
-  }
+  b = data.batch_size
+  lin, lt = data.feature_lengths["inputs"], data.feature_lengths["targets"]
+
+  def tokens(length, dtype=jnp.int32):
+    return jax.ShapeDtypeStruct((b, length), dtype, sharding=batch_sh)
+  batch = {"encoder_input_tokens": tokens(lin), "decoder_input_tokens": tokens(lt),
+           "decoder_target_tokens": tokens(lt), "decoder_loss_weights": tokens(lt, jnp.float32)}
   step = jax.ShapeDtypeStruct((), jnp.int32, sharding=partitioning.replicated(mesh))
-  train_step = loop.jit_train_step(model, optimizer, 1e-4, False, 0, mesh, t_sh, opt_sh, f_sh)
+  train_step = loop.jit_train_step(setup.model, optimizer, 1e-4, False, 0, mesh, t_sh, opt_sh,
+                                   f_sh)
   with mesh, partitioning.logical_rules_context(partitioning_config):
     lowered = train_step.lower(trainable, opt_state, frozen, batch, step)
   compiled = lowered.compile()
@@ -80,8 +70,8 @@ def precompile(model_config: T5Config, prompt_length: Optional[int] = 100,
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return dict(
       devices=mesh.size, mesh=dict(mesh.shape),
-      parameters=params_lib.param_count(shapes),
-      trainable_parameters=params_lib.param_count(t_shapes),
+      parameters=params_lib.param_count(trainable) + params_lib.param_count(frozen),
+      trainable_parameters=params_lib.param_count(trainable),
       per_device_bytes=dict(
           frozen_params=_per_device_bytes(frozen),
           trainable_params=_per_device_bytes(trainable),

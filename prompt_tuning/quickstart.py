@@ -24,9 +24,10 @@ import numpy as np
 import optax
 
 from prompt_tuning import evaluation
-from prompt_tuning.models import params as params_lib
-from prompt_tuning.models.t5 import T5, T5Config
+from prompt_tuning.models import presets
+from prompt_tuning.models.t5 import T5, T5Config  # noqa: F401  (T5 re-exported for tests)
 from prompt_tuning.prompts import initializers, soft
+from prompt_tuning.runtime.specs import DataSpec, ModelSpec
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.train import freezing, loop
 from prompt_tuning.runtime import setup as model_setup
@@ -34,20 +35,16 @@ from prompt_tuning.runtime import setup as model_setup
 log = logging.getLogger(__name__)
 
 # Backbones share the byte vocabulary; two sizes (and any seed) for recycling.
-SIZES = {
-    "tiny": dict(emb_dim=64, num_heads=4, head_dim=16, mlp_dim=128,
-                 num_encoder_layers=2, num_decoder_layers=2),
-    "small": dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
-                  num_encoder_layers=3, num_decoder_layers=3),
-}
+SIZES = tuple(presets.SYNTHETIC_SIZES)
 
 
 def backbone_config(size: str) -> T5Config:
   from prompt_tuning.tasks import synthetic
   if size not in SIZES:
     raise ValueError(f"Unknown quickstart backbone size {size!r}; expected one of {sorted(SIZES)}")
-  return T5Config(vocab_size=synthetic.VOCAB_ROWS, relative_attention_num_buckets=16,
-                  relative_attention_max_distance=32, **SIZES[size])
+  config = presets.preset("synthetic", size)
+  assert config.vocab_size == synthetic.VOCAB_ROWS, "presets and the synthetic tasks disagree"
+  return config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,20 +83,18 @@ def pretrain(cfg: PretrainConfig, cache_dir: Optional[str] = None,
   schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup,
                                                 cfg.steps, cfg.learning_rate / 10)
   model_config = backbone_config(cfg.size)
-  loop.train(model_dir=work, model_config=model_config,
-             mixture_or_task_name="synthetic_pretrain",
-             task_feature_lengths=synthetic.FEATURE_LENGTHS, train_steps=cfg.steps,
-             batch_size=cfg.batch_size, initial_checkpoint_path=None,
-             trainable_rules=freezing.FULL_FINETUNING_RULES,
+  spec = ModelSpec(model_config, trainable_rules=freezing.FULL_FINETUNING_RULES)
+  loop.train(model_dir=work, model=spec,
+             data=DataSpec("synthetic_pretrain", synthetic.FEATURE_LENGTHS, cfg.batch_size,
+                           seed=cfg.seed),
+             train_steps=cfg.steps,
              optimizer=optax.chain(optax.clip_by_global_norm(1.0),
                                    optax.adamw(schedule, weight_decay=1e-4)),
-             seed=cfg.seed,
-             data_seed=cfg.seed, checkpoint_period=cfg.steps, log_period=100,
+             seed=cfg.seed, checkpoint_period=cfg.steps, log_period=100,
              progress=progress)
   # Export the weights as a T5X-layout checkpoint that the readers load by name.
-  setup_shapes, _ = params_lib.abstract_params(T5(model_config))
   store = checkpoints_lib.CheckpointStore(work)
-  params = store.restore_trainable(setup_shapes)
+  params = store.restore_trainable(model_setup.abstract(spec).trainable)
   store.close()
   ckpt_dir = os.path.join(out, f"checkpoint_{cfg.steps}")
   if os.path.exists(ckpt_dir):  # A previous export died before DONE: redo it.
@@ -121,7 +116,8 @@ def exact_match_of(model_config: T5Config, backbone: str, prompt: Optional[soft.
   from prompt_tuning import decoding
   from prompt_tuning.tasks import synthetic
   from prompt_tuning.runtime import data as data_lib
-  setup = model_setup.build(model_config, backbone, prompt, require_trainable=False)
+  setup = model_setup.build(ModelSpec(model_config, backbone, prompt),
+                            require_trainable=False, init_trainable=trainable is None)
   params = freezing.merge(trainable if trainable is not None else setup.trainable,
                           setup.frozen)
   task_obj = data_lib.get_task_or_mixture(task)
@@ -165,17 +161,13 @@ def run(cache_dir: Optional[str] = None, pretrain_cfg: PretrainConfig = Pretrain
   print(f"[2/3] Prompt tuning a {prompt_cfg.length}-token prompt on {task} "
         f"({prompt_cfg.steps} steps; the backbone is frozen)", flush=True)
   model_dir = os.path.join(work_dir, "prompt")
-  summary = loop.train(model_dir=model_dir, model_config=model_config,
-                       mixture_or_task_name=task,
-                       task_feature_lengths=synthetic.FEATURE_LENGTHS,
-                       train_steps=prompt_cfg.steps, batch_size=prompt_cfg.batch_size,
-                       initial_checkpoint_path=backbone, encoder_prompt=prompt(sampled),
-                       checkpoint_period=prompt_cfg.steps, log_period=50,
-                       seed=prompt_cfg.seed, progress=progress)
+  spec = ModelSpec(model_config, backbone, prompt(sampled))
+  summary = loop.train(model_dir=model_dir, model=spec,
+                       data=DataSpec(task, synthetic.FEATURE_LENGTHS, prompt_cfg.batch_size),
+                       train_steps=prompt_cfg.steps, checkpoint_period=prompt_cfg.steps,
+                       log_period=50, seed=prompt_cfg.seed, progress=progress)
   store = checkpoints_lib.CheckpointStore(model_dir)
-  abstract = model_setup.abstract(model_setup.build(model_config, backbone,
-                                                    prompt(sampled)).trainable)
-  trained = store.restore_trainable(abstract)
+  trained = store.restore_trainable(model_setup.abstract(spec).trainable)
   store.close()
 
   print(f"[3/3] Evaluating exact match on {eval_examples} held-out words", flush=True)

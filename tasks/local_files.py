@@ -28,6 +28,7 @@ from typing import Any, Mapping, Optional, Sequence
 import seqio
 import tensorflow as tf
 
+from prompt_tuning import registry
 from prompt_tuning.tasks import metrics as metrics_lib
 from prompt_tuning.tasks import postprocessors
 from prompt_tuning.tasks import vocabularies
@@ -110,6 +111,7 @@ def format_records(rows: Sequence[Mapping[str, Any]], path: str, input_template:
   return {"inputs": inputs, "targets": targets}
 
 
+@registry.configurable
 def file_task(name: str, splits: Mapping[str, str], input_template: str, target_field: str,
               verbalizers: Optional[Mapping[Any, str]] = None,
               metrics: Sequence[str] = ("accuracy",), file_format: Optional[str] = None,
@@ -159,6 +161,7 @@ def file_task(name: str, splits: Mapping[str, str], input_template: str, target_
   return name
 
 
+@registry.configurable
 def ensemble_task(task: str, num_prompts: int) -> str:
   """Registers `<task>_ensemble<N>`: the task with a `task_index` in [0, N) per example.
 

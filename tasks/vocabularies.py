@@ -22,6 +22,8 @@ from typing import Optional
 
 import seqio
 
+from prompt_tuning import registry
+
 # T5X's default vocabulary for T5 1.0 / 1.1 (32,000 pieces + 100 sentinels).
 T5_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 # mT5 / umT5's (250,000 pieces + 100 sentinels).
@@ -29,6 +31,7 @@ MT5_SPM_PATH = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
 KINDS = ("t5", "mt5", "byte", "sentencepiece")
 
 
+@registry.configurable
 @dataclasses.dataclass(frozen=True)
 class TaskVocabularyConfig:
   """Which vocabulary the registered benchmark tasks use."""

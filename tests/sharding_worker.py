@@ -28,6 +28,7 @@ def main(argv):
   from prompt_tuning.prompts import initializers, soft
   from prompt_tuning.train import loop
   from prompt_tuning.runtime import partitioning
+  from prompt_tuning.runtime.specs import DataSpec, ModelSpec
   from tests.test_sharding import MODEL_CONFIG
   results = {}
   for spec in meshes:
@@ -38,11 +39,10 @@ def main(argv):
                                           num_devices=int(count) if count else None)
     model_dir = os.path.join(model_dir_root, name or mesh.replace(",", "x").replace("@", "_on"))
     prompt = soft.SoftPrompt(length=4, init=initializers.sampled_vocab(backbone, 4, first_n=259))
-    summary = loop.train(model_dir=model_dir, model_config=MODEL_CONFIG,
-                         mixture_or_task_name="synthetic_reverse_bare",
-                         task_feature_lengths={"inputs": 16, "targets": 8},
-                         train_steps=int(steps), batch_size=8, initial_checkpoint_path=backbone,
-                         encoder_prompt=prompt, checkpoint_period=int(steps), log_period=1,
+    summary = loop.train(model_dir=model_dir, model=ModelSpec(MODEL_CONFIG, backbone, prompt),
+                         data=DataSpec("synthetic_reverse_bare", {"inputs": 16, "targets": 8},
+                                       8),
+                         train_steps=int(steps), checkpoint_period=int(steps), log_period=1,
                          progress=False, partitioning_config=cfg)
     results[mesh] = dict(loss=summary["last_metrics"]["loss"], step=summary["step"],
                          start_step=summary["start_step"], devices=jax.device_count(),

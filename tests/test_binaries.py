@@ -15,11 +15,12 @@ import jax
 import numpy as np
 import pytest
 
+from prompt_tuning.runtime.specs import DataSpec, ModelSpec
 from prompt_tuning.cli import main as main_lib
 from prompt_tuning import trees as tree_lib
 from prompt_tuning.train import loop
 from tests import test_t5x_reader
-from tests.conftest import REPO_ROOT, fixture_path
+from tests.conftest import REPO_ROOT, TINY_T5X_CONFIG, fixture_path
 
 # The T5X fixture's shapes, as a gin model file.
 FIXTURE_MODEL_GIN = """
@@ -101,7 +102,7 @@ def t5x_fixture_digest() -> str:
           os.path.join(ckpt, node))
     elif isinstance(node, np.ndarray):
       reference[name] = node
-  return loop.tree_digest(tree_lib.unflatten(reference))
+  return tree_lib.tree_digest(tree_lib.unflatten(reference))
 
 
 def test_frozen_weights_are_bit_identical_to_the_t5x_checkpoint(trained):
@@ -216,16 +217,96 @@ def test_prompt_learns_on_a_tiny_model(tmp_path):
       totals = m if totals is None else {k: totals[k] + m[k] for k in m}
     return float(totals["cross_entropy_sum"] / totals["num_tokens"])
 
-  setup = model_setup.build(cfg, backbone, prompt())
+  setup = model_setup.build(ModelSpec(cfg, backbone, prompt()))
   before = validation_loss(setup.trainable, setup)
   run = str(tmp_path / "run")
-  loop.train(model_dir=run, model_config=cfg, mixture_or_task_name="pt_test_sentiment",
-             task_feature_lengths=lengths, train_steps=150, batch_size=16,
-             initial_checkpoint_path=backbone, encoder_prompt=prompt(), checkpoint_period=150,
-             progress=False)
+  loop.train(model_dir=run, model=ModelSpec(cfg, backbone, prompt()),
+             data=DataSpec("pt_test_sentiment", lengths, 16), train_steps=150,
+             checkpoint_period=150, progress=False)
   store = checkpoints_lib.CheckpointStore(run)
-  trained_prompt = store.restore_trainable(model_setup.abstract(setup.trainable))
+  trained_prompt = store.restore_trainable(setup.abstract.trainable)
   store.close()
   after = validation_loss(trained_prompt, setup)
   print(f"validation loss before {before:.3f}, after {after:.3f}")
   assert after < 0.6 * before, (before, after)
+
+
+def test_each_checkpoint_array_is_read_once_and_restores_run_no_initializer(workdir, monkeypatch):
+  """Two-phase setup: train reads every backbone array once (the sampled-vocabulary
+  initializer is served the embedding table already read); eval/infer restoring a
+  checkpoint read it once and run no initializer; the abstract phase reads nothing."""
+  from prompt_tuning import readers
+  from prompt_tuning.prompts import initializers, soft
+  from prompt_tuning.runtime import setup as model_setup
+  ckpt = fixture_path("t5x_tiny_checkpoint")
+  names = set(readers.open_checkpoint(ckpt).names())
+  sampled = []
+  real = initializers._sample_rows
+  monkeypatch.setattr(initializers, "_sample_rows",
+                      lambda *a, **k: sampled.append(1) or real(*a, **k))
+
+  def reads():
+    counts = dict(readers.ARRAY_READS)
+    readers.ARRAY_READS.clear()
+    return counts
+
+  run = str(workdir / "reads")
+  reads()
+  assert _run("train", run, "--gin.TRAIN_STEPS=2", "--gin.CHECKPOINT_PERIOD=2") == 0
+  counts = reads()
+  assert {name for _, name in counts} == names
+  assert set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
+  assert sampled == [1]
+  sampled.clear()
+  for command in ("eval", "infer"):
+    assert _run(command, run, f"--gin.MAX_{command.upper()}_EXAMPLES=4") == 0
+    counts = reads()
+    assert {name for _, name in counts} == names and set(counts.values()) == {1}
+    assert sampled == [], f"{command} ran the prompt initializer while restoring"
+  spec = ModelSpec(TINY_T5X_CONFIG, ckpt, soft.SoftPrompt(4, init=initializers.sampled_vocab(ckpt, 4)))
+  abstract = model_setup.abstract(spec)
+  assert reads() == {} and sampled == []
+  assert abstract.trainable["encoder_prompt"]["prompt"].shape == (4, 4)
+
+
+DECODER_PROMPT_GIN = TINY_MODEL_GIN + """
+ModelSpec.decoder_prompt = @decoder/SoftPrompt()
+decoder/SoftPrompt.length = 2
+decoder/SoftPrompt.init = @prompt_init.random_uniform()
+"""
+
+
+def test_every_binary_takes_a_decoder_prompt(workdir):
+  """The model spec is the same object in train, eval, infer and precompile."""
+  (workdir / "decoder_model.gin").write_text(DECODER_PROMPT_GIN)
+  model_gin = f"--gin_file={workdir / 'decoder_model.gin'}"
+  run = str(workdir / "decoder_prompt")
+  common = [f"--gin.MODEL_DIR='{run}'", "--gin.MIXTURE_OR_TASK_NAME='pt_test_sentiment'",
+            f"--gin.INITIAL_CHECKPOINT_PATH='{fixture_path('t5x_tiny_checkpoint')}'",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}", "--gin.BATCH_SIZE=8"]
+  try:
+    gin.clear_config()
+    assert main_lib.main(["train", model_gin, "--gin_file=runs/prompt_finetune.gin", *common,
+                          "--gin.TRAIN_STEPS=2", "--gin.CHECKPOINT_PERIOD=2"]) == 0
+    exported = sorted(os.listdir(os.path.join(run, "prompts", "step_2")))
+    assert exported == ["decoder_prompt.prompt.npy", "encoder_prompt.prompt.npy"]
+    assert np.load(os.path.join(run, "prompts", "step_2", exported[0])).shape == (2, 4)
+    gin.clear_config()
+    assert main_lib.main(["eval", model_gin, "--gin_file=runs/prompt_eval.gin", *common,
+                          "--gin.MAX_EVAL_EXAMPLES=4"]) == 0
+    gin.clear_config()
+    assert main_lib.main(["infer", model_gin, "--gin_file=runs/prompt_infer.gin", *common,
+                          "--gin.MAX_INFER_EXAMPLES=4"]) == 0
+    lines = open(os.path.join(run, "infer", "pt_test_sentiment-validation-step_2.jsonl"))
+    assert len(lines.readlines()) == 4
+    gin.clear_config()
+    result = subprocess.run(
+        [sys.executable, "-m", "prompt_tuning.cli.main", "precompile", model_gin,
+         "--gin_file=runs/precompile.gin", "--gin.BATCH_SIZE=8",
+         "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["trainable_parameters"] == (4 + 2) * 4  # both prompts, [P, H] each
+  finally:
+    gin.clear_config()

@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from prompt_tuning.models.t5 import shift_right
 from prompt_tuning import decoding  # noqa: E402
 from prompt_tuning import readers  # noqa: E402
 from prompt_tuning.models.t5 import T5  # noqa: E402
@@ -101,7 +102,7 @@ def test_config_read_from_config_json(pair):
 def test_encoder_and_logits_match(pair):
   variant, hf_model, _, model, params = pair
   enc, tgt = _batch()
-  dec_in = np.asarray(decoding.shift_right(jnp.asarray(tgt)))
+  dec_in = np.asarray(shift_right(jnp.asarray(tgt)))
   with torch.no_grad():
     out = hf_model(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc > 0),
                    decoder_input_ids=torch.tensor(dec_in), output_hidden_states=False)

@@ -105,7 +105,7 @@ def _model_and_params(prompt):
 @pytest.mark.parametrize("prompt", [
     multi_task.MultiTaskPrompt(length=3, num_tasks=3, mode="project"),
     multi_task.PromptBank(num_prompts=3, length=3),
-    hyper.HyperPrompt(CFG, num_tasks=3, length=2),
+    hyper.HyperPrompt(model_config=CFG, num_tasks=3, length=2),
 ], ids=["multi_task", "bank", "hyperprompt"])
 def test_mixed_batch_equals_single_task_batches(prompt):
   model, params = _model_and_params(prompt)
@@ -145,7 +145,7 @@ def test_attention_prefix_is_prepended_keys_and_values():
 
 
 def test_hyperprompt_shapes_and_layers():
-  module = hyper.HyperPrompt(CFG, num_tasks=3, length=4)
+  module = hyper.HyperPrompt(model_config=CFG, num_tasks=3, length=4)
   params, emb, mask, (x, out_mask, (k, v)) = _seam(module, TOKENS, **IDX)
   np.testing.assert_array_equal(x, emb)  # the input sequence is unchanged
   np.testing.assert_array_equal(out_mask, mask)
@@ -217,10 +217,10 @@ def test_ensembles_vote_or_average():
   scores = jnp.asarray([[[-1.0, -2.0], [-5.0, -0.1]],
                         [[-1.0, -2.0], [-0.2, -9.0]],
                         [[-9.0, -2.0], [-0.3, -8.0]]])
-  np.testing.assert_array_equal(multi_task.ensemble_rank(scores, "majority_vote"), [0, 0])
-  np.testing.assert_array_equal(multi_task.ensemble_rank(scores, "mean_log_prob"), [1, 0])
+  np.testing.assert_array_equal(evaluation.ensemble_rank(scores, "majority_vote"), [0, 0])
+  np.testing.assert_array_equal(evaluation.ensemble_rank(scores, "mean_log_prob"), [1, 0])
   with pytest.raises(ValueError, match="Unknown ensemble method"):
-    multi_task.ensemble_rank(scores, "median")
+    evaluation.ensemble_rank(scores, "median")
 
 
 def test_ensemble_predict_runs_every_prompt():
@@ -304,7 +304,7 @@ def test_only_the_methods_own_parameters_train(method, tmp_path):
 
 
 def test_trainable_rules_switch_trains_the_backbone_too():
-  prompt = hyper.HyperPrompt(CFG, num_tasks=2, length=2)
+  prompt = hyper.HyperPrompt(model_config=CFG, num_tasks=2, length=2)
   model, params = _model_and_params(prompt)
   frozen_mask = freezing.trainable_mask(params, freezing.PROMPT_TUNING_RULES)
   assert {k for k, v in frozen_mask.items() if v} == {

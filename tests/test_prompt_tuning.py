@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from prompt_tuning.models.t5 import shift_right
 from prompt_tuning.models import params as params_lib
 from prompt_tuning.models import presets
 from prompt_tuning.models.t5 import T5, T5Config
@@ -86,8 +87,11 @@ def test_sampled_vocab_takes_rows_of_the_first_n():
   # The same from the checkpoint itself (the default source: the backbone).
   from_ckpt = initializers.sampled_vocab(fixture_path("t5x_tiny_checkpoint"), 20, 50)(None, (20, 4))
   np.testing.assert_array_equal(value, from_ckpt)
+  # Checked when the initializer runs (it reads the table only then).
   with pytest.raises(ValueError, match="first_n=40000"):
-    initializers.sampled_vocab(table, 5, first_n=40000)
+    initializers.sampled_vocab(table, 5, first_n=40000)(None, (5, 4))
+  with pytest.raises(ValueError, match="first_n=0 must be at least 1"):
+    initializers.sampled_vocab(table, 5, first_n=0)
 
 
 def test_class_labels_average_their_subtokens_then_fallback():
@@ -124,7 +128,7 @@ def test_from_file_casts_and_checks_shape(tmp_path):
   pickled = tmp_path / "pickled.npy"
   np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
   with pytest.raises(ValueError, match="pickled objects are refused"):
-    initializers.from_file(str(pickled))
+    initializers.from_file(str(pickled))(None, (1,))
   with pytest.raises(FileNotFoundError, match="not found"):
     initializers.from_file(str(tmp_path / "missing.npy"))
 
@@ -151,7 +155,7 @@ def _batch():
   enc = jnp.array([[5, 6, 7, 8, 1], [9, 10, 1, 0, 0]])
   tgt = jnp.array([[11, 12, 1], [13, 1, 0]])
   return dict(encoder_input_tokens=enc, decoder_target_tokens=tgt,
-              decoder_input_tokens=jnp.pad(tgt, ((0, 0), (1, 0)))[:, :-1],
+              decoder_input_tokens=shift_right(tgt),
               decoder_loss_weights=(tgt > 0).astype(jnp.float32))
 
 
@@ -265,7 +269,8 @@ def test_run_configs_parse_with_their_documented_macros(run, fn, extra):
                        "SENTENCEPIECE_MODEL = 'spm'", "PROMPT_TEXT = 'x'", "PROMPT_FILE = 'p.npy'"])
   assert str(gin.query_parameter(f"{fn}.model_dir")) == "%MODEL_DIR"
   assert gin.query_parameter("%MODEL_DIR") == "/tmp/x"
-  assert str(gin.query_parameter(f"{fn}.encoder_prompt")) == "%ENCODER_PROMPT"
+  assert str(gin.query_parameter(f"{fn}.model")) == "@ModelSpec()"
+  assert str(gin.query_parameter("ModelSpec.encoder_prompt")) == "%ENCODER_PROMPT"
   assert gin.query_parameter("%PROMPT_LENGTH") == 100
   if "decoding/beam_search.gin" in extra and fn != "train":
     assert gin.query_parameter("DecodingConfig.method") == "beam"

@@ -70,6 +70,6 @@ def test_gin_pretraining_config_matches_the_quickstart():
     gin.clear_config()
   gin_utils.parse_gin(["models/synthetic_tiny.gin", "runs/pretrain_synthetic.gin"],
                       ["MODEL_DIR = '/tmp/x'"])
-  assert gin.query_parameter("train.mixture_or_task_name") == "synthetic_pretrain"
-  assert str(gin.query_parameter("train.trainable_rules")) == "%FULL_FINETUNING_RULES"
+  assert gin.query_parameter("DataSpec.task") == "synthetic_pretrain"
+  assert str(gin.query_parameter("ModelSpec.trainable_rules")) == "%FULL_FINETUNING_RULES"
   gin.clear_config()

@@ -13,6 +13,8 @@ import numpy as np
 import optax
 import pytest
 
+from prompt_tuning.runtime.specs import DataSpec, ModelSpec
+from prompt_tuning import trees as tree_lib
 from prompt_tuning.prompts import initializers, soft
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.train import loop
@@ -28,10 +30,9 @@ def _train(model_dir, steps=6, seed=0, optimizer=None, **kwargs):
   import tests.tiny_tasks  # noqa: F401
   ckpt = fixture_path("t5x_tiny_checkpoint")
   prompt = soft.SoftPrompt(length=4, init=initializers.sampled_vocab(ckpt, 4, seed=seed))
-  return loop.train(model_dir=str(model_dir), model_config=TINY_T5X_CONFIG,
-                    mixture_or_task_name="pt_test_sentiment", task_feature_lengths=LENGTHS,
-                    train_steps=steps, batch_size=8, initial_checkpoint_path=ckpt,
-                    encoder_prompt=prompt, checkpoint_period=2, seed=seed, data_seed=seed,
+  return loop.train(model_dir=str(model_dir), model=ModelSpec(TINY_T5X_CONFIG, ckpt, prompt),
+                    data=DataSpec("pt_test_sentiment", LENGTHS, 8, seed=seed),
+                    train_steps=steps, checkpoint_period=2, seed=seed,
                     optimizer=optimizer, progress=False, **kwargs)
 
 
@@ -158,9 +159,9 @@ def test_backbone_unchanged_by_train_eval_and_infer(tmp_path):
   ckpt = fixture_path("t5x_tiny_checkpoint")
   on_disk = _files_digest(ckpt)
   summary = _train(tmp_path / "run", steps=2, frozen_digest=True)
-  setup = model_setup.build(TINY_T5X_CONFIG, ckpt, soft.SoftPrompt(length=4))
-  assert summary["frozen_sha256"] == loop.tree_digest(setup.frozen)
-  before = loop.tree_digest(setup.frozen)
+  setup = model_setup.build(ModelSpec(TINY_T5X_CONFIG, ckpt, soft.SoftPrompt(length=4)))
+  assert summary["frozen_sha256"] == tree_lib.tree_digest(setup.frozen)
+  before = tree_lib.tree_digest(setup.frozen)
   params = {**setup.trainable, **setup.frozen}
 
   class Vocab:
@@ -172,7 +173,7 @@ def test_backbone_unchanged_by_train_eval_and_infer(tmp_path):
   evaluation.predict(setup.model, params, examples, Vocab(), 16, 2,
                      class_labels=None, decoding_config=decoding.DecodingConfig(
                          method="beam", num_beams=2, max_decode_length=4))       # eval
-  assert loop.tree_digest(setup.frozen) == before
+  assert tree_lib.tree_digest(setup.frozen) == before
   assert _files_digest(ckpt) == on_disk
 
 

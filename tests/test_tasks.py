@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import prompt_tuning.tasks  # noqa: F401  (registers the tasks)
+from prompt_tuning.runtime.specs import DataSpec, ModelSpec
 from prompt_tuning.cli import main as main_lib
 from prompt_tuning.tasks import benchmarks, local_files, metrics, postprocessors, vocabularies
 from tests.conftest import fixture_path
@@ -367,9 +368,9 @@ def test_file_task_trains_a_prompt_end_to_end(tmp_path):
                           "--gin.DecodingConfig.max_decode_length=12"]) == 0
     # The loss on held-out data fell.
     prompt = soft.SoftPrompt(length=8, init=initializers.sampled_vocab(backbone, 8, first_n=256))
-    setup = model_setup.build(cfg, backbone, prompt)
+    setup = model_setup.build(ModelSpec(cfg, backbone, prompt))
     store = checkpoints_lib.CheckpointStore(run)
-    trained = store.restore_trainable(model_setup.abstract(setup.trainable))
+    trained = store.restore_trainable(setup.abstract.trainable)
     store.close()
     eval_step = jax.jit(step_lib.make_eval_step(setup.model))
 
@@ -408,15 +409,15 @@ def test_rank_variant_scores_the_same_as_class_label_ranking(tmp_path, byte_voca
   backbone = str(tmp_path / "backbone")
   ocp.PyTreeCheckpointer().save(os.path.join(backbone, "checkpoint_0"), {
       "target": jax.device_get(params_lib.init_params(T5(cfg), jax.random.PRNGKey(1)))})
-  common = dict(model_dir=str(tmp_path / "run"), model_config=cfg,
-                task_feature_lengths={"inputs": 48, "targets": 12}, batch_size=4,
-                initial_checkpoint_path=backbone, encoder_prompt=soft.SoftPrompt(length=3),
-                restore_checkpoint=False, split="validation")
+  common = dict(model_dir=str(tmp_path / "run"),
+                model=ModelSpec(cfg, backbone, soft.SoftPrompt(length=3)),
+                restore_checkpoint=False)
+  data = DataSpec("", {"inputs": 48, "targets": 12}, 4, split="validation")
   with tfds.testing.mock_data(num_examples=10):
     ranked = evaluation.evaluate(
-        mixture_or_task_name="taskless_glue_sst2_v002_positive_negative_rank", **common)
+        data=data.replace(task="taskless_glue_sst2_v002_positive_negative_rank"), **common)
     labels = evaluation.evaluate(
-        mixture_or_task_name="taskless_glue_sst2_v002_positive_negative",
+        data=data.replace(task="taskless_glue_sst2_v002_positive_negative"),
         class_labels=["negative", "positive"], **common)
   assert ranked["num_examples"] == 20 and labels["num_examples"] == 10
   assert ranked["accuracy"] == pytest.approx(labels["accuracy"])

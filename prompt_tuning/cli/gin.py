@@ -1,6 +1,7 @@
 """Gin at the edges: registers the configurables and parses T5X-style flags.
 
-Library modules never import gin; the binaries call `parse_gin_flags`.
+Library modules never import gin (they declare what gin may bind in
+`prompt_tuning.registry`); the binaries call `parse_gin`.
 Bundled configs (the repository's configs/ folder) are on gin's search path,
 so `--gin_file=models/t5_1_1_base.gin` works from any working directory.
 """
@@ -14,7 +15,6 @@ from typing import Any, Iterator, Sequence
 
 import gin
 
-from prompt_tuning.models import t5 as t5_lib
 
 _REGISTERED = False
 
@@ -29,46 +29,46 @@ def configs_dir() -> str:
   raise FileNotFoundError(f"Bundled gin configs not found next to {here}")
 
 
+# The library's modules whose definitions declare gin configurables
+# (prompt_tuning.registry); everything under these packages is imported.
+_LIBRARY_PACKAGES = ("prompt_tuning.models", "prompt_tuning.prompts", "prompt_tuning.runtime",
+                     "prompt_tuning.train")
+_LIBRARY_MODULES = ("prompt_tuning.decoding", "prompt_tuning.evaluation",
+                    "prompt_tuning.precompile", "prompt_tuning.tasks.local_files",
+                    "prompt_tuning.tasks.vocabularies")
+
+
 def register_configurables() -> None:
   """Makes the binaries' functions and config objects bindable (idempotent).
 
-  Registered names: T5Config, SoftPrompt, MultiTaskPrompt, PromptBank,
-  HyperPrompt, InputDependentPrompt, AttemptPrompt, ensemble_task, DecodingConfig, PartitioningConfig,
-  train, evaluate, infer, precompile, prompt_init.{random_uniform,sampled_vocab,class_labels,from_string,
-  from_file}, prompt_tuning_adafactor, every public optax function and
-  schedule as optax.<name>, seqio.SentencePieceVocabulary and
-  seqio.ByteVocabulary, TaskVocabularyConfig (the benchmark tasks' vocabulary)
-  and file_task (a task from local files); constants PROMPT_TUNING_RULES and
-  FULL_FINETUNING_RULES.
+  The library declares its own configurables where they are defined
+  (`prompt_tuning.registry`): T5Config, ModelSpec, DataSpec,
+  PartitioningConfig, DecodingConfig, the prompt modules, the prompt_init.*
+  initializers, train / evaluate / infer / precompile, ... Here they are
+  handed to gin, with every public optax function and schedule as
+  optax.<name> and seqio's SentencePieceVocabulary and ByteVocabulary.
   """
   global _REGISTERED
   if _REGISTERED:
     return
+  import importlib
+  import pkgutil
+
   import optax
   import seqio
 
-  from prompt_tuning import decoding, evaluation, precompile
-  from prompt_tuning.prompts import initializers, soft
-  from prompt_tuning.train import freezing, loop, optimizers
-  from prompt_tuning.runtime import partitioning
-
-  gin.external_configurable(t5_lib.T5Config, "T5Config")
-  gin.external_configurable(soft.SoftPrompt, "SoftPrompt")
-  from prompt_tuning.prompts import attempt, hyper, input_dependent, multi_task
-  gin.external_configurable(multi_task.MultiTaskPrompt, "MultiTaskPrompt")
-  gin.external_configurable(multi_task.PromptBank, "PromptBank")
-  gin.external_configurable(hyper.HyperPrompt, "HyperPrompt")
-  gin.external_configurable(input_dependent.InputDependentPrompt, "InputDependentPrompt")
-  gin.external_configurable(attempt.AttemptPrompt, "AttemptPrompt")
-  gin.external_configurable(decoding.DecodingConfig, "DecodingConfig")
-  gin.external_configurable(loop.train, "train")
-  gin.external_configurable(evaluation.evaluate, "evaluate")
-  gin.external_configurable(evaluation.infer, "infer")
-  gin.external_configurable(precompile.precompile, "precompile")
-  gin.external_configurable(partitioning.PartitioningConfig, "PartitioningConfig")
-  for name in ("random_uniform", "sampled_vocab", "class_labels", "from_string", "from_file"):
-    gin.external_configurable(getattr(initializers, name), name, module="prompt_init")
-  gin.external_configurable(optimizers.prompt_tuning_adafactor, "prompt_tuning_adafactor")
+  from prompt_tuning import registry
+  for package in _LIBRARY_PACKAGES:
+    pkg = importlib.import_module(package)
+    for info in pkgutil.iter_modules(pkg.__path__, package + "."):
+      if not info.name.endswith("__main__"):
+        importlib.import_module(info.name)
+  for module in _LIBRARY_MODULES:
+    importlib.import_module(module)
+  for obj, name, module in registry.CONFIGURABLES:
+    gin.external_configurable(obj, name, module=module)
+  for name, value in registry.CONSTANTS.items():
+    gin.constant(name, value)
   for name in dir(optax) + [f"schedules.{n}" for n in dir(optax.schedules)]:
     obj = getattr(optax.schedules, name.split(".")[1]) if "." in name else getattr(optax, name)
     if not name.split(".")[-1].startswith("_") and callable(obj) and name[0].islower():
@@ -79,38 +79,7 @@ def register_configurables() -> None:
   gin.external_configurable(seqio.SentencePieceVocabulary, "SentencePieceVocabulary",
                             module="seqio")
   gin.external_configurable(seqio.ByteVocabulary, "ByteVocabulary", module="seqio")
-  from prompt_tuning.tasks import local_files, vocabularies
-  gin.external_configurable(vocabularies.TaskVocabularyConfig, "TaskVocabularyConfig")
-  gin.external_configurable(local_files.file_task, "file_task")
-  gin.external_configurable(local_files.ensemble_task, "ensemble_task")
-  gin.constant("PROMPT_TUNING_RULES", tuple(freezing.PROMPT_TUNING_RULES))
-  gin.constant("FULL_FINETUNING_RULES", tuple(freezing.FULL_FINETUNING_RULES))
   _REGISTERED = True
-
-
-def split_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str], list[str]]:
-  """T5X-style flags: (gin files, bindings, search paths, other args).
-
-  `--gin_file=F` (repeatable), `--gin.NAME=VALUE` (a binding `NAME = VALUE`,
-  VALUE a gin literal such as "'text'" or 100), `--gin_search_paths=a,b`.
-  """
-  files, bindings, paths, rest = [], [], [], []
-  args = list(argv)
-  while args:
-    arg = args.pop(0)
-    if arg.startswith("--gin_file"):
-      files.append(arg.split("=", 1)[1] if "=" in arg else args.pop(0))
-    elif arg.startswith("--gin_search_paths"):
-      value = arg.split("=", 1)[1] if "=" in arg else args.pop(0)
-      paths.extend(p for p in value.split(",") if p)
-    elif arg.startswith("--gin."):
-      if "=" not in arg:
-        raise ValueError(f"Bad gin flag {arg!r}: expected --gin.NAME=VALUE")
-      name, value = arg[len("--gin."):].split("=", 1)
-      bindings.append(f"{name} = {value}")
-    else:
-      rest.append(arg)
-  return files, bindings, paths, rest
 
 
 def run_configured(name: str) -> Any:
@@ -184,7 +153,7 @@ def _quiet_root_logger() -> Iterator[None]:
 
 
 def model_config_from_gin(gin_files: Sequence[str], bindings: Sequence[str] = ()
-                          ) -> t5_lib.T5Config:
+                          ) -> Any:
   """Parses the files and returns the value of the MODEL_CONFIG macro."""
   parse_gin(gin_files, bindings)
   return gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()

@@ -12,7 +12,9 @@
 
 train / eval / infer / precompile take T5X's flags: gin files (bundled configs
 are found from any directory), `--gin.MACRO=VALUE` bindings with gin literals
-(`--gin.MODEL_DIR="'/tmp/run'"`), and `--gin_search_paths=a,b`. Multi-host:
+(`--gin.MODEL_DIR="'/tmp/run'"`), and `--gin_search_paths=a,b`;
+`prompt-tuning SUB --help` prints what each expects. Nothing heavy (JAX,
+TensorFlow) is imported until a command runs. Multi-host:
 `--jax_distributed` (JAX's own cluster detection) or `--coordinator_address=
 host:port --num_processes=N --process_id=i`. `--virtual_devices=N` gives N
 CPU devices (for precompile or tests).
@@ -21,10 +23,9 @@ CPU devices (for precompile or tests).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
-
-import numpy as np
 
 
 def _load_model(path: str, max_distance: Optional[int]):
@@ -49,6 +50,7 @@ def _inspect(args) -> int:
 
 def _decode(args) -> int:
   import jax.numpy as jnp
+  import numpy as np
   import sentencepiece as spm
   from prompt_tuning import decoding
   _, model, params = _load_model(args.checkpoint, args.relative_attention_max_distance)
@@ -68,49 +70,6 @@ def _decode(args) -> int:
   return 0
 
 
-_GIN_BINARIES = {"train": "train", "eval": "evaluate", "infer": "infer",
-                 "precompile": "precompile"}
-# Multi-host and device flags, read before JAX starts.
-_HOST_FLAGS = ("--coordinator_address", "--num_processes", "--process_id",
-               "--virtual_devices", "--jax_distributed")
-
-
-def _pop_host_flags(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-  flags, rest = {}, []
-  for arg in argv:
-    name, _, value = arg.partition("=")
-    if name in _HOST_FLAGS:
-      flags[name[2:]] = value or "true"
-    else:
-      rest.append(arg)
-  return flags, rest
-
-
-def _start_jax(flags: dict[str, str]) -> None:
-  """Virtual CPU devices and jax.distributed, from flags or the environment.
-
-  `--jax_distributed` alone calls jax.distributed.initialize() with JAX's own
-  detection (TPU pods, SLURM, ...); `--coordinator_address=host:port
-  --num_processes=N --process_id=i` (or PT_COORDINATOR, PT_NUM_PROCESSES,
-  PT_PROCESS_ID) name the coordinator explicitly.
-  """
-  import os
-  if "virtual_devices" in flags:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
-                               f"device_count={int(flags['virtual_devices'])}").strip()
-  import jax
-  address = flags.get("coordinator_address") or os.environ.get("PT_COORDINATOR")
-  if address:
-    # CPU processes need gloo for their collectives; accelerators ignore it.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=address,
-        num_processes=int(flags.get("num_processes") or os.environ["PT_NUM_PROCESSES"]),
-        process_id=int(flags.get("process_id") or os.environ["PT_PROCESS_ID"]))
-  elif "jax_distributed" in flags:
-    jax.distributed.initialize()
-
-
 def _quickstart(args) -> int:
   import logging
   import os
@@ -125,32 +84,30 @@ def _quickstart(args) -> int:
 
 
 def run_gin_binary(command: str, argv: Sequence[str]) -> int:
-  """Parses gin flags and calls the configured train / evaluate / infer."""
+  """`prompt-tuning <train|eval|infer|precompile> ...`: parses its flags and runs it."""
+  return main([command, *argv])
+
+
+def _run_gin(args: argparse.Namespace, bindings: list[str]) -> int:
+  """Parses gin files and bindings, then calls the configured train / evaluate / ..."""
   import logging
-  import os
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  host_flags, argv = _pop_host_flags(argv)
-  _start_jax(host_flags)
+  _start_jax(args)
   from prompt_tuning.cli import gin as gin_utils
   import prompt_tuning.tasks  # noqa: F401  (registers the bundled seqio tasks)
-  files, bindings, paths, rest = gin_utils.split_flags(argv)
-  if rest:
-    print(f"prompt-tuning {command}: error: unknown arguments {rest}; expected --gin_file=..., "
-          "--gin.NAME=VALUE or --gin_search_paths=...", file=sys.stderr)
-    return 2
-  if not files:
-    print(f"prompt-tuning {command}: error: give at least one --gin_file "
-          "(e.g. --gin_file=runs/prompt_finetune.gin)", file=sys.stderr)
+  if not args.gin_file:
+    print(f"prompt-tuning {args.command}: error: give at least one --gin_file "
+          f"(e.g. --gin_file={_RUN_FILES[args.command]}); see --help", file=sys.stderr)
     return 2
   try:
-    gin_utils.parse_gin(files, bindings, paths)
+    gin_utils.parse_gin(args.gin_file, bindings, args.gin_search_paths)
     gin_utils.apply_task_vocabulary()
-    result = gin_utils.run_configured(_GIN_BINARIES[command])
+    result = gin_utils.run_configured(_GIN_BINARIES[args.command])
   except (FileNotFoundError, ValueError, KeyError, FileExistsError, FloatingPointError) as e:
-    print(f"prompt-tuning {command}: error: {e}", file=sys.stderr)
+    print(f"prompt-tuning {args.command}: error: {e}", file=sys.stderr)
     return 2
-  if command == "precompile":
+  if args.command == "precompile":
     import json
     print(json.dumps(result, indent=1))
   else:
@@ -163,14 +120,11 @@ def _recycle(args) -> int:
   from prompt_tuning.recycling import methods
   if os.path.exists(args.out) and not args.overwrite:
     raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
-  support = {}
-  if args.filter_file:
-    support = dict(filter_file=args.filter_file, skip=args.skip, take=args.take)
-  else:  # All ids both tables share, after `skip`.
-    from prompt_tuning import readers
-    rows = min(readers.open_checkpoint(p).shapes()["token_embedder/embedding"][0]
-               for p in (args.source_checkpoint, args.target_checkpoint))
-    support = dict(support=np.arange(args.skip, rows))
+  import numpy as np
+  # Without a filter file: every id both tables share, after `skip`. Each
+  # table is read once, by the recycler.
+  take = args.take if args.filter_file else None
+  support = dict(filter_file=args.filter_file, skip=args.skip, take=take)
   recycled = methods.recycle(args.prompt, args.source_checkpoint, args.target_checkpoint,
                              args.method, **support)
   tmp = args.out + ".tmp.npy"
@@ -228,23 +182,96 @@ def _tasks(args) -> int:
   return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  if argv and argv[0] in _GIN_BINARIES:
-    return run_gin_binary(argv[0], argv[1:])
+# Gin binaries: subcommand -> (the configurable it calls, its run file).
+_GIN_BINARIES = {"train": "train", "eval": "evaluate", "infer": "infer",
+                 "precompile": "precompile"}
+_RUN_FILES = {"train": "runs/prompt_finetune.gin", "eval": "runs/prompt_eval.gin",
+              "infer": "runs/prompt_infer.gin", "precompile": "runs/precompile.gin"}
+
+
+def _start_jax(args: argparse.Namespace) -> None:
+  """Virtual CPU devices and jax.distributed, from flags or the environment.
+
+  `--jax_distributed` alone calls jax.distributed.initialize() with JAX's own
+  detection (TPU pods, SLURM, ...); `--coordinator_address=host:port
+  --num_processes=N --process_id=i` (or PT_COORDINATOR, PT_NUM_PROCESSES,
+  PT_PROCESS_ID) name the coordinator explicitly.
+  """
+  if args.virtual_devices:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
+                               f"device_count={int(args.virtual_devices)}").strip()
+  import jax
+  address = args.coordinator_address or os.environ.get("PT_COORDINATOR")
+  if address:
+    # CPU processes need gloo for their collectives; accelerators ignore it.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=address,
+        num_processes=int(args.num_processes or os.environ["PT_NUM_PROCESSES"]),
+        process_id=int(args.process_id if args.process_id is not None
+                       else os.environ["PT_PROCESS_ID"]))
+  elif args.jax_distributed:
+    jax.distributed.initialize()
+
+
+def _run_file_header(command: str) -> str:
+  """The comment block that opens a bundled run file: what it needs, and an example."""
+  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for configs in (os.path.join(os.path.dirname(here), "configs"), os.path.join(here, "configs")):
+    path = os.path.join(configs, _RUN_FILES[command])
+    if os.path.isfile(path):
+      lines = []
+      with open(path) as f:
+        for line in f:
+          if not line.startswith("#"):
+            break
+          lines.append(line[2:].rstrip() if line.startswith("# ") else line[1:].rstrip())
+      return f"{_RUN_FILES[command]}:\n" + "\n".join(lines)
+  return ""
+
+
+def _add_gin_flags(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--gin_file", action="append", default=[], metavar="FILE",
+                 help="a gin file (repeatable); bundled configs (models/, prompts/, runs/, "
+                      "decoding/) are found from any directory")
+  p.add_argument("--gin_search_paths", type=lambda v: [x for x in v.split(",") if x],
+                 default=[], metavar="A,B", help="more folders to find gin files in")
+  p.add_argument("--virtual_devices", type=int, default=None, metavar="N",
+                 help="N CPU devices (precompile, tests)")
+  p.add_argument("--jax_distributed", action="store_true",
+                 help="multi-host: jax.distributed.initialize() with JAX's own detection")
+  p.add_argument("--coordinator_address", default=None, metavar="HOST:PORT")
+  p.add_argument("--num_processes", type=int, default=None)
+  p.add_argument("--process_id", type=int, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The one parser of the `prompt-tuning` command (no JAX or TensorFlow import)."""
   parser = argparse.ArgumentParser(prog="prompt-tuning", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   allow_abbrev=False)
   sub = parser.add_subparsers(dest="command", required=True)
-  for name in _GIN_BINARIES:
-    sub.add_parser(name, help=f"{name} with gin files and --gin.NAME=VALUE bindings")
+  for name, what in (("train", "train prompts (or anything the freezing rules allow)"),
+                     ("eval", "evaluate a trained prompt with the task's metrics"),
+                     ("infer", "write predictions as JSON Lines"),
+                     ("precompile", "compile a sharded train step from shapes alone")):
+    p = sub.add_parser(
+        name, help=f"{what}: --gin_file=... --gin.NAME=VALUE", allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage=f"prompt-tuning {name} --gin_file=MODEL_FILE --gin_file={_RUN_FILES[name]} "
+              "[--gin_file=...] [--gin.NAME=VALUE ...]",
+        description=f"{what}. Bindings are --gin.NAME=VALUE with VALUE a gin literal, e.g. "
+                    "--gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=1000.",
+        epilog=_run_file_header(name))
+    _add_gin_flags(p)
   for name, helptext in (("inspect", "list a checkpoint's parameters and inferred config"),
                          ("decode", "decode one input with a T5X or Hugging Face checkpoint")):
-    p = sub.add_parser(name, help=helptext)
+    p = sub.add_parser(name, help=helptext, allow_abbrev=False)
     p.add_argument("checkpoint", help="T5X checkpoint (folder or model dir) or HF folder")
     p.add_argument("--relative_attention_max_distance", type=int, default=None,
                    help="not stored in T5X checkpoints; default 128")
   qs = sub.add_parser("quickstart", help="pretrain a small T5 (cached), prompt-tune a held-out "
-                      "task, print the accuracy table")
+                      "task, print the accuracy table", allow_abbrev=False)
   qs.add_argument("--cache_dir", default=None, help="backbone cache (default "
                   "$PROMPT_TUNING_CACHE or ~/.cache/prompt_tuning)")
   qs.add_argument("--work_dir", default=None, help="prompt run folder (default: a temp dir)")
@@ -254,7 +281,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   qs.add_argument("--prompt_steps", type=int, default=400)
   qs.add_argument("--prompt_length", type=int, default=10)
   qs.add_argument("--eval_examples", type=int, default=512)
-  tk = sub.add_parser("tasks", help="list registered tasks and mixtures, or show examples")
+  tk = sub.add_parser("tasks", help="list registered tasks and mixtures, or show examples",
+                      allow_abbrev=False)
   tk.add_argument("action", choices=("list", "show"))
   tk.add_argument("name", nargs="?", default=None,
                   help="list: a regular expression; show: a task or mixture name")
@@ -262,7 +290,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   tk.add_argument("--num_examples", type=int, default=3)
   tk.add_argument("--vocabulary", default=None, help="t5, mt5, byte or a SentencePiece "
                   "model path (default: PT_TASK_VOCABULARY, else T5X's T5 vocabulary)")
-  rc = sub.add_parser("recycle", help="move a prompt from one frozen model to another")
+  rc = sub.add_parser("recycle", help="move a prompt from one frozen model to another",
+                      allow_abbrev=False)
   rc.add_argument("--source_checkpoint", required=True, help="T5X checkpoint or HF folder")
   rc.add_argument("--target_checkpoint", required=True)
   rc.add_argument("--prompt", required=True, help="[P, H_source] .npy")
@@ -282,7 +311,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   dec.add_argument("--num_beams", type=int, default=4)
   dec.add_argument("--temperature", type=float, default=1.0)
   dec.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args(argv)
+  return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = build_parser()
+  args, rest = parser.parse_known_args(argv)
+  bindings, unknown = [], []
+  for arg in rest:
+    if arg.startswith("--gin.") and args.command in _GIN_BINARIES:
+      name, eq, value = arg[len("--gin."):].partition("=")
+      if not eq or not name:
+        print(f"prompt-tuning {args.command}: error: bad gin flag {arg!r}; expected "
+              "--gin.NAME=VALUE", file=sys.stderr)
+        return 2
+      bindings.append(f"{name} = {value}")
+    else:
+      unknown.append(arg)
+  if unknown:
+    expected = ("--gin_file=..., --gin.NAME=VALUE or --gin_search_paths=..."
+                if args.command in _GIN_BINARIES else "see --help")
+    print(f"prompt-tuning {args.command}: error: unknown arguments {unknown}; expected "
+          f"{expected}", file=sys.stderr)
+    return 2
+  if args.command in _GIN_BINARIES:
+    return _run_gin(args, bindings)
   try:
     if args.command == "recycle" and args.skip is None:
       args.skip = 1000 if args.filter_file else 0

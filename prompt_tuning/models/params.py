@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import flax.linen as nn
 import jax
@@ -24,9 +26,31 @@ def init_variables(model: nn.Module, rng: jax.Array, batch: int = 1, enc_len: in
   return model.init(rng, enc, dec, dec, **kwargs)
 
 
+_SHAPES_ONLY = contextvars.ContextVar("shapes_only", default=False)
+
+
+def shapes_only() -> bool:
+  """True while `abstract_params` traces: initializers need return only the shape.
+
+  Initializers that read data (an embedding table, a file) check it and skip
+  the read, so the abstract phase does no I/O.
+  """
+  return _SHAPES_ONLY.get()
+
+
+@contextlib.contextmanager
+def _shapes_only() -> Iterator[None]:
+  token = _SHAPES_ONLY.set(True)
+  try:
+    yield
+  finally:
+    _SHAPES_ONLY.reset(token)
+
+
 def abstract_params(model: nn.Module, **kwargs) -> tuple[Any, Any]:
   """(ShapeDtypeStruct tree, logical PartitionSpec tree) without allocating anything."""
-  boxed = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), **kwargs))
+  with _shapes_only():
+    boxed = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), **kwargs))
   return nn.unbox(boxed["params"]), nn.get_partition_spec(boxed["params"])
 
 
@@ -79,6 +103,3 @@ def unstack_layers(flat: Mapping[str, Any]) -> dict[str, Any]:
         out[f"{m[1]}/layers_{i}/{m[2]}"] = item
   return out
 
-
-def flat_shapes(tree: Any) -> dict[str, Any]:
-  return tree_lib.flatten(tree)

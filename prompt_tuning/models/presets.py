@@ -1,7 +1,9 @@
-"""Published T5 sizes as T5Config presets (T5 1.1 / LM-adapted / Flan, T5 1.0, mT5, umT5).
+"""T5 sizes as T5Config presets: the published ones (T5 1.1 / LM-adapted / Flan,
+T5 1.0, mT5, umT5) and the quickstart's synthetic backbones.
 
-The gin files under configs/sizes and configs/models bind the same numbers;
-tests check that both agree.
+The one source of model sizes: the gin files under configs/sizes and
+configs/models bind the same numbers, and tests/test_model.py checks every
+models/<family>_<size>.gin against `preset(family, size)`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ T5_1_0_SIZES = {
     "3B": (1024, 32, 24, 128, 16384),
     "11B": (1024, 128, 24, 128, 65536),
 }
+# The quickstart's backbones over the byte vocabulary (384 rows: 256 bytes
+# plus seqio's specials, see prompt_tuning.tasks.synthetic).
+SYNTHETIC_SIZES = {
+    "tiny": (64, 4, 2, 16, 128),
+    "small": (128, 4, 3, 32, 256),
+}
 FAMILIES = {
     # family: (size table, overrides)
     "t5_1_1": (T5_1_1_SIZES, dict(vocab_size=32128, mlp_activations=("gelu", "linear"),
@@ -34,6 +42,10 @@ FAMILIES = {
                                logits_via_embedding=False)),
     "umt5": (T5_1_1_SIZES, dict(vocab_size=256384, mlp_activations=("gelu", "linear"),
                                 logits_via_embedding=False, shared_relative_bias=False)),
+    "synthetic": (SYNTHETIC_SIZES, dict(vocab_size=384, mlp_activations=("gelu", "linear"),
+                                        logits_via_embedding=False,
+                                        relative_attention_num_buckets=16,
+                                        relative_attention_max_distance=32)),
 }
 
 

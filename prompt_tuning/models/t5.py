@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from prompt_tuning import registry
 from prompt_tuning.models import layers
 
 Array = jax.Array
@@ -37,6 +38,7 @@ Array = jax.Array
 REMAT_POLICIES = ("none", "full", "dots", "minimal")
 
 
+@registry.configurable
 @dataclasses.dataclass(frozen=True)
 class T5Config:
   """Architecture and numerics of one T5; field names follow T5X's T5Config."""
@@ -345,6 +347,11 @@ class Decoder(nn.Module):
     layer = cache["layers_0"] if "layers_0" in cache else cache["layers"]["layer"]
     cached_key = layer["self_attention"]["cached_key"]
     return cached_key.shape[-3]
+
+
+def shift_right(tokens_BL: Array, start_id: int = 0) -> Array:
+  """Decoder inputs from targets: prepend the start token (0, pad), drop the last."""
+  return jnp.pad(tokens_BL, ((0, 0), (1, 0)), constant_values=start_id)[:, :-1]
 
 
 class T5(nn.Module):

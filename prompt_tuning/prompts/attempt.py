@@ -24,8 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning import registry
 from prompt_tuning.models import layers
-from prompt_tuning.prompts.soft import join_prompt
+from prompt_tuning.prompts import base
+from prompt_tuning.prompts.base import join_prompt
 
 Array = jax.Array
 
@@ -52,7 +54,8 @@ def _max_pool(x_BLH: Array, mask_BL: Array) -> Array:
   return jnp.max(jnp.where(mask_BL[:, :, None], x_BLH, -jnp.inf), axis=1)
 
 
-class AttemptPrompt(nn.Module):
+@registry.configurable
+class AttemptPrompt(base.PromptModule):
   """Attributes:
     source_files: `.npy` source prompts (frozen), each [P, H].
     temperature: the softmax temperature (the paper uses the model width).
@@ -63,8 +66,6 @@ class AttemptPrompt(nn.Module):
   temperature: float = 1.0
   bottleneck: int = 32
   init: Callable[..., Array] = nn.initializers.uniform(0.5)
-  combine: str = "prefix"
-  dtype: Any = jnp.float32
 
   @property
   def num_positions(self) -> int:
@@ -73,8 +74,8 @@ class AttemptPrompt(nn.Module):
   def setup(self):
     sources = load_source_prompts(tuple(self.source_files))
     _, p, h = sources.shape
-    self.target = self.param("target", nn.with_logical_partitioning(
-        self.init, ("prompt", "prompt_embed")), (p, h), self.dtype)
+    self.target = base.param(self, "target", (p, h), ("prompt", "prompt_embed"), self.init,
+                             self.dtype)
     self.down = layers.Dense(self.bottleneck, ("prompt_embed", "attention_bottleneck"),
                              kernel_init=nn.initializers.lecun_normal())
     self.up = layers.Dense(h, ("attention_bottleneck", "prompt_embed"),

@@ -13,35 +13,38 @@ trains); `configs/prompts/hyperprompt.gin` has a switch that trains it too.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from prompt_tuning import registry
 from prompt_tuning.models.t5 import T5Config
-from prompt_tuning.prompts.multi_task import per_example_index, take_rows
+from prompt_tuning.prompts import base
+from prompt_tuning.prompts.base import per_example_index, take_rows
 
 Array = jax.Array
 
 
-class HyperPrompt(nn.Module):
+@registry.configurable
+class HyperPrompt(base.PromptModule):
   """Per-layer key/value prompts from (task embedding, layer embedding).
 
   Attributes:
-    model_config: the backbone's config (encoder layers, heads, head dim).
+    model_config: the backbone's config (encoder layers, heads, head dim);
+      left None, the model spec fills it in.
     num_tasks: T; examples carry `task_index` in [0, T).
     length: P, prompt positions per layer.
     task_dim, layer_dim: embedding sizes; hidden_dim: the hypernetwork's width.
   """
-  model_config: T5Config
   num_tasks: int
   length: int = 8
   task_dim: int = 32
   layer_dim: int = 16
   hidden_dim: int = 64
   index_feature: str = "task_index"
-  dtype: Any = jnp.float32
+  model_config: Optional[T5Config] = None
 
   num_positions = 0  # Nothing is added to the input sequence.
 
@@ -49,12 +52,15 @@ class HyperPrompt(nn.Module):
   def __call__(self, embedded_BLH: Array, tokens_BL: Array, mask_BL: Array,
                deterministic: bool = True, **features):
     cfg = self.model_config
+    if cfg is None:
+      raise ValueError("HyperPrompt needs the backbone's T5Config: build the model through "
+                       "ModelSpec (which fills it in) or pass model_config")
     layers, n, d, p = cfg.num_encoder_layers, cfg.num_heads, cfg.head_dim, self.length
     index_B = per_example_index(features, self.index_feature, "HyperPrompt", self,
                                 embedded_BLH.shape[0])
 
     def param(name, shape, axes, init):
-      return self.param(name, nn.with_logical_partitioning(init, axes), shape, self.dtype)
+      return base.param(self, name, shape, axes, init, self.dtype)
 
     tasks = param("task_embedding", (self.num_tasks, self.task_dim), ("tasks", "task_dim"),
                   nn.initializers.normal(1.0))

@@ -1,8 +1,11 @@
 """Prompt initializers from Lester et al. (2021) and the original library.
 
 Each factory returns a Flax initializer `(rng, shape, dtype) -> [P, H]`.
-Data-dependent ones do their work on the host when built (seeded), so only a
-[P, H] array, never the embedding table, enters the compiled init.
+Data-dependent ones do their host work (reading the embedding table or a
+file, seeded sampling) the first time the initializer really runs, so only a
+[P, H] array, never the table, enters the compiled init; while shapes are
+traced (the abstract setup phase) and when a prompt is restored from a
+checkpoint, they read nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from prompt_tuning import registry
+from prompt_tuning.models import params as params_lib
 
 Initializer = Callable[..., jax.Array]
 
@@ -45,18 +51,24 @@ def load_npy(path: str) -> np.ndarray:
                      f"refused): {e}") from e
 
 
-def _fixed(value_PH: np.ndarray, what: str) -> Initializer:
-  value_PH = np.asarray(value_PH)
+def _fixed(value_PH: Callable[[], np.ndarray] | np.ndarray, what: str) -> Initializer:
+  """An initializer returning a given [P, H] value, or one computed on first real use."""
+  cache: list[np.ndarray] = [] if callable(value_PH) else [np.asarray(value_PH)]
 
   def init(rng, shape, dtype=jnp.float32):
     del rng
-    if tuple(shape) != value_PH.shape:
-      raise ValueError(f"{what} has shape {value_PH.shape} but the prompt parameter has shape "
+    if params_lib.shapes_only():
+      return jnp.zeros(shape, dtype)
+    if not cache:
+      cache.append(np.asarray(value_PH()))
+    if tuple(shape) != cache[0].shape:
+      raise ValueError(f"{what} has shape {cache[0].shape} but the prompt parameter has shape "
                        f"{tuple(shape)} ([prompt length, model width])")
-    return jnp.asarray(value_PH, dtype)
+    return jnp.asarray(cache[0], dtype)
   return init
 
 
+@registry.configurable(module="prompt_init")
 def random_uniform(scale: float = 0.5) -> Initializer:
   """Uniform in [-scale, scale] (the paper's random initialization)."""
   def init(rng, shape, dtype=jnp.float32):
@@ -72,6 +84,7 @@ def _sample_rows(table: np.ndarray, count: int, first_n: Optional[int], seed: in
   return table[rows]
 
 
+@registry.configurable(module="prompt_init")
 def sampled_vocab(embeddings: str | np.ndarray, length: int, first_n: Optional[int] = 5000,
                   seed: int = 0) -> Initializer:
   """Each prompt position is the embedding of a random token among the first N.
@@ -79,8 +92,10 @@ def sampled_vocab(embeddings: str | np.ndarray, length: int, first_n: Optional[i
   The paper samples from the 5,000 most common tokens; T5's SentencePiece ids
   are roughly frequency-ordered, so `first_n` limits to the lowest ids.
   """
-  table = _table(embeddings)
-  return _fixed(_sample_rows(table, length, first_n, seed), "sampled-vocabulary prompt")
+  if first_n is not None and first_n < 1:
+    raise ValueError(f"first_n={first_n} must be at least 1")
+  return _fixed(lambda: _sample_rows(_table(embeddings), length, first_n, seed),
+                "sampled-vocabulary prompt")
 
 
 def _encode(vocabulary: Any, text: str) -> list[int]:
@@ -88,6 +103,7 @@ def _encode(vocabulary: Any, text: str) -> list[int]:
   return [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
 
 
+@registry.configurable(module="prompt_init")
 def class_labels(embeddings: str | np.ndarray, vocabulary: Any, labels: Sequence[str],
                  length: int, fallback: Optional[Initializer] = None,
                  seed: int = 0) -> Initializer:
@@ -96,50 +112,59 @@ def class_labels(embeddings: str | np.ndarray, vocabulary: Any, labels: Sequence
   Remaining positions come from `fallback` (sampled vocabulary by default).
   `vocabulary` is anything with `encode(str) -> ids` (a seqio vocabulary).
   """
-  table = _table(embeddings)
   if len(labels) > length:
     raise ValueError(f"{len(labels)} class labels do not fit a prompt of length {length}")
-  rows = []
-  for label in labels:
-    ids = _encode(vocabulary, label)
-    if not ids:
-      raise ValueError(f"Class label {label!r} encodes to no tokens")
-    if max(ids) >= table.shape[0]:
-      raise ValueError(f"Class label {label!r} has token id {max(ids)} beyond the "
-                       f"{table.shape[0]}-row embedding table")
-    rows.append(table[ids].mean(axis=0))
-  rest = length - len(rows)
-  return _with_fallback(np.stack(rows) if rows else np.zeros((0, table.shape[1])), rest,
-                        fallback or _default_fallback(table, rest, seed) if rest else None,
+
+  def head(table: np.ndarray) -> np.ndarray:
+    rows = []
+    for label in labels:
+      ids = _encode(vocabulary, label)
+      if not ids:
+        raise ValueError(f"Class label {label!r} encodes to no tokens")
+      if max(ids) >= table.shape[0]:
+        raise ValueError(f"Class label {label!r} has token id {max(ids)} beyond the "
+                         f"{table.shape[0]}-row embedding table")
+      rows.append(table[ids].mean(axis=0))
+    return np.stack(rows) if rows else np.zeros((0, table.shape[1]), table.dtype)
+  return _with_fallback(embeddings, head, length - len(labels), fallback, seed,
                         "class-label prompt")
 
 
+@registry.configurable(module="prompt_init")
 def from_string(embeddings: str | np.ndarray, vocabulary: Any, text: str, length: int,
                 fallback: Optional[Initializer] = None, seed: int = 0) -> Initializer:
   """The first positions are the token embeddings of `text`; the rest from `fallback`."""
-  table = _table(embeddings)
   ids = _encode(vocabulary, text)[:length]
-  rest = length - len(ids)
-  return _with_fallback(table[ids], rest,
-                        fallback or _default_fallback(table, rest, seed) if rest else None,
-                        "string prompt")
+  return _with_fallback(embeddings, lambda table: table[ids], length - len(ids), fallback,
+                        seed, "string prompt")
 
 
-def _default_fallback(table: np.ndarray, rest: int, seed: int) -> Initializer:
-  """Sampled vocabulary among the first 5,000 ids (or all, for smaller tables)."""
-  return sampled_vocab(table, rest, first_n=min(5000, table.shape[0]), seed=seed)
-
-
-def _with_fallback(head: np.ndarray, rest: int, fallback: Optional[Initializer],
+def _with_fallback(embeddings: str | np.ndarray, head_fn: Callable[[np.ndarray], np.ndarray],
+                   rest: int, fallback: Optional[Initializer], seed: int,
                    what: str) -> Initializer:
+  """The rows `head_fn(table)` first, then `rest` rows from `fallback`.
+
+  The default fallback is sampled vocabulary among the first 5,000 ids (or
+  all, for smaller tables).
+  """
+  head: list[np.ndarray] = []
+
   def init(rng, shape, dtype=jnp.float32):
     p, h = shape
-    if head.shape[1] != h:
-      raise ValueError(f"{what}: embeddings have width {head.shape[1]}, the prompt {h}")
+    if params_lib.shapes_only():
+      return jnp.zeros(shape, dtype)
+    if not head:
+      table = _table(embeddings)
+      head.append(np.asarray(head_fn(table)))
+      if rest and fallback is None:
+        head.append(_sample_rows(table, rest, min(5000, table.shape[0]), seed))
+    if head[0].shape[1] != h:
+      raise ValueError(f"{what}: embeddings have width {head[0].shape[1]}, the prompt {h}")
     if rest == 0:
-      return jnp.asarray(head, dtype)
-    tail = fallback(rng, (p - head.shape[0], h), dtype)
-    return jnp.concatenate([jnp.asarray(head, dtype), tail], axis=0)
+      return jnp.asarray(head[0], dtype)
+    tail = (jnp.asarray(head[1], dtype) if fallback is None
+            else fallback(rng, (p - head[0].shape[0], h), dtype))
+    return jnp.concatenate([jnp.asarray(head[0], dtype), tail], axis=0)
   return init
 
 
@@ -148,9 +173,15 @@ def from_array(value_PH: np.ndarray) -> Initializer:
   return _fixed(np.asarray(value_PH, np.float32), "prompt array")
 
 
+@registry.configurable(module="prompt_init")
 def from_file(path: str) -> Initializer:
   """A prompt saved as `.npy` ([P, H], any float dtype; cast to the parameter dtype)."""
-  value = load_npy(path)
-  if value.dtype.kind not in "fiu":
-    raise ValueError(f"Prompt file {path} holds dtype {value.dtype}; expected a float array")
-  return _fixed(value, f"Prompt file {path}")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Prompt file not found: {path}")
+
+  def read() -> np.ndarray:
+    value = load_npy(path)
+    if value.dtype.kind not in "fiu":
+      raise ValueError(f"Prompt file {path} holds dtype {value.dtype}; expected a float array")
+    return value
+  return _fixed(read, f"Prompt file {path}")

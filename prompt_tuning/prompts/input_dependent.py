@@ -17,8 +17,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from prompt_tuning import registry
 from prompt_tuning.models import layers
-from prompt_tuning.prompts.soft import join_prompt
+from prompt_tuning.prompts import base
+from prompt_tuning.prompts.base import join_prompt
 
 Array = jax.Array
 
@@ -43,15 +45,14 @@ class _GeneratorLayer(nn.Module):
     return x_BLG + y
 
 
-class InputDependentPrompt(nn.Module):
+@registry.configurable
+class InputDependentPrompt(base.PromptModule):
   """Attributes: length P; width G, num_layers, num_heads, mlp_dim of the generator."""
   length: int
   width: int = 64
   num_layers: int = 1
   num_heads: int = 4
   mlp_dim: int = 128
-  combine: str = "prefix"
-  dtype: Any = jnp.float32
 
   @property
   def num_positions(self) -> int:
@@ -71,9 +72,8 @@ class InputDependentPrompt(nn.Module):
       x = _GeneratorLayer(self.width, self.num_heads, self.mlp_dim, name=f"layers_{i}")(
           x, self_bias)
     x = layers.RMSNorm(name="encoder_norm")(x)
-    queries = self.param("queries", nn.with_logical_partitioning(
-        nn.initializers.normal(1.0), ("prompt", "generator")), (self.length, self.width),
-        jnp.float32)
+    queries = base.param(self, "queries", (self.length, self.width), ("prompt", "generator"),
+                         nn.initializers.normal(1.0))
     q_BPG = jnp.broadcast_to(queries[None], (x.shape[0],) + queries.shape)
     cross_bias = layers.mask_to_bias(jnp.broadcast_to(
         mask_BL[:, None, :], (x.shape[0], self.length, mask_BL.shape[1])))

@@ -11,47 +11,22 @@ the trainer stops on) rather than silently reusing another task's prompt.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from prompt_tuning.prompts.soft import join_prompt
+from prompt_tuning import registry
+from prompt_tuning.prompts import base
+from prompt_tuning.prompts.base import join_prompt, per_example_index, stacked, take_rows
 
 Array = jax.Array
 MULTI_TASK_MODES = ("add", "concat_length", "concat_features", "project")
 
 
-def per_example_index(features: Mapping[str, Array], name: str, owner: str,
-                      module: Optional[nn.Module] = None, batch_size: int = 0) -> Array:
-  """The int32 [B] index feature; zeros while `module` is initializing (shapes only)."""
-  if name not in features and module is not None and module.is_initializing():
-    return jnp.zeros((batch_size,), jnp.int32)
-  if name not in features:
-    raise ValueError(f"{owner} needs the per-example feature {name!r} (an int32 [B]); the "
-                     f"batch has {sorted(features)}. Use a task_index_ task or mixture, or "
-                     "pass prompt_features.")
-  index = jnp.asarray(features[name]).astype(jnp.int32)
-  if index.ndim != 1:
-    raise ValueError(f"{owner}: feature {name!r} must be [B], got shape {index.shape}")
-  return index
-
-
-def take_rows(table: Array, index_B: Array) -> Array:
-  """table[index] per example; NaN rows for an index outside the table."""
-  return jnp.take(table, index_B, axis=0, mode="fill", fill_value=jnp.nan)
-
-
-def stacked(init: Callable[..., Array]) -> Callable[..., Array]:
-  """An initializer for [N, P, H] that calls a [P, H] initializer once per row."""
-  def init_fn(rng, shape, dtype=jnp.float32):
-    rngs = jax.random.split(rng, shape[0])
-    return jnp.stack([init(r, tuple(shape[1:]), dtype) for r in rngs])
-  return init_fn
-
-
-class MultiTaskPrompt(nn.Module):
+@registry.configurable
+class MultiTaskPrompt(base.PromptModule):
   """A shared prompt plus a per-task prompt, combined per example.
 
   Attributes:
@@ -76,9 +51,7 @@ class MultiTaskPrompt(nn.Module):
   task_dim: int = 16
   rank: int = 4
   init: Callable[..., Array] = nn.initializers.uniform(0.5)
-  combine: str = "prefix"
   index_feature: str = "task_index"
-  dtype: Any = jnp.float32
 
   @property
   def num_positions(self) -> int:
@@ -86,8 +59,7 @@ class MultiTaskPrompt(nn.Module):
                           else 0)
 
   def _param(self, name, shape, axes, init=None):
-    return self.param(name, nn.with_logical_partitioning(init or self.init, axes), shape,
-                      self.dtype)
+    return base.param(self, name, shape, axes, init or self.init, self.dtype)
 
   @nn.compact
   def __call__(self, embedded_BLH: Array, tokens_BL: Array, mask_BL: Array,
@@ -133,18 +105,17 @@ class MultiTaskPrompt(nn.Module):
     return join_prompt(prompt_BPH, embedded_BLH, mask_BL, self.combine)
 
 
-class PromptBank(nn.Module):
+@registry.configurable
+class PromptBank(base.PromptModule):
   """N prompts [N, P, H]; each example uses the row its index feature names.
 
   Serves mixed-task batches (index = task) and prompt ensembles (N prompts
-  for one task; see `ensemble_features` and evaluation's ensembling).
+  for one task; see prompt_tuning.ensembles).
   """
   num_prompts: int
   length: int
   init: Callable[..., Array] = nn.initializers.uniform(0.5)
-  combine: str = "prefix"
   index_feature: str = "task_index"
-  dtype: Any = jnp.float32
 
   @property
   def num_positions(self) -> int:
@@ -155,44 +126,6 @@ class PromptBank(nn.Module):
                deterministic: bool = True, **features) -> tuple[Array, Array]:
     index_B = per_example_index(features, self.index_feature, "PromptBank", self,
                                 embedded_BLH.shape[0])
-    bank = self.param("prompts", nn.with_logical_partitioning(
-        stacked(self.init), ("prompts", "prompt", "prompt_embed")),
-        (self.num_prompts, self.length, embedded_BLH.shape[-1]), self.dtype)
+    bank = base.param(self, "prompts", (self.num_prompts, self.length, embedded_BLH.shape[-1]),
+                      ("prompts", "prompt", "prompt_embed"), stacked(self.init), self.dtype)
     return join_prompt(take_rows(bank, index_B), embedded_BLH, mask_BL, self.combine)
-
-
-def ensemble_features(batch_size: int, num_prompts: int,
-                      index_feature: str = "task_index") -> dict[str, Array]:
-  """Features for a batch tiled N times: rows [i*B, (i+1)*B) use prompt i."""
-  return {index_feature: jnp.repeat(jnp.arange(num_prompts, dtype=jnp.int32), batch_size)}
-
-
-def ensemble_scores(score_fn: Callable[[Array, Array, Mapping[str, Array]], Array],
-                    inputs_BL: Array, targets_BT: Array, num_prompts: int,
-                    index_feature: str = "task_index") -> Array:
-  """Per-prompt scores [N, B] of the same examples, from one batch of N*B rows.
-
-  `score_fn(inputs, targets, features) -> [N*B]`, e.g. decoding.score with
-  prompt_features.
-  """
-  b = inputs_BL.shape[0]
-  tiled_inputs = jnp.tile(inputs_BL, (num_prompts, 1))
-  tiled_targets = jnp.tile(targets_BT, (num_prompts, 1))
-  scores = score_fn(tiled_inputs, tiled_targets,
-                    ensemble_features(b, num_prompts, index_feature))
-  return scores.reshape(num_prompts, b)
-
-
-def ensemble_rank(scores_NBC: Array, method: str = "mean_log_prob") -> Array:
-  """The chosen candidate per example [B] from N prompts' candidate scores [N, B, C].
-
-  "mean_log_prob": the best mean log-probability over prompts;
-  "majority_vote": the candidate most prompts rank first (ties: the lower index).
-  """
-  if method == "mean_log_prob":
-    return jnp.argmax(scores_NBC.mean(axis=0), axis=-1)
-  if method == "majority_vote":
-    votes = jax.nn.one_hot(jnp.argmax(scores_NBC, axis=-1), scores_NBC.shape[-1]).sum(axis=0)
-    return jnp.argmax(votes, axis=-1)
-  raise ValueError(f"Unknown ensemble method {method!r}; expected 'mean_log_prob' or "
-                   "'majority_vote'")

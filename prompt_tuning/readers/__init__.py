@@ -10,8 +10,9 @@ cached per path, and `ARRAY_READS` counts every array read, by (folder, name).
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import numpy as np
@@ -20,12 +21,14 @@ from prompt_tuning.models import params as params_lib
 from prompt_tuning.models.t5 import T5Config
 from prompt_tuning import trees as tree_lib
 from prompt_tuning.readers import hf, t5x
-from prompt_tuning.readers.config import config_for, config_from_shapes  # noqa: F401
+from prompt_tuning.readers.config import config_from_shapes
 from prompt_tuning.trees import CheckpointMismatchError  # noqa: F401  (re-export)
 
 # (checkpoint folder, parameter name) -> times read in this process.
 ARRAY_READS: collections.Counter = collections.Counter()
 _OPENED: dict[tuple[str, float], Any] = {}
+# (checkpoint folder, name) -> an array already read, while `serving_loaded` is open.
+_SERVED: dict[tuple[str, str], Any] = {}
 
 
 def is_hf_folder(path: str) -> bool:
@@ -60,7 +63,29 @@ def _read(ckpt: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
 
 def read_array(path: str, name: str) -> np.ndarray:
   """One parameter (e.g. 'token_embedder/embedding') of either format, nothing else."""
-  return _read(open_checkpoint(path), [name])[name]
+  ckpt = open_checkpoint(path)
+  served = _SERVED.get((getattr(ckpt, "dir", path), name))
+  return np.asarray(served) if served is not None else _read(ckpt, [name])[name]
+
+
+@contextlib.contextmanager
+def serving_loaded(path: Optional[str], arrays: Mapping[str, Any]) -> Iterator[None]:
+  """While open, `read_array(path, name)` returns `arrays[name]` instead of reading it.
+
+  The setup reads the backbone once; initializers that need one of its
+  arrays (the embedding table) get that copy.
+  """
+  if not path or not arrays:
+    yield
+    return
+  source = getattr(open_checkpoint(path), "dir", path)
+  keys = [(source, name) for name in arrays]
+  _SERVED.update({(source, name): value for name, value in arrays.items()})
+  try:
+    yield
+  finally:
+    for key in keys:
+      _SERVED.pop(key, None)
 
 
 def load_params(path: str, model: nn.Module, allow_missing: Sequence[str] = (),
@@ -93,3 +118,18 @@ def load_params(path: str, model: nn.Module, allow_missing: Sequence[str] = (),
   flat = {k: np.asarray(v).astype(target_dtype) for k, v in flat.items()}
   return tree_lib.unflatten(flat)
 
+
+def config_for(path: str, relative_attention_max_distance: Optional[int] = None,
+               **overrides) -> T5Config:
+  """The T5Config of a checkpoint: config.json (HF) or the parameter shapes (T5X).
+
+  Reads metadata only, never an array. `relative_attention_max_distance` is
+  not stored in T5X checkpoints (default 128); given, it overrides either
+  format's value.
+  """
+  if relative_attention_max_distance:
+    overrides["relative_attention_max_distance"] = relative_attention_max_distance
+  ckpt = open_checkpoint(path)
+  if hasattr(ckpt, "config"):
+    return ckpt.config.replace(**overrides) if overrides else ckpt.config
+  return config_from_shapes(ckpt.shapes(), **overrides)

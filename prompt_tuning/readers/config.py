@@ -1,13 +1,13 @@
-"""Checkpoint -> T5Config, for T5X and Hugging Face alike.
+"""A T5Config from a T5X checkpoint's parameter shapes (T5X checkpoints store no config).
 
-A Hugging Face folder says its architecture in config.json; a T5X checkpoint
-stores none, so its sizes are read off the parameter shapes.
+`prompt_tuning.readers.config_for(path)` uses it for T5X checkpoints and
+config.json for Hugging Face folders.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Mapping, Optional
+from typing import Mapping
 
 from prompt_tuning.models.t5 import T5Config
 
@@ -47,19 +47,3 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]], **overrides) -> T5
   kwargs.update(overrides)
   return T5Config(**kwargs)
 
-
-def config_for(path: str, relative_attention_max_distance: Optional[int] = None,
-               **overrides) -> T5Config:
-  """The T5Config of a checkpoint: config.json (HF) or the parameter shapes (T5X).
-
-  Reads metadata only, never an array. `relative_attention_max_distance` is
-  not stored in T5X checkpoints (default 128); given, it overrides either
-  format's value.
-  """
-  from prompt_tuning import readers  # The package opens (and caches) the checkpoint.
-  if relative_attention_max_distance:
-    overrides["relative_attention_max_distance"] = relative_attention_max_distance
-  ckpt = readers.open_checkpoint(path)
-  if hasattr(ckpt, "config"):
-    return ckpt.config.replace(**overrides) if overrides else ckpt.config
-  return config_from_shapes(ckpt.shapes(), **overrides)

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional
 import msgpack
 import numpy as np
 
+from prompt_tuning import layout
 from prompt_tuning import trees as tree_lib
 
 _ORBAX_MARKERS = ("_METADATA", "manifest.ocdbt", "_CHECKPOINT_METADATA")
@@ -120,8 +121,8 @@ def find_checkpoint_dir(path: str) -> str:
                  if e.startswith("checkpoint_") and e.split("_")[1].isdigit())
   if steps:
     return os.path.abspath(os.path.join(path, steps[-1][1]))
-  if "checkpoints" in entries:  # A MODEL_DIR written by this project's trainer.
-    return find_checkpoint_dir(os.path.join(path, "checkpoints"))
+  if os.path.isdir(layout.checkpoints_dir(path)):  # A MODEL_DIR written by our trainer.
+    return find_checkpoint_dir(layout.checkpoints_dir(path))
   own_steps = sorted(int(e) for e in entries
                      if e.isdigit() and os.path.isdir(os.path.join(path, e, "trainable")))
   if own_steps:

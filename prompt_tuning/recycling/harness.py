@@ -20,6 +20,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from prompt_tuning.runtime.specs import DataSpec, ModelSpec
+from prompt_tuning import layout
 from prompt_tuning import quickstart
 from prompt_tuning.prompts import initializers, soft
 from prompt_tuning.recycling import methods as methods_lib
@@ -67,12 +69,12 @@ def train_prompt(backbone: Backbone, seed: int, length: int, steps: int, work_di
   model_dir = os.path.join(work_dir, f"{backbone.name}_seed{seed}")
   init = initializers.sampled_vocab(backbone.path, length, first_n=259, seed=seed)
   from prompt_tuning.tasks import synthetic
-  loop.train(model_dir=model_dir, model_config=quickstart.backbone_config(backbone.size),
-             mixture_or_task_name=TASK, task_feature_lengths=synthetic.FEATURE_LENGTHS,
-             train_steps=steps, batch_size=32, initial_checkpoint_path=backbone.path,
-             encoder_prompt=_prompt(length, init), checkpoint_period=steps, seed=seed,
-             data_seed=seed, progress=False)
-  return os.path.join(model_dir, "prompts", f"step_{steps}", "encoder_prompt.prompt.npy")
+  loop.train(model_dir=model_dir,
+             model=ModelSpec(quickstart.backbone_config(backbone.size), backbone.path,
+                             _prompt(length, init)),
+             data=DataSpec(TASK, synthetic.FEATURE_LENGTHS, 32, seed=seed),
+             train_steps=steps, checkpoint_period=steps, seed=seed, progress=False)
+  return layout.prompt_file(model_dir, steps)
 
 
 def run_grid(backbones: Sequence[Backbone], work_dir: str, prompt_seeds: Sequence[int] = (0, 1),

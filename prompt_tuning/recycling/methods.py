@@ -129,7 +129,7 @@ _CACHE: dict[tuple, Recycler] = {}
 
 def recycler_for(source_checkpoint: str, target_checkpoint: str, method: str,
                  support: Optional[np.ndarray] = None, filter_file: Optional[str] = None,
-                 skip: int = 1000, take: int = 4000) -> Recycler:
+                 skip: int = 1000, take: Optional[int] = 4000) -> Recycler:
   """A fitted recycler between two checkpoints (T5X or HF), read only for their
   embedding tables; cached per (checkpoints, method, support)."""
   # The key is the request itself, so a cached recycler costs no table read.

@@ -27,14 +27,15 @@ def load_filter(path: str) -> list[int]:
 
 
 def support_ids(vocab_sizes: Sequence[int], filter_ids: Optional[Sequence[int]] = None,
-                skip: int = 1000, take: int = 4000) -> np.ndarray:
+                skip: int = 1000, take: Optional[int] = 4000) -> np.ndarray:
   """Token ids to fit a recycler on, valid for every model's embedding table.
 
   Args:
     vocab_sizes: the embedding rows of the source and target models.
     filter_ids: candidate ids (e.g. from `load_filter`); None means all ids
       the models share.
-    skip, take: drop the first `skip` candidates, keep the next `take`.
+    skip, take: drop the first `skip` candidates, keep the next `take` (None:
+      all the rest).
   """
   limit = min(vocab_sizes)
   candidates = np.arange(limit) if filter_ids is None else np.asarray(sorted(filter_ids))
@@ -43,8 +44,8 @@ def support_ids(vocab_sizes: Sequence[int], filter_ids: Optional[Sequence[int]] 
     raise ValueError(f"Support vocabulary id(s) {bad[:5].tolist()} out of range: the models' "
                      f"embedding tables have {list(vocab_sizes)} rows, so ids must be in "
                      f"[0, {limit})")
-  chosen = candidates[skip:skip + take]
-  if chosen.size < take:
+  chosen = candidates[skip:] if take is None else candidates[skip:skip + take]
+  if take is not None and chosen.size < take:
     raise ValueError(f"Support vocabulary: only {chosen.size} ids left after skipping {skip} "
                      f"of {candidates.size}; expected {take}")
   return chosen

@@ -8,7 +8,6 @@ INITIAL_CHECKPOINT_PATH. Every save also exports each prompt as
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from typing import Any, Optional
 
@@ -17,17 +16,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from prompt_tuning import trees as tree_lib
+from prompt_tuning.prompts import base as prompt_base
 from prompt_tuning.runtime import faults
-
-PROMPT_PATH = re.compile(r"(^|.*/)(encoder|decoder)_prompt/.*")
-
+from prompt_tuning import layout
 
 class CheckpointStore:
   """MODEL_DIR/checkpoints/<step>/{trainable, opt_state, meta}, managed by Orbax."""
 
   def __init__(self, model_dir: str, max_to_keep: Optional[int] = None):
     self.model_dir = model_dir
-    self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+    self.directory = layout.checkpoints_dir(model_dir)
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                                              create=True))
@@ -92,12 +90,12 @@ def directory_bytes(path: str) -> int:
 def export_prompts(model_dir: str, step: int, trainable: Any) -> list[str]:
   """Writes every prompt leaf as .npy; refuses to replace a different existing file."""
   flat = {k: np.asarray(jax.device_get(v)) for k, v in tree_lib.flatten(trainable).items()
-          if PROMPT_PATH.fullmatch(k)}
-  out_dir = os.path.join(model_dir, "prompts", f"step_{step}")
+          if prompt_base.PROMPT_PARAM.fullmatch(k)}
+  out_dir = layout.prompts_dir(model_dir, step)
   os.makedirs(out_dir, exist_ok=True)
   written = []
   for name, value in sorted(flat.items()):
-    path = os.path.join(out_dir, name.replace("/", ".") + ".npy")
+    path = layout.prompt_file(model_dir, step, name)
     if os.path.exists(path):
       existing = np.load(path, allow_pickle=False)
       if existing.shape == value.shape and existing.tobytes() == value.tobytes():

@@ -35,24 +35,21 @@ def check_vocabulary(task: Any, vocab_size: int) -> None:
                        f"the model's embedding table has {vocab_size} rows")
 
 
-def check_prompt_budget(encoder_prompt: Any, feature_lengths: Mapping[str, int],
+def check_prompt_budget(prompt_positions: int, feature_lengths: Mapping[str, int],
                         max_encoder_length: Optional[int]) -> None:
   """The prompt plus the inputs must fit the encoder budget `max_encoder_length`.
 
-  The prompt adds its positions to TASK_FEATURE_LENGTHS['inputs']; with a
-  budget (a model trained or served at a fixed encoder length), both together
-  must fit it.
+  The prompt adds its positions (the module's `num_positions`) to
+  TASK_FEATURE_LENGTHS['inputs']; with a budget (a model trained or served at
+  a fixed encoder length), both together must fit it.
   """
-  length = getattr(encoder_prompt, "num_positions", None)
-  if length is None:
-    length = getattr(encoder_prompt, "length", 0) or 0
   inputs = feature_lengths.get("inputs")
   if inputs is None:
     raise ValueError(f"TASK_FEATURE_LENGTHS {dict(feature_lengths)} has no 'inputs' length")
-  if max_encoder_length is not None and length + inputs > max_encoder_length:
-    raise ValueError(f"Prompt length {length} + inputs length {inputs} = {length + inputs} "
-                     f"exceeds the encoder budget max_encoder_length={max_encoder_length}; "
-                     "shorten the prompt or the inputs")
+  if max_encoder_length is not None and prompt_positions + inputs > max_encoder_length:
+    raise ValueError(f"Prompt length {prompt_positions} + inputs length {inputs} = "
+                     f"{prompt_positions + inputs} exceeds the encoder budget "
+                     f"max_encoder_length={max_encoder_length}; shorten the prompt or the inputs")
 
 
 def train_batches(task_name: str, feature_lengths: Mapping[str, int], batch_size: int,

@@ -12,12 +12,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from prompt_tuning import layout
+
 
 class MetricsWriter:
   """JSON Lines plus TensorBoard scalars under MODEL_DIR/<name>/."""
 
   def __init__(self, model_dir: str, name: str):
-    self.dir = os.path.join(model_dir, name)
+    self.dir = layout.metrics_dir(model_dir, name)
     os.makedirs(self.dir, exist_ok=True)
     self._jsonl = os.path.join(self.dir, "metrics.jsonl")
     import tensorflow as tf  # TensorBoard event files; TF is only used for data and logs.

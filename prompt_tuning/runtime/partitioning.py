@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from prompt_tuning import registry
+
 log = logging.getLogger(__name__)
 
 # T5X's standard rules (data + model parallelism) plus this project's axes.
@@ -49,6 +51,7 @@ STANDARD_RULES: tuple[tuple[str, Optional[str]], ...] = (
 )
 
 
+@registry.configurable
 @dataclasses.dataclass(frozen=True)
 class PartitioningConfig:
   """How devices form the (data, model) mesh; bindable from gin.

@@ -1,9 +1,14 @@
-"""Builds the model and its parameters the same way for train, eval and infer.
+"""Builds the model and its parameters in two phases, the same way for every binary.
 
-The backbone comes from INITIAL_CHECKPOINT_PATH (T5X or Hugging Face) by
-name; only parameters the checkpoint cannot hold (the prompt modules') are
-initialized, inside a jitted init whose unused outputs XLA drops, so the
-backbone is never randomly initialized when a checkpoint is given.
+1. `abstract(spec)`: the model, every parameter's shape, dtype and sharding,
+   and the trainable / frozen split. No I/O and no initializer runs: it is
+   all precompile, the benchmarks or a shape question need.
+2. `materialize(abstract_setup)`: reads each backbone array from the
+   checkpoint once and places it (every host reads, each device keeps its
+   slice); parameters the checkpoint cannot hold (the prompt modules') are
+   initialized inside a jitted init whose unused outputs XLA drops. With
+   `init_trainable=False` (eval and infer restoring a checkpoint) the
+   trainable part stays abstract, a restore target, and no initializer runs.
 """
 
 from __future__ import annotations
@@ -11,79 +16,119 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-import flax.linen as nn
 import jax
-import numpy as np
 
 from prompt_tuning import readers
-from prompt_tuning.models import params as params_lib
-from prompt_tuning.models.t5 import T5, T5Config
 from prompt_tuning import trees as tree_lib
-from prompt_tuning.runtime import checkpoints as checkpoints_lib
-from prompt_tuning.train import freezing
+from prompt_tuning.models import params as params_lib
+from prompt_tuning.models.t5 import T5
+from prompt_tuning.prompts import base as prompt_base
 from prompt_tuning.runtime import partitioning
+from prompt_tuning.runtime.specs import ModelSpec
+from prompt_tuning.train import freezing
+
+
+@dataclasses.dataclass(frozen=True)
+class AbstractSetup:
+  """Shapes and shardings only. Trees hold ShapeDtypeStructs with their sharding."""
+  spec: ModelSpec
+  model: T5
+  mesh: Any
+  mask: dict[str, bool]   # '/'-joined path -> trainable?
+  trainable: Any
+  frozen: Any
+
+  @property
+  def trainable_shardings(self) -> Any:
+    return jax.tree.map(lambda s: s.sharding, self.trainable)
+
+  @property
+  def frozen_shardings(self) -> Any:
+    return jax.tree.map(lambda s: s.sharding, self.frozen)
 
 
 @dataclasses.dataclass
-class ModelSetup:
-  model: T5
-  trainable: Any          # nested dict of the trainable leaves
-  frozen: Any             # nested dict of the frozen leaves
-  mask: dict[str, bool]   # '/'-joined path -> trainable?
-  logical_specs: Any      # PartitionSpec tree of logical axis names
-  mesh: Any               # the jax.sharding.Mesh everything lives on
-  trainable_shardings: Any
-  frozen_shardings: Any
+class Setup:
+  """The placed parameters, split by the freezing rules."""
+  abstract: AbstractSetup
+  trainable: Any   # arrays, or the abstract tree when not initialized
+  frozen: Any
+
+  @property
+  def model(self) -> T5:
+    return self.abstract.model
+
+  @property
+  def trainable_shardings(self) -> Any:
+    return self.abstract.trainable_shardings
+
+  @property
+  def frozen_shardings(self) -> Any:
+    return self.abstract.frozen_shardings
 
 
-def build(model_config: T5Config, initial_checkpoint_path: Optional[str],
-          encoder_prompt: Optional[nn.Module] = None, decoder_prompt: Optional[nn.Module] = None,
-          trainable_rules: Optional[freezing.Rules] = None,
-          seed: int = 0, require_trainable: bool = True,
-          partitioning_config: partitioning.PartitioningConfig = (
-              partitioning.PartitioningConfig()),
-          mesh: Optional[Any] = None) -> ModelSetup:
-  """The model, its parameters split by the freezing rules, and their logical axes.
+def abstract(spec: ModelSpec, partitioning_config: partitioning.PartitioningConfig = (
+    partitioning.PartitioningConfig()), mesh: Optional[Any] = None,
+             require_trainable: bool = True) -> AbstractSetup:
+  """Phase 1: model, shapes, shardings and trainable mask; reads nothing.
 
-  Args:
-    initial_checkpoint_path: the backbone. None initializes everything at
-      random (pretraining from scratch); never used as a silent fallback.
-    trainable_rules: default: the prompt modules train, nothing else; with
-      no prompt module, everything is frozen (inference of the backbone).
-    require_trainable: training needs something trainable; inference not.
-    partitioning_config, mesh: where the parameters live (default: every
-      device, data parallel). Each array is placed with the sharding its
-      logical axes give; the checkpoint is read on every host and each device
-      takes its slice.
+  `require_trainable`: training needs something trainable (inference not);
+  it is ignored without a prompt module and default rules.
   """
   mesh = mesh or partitioning.make_mesh(partitioning_config)
-  rules = partitioning_config.logical_axis_rules
-  model = T5(model_config, encoder_prompt=encoder_prompt, decoder_prompt=decoder_prompt)
+  model = spec.module()
   shapes, specs = params_lib.abstract_params(model)
-  flat_shapes = tree_lib.flatten(shapes)
-  if trainable_rules is None:
-    has_prompt = encoder_prompt is not None or decoder_prompt is not None
-    trainable_rules = freezing.PROMPT_TUNING_RULES if has_prompt else freezing.FROZEN_RULES
-    require_trainable = require_trainable and has_prompt
-  mask = freezing.trainable_mask(shapes, trainable_rules, require_trainable)
-  shardings = tree_lib.flatten(partitioning.tree_shardings(shapes, specs, mesh, rules))
-  if initial_checkpoint_path:
-    prompt_paths = tuple(k for k in flat_shapes if checkpoints_lib.PROMPT_PATH.fullmatch(k))
-    loaded = tree_lib.flatten(readers.load_params(initial_checkpoint_path, model,
-                                                  allow_missing=prompt_paths))
-    loaded = {k: partitioning.host_to_global(v, shardings[k]) for k, v in loaded.items()}
-  else:
-    loaded = {}
-  missing = sorted(k for k in flat_shapes if k not in loaded)
-  if missing:
+  if spec.trainable_rules is None and not spec.has_prompt:
+    require_trainable = False
+  mask = freezing.trainable_mask(shapes, spec.rules(), require_trainable)
+  shardings = partitioning.tree_shardings(shapes, specs, mesh,
+                                          partitioning_config.logical_axis_rules)
+  placed = jax.tree.map(lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h),
+                        shapes, shardings)
+  trainable, frozen = freezing.split(placed, mask)
+  return AbstractSetup(spec=spec, model=model, mesh=mesh, mask=mask, trainable=trainable,
+                       frozen=frozen)
+
+
+def materialize(setup: AbstractSetup, seed: int = 0, init_trainable: bool = True) -> Setup:
+  """Phase 2: the backbone read once from its checkpoint, the rest initialized.
+
+  Args:
+    seed: the initializers' seed.
+    init_trainable: False leaves the trainable parameters the checkpoint
+      lacks abstract (for a restore to fill) and runs no initializer for them.
+  """
+  flat = tree_lib.flatten(freezing.merge(setup.trainable, setup.frozen))
+  path = setup.spec.checkpoint
+  loaded: dict[str, Any] = {}
+  host: dict[str, Any] = {}
+  if path:
+    prompt_paths = tuple(k for k in flat if prompt_base.PROMPT_PARAM.fullmatch(k))
+    host = tree_lib.flatten(readers.load_params(path, setup.model, allow_missing=prompt_paths))
+  missing = sorted(k for k in flat if k not in host)
+  to_init = [k for k in missing if init_trainable or not setup.mask[k]]
+  if to_init:
     def init_missing(rng):
-      flat = tree_lib.flatten(params_lib.init_params(model, rng))
-      return {k: flat[k] for k in missing}
-    # Only what the checkpoint lacks is initialized; XLA drops the rest.
-    loaded.update(jax.jit(init_missing, out_shardings={k: shardings[k] for k in missing})(
-        jax.random.PRNGKey(seed)))
-  trainable, frozen = freezing.split(tree_lib.unflatten(loaded), mask)
-  trainable_sh, frozen_sh = freezing.split(tree_lib.unflatten(shardings), mask)
-  return ModelSetup(model=model, trainable=trainable, frozen=frozen, mask=mask,
-                    logical_specs=specs, mesh=mesh, trainable_shardings=trainable_sh,
-                    frozen_shardings=frozen_sh)
+      flat_init = tree_lib.flatten(params_lib.init_params(setup.model, rng))
+      return {k: flat_init[k] for k in to_init}
+    # Initializers that read the backbone (sampled vocabulary, class labels)
+    # are served the arrays just read instead of reading them again.
+    with readers.serving_loaded(path, host):
+      loaded.update(jax.jit(init_missing, out_shardings={k: flat[k].sharding for k in to_init})(
+          jax.random.PRNGKey(seed)))
+  for k, value in host.items():
+    loaded[k] = partitioning.host_to_global(value, flat[k].sharding)
+  host.clear()
+  for k in missing:
+    if k not in loaded:
+      loaded[k] = flat[k]  # Abstract: a restore target.
+  trainable, frozen = freezing.split(tree_lib.unflatten(loaded), setup.mask)
+  return Setup(abstract=setup, trainable=trainable, frozen=frozen)
+
+
+def build(spec: ModelSpec, partitioning_config: partitioning.PartitioningConfig = (
+    partitioning.PartitioningConfig()), mesh: Optional[Any] = None, seed: int = 0,
+          require_trainable: bool = True, init_trainable: bool = True) -> Setup:
+  """Both phases."""
+  return materialize(abstract(spec, partitioning_config, mesh, require_trainable), seed,
+                     init_trainable)

@@ -1,6 +1,6 @@
 """Which parameters train: a first-match table of regexes over '/'-joined paths.
 
-    rules = [("encoder_prompt/.*", True), (".*", False)]   # prompt tuning
+    rules = [(PROMPT_PARAM_PATTERN, True), (".*", False)]  # prompt tuning
     rules = [(".*", True)]                                  # full fine-tuning
 
 Every leaf must be matched by some rule and every rule must match some leaf
@@ -14,14 +14,18 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
+from prompt_tuning import registry
 from prompt_tuning import trees as tree_lib
+from prompt_tuning.prompts import base as prompt_base
 
 Rules = Sequence[tuple[str, bool]]
-PROMPT_TUNING_RULES: Rules = ((r"(encoder|decoder)_prompt/.*", True), (r".*", False))
+PROMPT_TUNING_RULES: Rules = ((prompt_base.PROMPT_PARAM_PATTERN, True), (r".*", False))
 FULL_FINETUNING_RULES: Rules = ((r".*", True),)
 
 
 FROZEN_RULES: Rules = ((r".*", False),)
+registry.constant("PROMPT_TUNING_RULES", tuple(PROMPT_TUNING_RULES))
+registry.constant("FULL_FINETUNING_RULES", tuple(FULL_FINETUNING_RULES))
 
 
 def trainable_mask(params: Mapping[str, Any], rules: Rules,

@@ -1,9 +1,10 @@
 """The training loop, top to bottom: model, data, state, jitted step, checkpoints, logs.
 
-`train(...)` is the function the `prompt-tuning train` binary binds with gin
-(T5X's macros: MODEL_DIR, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS,
-TRAIN_STEPS, BATCH_SIZE, INITIAL_CHECKPOINT_PATH, ...). Prompt tuning and full
-fine-tuning are the same code; only the freezing rules differ.
+`train(model=ModelSpec, data=DataSpec, ...)` is the function the
+`prompt-tuning train` binary binds with gin (T5X's macros: MODEL_DIR,
+MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, TRAIN_STEPS, BATCH_SIZE,
+INITIAL_CHECKPOINT_PATH, ...). Prompt tuning and full fine-tuning are the
+same code; only the freezing rules differ.
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ import jax
 import numpy as np
 import optax
 
-from prompt_tuning.models.t5 import T5Config
+from prompt_tuning import registry
+from prompt_tuning import trees as tree_lib
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import data as data_lib
-from prompt_tuning import trees as tree_lib
 from prompt_tuning.runtime import faults
+from prompt_tuning import layout
 from prompt_tuning.runtime import metrics as metrics_lib
-from prompt_tuning.train import freezing
-from prompt_tuning.runtime import setup as model_setup
-from prompt_tuning.train import optimizers
 from prompt_tuning.runtime import partitioning
+from prompt_tuning.runtime import setup as model_setup
+from prompt_tuning.runtime import specs as specs_lib
+from prompt_tuning.train import optimizers
 from prompt_tuning.train import step as step_lib
 
 log = logging.getLogger(__name__)
@@ -38,14 +40,10 @@ class NonFiniteLossError(FloatingPointError):
   """A step produced a NaN or Inf loss or update."""
 
 
-def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
-          task_feature_lengths: Mapping[str, int], train_steps: int, batch_size: int,
-          initial_checkpoint_path: Optional[str],
-          encoder_prompt: Optional[nn.Module] = None,
-          decoder_prompt: Optional[nn.Module] = None,
-          trainable_rules: freezing.Rules = freezing.PROMPT_TUNING_RULES,
-          optimizer: Optional[optax.GradientTransformation] = None,
-          z_loss: float = 1e-4, seed: int = 0, data_seed: int = 0, split: str = "train",
+@registry.configurable
+def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpec,
+          train_steps: int, optimizer: Optional[optax.GradientTransformation] = None,
+          z_loss: float = 1e-4, seed: int = 0,
           checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = None,
           log_period: int = 100, use_dropout: bool = False,
           dropout_rng_impl: str = "threefry2x32",
@@ -57,6 +55,9 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
   """Trains, resuming from MODEL_DIR's latest checkpoint if there is one.
 
   Args:
+    model: the backbone, its checkpoint, the prompt modules and what trains.
+    data: the task, feature lengths, split, global batch size and data seed.
+    seed: the initializers' and dropout's seed.
     frozen_digest: also record a SHA-256 of the frozen parameters as they are
       at the end (an integrity check; it copies the backbone to the host).
     on_non_finite: a step with a NaN/Inf loss or update changes nothing; then
@@ -76,22 +77,22 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
   """
   if on_non_finite not in ("stop", "skip"):
     raise ValueError(f"on_non_finite={on_non_finite!r}; expected 'stop' or 'skip'")
-  if train_steps <= 0 or batch_size <= 0:
-    raise ValueError(f"train_steps={train_steps} and batch_size={batch_size} must be positive")
+  if train_steps <= 0 or data.batch_size <= 0:
+    raise ValueError(f"train_steps={train_steps} and batch_size={data.batch_size} must be "
+                     "positive")
   os.makedirs(model_dir, exist_ok=True)
   optimizer = optimizer or optimizers.prompt_tuning_adafactor()
 
-  # Cheap checks first, then the model: backbone by name, the rest fresh.
-  task = data_lib.get_task_or_mixture(mixture_or_task_name)
-  data_lib.check_vocabulary(task, model_config.vocab_size)
-  data_lib.check_prompt_budget(encoder_prompt, task_feature_lengths, max_encoder_length)
+  # Cheap checks first, then the model: abstract shapes, then the backbone read once.
+  task = data_lib.get_task_or_mixture(data.task)
+  data_lib.check_vocabulary(task, model.config.vocab_size)
+  data_lib.check_prompt_budget(model.prompt_positions, data.feature_lengths,
+                               max_encoder_length)
   mesh = partitioning.make_mesh(partitioning_config)
-  if batch_size % mesh.shape["data"]:
-    raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by the {mesh.shape['data']} "
-                     "data-parallel replicas of the mesh")
-  setup = model_setup.build(model_config, initial_checkpoint_path, encoder_prompt,
-                            decoder_prompt, trainable_rules, seed,
-                            partitioning_config=partitioning_config, mesh=mesh)
+  if data.batch_size % mesh.shape["data"]:
+    raise ValueError(f"BATCH_SIZE={data.batch_size} is not divisible by the "
+                     f"{mesh.shape['data']} data-parallel replicas of the mesh")
+  setup = model_setup.build(model, partitioning_config, mesh, seed=seed)
   trainable, frozen = setup.trainable, setup.frozen
   opt_shardings = partitioning.optimizer_shardings(
       jax.eval_shape(optimizer.init, trainable), trainable, setup.trainable_shardings, mesh)
@@ -110,8 +111,8 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
     if is_chief:
       checkpoints_lib.export_prompts(model_dir, start_step, trainable)
 
-  batches = data_lib.train_batches(mixture_or_task_name, task_feature_lengths, batch_size,
-                                   split=split, seed=data_seed, start_batch=data_position)
+  batches = data_lib.train_batches(data.task, data.feature_lengths, data.batch_size,
+                                   split=data.split, seed=data.seed, start_batch=data_position)
   train_step = jit_train_step(setup.model, optimizer, z_loss, use_dropout, seed, mesh,
                               setup.trainable_shardings, opt_shardings,
                               setup.frozen_shardings, dropout_rng_impl)
@@ -121,7 +122,7 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
 
   def save(step: int) -> None:
     store.save(step, trainable, opt_state, data_position=step,
-               extra=dict(task=mixture_or_task_name))
+               extra=dict(task=data.task))
     faults.maybe_kill("before_export", step)
     if is_chief:
       checkpoints_lib.export_prompts(model_dir, step, trainable)
@@ -164,7 +165,7 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
   if frozen_digest:
     summary["frozen_sha256"] = tree_lib.tree_digest(frozen)
   if is_chief:
-    with open(os.path.join(model_dir, "train_summary.json"), "w") as f:
+    with open(layout.train_summary(model_dir), "w") as f:
       json.dump(summary, f, indent=1, default=metrics_lib.jsonable)
   return summary
 

@@ -6,9 +6,12 @@ from typing import Any, Callable, Union
 
 import optax
 
+from prompt_tuning import registry
+
 Schedule = Union[float, Callable[[Any], Any]]
 
 
+@registry.configurable
 def prompt_tuning_adafactor(learning_rate: Schedule = 0.3, decay_rate: float = 0.8,
                             weight_decay_rate: float = 1e-5,
                             clipping_threshold: float = 1.0) -> optax.GradientTransformation:
