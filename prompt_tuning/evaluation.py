@@ -26,6 +26,7 @@ from prompt_tuning.runtime import data as data_lib
 from prompt_tuning.train import freezing
 from prompt_tuning.runtime import setup as model_setup
 from prompt_tuning.runtime import partitioning
+from prompt_tuning.runtime import validation
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,11 @@ def _predict_split(model_dir, model_config, task_name, feature_lengths, batch_si
                    max_examples, partitioning_config, ensemble_prompts=0,
                    ensemble_method="mean_log_prob"):
   """(task, examples, [(prediction, score)], step) for eval and infer alike."""
+  validation.check_inference(  # Before the backbone is read.
+      batch_size=batch_size, task_feature_lengths=feature_lengths,
+      initial_checkpoint_path=initial_checkpoint_path, encoder_prompt=encoder_prompt,
+      decoding_config=decoding_config, max_examples=max_examples,
+      checkpoint_step=checkpoint_step, ensemble_prompts=ensemble_prompts)
   task = data_lib.get_task_or_mixture(task_name)
   data_lib.check_vocabulary(task, model_config.vocab_size)
   setup, params, step = load_for_inference(model_dir, model_config, initial_checkpoint_path,

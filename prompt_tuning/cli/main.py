@@ -126,10 +126,9 @@ def _quickstart(args) -> int:
 
 def run_gin_binary(command: str, argv: Sequence[str]) -> int:
   """Parses gin flags and calls the configured train / evaluate / infer."""
-  import logging
-  import os
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  from prompt_tuning.cli import logging_setup, strict
+  verbose, argv = logging_setup.pop_verbose(argv)
+  logging_setup.configure(verbose)  # Dependencies at WARNING unless --verbose.
   host_flags, argv = _pop_host_flags(argv)
   _start_jax(host_flags)
   from prompt_tuning.cli import gin as gin_utils
@@ -144,10 +143,13 @@ def run_gin_binary(command: str, argv: Sequence[str]) -> int:
           "(e.g. --gin_file=runs/prompt_finetune.gin)", file=sys.stderr)
     return 2
   try:
+    allow_unused, bindings = strict.pop_allow_unused(bindings)
     gin_utils.parse_gin(files, bindings, paths)
+    strict.check_bindings(_GIN_BINARIES[command], files, bindings, paths, allow_unused,
+                          gin_utils.configs_dir())  # Typos fail before any work.
     gin_utils.apply_task_vocabulary()
     result = gin_utils.run_configured(_GIN_BINARIES[command])
-  except (FileNotFoundError, ValueError, KeyError, FileExistsError, FloatingPointError) as e:
+  except (OSError, ValueError, KeyError, FloatingPointError) as e:  # OSError: full disk, lock
     print(f"prompt-tuning {command}: error: {e}", file=sys.stderr)
     return 2
   if command == "precompile":

@@ -24,6 +24,9 @@ from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import data as data_lib
 from prompt_tuning import trees as tree_lib
 from prompt_tuning.runtime import faults
+from prompt_tuning.runtime import lock as lock_lib
+from prompt_tuning.runtime import preemption
+from prompt_tuning.runtime import validation
 from prompt_tuning.runtime import metrics as metrics_lib
 from prompt_tuning.train import freezing
 from prompt_tuning.runtime import setup as model_setup
@@ -52,6 +55,7 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
           progress: bool = True, frozen_digest: bool = False,
           on_non_finite: str = "stop",
           max_encoder_length: Optional[int] = None,
+          restore_fallback: bool = False,
           partitioning_config: partitioning.PartitioningConfig = (
               partitioning.PartitioningConfig())) -> dict[str, Any]:
   """Trains, resuming from MODEL_DIR's latest checkpoint if there is one.
@@ -70,10 +74,19 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
     partitioning_config: the (data, model) mesh and logical-axis rules. Every
       process reads the same global batches and its devices take their rows,
       so results do not depend on the number of processes or devices.
+    restore_fallback: if the latest checkpoint is damaged (a file missing or
+      truncated), set it aside and resume from the previous good one instead
+      of stopping with the damaged file's name.
 
   Returns:
     a summary: final step, last logged metrics, checkpoint and backbone bytes.
   """
+  validation.check_train(  # Before anything is read or written.
+      model_dir=model_dir, train_steps=train_steps, batch_size=batch_size,
+      task_feature_lengths=task_feature_lengths, checkpoint_period=checkpoint_period,
+      log_period=log_period, keep_checkpoints=keep_checkpoints,
+      initial_checkpoint_path=initial_checkpoint_path, encoder_prompt=encoder_prompt,
+      decoder_prompt=decoder_prompt, restore_fallback=restore_fallback)
   if on_non_finite not in ("stop", "skip"):
     raise ValueError(f"on_non_finite={on_non_finite!r}; expected 'stop' or 'skip'")
   if train_steps <= 0 or batch_size <= 0:
@@ -98,10 +111,12 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
   opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(trainable)
   is_chief = jax.process_index() == 0
 
-  # Resume.
+  # Resume. One writer per MODEL_DIR: the lock comes before the first write.
+  run_lock = lock_lib.acquire_for_run(model_dir)
   store = checkpoints_lib.CheckpointStore(model_dir, keep_checkpoints)
   start_step, data_position = 0, 0
-  restored = store.restore(tree_lib.abstract(trainable), tree_lib.abstract(opt_state))
+  restored = store.restore(tree_lib.abstract(trainable), tree_lib.abstract(opt_state),
+                           fallback=restore_fallback)
   if restored is not None:
     trainable, opt_state, meta = restored
     start_step, data_position = int(meta["step"]), int(meta["data_position"])
@@ -135,7 +150,9 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
   pending = None  # (step, metrics on device): fetched after the next dispatch
   window = dict(start=time.time(), steps=0, tokens=0.0)
   step = start_step
+  preempt = preemption.PreemptionWatcher()
   try:
+    preempt.install()
     for step in range(start_step + 1, train_steps + 1):
       host_batch = next(batches)
       # Counted on the host copy: no device transfer, and no rows of other hosts.
@@ -153,19 +170,32 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
                      force=True)
         pending = None
         save(step)
+      faults.maybe_sigterm(step)
+      if preempt.should_stop(step):  # SIGTERM: this step is done; save it and stop.
+        if pending is not None:
+          _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite,
+                       force=True)
+          pending = None
+        save(step)
+        summary["preempted_at_step"] = step
+        break
     if pending is not None:
       _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite,
                    force=True)
   finally:
+    preempt.uninstall()
     if bar is not None:
       bar.close()
     store.close()
+    run_lock.release()
   summary.update(step=max(step, start_step), start_step=start_step)
   if frozen_digest:
     summary["frozen_sha256"] = tree_lib.tree_digest(frozen)
   if is_chief:
     with open(os.path.join(model_dir, "train_summary.json"), "w") as f:
       json.dump(summary, f, indent=1, default=metrics_lib.jsonable)
+  if "preempted_at_step" in summary:
+    log.warning(preempt.message())
   return summary
 
 
