@@ -55,8 +55,12 @@ class CheckpointStore:
   def __init__(self, model_dir: str, max_to_keep: Optional[int] = None):
     self.model_dir = model_dir
     self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+    self.max_to_keep = max_to_keep
+    self._manager = self._new_manager()
+
+  def _new_manager(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep,
                                                              create=True))
 
   def latest_step(self) -> Optional[int]:
@@ -87,7 +91,7 @@ class CheckpointStore:
       self._remove_partial(step)
       latest = self.latest_step()
       raise DiskFullError(
-          errno.ENOSPC, f"Saving checkpoint step {step} failed for lack of space "
+          f"Saving checkpoint step {step} failed for lack of space "
           f"({_first_line(e)}); the partial step was removed and the latest checkpoint is "
           f"{'still step ' + str(latest) if latest is not None else 'none'}. Free space in "
           f"{self.directory}, then run the same command to resume") from e
@@ -222,14 +226,24 @@ class CheckpointStore:
     return target
 
   def _remove_partial(self, step: int) -> None:
-    """Removes what a failed save of `step` left (Orbax's temporary folders)."""
+    """Removes what a failed save of `step` left; a fresh manager replaces the failed one.
+
+    The failed manager would raise its writer threads' error again on every
+    later call (close() included), hiding the one-line explanation.
+    """
+    # Orbax's writer threads may still report this failure after close();
+    # the one-line error explains it, so their records about it are dropped.
+    for handler in _orbax_handlers():
+      handler.addFilter(_DropFailedStep(os.path.join(self.directory, str(step))))
+    try:
+      with _held_back_orbax_errors(drop=True):
+        self._manager.close()
+    except Exception:  # pylint: disable=broad-except
+      pass  # The same failure, already explained.
     for name in os.listdir(self.directory):
       if name.startswith(f"{step}.") and "tmp" in name:
         shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-    try:
-      self._manager.reload()
-    except Exception:  # pylint: disable=broad-except
-      pass
+    self._manager = self._new_manager()
 
   def close(self) -> None:
     self._manager.close()
@@ -269,7 +283,9 @@ class _HeldBack(logging.Filter):
     self.holding = True
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if self.holding and record.levelno >= logging.ERROR and "orbax" in record.pathname:
+    # Orbax logs through absl (whose records name absl's own file as their origin).
+    if (self.holding and record.levelno >= logging.ERROR
+        and (record.name == "absl" or record.name.startswith("orbax"))):
       self.records.append(record)
       return False
     return True
@@ -278,15 +294,35 @@ class _HeldBack(logging.Filter):
     """Lets the held records through (the failure was not the one we explain)."""
     self.holding = False
     for record in self.records:
-      logging.getLogger(record.name).handle(record)
+      logging.getLogger(record.name).handle(record)  # Filters removed by now.
     self.records = []
 
 
+def _orbax_handlers() -> list[logging.Handler]:
+  # On the handlers: a logger's own filters miss records from its children.
+  return list(logging.getLogger().handlers) + list(logging.getLogger("absl").handlers)
+
+
+class _DropFailedStep(logging.Filter):
+  """Drops Orbax's ERROR records about one failed step folder."""
+
+  def __init__(self, step_path: str):
+    super().__init__()
+    self.step_path = step_path
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and self.step_path in record.getMessage())
+
+
 @contextlib.contextmanager
-def _held_back_orbax_errors() -> Iterator[_HeldBack]:
-  """A failed save is reported in one line: Orbax's threads' tracebacks are held back."""
+def _held_back_orbax_errors(drop: bool = False) -> Iterator[_HeldBack]:
+  """A failed save is reported in one line: Orbax's threads' tracebacks are held back.
+
+  They are let through when the block succeeds (unless `drop`), and on failure
+  when the caller calls `release()`.
+  """
   held = _HeldBack()
-  loggers = [logging.getLogger(n) for n in ("absl", "orbax")]
+  loggers = _orbax_handlers()
   for logger in loggers:
     logger.addFilter(held)
   try:
@@ -294,7 +330,8 @@ def _held_back_orbax_errors() -> Iterator[_HeldBack]:
   except BaseException:
     raise  # The caller decides whether the one-line error explains them.
   else:
-    held.release()
+    if not drop:
+      held.release()
   finally:
     for logger in loggers:
       logger.removeFilter(held)
