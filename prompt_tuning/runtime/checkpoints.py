@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from typing import Any, Iterator, Optional
 
@@ -235,6 +236,7 @@ class CheckpointStore:
     # the one-line error explains it, so their records about it are dropped.
     for handler in _orbax_handlers():
       handler.addFilter(_DropFailedStep(os.path.join(self.directory, str(step))))
+    _drop_closed_loop_callbacks()
     try:
       with _held_back_orbax_errors(drop=True):
         self._manager.close()
@@ -312,6 +314,21 @@ class _DropFailedStep(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     return not (record.levelno >= logging.ERROR and self.step_path in record.getMessage())
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """TensorStore callbacks of the failed save may fire after Orbax closed their
+  event loop; they print "Event loop is closed" through sys.excepthook."""
+  previous = sys.excepthook
+  if getattr(previous, "drops_closed_loop", False):
+    return
+
+  def hook(kind, value, tb):
+    if kind is RuntimeError and "Event loop is closed" in str(value):
+      return
+    previous(kind, value, tb)
+  hook.drops_closed_loop = True
+  sys.excepthook = hook
 
 
 @contextlib.contextmanager
