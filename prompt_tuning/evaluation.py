@@ -57,7 +57,7 @@ def load_for_inference(model_dir: Optional[str], model_config: T5Config,
     if step is None:
       raise FileNotFoundError(f"No checkpoint under {store.directory}; train first, or pass "
                               "a prompt file with restore_checkpoint=False")
-    trainable = store.restore_trainable(model_setup.abstract(trainable), step)
+    trainable = store.restore_trainable(tree_lib.abstract(trainable), step)
     store.close()
   return setup, freezing.merge(trainable, setup.frozen), int(step)
 
