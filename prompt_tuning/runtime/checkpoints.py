@@ -96,7 +96,12 @@ class CheckpointStore:
           f"({_first_line(e)}); the partial step was removed and the latest checkpoint is "
           f"{'still step ' + str(latest) if latest is not None else 'none'}. Free space in "
           f"{self.directory}, then run the same command to resume") from e
-    self._write_manifest(step)
+    if jax.process_index() == 0:
+      try:
+        self._write_manifest(step)
+      except OSError as e:  # The step is committed; only its damage check is lost.
+        log.warning("Could not record the files of checkpoint step %d (%s); a damaged file "
+                    "in it will be reported by Orbax instead", step, e)
 
   def restore(self, abstract_trainable: Any, abstract_opt_state: Any,
               step: Optional[int] = None, fallback: bool = False
@@ -208,7 +213,21 @@ class CheckpointStore:
                   "%d (restore_fallback=True)", latest, problem, aside, previous)
 
   def _set_aside(self, step: int) -> str:
-    """Moves a damaged step (and its exported prompts) out of Orbax's sight, keeping it."""
+    """Moves a damaged step (and its exported prompts) out of Orbax's sight, keeping it.
+
+    On a multi-host run process 0 moves it; the others wait for it.
+    """
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      target = self._move_aside(step) if jax.process_index() == 0 else ""
+      multihost_utils.sync_global_devices(f"set_aside_checkpoint_{step}")
+      self._manager.reload()
+      return target or f"{DAMAGED}/{step}"
+    target = self._move_aside(step)
+    self._manager.reload()
+    return target
+
+  def _move_aside(self, step: int) -> str:
     model_dir = os.path.dirname(self.directory)
     target = os.path.join(model_dir, DAMAGED, str(step))
     n = 1
@@ -223,7 +242,6 @@ class CheckpointStore:
     manifest = self._manifest_path(step)
     if os.path.exists(manifest):
       os.rename(manifest, target + ".manifest.json")
-    self._manager.reload()
     return target
 
   def _remove_partial(self, step: int) -> None:
@@ -306,14 +324,19 @@ def _orbax_handlers() -> list[logging.Handler]:
 
 
 class _DropFailedStep(logging.Filter):
-  """Drops Orbax's ERROR records about one failed step folder."""
+  """Drops ERROR records about one failed step folder, or carrying its no-space error
+  (Orbax's threads, asyncio's "Future exception was never retrieved" at exit)."""
 
   def __init__(self, step_path: str):
     super().__init__()
     self.step_path = step_path
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.levelno >= logging.ERROR and self.step_path in record.getMessage())
+    if record.levelno < logging.ERROR:
+      return True
+    if self.step_path in record.getMessage():
+      return False
+    return not (record.exc_info and _is_no_space(record.exc_info[1]))
 
 
 def _drop_closed_loop_callbacks() -> None:

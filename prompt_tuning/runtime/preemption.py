@@ -47,7 +47,10 @@ class PreemptionWatcher:
       stop = self.signalled
     else:
       from jax.experimental import multihost_utils
-      stop = bool(multihost_utils.reached_preemption_sync_point(step))
+      try:
+        stop = bool(multihost_utils.reached_preemption_sync_point(step))
+      except RuntimeError:  # jax_enable_preemption_service turned off: no notice.
+        stop = False
     if stop:
       self.stopped_at = step
     return stop
