@@ -77,6 +77,7 @@ class CheckpointStore:
       return
     meta = dict(step=int(step), data_position=int(data_position), **(extra or {}))
     faults.maybe_fill_disk(step)
+    _drop_closed_loop_callbacks()
     try:
       with _held_back_orbax_errors() as held:
         self._manager.save(step, args=ocp.args.Composite(
@@ -254,7 +255,6 @@ class CheckpointStore:
     # the one-line error explains it, so their records about it are dropped.
     for handler in _orbax_handlers():
       handler.addFilter(_DropFailedStep(os.path.join(self.directory, str(step))))
-    _drop_closed_loop_callbacks()
     try:
       with _held_back_orbax_errors(drop=True):
         self._manager.close()
@@ -340,14 +340,18 @@ class _DropFailedStep(logging.Filter):
 
 
 def _drop_closed_loop_callbacks() -> None:
-  """TensorStore callbacks of the failed save may fire after Orbax closed their
-  event loop; they print "Event loop is closed" through sys.excepthook."""
+  """TensorStore callbacks of a failed save may fire after Orbax closed their
+  event loop; they print "Event loop is closed" through sys.excepthook, a
+  traceback after the one-line error. Installed once, before saves."""
   previous = sys.excepthook
   if getattr(previous, "drops_closed_loop", False):
     return
 
   def hook(kind, value, tb):
-    if kind is RuntimeError and "Event loop is closed" in str(value):
+    # Only a callback called straight from TensorStore's C++ thread: its
+    # outermost Python frame is asyncio's call_soon_threadsafe.
+    if (kind is RuntimeError and "Event loop is closed" in str(value) and tb is not None
+        and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"):
       return
     previous(kind, value, tb)
   hook.drops_closed_loop = True
