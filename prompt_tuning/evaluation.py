@@ -231,7 +231,7 @@ def evaluate(*, model_dir: str, model_config: T5Config, mixture_or_task_name: st
              ensemble_prompts: int = 0,
              ensemble_method: str = "mean_log_prob") -> dict[str, Any]:
   """Metrics of a split; appended to MODEL_DIR/<output_name>/metrics.jsonl and TensorBoard."""
-  from prompt_tuning.train.loop import MetricsWriter
+  from prompt_tuning.runtime.metrics import MetricsWriter
   task, examples, preds, step = _predict_split(
       model_dir, model_config, mixture_or_task_name, task_feature_lengths, batch_size,
       initial_checkpoint_path, encoder_prompt, trainable_rules, split, checkpoint_step,
