@@ -90,9 +90,8 @@ def run_gin_binary(command: str, argv: Sequence[str]) -> int:
 
 def _run_gin(args: argparse.Namespace, bindings: list[str]) -> int:
   """Parses gin files and bindings, then calls the configured train / evaluate / ..."""
-  import logging
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  from prompt_tuning.cli import logging_setup, strict
+  logging_setup.configure(args.verbose)  # Dependencies at WARNING unless --verbose.
   _start_jax(args)
   from prompt_tuning.cli import gin as gin_utils
   import prompt_tuning.tasks  # noqa: F401  (registers the bundled seqio tasks)
@@ -101,10 +100,14 @@ def _run_gin(args: argparse.Namespace, bindings: list[str]) -> int:
           f"(e.g. --gin_file={_RUN_FILES[args.command]}); see --help", file=sys.stderr)
     return 2
   try:
+    allow_unused, bindings = strict.pop_allow_unused(bindings)
     gin_utils.parse_gin(args.gin_file, bindings, args.gin_search_paths)
+    strict.check_bindings(_GIN_BINARIES[args.command], args.gin_file, bindings,
+                          args.gin_search_paths, allow_unused,
+                          gin_utils.configs_dir())  # Typos fail before any work.
     gin_utils.apply_task_vocabulary()
     result = gin_utils.run_configured(_GIN_BINARIES[args.command])
-  except (FileNotFoundError, ValueError, KeyError, FileExistsError, FloatingPointError) as e:
+  except (OSError, ValueError, KeyError, FloatingPointError) as e:  # OSError: full disk, lock
     print(f"prompt-tuning {args.command}: error: {e}", file=sys.stderr)
     return 2
   if args.command == "precompile":
@@ -243,6 +246,8 @@ def _add_gin_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--coordinator_address", default=None, metavar="HOST:PORT")
   p.add_argument("--num_processes", type=int, default=None)
   p.add_argument("--process_id", type=int, default=None)
+  p.add_argument("--verbose", action="store_true",
+                 help="show library logs (Orbax, absl, TensorFlow) below WARNING")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
         usage=f"prompt-tuning {name} --gin_file=MODEL_FILE --gin_file={_RUN_FILES[name]} "
               "[--gin_file=...] [--gin.NAME=VALUE ...]",
         description=f"{what}. Bindings are --gin.NAME=VALUE with VALUE a gin literal, e.g. "
-                    "--gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=1000.",
+                    "--gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=1000. A binding that "
+                    "nothing reads is an error naming the closest known names "
+                    "(--gin.allow_unused=True makes it a warning).",
         epilog=_run_file_header(name))
     _add_gin_flags(p)
   for name, helptext in (("inspect", "list a checkpoint's parameters and inferred config"),

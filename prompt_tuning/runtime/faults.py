@@ -25,3 +25,29 @@ def maybe_kill(point: str, step: int) -> None:
     raise ValueError(f"{ENV}={spec!r}: unknown point; expected one of {POINTS}")
   if want_point == point and int(want_step) == step:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+# Faults that are not kills: a full disk and a preemption notice, injected at
+# a step so that the real code paths (Orbax's failing write, the SIGTERM
+# handler) run deterministically in tests.
+DISK_FULL_ENV = "PROMPT_TUNING_DISK_FULL_AT_SAVE"
+SIGTERM_ENV = "PROMPT_TUNING_SIGTERM_AFTER_STEP"
+
+
+def maybe_fill_disk(step: int) -> None:
+  """Before the save of step $PROMPT_TUNING_DISK_FULL_AT_SAVE, forbid growing any file.
+
+  RLIMIT_FSIZE makes every later write fail with EFBIG, as a full disk fails
+  writes with ENOSPC (SIGXFSZ is ignored so that the write fails instead of
+  killing the process).
+  """
+  if os.environ.get(DISK_FULL_ENV) == str(step):
+    import resource
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+def maybe_sigterm(step: int) -> None:
+  """After step $PROMPT_TUNING_SIGTERM_AFTER_STEP, send this process SIGTERM."""
+  if os.environ.get(SIGTERM_ENV) == str(step):
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -26,6 +26,9 @@ from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import data as data_lib
 from prompt_tuning.runtime import faults
 from prompt_tuning import layout
+from prompt_tuning.runtime import lock as lock_lib
+from prompt_tuning.runtime import preemption
+from prompt_tuning.runtime import validation
 from prompt_tuning.runtime import metrics as metrics_lib
 from prompt_tuning.runtime import partitioning
 from prompt_tuning.runtime import setup as model_setup
@@ -50,6 +53,7 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
           progress: bool = True, frozen_digest: bool = False,
           on_non_finite: str = "stop",
           max_encoder_length: Optional[int] = None,
+          restore_fallback: bool = False,
           partitioning_config: partitioning.PartitioningConfig = (
               partitioning.PartitioningConfig())) -> dict[str, Any]:
   """Trains, resuming from MODEL_DIR's latest checkpoint if there is one.
@@ -71,10 +75,20 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     partitioning_config: the (data, model) mesh and logical-axis rules. Every
       process reads the same global batches and its devices take their rows,
       so results do not depend on the number of processes or devices.
+    restore_fallback: if the latest checkpoint is damaged (a file missing or
+      truncated), set it aside and resume from the previous good one instead
+      of stopping with the damaged file's name.
 
   Returns:
     a summary: final step, last logged metrics, checkpoint and backbone bytes.
   """
+  validation.check_train(  # Before anything is read or written.
+      model_dir=model_dir, train_steps=train_steps, batch_size=data.batch_size,
+      task_feature_lengths=data.feature_lengths, checkpoint_period=checkpoint_period,
+      log_period=log_period, keep_checkpoints=keep_checkpoints,
+      initial_checkpoint_path=model.checkpoint, encoder_prompt=model.encoder_prompt,
+      decoder_prompt=model.decoder_prompt, restore_fallback=restore_fallback)
+  validation.check_data_spec(data)
   if on_non_finite not in ("stop", "skip"):
     raise ValueError(f"on_non_finite={on_non_finite!r}; expected 'stop' or 'skip'")
   if train_steps <= 0 or data.batch_size <= 0:
@@ -83,60 +97,71 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
   os.makedirs(model_dir, exist_ok=True)
   optimizer = optimizer or optimizers.prompt_tuning_adafactor()
 
-  # Cheap checks first, then the model: abstract shapes, then the backbone read once.
-  task = data_lib.get_task_or_mixture(data.task)
-  data_lib.check_vocabulary(task, model.config.vocab_size)
-  data_lib.check_prompt_budget(model.prompt_positions, data.feature_lengths,
-                               max_encoder_length)
-  mesh = partitioning.make_mesh(partitioning_config)
-  if data.batch_size % mesh.shape["data"]:
-    raise ValueError(f"BATCH_SIZE={data.batch_size} is not divisible by the "
-                     f"{mesh.shape['data']} data-parallel replicas of the mesh")
-  setup = model_setup.build(model, partitioning_config, mesh, seed=seed)
-  trainable, frozen = setup.trainable, setup.frozen
-  opt_shardings = partitioning.optimizer_shardings(
-      jax.eval_shape(optimizer.init, trainable), trainable, setup.trainable_shardings, mesh)
-  opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(trainable)
-  is_chief = jax.process_index() == 0
+  # One writer per MODEL_DIR: the lock comes before the backbone is read or
+  # anything is written, and is released however the run ends.
+  run_lock = lock_lib.acquire_for_run(model_dir)
+  try:
+    # Cheap checks first, then the model: abstract shapes, then the backbone read once.
+    task = data_lib.get_task_or_mixture(data.task)
+    data_lib.check_vocabulary(task, model.config.vocab_size)
+    data_lib.check_prompt_budget(model.prompt_positions, data.feature_lengths,
+                                 max_encoder_length)
+    mesh = partitioning.make_mesh(partitioning_config)
+    if data.batch_size % mesh.shape["data"]:
+      raise ValueError(f"BATCH_SIZE={data.batch_size} is not divisible by the "
+                       f"{mesh.shape['data']} data-parallel replicas of the mesh")
+    setup = model_setup.build(model, partitioning_config, mesh, seed=seed)
+    trainable, frozen = setup.trainable, setup.frozen
+    opt_shardings = partitioning.optimizer_shardings(
+        jax.eval_shape(optimizer.init, trainable), trainable, setup.trainable_shardings, mesh)
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(trainable)
+    is_chief = jax.process_index() == 0
 
-  # Resume.
-  store = checkpoints_lib.CheckpointStore(model_dir, keep_checkpoints)
-  start_step, data_position = 0, 0
-  restored = store.restore(tree_lib.abstract(trainable), tree_lib.abstract(opt_state))
-  if restored is not None:
-    trainable, opt_state, meta = restored
-    start_step, data_position = int(meta["step"]), int(meta["data_position"])
-    log.info("Resumed from step %d (%s)", start_step, store.step_dir(start_step))
-    # A kill between the commit and the export must not lose the .npy files.
-    if is_chief:
-      checkpoints_lib.export_prompts(model_dir, start_step, trainable)
+    # Resume.
+    store = checkpoints_lib.CheckpointStore(model_dir, keep_checkpoints)
+    start_step, data_position = 0, 0
+    restored = store.restore(tree_lib.abstract(trainable), tree_lib.abstract(opt_state),
+                             fallback=restore_fallback)
+    if restored is not None:
+      trainable, opt_state, meta = restored
+      start_step, data_position = int(meta["step"]), int(meta["data_position"])
+      log.info("Resumed from step %d (%s)", start_step, store.step_dir(start_step))
+      # A kill between the commit and the export must not lose the .npy files.
+      if is_chief:
+        checkpoints_lib.export_prompts(model_dir, start_step, trainable)
 
-  batches = data_lib.train_batches(data.task, data.feature_lengths, data.batch_size,
-                                   split=data.split, seed=data.seed, start_batch=data_position)
-  train_step = jit_train_step(setup.model, optimizer, z_loss, use_dropout, seed, mesh,
-                              setup.trainable_shardings, opt_shardings,
-                              setup.frozen_shardings, dropout_rng_impl)
-  writer = metrics_lib.MetricsWriter(model_dir, "train") if is_chief else None
-  backbone_bytes = tree_lib.tree_bytes(frozen)
-  summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes, skipped_steps=[])
+    batches = data_lib.train_batches(data.task, data.feature_lengths, data.batch_size,
+                                     split=data.split, seed=data.seed, start_batch=data_position)
+    train_step = jit_train_step(setup.model, optimizer, z_loss, use_dropout, seed, mesh,
+                                setup.trainable_shardings, opt_shardings,
+                                setup.frozen_shardings, dropout_rng_impl)
+    writer = metrics_lib.MetricsWriter(model_dir, "train") if is_chief else None
+    backbone_bytes = tree_lib.tree_bytes(frozen)
+    summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes, skipped_steps=[])
 
-  def save(step: int) -> None:
-    store.save(step, trainable, opt_state, data_position=step,
-               extra=dict(task=data.task))
-    faults.maybe_kill("before_export", step)
-    if is_chief:
-      checkpoints_lib.export_prompts(model_dir, step, trainable)
-    size = checkpoints_lib.directory_bytes(store.step_dir(step))
-    summary.update(checkpoint_bytes=size, checkpoint_fraction_of_backbone=size / max(
-        backbone_bytes, 1))
-    log.info("Saved step %d: checkpoint %d bytes, %.4f%% of the %d-byte backbone",
-             step, size, 100 * size / max(backbone_bytes, 1), backbone_bytes)
+    def save(step: int) -> None:
+      store.save(step, trainable, opt_state, data_position=step,
+                 extra=dict(task=data.task))
+      faults.maybe_kill("before_export", step)
+      if is_chief:
+        checkpoints_lib.export_prompts(model_dir, step, trainable)
+      size = checkpoints_lib.directory_bytes(store.step_dir(step))
+      summary.update(checkpoint_bytes=size, checkpoint_fraction_of_backbone=size / max(
+          backbone_bytes, 1))
+      log.info("Saved step %d: checkpoint %d bytes, %.4f%% of the %d-byte backbone",
+               step, size, 100 * size / max(backbone_bytes, 1), backbone_bytes)
+
+  except BaseException:
+    run_lock.release()
+    raise
 
   bar = _progress(progress and is_chief, start_step, train_steps)
   pending = None  # (step, metrics on device): fetched after the next dispatch
   window = dict(start=time.time(), steps=0, tokens=0.0)
   step = start_step
+  preempt = preemption.PreemptionWatcher()
   try:
+    preempt.install()
     for step in range(start_step + 1, train_steps + 1):
       host_batch = next(batches)
       # Counted on the host copy: no device transfer, and no rows of other hosts.
@@ -154,19 +179,32 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
                      force=True)
         pending = None
         save(step)
+      faults.maybe_sigterm(step)
+      if preempt.should_stop(step):  # SIGTERM: this step is done; save it and stop.
+        if pending is not None:
+          _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite,
+                       force=True)
+          pending = None
+        save(step)
+        summary["preempted_at_step"] = step
+        break
     if pending is not None:
       _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite,
                    force=True)
   finally:
+    preempt.uninstall()
     if bar is not None:
       bar.close()
     store.close()
+    run_lock.release()
   summary.update(step=max(step, start_step), start_step=start_step)
   if frozen_digest:
     summary["frozen_sha256"] = tree_lib.tree_digest(frozen)
   if is_chief:
     with open(layout.train_summary(model_dir), "w") as f:
       json.dump(summary, f, indent=1, default=metrics_lib.jsonable)
+  if "preempted_at_step" in summary:
+    log.warning(preempt.message())
   return summary
 
 
