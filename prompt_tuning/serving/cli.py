@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import signal
 import sys
 from typing import Optional
 
@@ -140,6 +141,11 @@ def run(args) -> int:
       event="ready", startup_s=round(time.monotonic() - start, 1),
       compiled=engine.compile_count, host=config.host, port=config.port)})
   app = server_lib.create_app(engine, config)
+  # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler
+  # that was there before it started. That handler is this no-op, so a drained
+  # shutdown exits 0 (what process managers read as a clean stop), not -15.
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda *_: None)
   # access_log off: the app writes one structured line per request itself.
   uvicorn.run(app, host=config.host, port=config.port, log_config=None, access_log=False,
               timeout_graceful_shutdown=None)

@@ -116,7 +116,8 @@ def decoding_config(options: DecodingOptions, config: ServeConfig,
     if not low <= value <= high:
       raise ServingError(f"decoding.{name}={value} is out of range; expected {low}..{high}",
                          422, "invalid_decoding")
-  length = options.max_decode_length or config.default_decode_length
+  length = (config.default_decode_length if options.max_decode_length is None
+            else options.max_decode_length)
   check("max_decode_length", length, 1, config.max_decode_length)
   if options.method == "greedy":
     return decoding.DecodingConfig(method="greedy", max_decode_length=length)
