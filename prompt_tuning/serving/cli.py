@@ -90,6 +90,8 @@ def build(args) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa
   from prompt_tuning.serving import server as server_lib
   files = prompt_files(args.prompt, args.prompt_dir)
   prompts = {name: initializers.load_npy(path) for name, path in files.items()}
+  if len(prompts) > args.max_prompts:
+    raise ValueError(f"{len(prompts)} prompts given but --max_prompts={args.max_prompts}")
   shapes = {name: p.shape for name, p in prompts.items()}
   if len(set(shapes.values())) > 1:
     raise ValueError(f"Prompts served together must share one [P, H] shape; got {shapes}")
