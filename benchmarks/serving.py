@@ -194,12 +194,24 @@ def check(responses, refs) -> tuple[int, float]:
 
 
 def main():
-  import httpx
+  import argparse
+  global ROUNDS, REQUESTS, SECONDS, CONCURRENCY
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--backbone", default=None, help="a T5X checkpoint of the small "
+                      "quickstart shape (default: the cached quickstart backbone)")
+  parser.add_argument("--rounds", type=int, default=ROUNDS)
+  parser.add_argument("--requests", type=int, default=REQUESTS)
+  parser.add_argument("--seconds", type=float, default=SECONDS)
+  parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
+  parser.add_argument("--no_write", action="store_true", help="print only (smoke runs)")
+  args = parser.parse_args()
+  ROUNDS, REQUESTS, SECONDS = args.rounds, args.requests, args.seconds
+  CONCURRENCY = tuple(int(c) for c in args.concurrency.split(","))
   info = cpu_info()
   print(f"CPU: {info['cpu']} ({info['cores']} cores); AVX-512: "
         f"{'yes' if info['avx512'] else 'no'}", flush=True)
   work = tempfile.mkdtemp(prefix="serving_bench_")
-  path = backbone()
+  path = args.backbone or backbone()
   prompt_dir = os.path.join(work, "prompts")
   os.makedirs(prompt_dir)
   prompts = make_prompts(path, prompt_dir)
@@ -283,8 +295,9 @@ def main():
       responses_checked=sum(r["requests"] - r["errors"] for r in runs),
       mismatches_vs_infer=mismatches, max_score_diff_vs_infer=worst,
       server_exit_codes=codes, runs=runs)
-  with open(os.path.join(HERE, "serving.json"), "w") as f:
-    json.dump(result, f, indent=1)
+  if not args.no_write:
+    with open(os.path.join(HERE, "serving.json"), "w") as f:
+      json.dump(result, f, indent=1)
   print(json.dumps(summary, indent=1))
   print(f"checked {result['responses_checked']} responses against infer: {mismatches} "
         f"mismatches, max score diff {worst:.2e}; server exit codes {codes}")

@@ -337,7 +337,10 @@ def test_sigterm_drains_in_flight_requests(files):
     with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
       futures = [pool.submit(_post, url, "/v1/generate", {"prompt": p, "inputs": x})
                  for p, x in jobs]
-      time.sleep(0.1)  # queued (max_wait 300 ms; the first batch also compiles)
+      # SIGTERM once all three are in flight (the first batch also compiles).
+      while httpx.get(url + "/healthz", timeout=10).json()["in_flight"] < len(jobs):
+        assert not any(f.done() for f in futures), "answered before SIGTERM"
+        time.sleep(0.01)
       proc.send_signal(signal.SIGTERM)
       responses = [f.result() for f in futures]
     assert [r.status_code for r in responses] == [200] * 3, [r.text for r in responses]

@@ -67,6 +67,7 @@ class Batcher:
     self._wakeup: Optional[asyncio.Event] = None
     self._task: Optional[asyncio.Task] = None
     self._closing = False
+    self.in_flight = 0  # requests submitted and not yet answered
     # One thread: the device runs one batch at a time, in order.
     self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batch")
 
@@ -100,8 +101,12 @@ class Batcher:
     work = Work(group, prompt, rows, asyncio.get_running_loop().create_future())
     self._pending.append(work)
     self._wakeup.set()
-    # A cancelled waiter (client gone) cancels only its own future.
-    return await work.future
+    self.in_flight += 1
+    try:
+      # A cancelled waiter (client gone) cancels only its own future.
+      return await work.future
+    finally:
+      self.in_flight -= 1
 
   def _group_rows(self, group: Hashable) -> int:
     return sum(len(w.rows) for w in self._pending if w.group == group and not w.future.done())

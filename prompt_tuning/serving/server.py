@@ -212,6 +212,54 @@ def _request_id(request: Request) -> str:
   return getattr(request.state, "request_id", "-")
 
 
+class RequestContext:
+  """ASGI middleware: request id, body-size limit, metrics and one log line per request.
+
+  Plain ASGI rather than Starlette's BaseHTTPMiddleware, which costs an extra
+  task and stream per request on the hot path.
+  """
+
+  def __init__(self, app, config: ServeConfig, metrics: Metrics):
+    self.app, self.config, self.metrics = app, config, metrics
+
+  async def __call__(self, scope, receive, send):
+    if scope["type"] != "http":
+      return await self.app(scope, receive, send)
+    start = time.monotonic()
+    headers = dict(scope["headers"])
+    given = headers.get(b"x-request-id", b"").decode("latin-1")
+    request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    state = scope.setdefault("state", {})
+    state["request_id"] = request_id
+    status = 500
+
+    async def send_with_id(message):
+      nonlocal status
+      if message["type"] == "http.response.start":
+        status = message["status"]
+        message["headers"] = [*message.get("headers", []),
+                              (b"x-request-id", request_id.encode())]
+      await send(message)
+
+    length = headers.get(b"content-length", b"")
+    try:
+      if length.isdigit() and int(length) > self.config.max_body_bytes:
+        await _error(413, "body_too_large", f"request body of {int(length)} bytes; at most "
+                     f"{self.config.max_body_bytes}", request_id)(scope, receive, send_with_id)
+      else:
+        await self.app(scope, receive, send_with_id)
+    finally:
+      elapsed = time.monotonic() - start
+      endpoint = getattr(scope.get("route"), "path", "unmatched")
+      self.metrics.requests.labels(endpoint, str(status)).inc()
+      self.metrics.latency.labels(endpoint).observe(elapsed)
+      if endpoint not in ("/metrics", "/healthz") and log.isEnabledFor(logging.INFO):
+        log.info("request", extra={"fields": {
+            **state.get("log_fields", {}), "event": "request", "request_id": request_id,
+            "method": scope["method"], "path": scope["path"], "status": status,
+            "latency_ms": round(1000 * elapsed, 2)}})
+
+
 def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
   """The FastAPI app around a (warmed) engine."""
   metrics = Metrics()
@@ -233,30 +281,7 @@ def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
   app = FastAPI(title="prompt-tuning serve", lifespan=lifespan, docs_url=None, redoc_url=None)
   app.state.engine, app.state.batcher, app.state.metrics = engine, batcher, metrics
 
-  @app.middleware("http")
-  async def request_context(request: Request, call_next):
-    given = request.headers.get("x-request-id", "")
-    request.state.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-    start = time.monotonic()
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > config.max_body_bytes:
-      response = _error(413, "body_too_large", f"request body of {length} bytes; at most "
-                        f"{config.max_body_bytes}", request.state.request_id)
-    else:
-      response = await call_next(request)
-    elapsed = time.monotonic() - start
-    route = request.scope.get("route")
-    endpoint = getattr(route, "path", "unmatched")
-    response.headers["X-Request-ID"] = request.state.request_id
-    metrics.requests.labels(endpoint, str(response.status_code)).inc()
-    metrics.latency.labels(endpoint).observe(elapsed)
-    if endpoint not in ("/metrics", "/healthz"):
-      log.info("request", extra={"fields": {
-          **getattr(request.state, "log_fields", {}), "event": "request",
-          "request_id": request.state.request_id, "method": request.method,
-          "path": request.url.path, "status": response.status_code,
-          "latency_ms": round(1000 * elapsed, 2)}})
-    return response
+  app.add_middleware(RequestContext, config=config, metrics=metrics)
 
   @app.exception_handler(ServingError)
   async def serving_error(request: Request, e: ServingError):
@@ -393,7 +418,7 @@ def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
   async def healthz(request: Request):
     return {"request_id": _request_id(request), "status": "ok",
             "prompts": len(engine.prompts.names()), "compiled_programs": engine.compile_count,
-            "queued_rows": batcher.queued_rows}
+            "queued_rows": batcher.queued_rows, "in_flight": batcher.in_flight}
 
   @app.get("/metrics")
   async def prometheus_metrics():
