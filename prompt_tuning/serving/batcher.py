@@ -2,7 +2,8 @@
 
 Requests are queued as `Work` items (a few rows each). The loop takes the
 oldest item, waits until its group (same kind and decoding options, any
-prompt) has `max_rows` rows or the oldest has waited `max_wait_s`, then
+prompt) has `max_rows` rows or `max_wait_s` has passed (since the oldest
+arrived, or since the device became free if it arrived while busy), then
 runs those items as one batch on a single worker thread, so the event loop
 keeps accepting requests while the device works. A batch finishing
 releases the next one at once: whatever queued meanwhile goes together.
@@ -68,6 +69,7 @@ class Batcher:
     self._task: Optional[asyncio.Task] = None
     self._closing = False
     self.in_flight = 0  # requests submitted and not yet answered
+    self._free_since = 0.0  # when the last batch finished
     # One thread: the device runs one batch at a time, in order.
     self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batch")
 
@@ -136,7 +138,11 @@ class Batcher:
         await self._wakeup.wait()
         continue
       first = self._pending[0]
-      deadline = first.enqueued + self.max_wait_s
+      # The wait starts when the oldest request arrived or, if it came while
+      # the device was busy, when the device became free: the clients the
+      # last batch just answered get `max_wait_s` to send their next request
+      # and join, instead of the queue splitting into two half batches.
+      deadline = max(first.enqueued, self._free_since) + self.max_wait_s
       while (not self._closing and self._group_rows(first.group) < self.max_rows
              and (remaining := deadline - time.monotonic()) > 0):
         self._wakeup.clear()
@@ -153,7 +159,7 @@ class Batcher:
       except Exception as e:  # pylint: disable=broad-except
         log.exception("batch failed")
         results = [e] * len(batch)
-      end = time.monotonic()
+      end = self._free_since = time.monotonic()
       for w, result in zip(batch, results):
         if w.future.done():  # The client left while its batch ran.
           continue
