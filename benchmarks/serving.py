@@ -43,7 +43,7 @@ sys.path.insert(0, ROOT)
 
 NUM_PROMPTS, PROMPT_LENGTH, NUM_INPUTS, DECODE = 8, 10, 64, 8
 CONCURRENCY = (8, 16, 32)
-ROUNDS, REQUESTS, SECONDS = 3, 400, 20.0
+ROUNDS, REQUESTS, SECONDS = 3, 1000, 15.0
 MAX_WAIT_MS = 5.0
 MODES = {
     "batched": ["--batch_buckets=1,2,4,8,16,32", f"--max_wait_ms={MAX_WAIT_MS}"],
