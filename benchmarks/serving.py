@@ -45,6 +45,7 @@ NUM_PROMPTS, PROMPT_LENGTH, NUM_INPUTS, DECODE = 8, 10, 64, 8
 CONCURRENCY = (8, 16, 32)
 ROUNDS, REQUESTS, SECONDS = 3, 1000, 15.0
 MAX_WAIT_MS = 5.0
+NOTES_MARKER = "<!-- notes: kept when the script rewrites this file -->"
 MODES = {
     "batched": ["--batch_buckets=1,2,4,8,16,32", f"--max_wait_ms={MAX_WAIT_MS}"],
     "unbatched": ["--batch_buckets=1", "--max_wait_ms=0"],
@@ -149,6 +150,7 @@ def batch_stats(url: str) -> dict:
   out = {}
   for line in httpx.get(url + "/metrics").text.splitlines():
     for name in ("pt_serve_batch_rows_sum", "pt_serve_batch_rows_count",
+                 "pt_serve_batch_seconds_sum",
                  "pt_serve_batch_prompts_sum", "pt_serve_queue_wait_seconds_sum",
                  "pt_serve_queue_wait_seconds_count"):
       if line.startswith(name + " "):
@@ -218,22 +220,26 @@ def markdown(result: dict) -> str:
       f"{result['rounds']} rounds (order flipped every round); medians.",
       "",
       f"Machine: {m['cpu']}, {m['cores']} cores, AVX-512: {'yes' if m['avx512'] else 'no'} "
-      "(AVX2 only); the client, both servers and the model share these cores.",
+      "(AVX2 only); the client, both servers and the model share these cores, and the "
+      "machine is shared with other jobs: load average "
+      f"{m['load_average_at_start'][0]:.1f} at the start, {m['load_average_at_end'][0]:.1f} "
+      "at the end.",
       "",
       f"- **batched**: batch buckets 1-32 rows, max wait {result['max_wait_ms']:.0f} ms; "
       "requests for any of the prompts share one forward pass and one decode loop.",
       "- **unbatched**: batch bucket 1, max wait 0: one request per forward pass.",
       "",
       "| clients | mode | requests/s | p50 ms | p99 ms | rows / batch | prompts / batch "
-      "| queue wait ms |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- |",
+      "| device ms / batch | device busy | queue wait ms |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for clients, row in result["summary"].items():
     for mode in ("batched", "unbatched"):
       r = row[mode]
       lines.append(f"| {clients} | {mode} | {r['rps']:.1f} | {r['p50_ms']:.1f} | "
                    f"{r['p99_ms']:.1f} | {r['mean_batch_rows']:.1f} | "
-                   f"{r['mean_batch_prompts']:.1f} | {r['mean_queue_wait_ms']:.1f} |")
+                   f"{r['mean_batch_prompts']:.1f} | {r['mean_batch_ms']:.1f} | "
+                   f"{100 * r['device_busy']:.0f}% | {r['mean_queue_wait_ms']:.1f} |")
   lines += ["", "| clients | throughput batched / unbatched (median of rounds) | batched p99 "
             "| budget: 2 x unbatched p50 + max wait | within |", "| --- | --- | --- | --- | --- |"]
   for clients, row in result["summary"].items():
@@ -264,6 +270,7 @@ def main():
   ROUNDS, REQUESTS, SECONDS = args.rounds, args.requests, args.seconds
   CONCURRENCY = tuple(int(c) for c in args.concurrency.split(","))
   info = cpu_info()
+  info["load_average_at_start"] = os.getloadavg()
   print(f"CPU: {info['cpu']} ({info['cores']} cores); AVX-512: "
         f"{'yes' if info['avx512'] else 'no'}", flush=True)
   work = tempfile.mkdtemp(prefix="serving_bench_")
@@ -312,6 +319,10 @@ def main():
                                - before["pt_serve_batch_rows_sum"]) / max(batches, 1),
               mean_batch_prompts=(after["pt_serve_batch_prompts_sum"]
                                   - before["pt_serve_batch_prompts_sum"]) / max(batches, 1),
+              mean_batch_ms=1000 * (after["pt_serve_batch_seconds_sum"]
+                                    - before["pt_serve_batch_seconds_sum"]) / max(batches, 1),
+              device_busy=(after["pt_serve_batch_seconds_sum"]
+                           - before["pt_serve_batch_seconds_sum"]) / result["seconds"],
               mean_queue_wait_ms=1000 * (
                   after["pt_serve_queue_wait_seconds_sum"]
                   - before["pt_serve_queue_wait_seconds_sum"]) / max(
@@ -329,6 +340,7 @@ def main():
       proc.terminate()
     codes = {mode: proc.wait(60) for mode, (proc, _) in servers.items()}
 
+  info["load_average_at_end"] = os.getloadavg()
   summary = {}
   for clients in CONCURRENCY:
     row = {}
@@ -336,7 +348,8 @@ def main():
       mine = [r for r in runs if r["mode"] == mode and r["clients"] == clients]
       row[mode] = {k: float(np.median([r[k] for r in mine]))
                    for k in ("rps", "p50_ms", "p99_ms", "mean_batch_rows",
-                             "mean_batch_prompts", "mean_queue_wait_ms")}
+                             "mean_batch_prompts", "mean_batch_ms", "device_busy",
+                             "mean_queue_wait_ms")}
     ratios = [b["rps"] / u["rps"] for b, u in zip(
         [r for r in runs if r["mode"] == "batched" and r["clients"] == clients],
         [r for r in runs if r["mode"] == "unbatched" and r["clients"] == clients])]
@@ -354,8 +367,15 @@ def main():
   if not args.no_write:
     with open(os.path.join(HERE, "serving.json"), "w") as f:
       json.dump(result, f, indent=1)
-    with open(os.path.join(HERE, "serving.md"), "w") as f:
-      f.write(markdown(result))
+    md_path = os.path.join(HERE, "serving.md")
+    notes = ""
+    if os.path.exists(md_path):  # Hand-written notes below the marker survive reruns.
+      with open(md_path) as f:
+        old = f.read()
+      if NOTES_MARKER in old:
+        notes = old[old.index(NOTES_MARKER):]
+    with open(md_path, "w") as f:
+      f.write(markdown(result) + "\n" + notes)
   print(json.dumps(summary, indent=1))
   print(f"checked {result['responses_checked']} responses against infer: {mismatches} "
         f"mismatches, max score diff {worst:.2e}; server exit codes {codes}")
