@@ -165,6 +165,9 @@ def test_error_catalogue_keeps_the_server_alive(served):
                            headers={"content-type": "application/json"}), 400, "malformed_json")
   _assert_error(httpx.put(url + "/v1/prompts/x", content=b"{nope",
                           headers={"content-type": "application/json"}), 400, "malformed_json")
+  _assert_error(httpx.post(url + "/v1/generate", content=json.dumps(ok).encode(),
+                           headers={"content-type": "application/x-www-form-urlencoded"}),
+                415, "unsupported_media_type")
   _assert_error(_post(url, "/v1/generate", {**ok, "inputs": ["a"] * 5}), 413, "too_many_inputs")
   _assert_error(_post(url, "/v1/score", {**ok, "inputs": ["a"] * 3, "candidates": ["b"] * 3}),
                 413, "too_many_inputs")

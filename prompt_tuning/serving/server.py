@@ -290,6 +290,10 @@ def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
   @app.exception_handler(RequestValidationError)
   async def invalid_request(request: Request, e: RequestValidationError):
     errors = e.errors()
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.method == "POST" and kind not in ("application/json", ""):
+      return _error(415, "unsupported_media_type", f"the body is {kind}; send JSON with "
+                    "Content-Type: application/json", _request_id(request))
     if any(err.get("type") == "json_invalid" for err in errors):
       return _error(400, "malformed_json", "the request body is not valid JSON",
                     _request_id(request))
