@@ -2,6 +2,8 @@
 
 from setuptools import find_packages, setup
 
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.17"]
+
 
 setup(
     name="prompt-tuning",
@@ -38,8 +40,14 @@ setup(
         "matplotlib>=3.7",  # recycling result plots
     ],
     extras_require={
-        # scikit-learn: the reference the metric tests compare against (seen: 1.9.1).
-        "test": ["pytest>=7", "pytest-xdist>=3", "scikit-learn>=1.0"],
+        # `prompt-tuning serve`. Seen working: fastapi 0.165.0 (starlette 1.10.0,
+        # pydantic 2.13.4), uvicorn 0.54.0, prometheus-client 0.26.0.
+        "serve": SERVE,
+        # scikit-learn: the reference the metric tests compare against (seen: 1.9.1);
+        # httpx: the HTTP client of the serving tests and load test (seen: 0.28.1).
+        "test": ["pytest>=7", "pytest-xdist>=3", "scikit-learn>=1.0", "httpx>=0.25", *SERVE],
+        # The serving load test's HTTP client (benchmarks/serving.py; seen: aiohttp 3.14.5).
+        "bench": ["aiohttp>=3.9", "httpx>=0.25"],
         # Seen working: torch 2.13.0 (CPU wheel), transformers 5.23.0, peft 0.21.2,
         # safetensors 0.8.0. Install torch's CPU build first (see .ci/run).
         "interop": ["torch>=2.1", "transformers>=4.40", "peft>=0.10", "safetensors>=0.4"],

@@ -9,6 +9,7 @@
   prompt-tuning inspect CHECKPOINT
   prompt-tuning tasks list [REGEX] | tasks show NAME [--split=S] [--num_examples=N]
   prompt-tuning decode CHECKPOINT --spm_model=M --input="text" [--method=beam]
+  prompt-tuning serve CHECKPOINT --prompt NAME=p.npy [--prompt_dir=D] [--port=8000]
 
 train / eval / infer / precompile take T5X's flags: gin files (bundled configs
 are found from any directory), `--gin.MACRO=VALUE` bindings with gin literals
@@ -116,6 +117,11 @@ def _run_gin(args: argparse.Namespace, bindings: list[str]) -> int:
   else:
     print(result)
   return 0
+
+
+def _serve(args) -> int:
+  from prompt_tuning.serving import cli as serving_cli
+  return serving_cli.run(args)
 
 
 def _recycle(args) -> int:
@@ -318,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
   dec.add_argument("--num_beams", type=int, default=4)
   dec.add_argument("--temperature", type=float, default=1.0)
   dec.add_argument("--seed", type=int, default=0)
+  from prompt_tuning.serving import cli as serving_cli  # argparse only: no JAX import
+  serving_cli.add_arguments(sub.add_parser(
+      "serve", help="serve many prompts from one frozen model over HTTP (batched across tasks)",
+      allow_abbrev=False))
   return parser
 
 
@@ -348,7 +358,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "recycle" and args.skip is None:
       args.skip = 1000 if args.filter_file else 0
     return {"inspect": _inspect, "decode": _decode, "quickstart": _quickstart,
-            "recycle": _recycle, "tasks": _tasks}[args.command](args)
+            "recycle": _recycle, "tasks": _tasks, "serve": _serve}[args.command](args)
   except (FileNotFoundError, ValueError, KeyError, FileExistsError) as e:
     print(f"prompt-tuning {args.command}: error: {e}", file=sys.stderr)
     return 2

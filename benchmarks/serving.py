@@ -1,0 +1,387 @@
+"""Load test of `prompt-tuning serve`: cross-task batching vs one request at a time.
+
+The quickstart's small backbone (width 128, 3 + 3 layers, byte vocabulary)
+serves 8 prompts (10 tokens, sampled-vocabulary initializations, seeds 0-7).
+Two real server processes run side by side over loopback:
+
+  batched    batch buckets 1..32, max wait 5 ms (requests for any prompt share a pass)
+  unbatched  batch bucket 1 (one request, one row, per forward pass and decode loop)
+
+A closed-loop asyncio aiohttp client keeps C requests in flight (C = 8, 16, 32);
+each request is one input for a round-robin prompt, greedy decoding of up to
+8 tokens. Every run stops by itself after REQUESTS responses or SECONDS
+seconds. Modes alternate within each round (the order flips every round);
+medians over ROUNDS rounds are reported.
+
+The client is aiohttp rather than httpx: on this 2-core machine httpx spent
+2.4-3.5 ms of CPU per request against aiohttp's 0.3-0.5 ms (and the server's
+0.4-1.0 ms), more than the model's own work per request, so with httpx the
+load test mostly measured its own client.
+
+Every response is checked against `prompt-tuning infer` (evaluation.infer,
+the function the binary runs) for the same prompt and input: same text,
+score within 1e-4.
+
+Run: python benchmarks/serving.py   (writes serving.json and serving.md here)
+"""
+
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+NUM_PROMPTS, PROMPT_LENGTH, NUM_INPUTS, DECODE = 8, 10, 64, 8
+CONCURRENCY = (8, 16, 32)
+ROUNDS, REQUESTS, SECONDS = 3, 1000, 15.0
+MAX_WAIT_MS = 5.0
+NOTES_MARKER = "<!-- notes: kept when the script rewrites this file -->"
+MODES = {
+    "batched": ["--batch_buckets=1,2,4,8,16,32", f"--max_wait_ms={MAX_WAIT_MS}"],
+    "unbatched": ["--batch_buckets=1", "--max_wait_ms=0"],
+}
+
+
+def cpu_info() -> dict:
+  model, flags = platform.processor(), []
+  try:
+    with open("/proc/cpuinfo") as f:
+      lines = f.read().splitlines()
+    model = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")),
+                 model)
+    flags = next((l.split(":", 1)[1].split() for l in lines if l.startswith("flags")), [])
+  except OSError:
+    pass
+  return {"cpu": model, "avx512": "avx512f" in flags, "cores": os.cpu_count()}
+
+
+def backbone() -> str:
+  """The quickstart's cached small backbone (built into benchmarks/.cache_serving if absent)."""
+  from prompt_tuning import quickstart
+  cfg = quickstart.PretrainConfig(size="small")
+  cached = quickstart.backbone_path(quickstart.default_cache_dir(), cfg)
+  if os.path.exists(os.path.join(cached, "DONE")):
+    return cached
+  return quickstart.pretrain(cfg, os.path.join(HERE, ".cache_serving"), progress=False)
+
+
+def make_prompts(path: str, folder: str) -> dict[str, np.ndarray]:
+  from prompt_tuning.prompts import initializers
+  import jax
+  prompts = {}
+  for k in range(NUM_PROMPTS):
+    init = initializers.sampled_vocab(path, PROMPT_LENGTH, first_n=259, seed=k)
+    prompts[f"p{k}"] = np.asarray(init(jax.random.PRNGKey(k), (PROMPT_LENGTH, 128)))
+    np.save(os.path.join(folder, f"p{k}.npy"), prompts[f"p{k}"])
+  return prompts
+
+
+def infer_references(path: str, prompts: dict[str, np.ndarray], work: str) -> dict:
+  """{(prompt, input): (prediction, score)} from evaluation.infer, per prompt."""
+  from prompt_tuning import decoding, evaluation, quickstart
+  from prompt_tuning.prompts import initializers, soft
+  from prompt_tuning.runtime.specs import DataSpec, ModelSpec
+  from prompt_tuning.tasks import synthetic
+  import prompt_tuning.tasks  # noqa: F401  (registers the synthetic tasks)
+  refs = {}
+  for name, value in prompts.items():
+    out = evaluation.infer(
+        model_dir=os.path.join(work, name),
+        model=ModelSpec(quickstart.backbone_config("small"), path,
+                        soft.SoftPrompt(length=PROMPT_LENGTH,
+                                        init=initializers.from_array(value))),
+        data=DataSpec("synthetic_reverse_bare", synthetic.FEATURE_LENGTHS, 32,
+                      split="validation"),
+        restore_checkpoint=False,
+        decoding_config=decoding.DecodingConfig(max_decode_length=DECODE),
+        max_examples=NUM_INPUTS)
+    with open(out) as f:
+      for line in f:
+        row = json.loads(line)
+        refs[(name, row["input"])] = (row["prediction"], row["score"])
+  return refs
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start_server(path: str, prompt_dir: str, flags: list[str], log_path: str):
+  port = free_port()
+  cmd = [sys.executable, "-m", "prompt_tuning.cli.main", "serve", path,
+         f"--prompt_dir={prompt_dir}", "--relative_attention_max_distance=32",
+         f"--port={port}", "--length_buckets=16", "--target_buckets=8",
+         f"--default_decode_length={DECODE}", f"--max_decode_length={DECODE}",
+         "--log_level=WARNING", *flags]
+  log = open(log_path, "w")
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          stdout=log, stderr=log)
+  return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(proc, url: str, timeout: float = 900) -> None:
+  import httpx
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      raise RuntimeError(f"server exited with {proc.returncode}")
+    try:
+      if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+        return
+    except httpx.TransportError:
+      pass
+    time.sleep(0.5)
+  raise TimeoutError(f"{url} did not come up")
+
+
+def batch_stats(url: str) -> dict:
+  """Cumulative batch counters from /metrics."""
+  import httpx
+  out = {}
+  for line in httpx.get(url + "/metrics").text.splitlines():
+    for name in ("pt_serve_batch_rows_sum", "pt_serve_batch_rows_count",
+                 "pt_serve_batch_seconds_sum",
+                 "pt_serve_batch_prompts_sum", "pt_serve_queue_wait_seconds_sum",
+                 "pt_serve_queue_wait_seconds_count"):
+      if line.startswith(name + " "):
+        out[name] = float(line.split()[1])
+  return out
+
+
+async def load(url: str, jobs: list[tuple[str, str]], clients: int, requests: int,
+               seconds: float) -> dict:
+  """Closed loop: `clients` workers, each sends its next job when the last one returns."""
+  import aiohttp
+  latencies, responses, errors = [], [], 0
+  next_job = 0
+  stop_at = time.monotonic() + seconds
+  connector = aiohttp.TCPConnector(limit=clients)
+  timeout = aiohttp.ClientTimeout(total=120)
+  async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+    async def worker():
+      nonlocal next_job, errors
+      while next_job < requests and time.monotonic() < stop_at:
+        prompt, text = jobs[next_job % len(jobs)]
+        next_job += 1
+        t0 = time.monotonic()
+        async with session.post("/v1/generate", json={"prompt": prompt,
+                                                       "inputs": [text]}) as r:
+          body = await r.json()
+        latencies.append(time.monotonic() - t0)
+        if r.status != 200:
+          errors += 1
+          continue
+        responses.append((prompt, text, body["outputs"][0]))
+    start = time.monotonic()
+    await asyncio.gather(*[worker() for _ in range(clients)])
+    wall = time.monotonic() - start
+  lat = np.asarray(latencies)
+  return dict(requests=len(latencies), errors=errors, seconds=wall,
+              rps=len(latencies) / wall, p50_ms=1000 * float(np.percentile(lat, 50)),
+              p99_ms=1000 * float(np.percentile(lat, 99)), responses=responses)
+
+
+def check(responses, refs) -> tuple[int, float]:
+  """(mismatches, max |score diff|) against infer."""
+  bad, worst = 0, 0.0
+  for prompt, text, out in responses:
+    want_text, want_score = refs[(prompt, text)]
+    diff = abs(out["score"] - want_score)
+    worst = max(worst, diff)
+    if out["text"] != want_text or diff > 1e-4:
+      bad += 1
+  return bad, worst
+
+
+def markdown(result: dict) -> str:
+  """serving.md from the results."""
+  m = result["machine"]
+  lines = [
+      "# Serving: cross-task batching vs one request at a time",
+      "",
+      "`python benchmarks/serving.py` (raw figures in `serving.json`). Two real "
+      "`prompt-tuning serve` processes over loopback on the quickstart's small backbone "
+      "(width 128, 3 + 3 layers, byte vocabulary), "
+      f"{result['prompts']} prompts of {result['prompt_length']} tokens; a closed-loop "
+      "asyncio `aiohttp` client keeps C requests in flight, each request one input for a "
+      f"round-robin prompt, greedy decoding of up to {result['decode_length']} tokens. "
+      f"Each run stops after {result['max_requests_per_run']} responses or "
+      f"{result['max_seconds_per_run']:.0f} s; the two servers alternate within each of "
+      f"{result['rounds']} rounds (order flipped every round); medians.",
+      "",
+      f"Machine: {m['cpu']}, {m['cores']} cores, AVX-512: {'yes' if m['avx512'] else 'no'} "
+      "(AVX2 only); the client, both servers and the model share these cores, and the "
+      "machine is shared with other jobs: load average "
+      f"{m['load_average_at_start'][0]:.1f} at the start, {m['load_average_at_end'][0]:.1f} "
+      "at the end.",
+      "",
+      f"- **batched**: batch buckets 1-32 rows, max wait {result['max_wait_ms']:.0f} ms; "
+      "requests for any of the prompts share one forward pass and one decode loop.",
+      "- **unbatched**: batch bucket 1, max wait 0: one request per forward pass.",
+      "",
+      "| clients | mode | requests/s | p50 ms | p99 ms | rows / batch | prompts / batch "
+      "| device ms / batch | device busy | queue wait ms |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  for clients, row in result["summary"].items():
+    for mode in ("batched", "unbatched"):
+      r = row[mode]
+      lines.append(f"| {clients} | {mode} | {r['rps']:.1f} | {r['p50_ms']:.1f} | "
+                   f"{r['p99_ms']:.1f} | {r['mean_batch_rows']:.1f} | "
+                   f"{r['mean_batch_prompts']:.1f} | {r['mean_batch_ms']:.1f} | "
+                   f"{100 * r['device_busy']:.0f}% | {r['mean_queue_wait_ms']:.1f} |")
+  lines += ["", "| clients | throughput batched / unbatched (median of rounds) | batched p99 "
+            "| budget: 2 x unbatched p50 + max wait | within |", "| --- | --- | --- | --- | --- |"]
+  for clients, row in result["summary"].items():
+    lines.append(f"| {clients} | {row['throughput_ratio']:.2f}x | "
+                 f"{row['batched']['p99_ms']:.1f} ms | {row['p99_budget_ms']:.1f} ms | "
+                 f"{'yes' if row['p99_within_budget'] else 'no'} |")
+  lines += ["", f"Outputs: {result['responses_checked']} responses checked against "
+            "`prompt-tuning infer` (`evaluation.infer`, same prompt and input, one infer run "
+            f"per prompt): {result['mismatches_vs_infer']} mismatches; texts identical, "
+            f"largest score difference {result['max_score_diff_vs_infer']:.1e} (float "
+            "rounding from different batch and padding shapes). Servers exited with "
+            f"{result['server_exit_codes']} after SIGTERM.", ""]
+  return "\n".join(lines)
+
+
+def main():
+  import argparse
+  global ROUNDS, REQUESTS, SECONDS, CONCURRENCY
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--backbone", default=None, help="a T5X checkpoint of the small "
+                      "quickstart shape (default: the cached quickstart backbone)")
+  parser.add_argument("--rounds", type=int, default=ROUNDS)
+  parser.add_argument("--requests", type=int, default=REQUESTS)
+  parser.add_argument("--seconds", type=float, default=SECONDS)
+  parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
+  parser.add_argument("--no_write", action="store_true", help="print only (smoke runs)")
+  args = parser.parse_args()
+  ROUNDS, REQUESTS, SECONDS = args.rounds, args.requests, args.seconds
+  CONCURRENCY = tuple(int(c) for c in args.concurrency.split(","))
+  info = cpu_info()
+  info["load_average_at_start"] = os.getloadavg()
+  print(f"CPU: {info['cpu']} ({info['cores']} cores); AVX-512: "
+        f"{'yes' if info['avx512'] else 'no'}", flush=True)
+  work = tempfile.mkdtemp(prefix="serving_bench_")
+  path = args.backbone or backbone()
+  prompt_dir = os.path.join(work, "prompts")
+  os.makedirs(prompt_dir)
+  prompts = make_prompts(path, prompt_dir)
+  t0 = time.time()
+  refs = infer_references(path, prompts, work)
+  print(f"infer references: {len(refs)} (prompt, input) pairs in {time.time() - t0:.0f} s",
+        flush=True)
+  names = sorted(prompts)
+  inputs = sorted({text for _, text in refs})
+  # Round-robin prompts, inputs cycling independently: every request mixes tasks.
+  jobs = [(names[i % NUM_PROMPTS], inputs[(i * 7) % len(inputs)]) for i in range(4096)]
+
+  servers = {}
+  for mode, flags in MODES.items():
+    t0 = time.time()
+    proc, url = start_server(path, prompt_dir, flags, os.path.join(work, f"{mode}.log"))
+    wait_ready(proc, url)
+    servers[mode] = (proc, url)
+    print(f"{mode} server up in {time.time() - t0:.0f} s (warm-up compiles included)",
+          flush=True)
+
+  runs = []
+  mismatches, worst = 0, 0.0
+  try:
+    for mode, (_, url) in servers.items():  # One untimed pass each: caches, connections.
+      asyncio.run(load(url, jobs, 8, 64, SECONDS))
+    for rnd in range(ROUNDS):
+      for clients in CONCURRENCY:
+        order = list(MODES) if (rnd + clients) % 2 == 0 else list(MODES)[::-1]
+        for mode in order:
+          url = servers[mode][1]
+          before = batch_stats(url)
+          result = asyncio.run(load(url, jobs[rnd * 997:], clients, REQUESTS, SECONDS))
+          after = batch_stats(url)
+          bad, diff = check(result.pop("responses"), refs)
+          mismatches += bad
+          worst = max(worst, diff)
+          batches = after["pt_serve_batch_rows_count"] - before["pt_serve_batch_rows_count"]
+          result.update(
+              mode=mode, clients=clients, round=rnd, mismatches=bad,
+              mean_batch_rows=(after["pt_serve_batch_rows_sum"]
+                               - before["pt_serve_batch_rows_sum"]) / max(batches, 1),
+              mean_batch_prompts=(after["pt_serve_batch_prompts_sum"]
+                                  - before["pt_serve_batch_prompts_sum"]) / max(batches, 1),
+              mean_batch_ms=1000 * (after["pt_serve_batch_seconds_sum"]
+                                    - before["pt_serve_batch_seconds_sum"]) / max(batches, 1),
+              device_busy=(after["pt_serve_batch_seconds_sum"]
+                           - before["pt_serve_batch_seconds_sum"]) / result["seconds"],
+              mean_queue_wait_ms=1000 * (
+                  after["pt_serve_queue_wait_seconds_sum"]
+                  - before["pt_serve_queue_wait_seconds_sum"]) / max(
+                      after["pt_serve_queue_wait_seconds_count"]
+                      - before["pt_serve_queue_wait_seconds_count"], 1))
+          runs.append(result)
+          print(f"round {rnd} {mode:9s} C={clients:2d}: {result['rps']:7.1f} req/s  "
+                f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
+                f"batch {result['mean_batch_rows']:4.1f} rows / "
+                f"{result['mean_batch_prompts']:3.1f} prompts  "
+                f"({result['requests']} req, {result['errors']} errors, {bad} mismatches)",
+                flush=True)
+  finally:
+    for proc, _ in servers.values():
+      proc.terminate()
+    codes = {mode: proc.wait(60) for mode, (proc, _) in servers.items()}
+
+  info["load_average_at_end"] = os.getloadavg()
+  summary = {}
+  for clients in CONCURRENCY:
+    row = {}
+    for mode in MODES:
+      mine = [r for r in runs if r["mode"] == mode and r["clients"] == clients]
+      row[mode] = {k: float(np.median([r[k] for r in mine]))
+                   for k in ("rps", "p50_ms", "p99_ms", "mean_batch_rows",
+                             "mean_batch_prompts", "mean_batch_ms", "device_busy",
+                             "mean_queue_wait_ms")}
+    ratios = [b["rps"] / u["rps"] for b, u in zip(
+        [r for r in runs if r["mode"] == "batched" and r["clients"] == clients],
+        [r for r in runs if r["mode"] == "unbatched" and r["clients"] == clients])]
+    row["throughput_ratio"] = float(np.median(ratios))
+    row["p99_budget_ms"] = 2 * row["unbatched"]["p50_ms"] + MAX_WAIT_MS
+    row["p99_within_budget"] = row["batched"]["p99_ms"] < row["p99_budget_ms"]
+    summary[str(clients)] = row
+  result = dict(
+      machine=info, backbone=path, prompts=NUM_PROMPTS, prompt_length=PROMPT_LENGTH,
+      decode_length=DECODE, rounds=ROUNDS, max_requests_per_run=REQUESTS,
+      max_seconds_per_run=SECONDS, max_wait_ms=MAX_WAIT_MS, summary=summary,
+      responses_checked=sum(r["requests"] - r["errors"] for r in runs),
+      mismatches_vs_infer=mismatches, max_score_diff_vs_infer=worst,
+      server_exit_codes=codes, runs=runs)
+  if not args.no_write:
+    with open(os.path.join(HERE, "serving.json"), "w") as f:
+      json.dump(result, f, indent=1)
+    md_path = os.path.join(HERE, "serving.md")
+    notes = ""
+    if os.path.exists(md_path):  # Hand-written notes below the marker survive reruns.
+      with open(md_path) as f:
+        old = f.read()
+      if NOTES_MARKER in old:
+        notes = old[old.index(NOTES_MARKER):]
+    with open(md_path, "w") as f:
+      f.write(markdown(result) + "\n" + notes)
+  print(json.dumps(summary, indent=1))
+  print(f"checked {result['responses_checked']} responses against infer: {mismatches} "
+        f"mismatches, max score diff {worst:.2e}; server exit codes {codes}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,1 @@
+"""Serving many prompts from one frozen model: engine, cross-task batcher, HTTP API."""

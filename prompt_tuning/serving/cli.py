@@ -1,0 +1,170 @@
+"""`prompt-tuning serve`: flags, start-up (load, warm), then uvicorn until SIGTERM.
+
+  prompt-tuning serve CHECKPOINT --prompt rte=/p/rte.npy [--prompt NAME=PATH ...]
+      [--prompt_dir DIR] [--vocabulary byte|SPM.model] [--port 8000] ...
+
+uvicorn drains on SIGTERM/SIGINT: it stops accepting connections, lets
+in-flight requests finish (their batches run), then the app's shutdown
+stops the batcher and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import signal
+import sys
+from typing import Optional
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+  try:
+    values = tuple(int(v) for v in text.split(","))
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+  if not values or min(values) < 1:
+    raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
+  return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  """The serve flags, on a (sub)parser."""
+  parser.add_argument("checkpoint", help="the frozen backbone: a T5X checkpoint (folder or "
+                      "model dir) or a Hugging Face folder")
+  parser.add_argument("--prompt", action="append", default=[], metavar="NAME=PATH",
+                      help="a [P, H] .npy prompt to serve under NAME (repeatable)")
+  parser.add_argument("--prompt_dir", default=None,
+                      help="serve every NAME.npy in this folder as NAME")
+  parser.add_argument("--prompt_length", type=int, default=None,
+                      help="P when no prompt is loaded at start-up (prompts come by PUT)")
+  parser.add_argument("--vocabulary", default="byte",
+                      help="'byte' (the quickstart backbones) or a SentencePiece .model file")
+  parser.add_argument("--relative_attention_max_distance", type=int, default=None,
+                      help="not stored in T5X checkpoints; default 128 (quickstart: 32)")
+  g = parser.add_argument_group("network and limits")
+  g.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+  g.add_argument("--port", type=int, default=8000)
+  g.add_argument("--max_batch_size", type=int, default=None,
+                 help="rows per forward pass (default: the largest batch bucket)")
+  g.add_argument("--batch_buckets", type=_sizes, default=(1, 2, 4, 8, 16, 32))
+  g.add_argument("--length_buckets", type=_sizes, default=(16, 32, 64, 128),
+                 help="input lengths compiled; the largest is the input budget")
+  g.add_argument("--target_buckets", type=_sizes, default=(8, 16, 32),
+                 help="candidate lengths compiled for /v1/score")
+  g.add_argument("--max_wait_ms", type=float, default=5.0,
+                 help="how long a request may wait for others to join its batch")
+  g.add_argument("--max_queue_rows", type=int, default=1024)
+  g.add_argument("--max_inputs", type=int, default=32, help="inputs per request")
+  g.add_argument("--max_candidates", type=int, default=32)
+  g.add_argument("--max_decode_length", type=int, default=128)
+  g.add_argument("--default_decode_length", type=int, default=32)
+  g.add_argument("--max_beams", type=int, default=8)
+  g.add_argument("--max_prompts", type=int, default=64, help="prompt bank capacity")
+  g.add_argument("--no_warmup", action="store_true",
+                 help="compile on first use instead of at start-up")
+  g.add_argument("--log_level", default="INFO")
+
+
+def prompt_files(pairs: list[str], folder: Optional[str]) -> dict[str, str]:
+  """{name: path} from NAME=PATH flags and a folder of NAME.npy files."""
+  out: dict[str, str] = {}
+  if folder:
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f"--prompt_dir {folder} is not a folder")
+    for path in sorted(glob.glob(os.path.join(folder, "*.npy"))):
+      out[os.path.splitext(os.path.basename(path))[0]] = path
+  for pair in pairs:
+    name, sep, path = pair.partition("=")
+    if not sep or not name or not path:
+      raise ValueError(f"--prompt {pair!r}: expected NAME=PATH")
+    out[name] = path
+  return out
+
+
+def build(args) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa: F821
+  """Loads the backbone and prompts, compiles the programs; returns (engine, config)."""
+  from prompt_tuning import decoding
+  from prompt_tuning.prompts import initializers
+  from prompt_tuning.serving import engine as engine_lib
+  from prompt_tuning.serving import server as server_lib
+  files = prompt_files(args.prompt, args.prompt_dir)
+  prompts = {name: initializers.load_npy(path) for name, path in files.items()}
+  if len(prompts) > args.max_prompts:
+    raise ValueError(f"{len(prompts)} prompts given but --max_prompts={args.max_prompts}")
+  shapes = {name: p.shape for name, p in prompts.items()}
+  if len(set(shapes.values())) > 1:
+    raise ValueError(f"Prompts served together must share one [P, H] shape; got {shapes}")
+  if prompts:
+    length = next(iter(prompts.values())).shape[0]
+    if args.prompt_length and args.prompt_length != length:
+      raise ValueError(f"--prompt_length={args.prompt_length} but the prompts have "
+                       f"length {length}")
+  elif args.prompt_length:
+    length = args.prompt_length
+  else:
+    raise ValueError("Give prompts (--prompt NAME=PATH or --prompt_dir) or --prompt_length")
+  batch_buckets = tuple(sorted(args.batch_buckets))
+  if args.max_batch_size:
+    batch_buckets = tuple(b for b in batch_buckets if b < args.max_batch_size) + (
+        args.max_batch_size,)
+  model_config, params = engine_lib.load_backbone(args.checkpoint,
+                                                  args.relative_attention_max_distance)
+  engine = engine_lib.Engine(
+      model_config, params, length, engine_lib.load_vocabulary(args.vocabulary),
+      engine_lib.EngineConfig(capacity=args.max_prompts, batch_buckets=batch_buckets,
+                              length_buckets=args.length_buckets,
+                              target_buckets=args.target_buckets))
+  for name, value in prompts.items():
+    engine.prompts.put(name, value)
+  config = server_lib.ServeConfig(
+      host=args.host, port=args.port, max_wait_ms=args.max_wait_ms,
+      max_queue_rows=max(args.max_queue_rows, engine.config.max_batch),
+      max_inputs=args.max_inputs, max_candidates=args.max_candidates,
+      max_decode_length=args.max_decode_length,
+      default_decode_length=args.default_decode_length, max_beams=args.max_beams)
+  if not args.no_warmup:
+    engine.warmup([decoding.DecodingConfig(max_decode_length=config.default_decode_length)])
+  return engine, config
+
+
+def run(args) -> int:
+  """Builds, warms, serves until SIGTERM/SIGINT; returns the exit code."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import logging
+  import time
+  import uvicorn
+  from prompt_tuning.serving import server as server_lib
+  server_lib.configure_logging(args.log_level)
+  log = logging.getLogger("prompt_tuning.serving")
+  start = time.monotonic()
+  engine, config = build(args)
+  log.info("ready", extra={"fields": dict(
+      event="ready", startup_s=round(time.monotonic() - start, 1),
+      compiled=engine.compile_count, host=config.host, port=config.port)})
+  app = server_lib.create_app(engine, config)
+  # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler
+  # that was there before it started. That handler is this no-op, so a drained
+  # shutdown exits 0 (what process managers read as a clean stop), not -15.
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda *_: None)
+  # access_log off: the app writes one structured line per request itself.
+  uvicorn.run(app, host=config.host, port=config.port, log_config=None, access_log=False,
+              timeout_graceful_shutdown=None)
+  return 0
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="prompt-tuning serve", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_arguments(parser)
+  args = parser.parse_args(argv)
+  try:
+    return run(args)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"prompt-tuning serve: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

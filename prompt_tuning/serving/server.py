@@ -1,0 +1,456 @@
+"""The HTTP API (FastAPI): generate, score, prompt management, health and metrics.
+
+  POST   /v1/generate        {prompt, inputs: [str], decoding: {method, max_decode_length,
+                              num_beams, alpha, temperature, top_k, top_p}}
+                             -> {outputs: [{text, score}], ...}
+  POST   /v1/score           {prompt, inputs: [str], candidates: [str]}
+                             -> {results: [{scores: [per candidate], best, best_index}], ...}
+  GET    /v1/prompts         the loaded prompts, the bank's capacity and the prompt shape
+  PUT    /v1/prompts/{name}  JSON {values: [[...]]} or a raw .npy body ([P, H])
+  DELETE /v1/prompts/{name}
+  GET    /healthz, GET /metrics (Prometheus text format)
+
+Every response carries the request id (the X-Request-ID header, echoed or
+made up) in that header and, for JSON bodies, as `request_id`. Errors are
+one line of JSON: {"error": {"code": ..., "message": ...}, "request_id": ...}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any, Hashable, Literal, Optional, Sequence
+
+import numpy as np
+import prometheus_client as prom
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from prompt_tuning import decoding
+from prompt_tuning.serving.batcher import Batcher, BatchStats, Work
+from prompt_tuning.serving.engine import Engine, ServingError, UnknownPrompt
+
+log = logging.getLogger("prompt_tuning.serving")
+
+PROMPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+  """Network and request limits (the model-side shapes are in EngineConfig).
+
+  Attributes:
+    host, port: where to listen; loopback unless asked otherwise.
+    max_wait_ms: how long the oldest queued request may wait for others to
+      join its batch.
+    max_queue_rows: rows queued at most; beyond, requests get 503.
+    max_inputs: inputs per request.
+    max_candidates: candidates per score request.
+    max_decode_length: the largest `decoding.max_decode_length` accepted.
+    default_decode_length: used when a request names none.
+    max_beams: the largest `num_beams` accepted.
+    max_body_bytes: request bodies beyond this get 413.
+  """
+  host: str = "127.0.0.1"
+  port: int = 8000
+  max_wait_ms: float = 5.0
+  max_queue_rows: int = 1024
+  max_inputs: int = 32
+  max_candidates: int = 32
+  max_decode_length: int = 128
+  default_decode_length: int = 32
+  max_beams: int = 8
+  max_body_bytes: int = 8 << 20
+
+  def __post_init__(self):
+    if not 1 <= self.default_decode_length <= self.max_decode_length:
+      raise ValueError(f"ServeConfig.default_decode_length={self.default_decode_length}; "
+                       f"expected 1..max_decode_length={self.max_decode_length}")
+    if self.max_wait_ms < 0:
+      raise ValueError(f"ServeConfig.max_wait_ms={self.max_wait_ms}; expected >= 0")
+
+
+# Request bodies. Unknown fields are refused so that a misspelt option is not
+# silently ignored.
+
+
+class DecodingOptions(BaseModel):
+  model_config = ConfigDict(extra="forbid")
+  method: Literal["greedy", "beam", "sample"] = "greedy"
+  max_decode_length: Optional[int] = None
+  num_beams: int = 4
+  alpha: float = 0.6
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 0.0
+
+
+class GenerateRequest(BaseModel):
+  model_config = ConfigDict(extra="forbid")
+  prompt: str
+  inputs: list[str]
+  decoding: DecodingOptions = DecodingOptions()
+
+
+class ScoreRequest(BaseModel):
+  model_config = ConfigDict(extra="forbid")
+  prompt: str
+  inputs: list[str]
+  candidates: list[str]
+
+
+def decoding_config(options: DecodingOptions, config: ServeConfig,
+                    vocab_size: int) -> decoding.DecodingConfig:
+  """Checks ranges; keeps only the options the method uses (one compiled program each)."""
+  def check(name, value, low, high):
+    if not low <= value <= high:
+      raise ServingError(f"decoding.{name}={value} is out of range; expected {low}..{high}",
+                         422, "invalid_decoding")
+  length = (config.default_decode_length if options.max_decode_length is None
+            else options.max_decode_length)
+  check("max_decode_length", length, 1, config.max_decode_length)
+  if options.method == "greedy":
+    return decoding.DecodingConfig(method="greedy", max_decode_length=length)
+  if options.method == "beam":
+    check("num_beams", options.num_beams, 1, config.max_beams)
+    check("alpha", options.alpha, 0.0, 10.0)
+    return decoding.DecodingConfig(method="beam", max_decode_length=length,
+                                   num_beams=options.num_beams, alpha=options.alpha)
+  check("temperature", options.temperature, 1e-3, 100.0)
+  check("top_k", options.top_k, 0, vocab_size)
+  check("top_p", options.top_p, 0.0, 1.0)
+  return decoding.DecodingConfig(method="sample", max_decode_length=length,
+                                 temperature=options.temperature, top_k=options.top_k,
+                                 top_p=options.top_p)
+
+
+class Metrics:
+  """Prometheus metrics in a registry of their own (several apps may share a process)."""
+
+  def __init__(self):
+    self.registry = prom.CollectorRegistry()
+    r = self.registry
+    self.requests = prom.Counter("pt_serve_requests", "HTTP requests by endpoint and status",
+                                 ["endpoint", "status"], registry=r)
+    self.latency = prom.Histogram(
+        "pt_serve_request_latency_seconds", "Request latency, arrival to response",
+        ["endpoint"], registry=r,
+        buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+    self.queue_wait = prom.Histogram(
+        "pt_serve_queue_wait_seconds", "Time from queueing to the start of its batch",
+        registry=r, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+    self.batch_rows = prom.Histogram("pt_serve_batch_rows", "Rows per batch", registry=r,
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+    self.batch_requests = prom.Histogram("pt_serve_batch_requests", "Requests per batch",
+                                         registry=r, buckets=(1, 2, 4, 8, 16, 32, 64))
+    self.batch_prompts = prom.Histogram("pt_serve_batch_prompts",
+                                        "Distinct prompts per batch", registry=r,
+                                        buckets=(1, 2, 4, 8, 16, 32, 64))
+    self.batch_seconds = prom.Histogram(
+        "pt_serve_batch_seconds", "Device time per batch", registry=r,
+        buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+    self.queued_rows = prom.Gauge("pt_serve_queued_rows", "Rows waiting for a batch",
+                                  registry=r)
+    self.prompts = prom.Gauge("pt_serve_prompts", "Prompts loaded", registry=r)
+    self.compiled = prom.Gauge("pt_serve_compiled_programs", "Compiled programs", registry=r)
+
+  def on_batch(self, stats: BatchStats) -> None:
+    self.batch_rows.observe(stats.rows)
+    self.batch_requests.observe(stats.requests)
+    self.batch_prompts.observe(stats.prompts)
+    self.batch_seconds.observe(stats.run_s)
+    for wait in stats.queue_wait_s:
+      self.queue_wait.observe(wait)
+
+
+def make_runner(engine: Engine):
+  """The batch function the Batcher calls on its worker thread."""
+  def run(group: Hashable, items: Sequence[Work]) -> list[Any]:
+    bank, rows_of = engine.prompts.snapshot()
+    results: list[Any] = [None] * len(items)
+    live = []
+    for i, w in enumerate(items):
+      if w.prompt in rows_of:
+        live.append(i)
+      else:  # Deleted while it waited.
+        results[i] = UnknownPrompt(f"no prompt named {w.prompt!r} (it was deleted)")
+    if not live:
+      return results
+    index = [rows_of[items[i].prompt] for i in live for _ in items[i].rows]
+    flat = [row for i in live for row in items[i].rows]
+    if group[0] == "generate":
+      out = engine.generate(bank, index, flat, group[1])
+    else:
+      out = list(engine.score(bank, index, [r[0] for r in flat], [r[1] for r in flat]))
+    info = {"rows": len(flat), "requests": len(live),
+            "prompts": len({items[i].prompt for i in live})}
+    start = 0
+    for i in live:
+      n = len(items[i].rows)
+      results[i] = (out[start:start + n], info)
+      start += n
+    return results
+  return run
+
+
+def _error(status: int, code: str, message: str, request_id: str) -> JSONResponse:
+  return JSONResponse({"error": {"code": code, "message": message}, "request_id": request_id},
+                      status_code=status)
+
+
+def _request_id(request: Request) -> str:
+  return getattr(request.state, "request_id", "-")
+
+
+class RequestContext:
+  """ASGI middleware: request id, body-size limit, metrics and one log line per request.
+
+  Plain ASGI rather than Starlette's BaseHTTPMiddleware, which costs an extra
+  task and stream per request on the hot path.
+  """
+
+  def __init__(self, app, config: ServeConfig, metrics: Metrics):
+    self.app, self.config, self.metrics = app, config, metrics
+
+  async def __call__(self, scope, receive, send):
+    if scope["type"] != "http":
+      return await self.app(scope, receive, send)
+    start = time.monotonic()
+    headers = dict(scope["headers"])
+    given = headers.get(b"x-request-id", b"").decode("latin-1")
+    request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    state = scope.setdefault("state", {})
+    state["request_id"] = request_id
+    status = 500
+
+    async def send_with_id(message):
+      nonlocal status
+      if message["type"] == "http.response.start":
+        status = message["status"]
+        message["headers"] = [*message.get("headers", []),
+                              (b"x-request-id", request_id.encode())]
+      await send(message)
+
+    length = headers.get(b"content-length", b"")
+    try:
+      if length.isdigit() and int(length) > self.config.max_body_bytes:
+        await _error(413, "body_too_large", f"request body of {int(length)} bytes; at most "
+                     f"{self.config.max_body_bytes}", request_id)(scope, receive, send_with_id)
+      else:
+        await self.app(scope, receive, send_with_id)
+    finally:
+      elapsed = time.monotonic() - start
+      endpoint = getattr(scope.get("route"), "path", "unmatched")
+      self.metrics.requests.labels(endpoint, str(status)).inc()
+      self.metrics.latency.labels(endpoint).observe(elapsed)
+      if endpoint not in ("/metrics", "/healthz") and log.isEnabledFor(logging.INFO):
+        log.info("request", extra={"fields": {
+            **state.get("log_fields", {}), "event": "request", "request_id": request_id,
+            "method": scope["method"], "path": scope["path"], "status": status,
+            "latency_ms": round(1000 * elapsed, 2)}})
+
+
+def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
+  """The FastAPI app around a (warmed) engine."""
+  metrics = Metrics()
+  batcher = Batcher(make_runner(engine), engine.config.max_batch,
+                    config.max_wait_ms / 1000.0, config.max_queue_rows,
+                    on_batch=metrics.on_batch)
+
+  @contextlib.asynccontextmanager
+  async def lifespan(app):
+    batcher.start()
+    log.info("serving", extra={"fields": dict(
+        event="start", prompts=engine.prompts.names(), compiled=engine.compile_count,
+        max_batch=engine.config.max_batch, max_wait_ms=config.max_wait_ms)})
+    yield
+    log.info("draining", extra={"fields": dict(event="drain", queued_rows=batcher.queued_rows)})
+    await batcher.stop()
+    log.info("stopped", extra={"fields": dict(event="stop")})
+
+  app = FastAPI(title="prompt-tuning serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+  app.state.engine, app.state.batcher, app.state.metrics = engine, batcher, metrics
+
+  app.add_middleware(RequestContext, config=config, metrics=metrics)
+
+  @app.exception_handler(ServingError)
+  async def serving_error(request: Request, e: ServingError):
+    return _error(e.status, e.code, str(e), _request_id(request))
+
+  @app.exception_handler(RequestValidationError)
+  async def invalid_request(request: Request, e: RequestValidationError):
+    errors = e.errors()
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.method == "POST" and kind not in ("application/json", ""):
+      return _error(415, "unsupported_media_type", f"the body is {kind}; send JSON with "
+                    "Content-Type: application/json", _request_id(request))
+    if any(err.get("type") == "json_invalid" for err in errors):
+      return _error(400, "malformed_json", "the request body is not valid JSON",
+                    _request_id(request))
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}{more}",
+                  _request_id(request))
+
+  @app.exception_handler(StarletteHTTPException)
+  async def http_error(request: Request, e: StarletteHTTPException):
+    code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+    return _error(e.status_code, code, str(e.detail), _request_id(request))
+
+  @app.exception_handler(Exception)
+  async def internal_error(request: Request, e: Exception):
+    log.error("internal error", exc_info=e, extra={"fields": dict(
+        event="error", request_id=_request_id(request))})
+    return _error(500, "internal", f"{type(e).__name__} (see the server log under this "
+                  "request id)", _request_id(request))
+
+  def check_prompt(name: str) -> None:
+    if name not in engine.prompts:
+      raise UnknownPrompt(f"no prompt named {name!r}; loaded: {engine.prompts.names()}")
+
+  def check_inputs(inputs: Sequence[str], what: str = "inputs") -> list[list[int]]:
+    if not inputs:
+      raise ServingError(f"{what} is empty; expected 1..{config.max_inputs} strings", 422,
+                         "invalid_request")
+    if len(inputs) > config.max_inputs:
+      raise ServingError(f"{len(inputs)} {what}; at most {config.max_inputs} per request", 413,
+                         "too_many_inputs")
+    ids = [engine.tokenize(text) for text in inputs]
+    budget = engine.config.max_input_length
+    for i, row in enumerate(ids):
+      if len(row) > budget:
+        raise ServingError(f"{what}[{i}] is {len(row)} tokens (EOS included); the budget is "
+                           f"{budget}", 413, "input_too_long")
+    return ids
+
+  @app.post("/v1/generate")
+  async def generate(body: GenerateRequest, request: Request):
+    check_prompt(body.prompt)
+    dec = decoding_config(body.decoding, config, engine.model_config.vocab_size)
+    ids = check_inputs(body.inputs)
+    request.state.log_fields = dict(prompt=body.prompt, inputs=len(ids), decoding=dec.method)
+    outputs, info = await batcher.submit(("generate", dec), body.prompt, ids)
+    return {"request_id": _request_id(request), "prompt": body.prompt,
+            "outputs": [{"text": t, "score": s} for t, s in outputs], "batch": info}
+
+  @app.post("/v1/score")
+  async def score(body: ScoreRequest, request: Request):
+    check_prompt(body.prompt)
+    ids = check_inputs(body.inputs)
+    if not body.candidates or len(body.candidates) > config.max_candidates:
+      raise ServingError(f"{len(body.candidates)} candidates; expected 1.."
+                         f"{config.max_candidates}", 413 if body.candidates else 422,
+                         "too_many_inputs" if body.candidates else "invalid_request")
+    cands = [engine.tokenize(c) for c in body.candidates]
+    for c, row in zip(body.candidates, cands):
+      if len(row) > engine.config.max_target_length:
+        raise ServingError(f"candidate {c!r} is {len(row)} tokens (EOS included); the budget "
+                           f"is {engine.config.max_target_length}", 413, "input_too_long")
+    if len(ids) * len(cands) > engine.config.max_batch:
+      raise ServingError(f"{len(ids)} inputs x {len(cands)} candidates = "
+                         f"{len(ids) * len(cands)} rows; at most {engine.config.max_batch}",
+                         413, "too_many_inputs")
+    request.state.log_fields = dict(prompt=body.prompt, inputs=len(ids), candidates=len(cands))
+    rows = [(x, c) for x in ids for c in cands]
+    scores, info = await batcher.submit(("score",), body.prompt, rows)
+    results = []
+    for i in range(len(ids)):
+      row = [float(s) for s in scores[i * len(cands):(i + 1) * len(cands)]]
+      best = int(np.argmax(row))
+      results.append({"scores": row, "best": body.candidates[best], "best_index": best})
+    return {"request_id": _request_id(request), "prompt": body.prompt, "results": results,
+            "batch": info}
+
+  @app.get("/v1/prompts")
+  async def list_prompts(request: Request):
+    return {"request_id": _request_id(request), "prompts": engine.prompts.names(),
+            "capacity": engine.prompts.capacity, "prompt_shape": list(engine.prompts.shape)}
+
+  @app.put("/v1/prompts/{name}")
+  async def put_prompt(name: str, request: Request):
+    if not PROMPT_NAME.fullmatch(name):
+      raise ServingError(f"prompt name {name!r}: expected 1-64 of A-Z a-z 0-9 _ . - "
+                         "(starting with a letter or digit)", 422, "invalid_name")
+    body = await request.body()
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if kind in ("application/octet-stream", "application/x-npy"):
+      try:
+        value = np.load(io.BytesIO(body), allow_pickle=False)
+      except (ValueError, OSError, EOFError) as e:
+        raise ServingError(f"the body is not a plain .npy array: {e}", 422,
+                           "wrong_prompt_shape") from e
+    else:
+      try:
+        parsed = json.loads(body)
+      except (ValueError, UnicodeDecodeError) as e:
+        raise ServingError("the request body is not valid JSON", 400, "malformed_json") from e
+      if not isinstance(parsed, dict) or set(parsed) != {"values"}:
+        raise ServingError('expected a JSON object {"values": [[...], ...]} ([P, H] numbers) '
+                           "or an application/octet-stream .npy body", 422, "invalid_request")
+      try:
+        value = np.asarray(parsed["values"], np.float64)
+      except (ValueError, TypeError) as e:
+        raise ServingError(f"values is not a rectangular [P, H] array of numbers "
+                           f"(expected {list(engine.prompts.shape)})", 422,
+                           "wrong_prompt_shape") from e
+    created = engine.prompts.put(name, value)
+    metrics.prompts.set(len(engine.prompts.names()))
+    request.state.log_fields = dict(prompt=name, created=created)
+    return JSONResponse({"request_id": _request_id(request), "prompt": name,
+                         "created": created, "compiled_programs": engine.compile_count},
+                        status_code=201 if created else 200)
+
+  @app.delete("/v1/prompts/{name}")
+  async def delete_prompt(name: str, request: Request):
+    engine.prompts.delete(name)
+    metrics.prompts.set(len(engine.prompts.names()))
+    request.state.log_fields = dict(prompt=name)
+    return {"request_id": _request_id(request), "deleted": name}
+
+  @app.get("/healthz")
+  async def healthz(request: Request):
+    return {"request_id": _request_id(request), "status": "ok",
+            "prompts": len(engine.prompts.names()), "compiled_programs": engine.compile_count,
+            "queued_rows": batcher.queued_rows, "in_flight": batcher.in_flight}
+
+  @app.get("/metrics")
+  async def prometheus_metrics():
+    metrics.queued_rows.set(batcher.queued_rows)
+    metrics.prompts.set(len(engine.prompts.names()))
+    metrics.compiled.set(engine.compile_count)
+    return Response(prom.generate_latest(metrics.registry), media_type=prom.CONTENT_TYPE_LATEST)
+
+  return app
+
+
+class JsonFormatter(logging.Formatter):
+  """One JSON object per line: time, level, logger, message and the record's `fields`."""
+
+  def format(self, record: logging.LogRecord) -> str:
+    entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+             "logger": record.name, "msg": record.getMessage()}
+    entry.update(getattr(record, "fields", {}))
+    if record.exc_info:
+      entry["exception"] = self.formatException(record.exc_info)
+    return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+  handler = logging.StreamHandler()
+  handler.setFormatter(JsonFormatter())
+  for name in ("prompt_tuning", "uvicorn.error"):
+    logger = logging.getLogger(name)
+    logger.handlers = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
