@@ -122,8 +122,8 @@ def _start_jax(flags: dict[str, str]) -> None:
 
 def _quickstart(args) -> int:
   import logging
-  import os
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from prompt_tuning.cli import environment
+  environment.configure()  # XLA CPU defaults, quiet TF/CUDA logs, compilation cache
   logging.basicConfig(level=logging.WARNING)
   from prompt_tuning import quickstart
   pretrain = quickstart.PretrainConfig(size=args.size, seed=args.seed, steps=args.pretrain_steps)
@@ -137,7 +137,8 @@ def run_gin_binary(command: str, argv: Sequence[str]) -> int:
   """Parses gin flags and calls the configured train / evaluate / infer."""
   import logging
   import os
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from prompt_tuning.cli import environment
+  environment.configure()  # XLA CPU defaults, quiet TF/CUDA logs, compilation cache
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   host_flags, argv = _pop_host_flags(argv)
   _start_jax(host_flags)
