@@ -4,10 +4,11 @@ Call `configure()` first thing in an entry point, before JAX or TensorFlow is
 imported: XLA reads its flags, and TensorFlow its log level, once at import.
 
 - CPU XLA flags (`CPU_XLA_FLAGS`): XLA:CPU's YNNPACK dot fusions are turned off
-  so that dots run through XLA's own (Eigen) matmul path. On 2 cores of an
-  AVX2-only AMD EPYC and of an Intel Xeon capped at AVX2, the prompt-tuning
-  train step of T5 1.1 small ran faster that way (see benchmarks/README.md,
-  "XLA CPU options"). A flag the user already set in XLA_FLAGS wins.
+  so that dots run through XLA's own (Eigen) matmul path. On 2 Intel Xeon
+  cores capped at AVX2 the prompt-tuning train step of T5 1.1 small ran
+  about 1.2x faster that way, and on an AVX2-only AMD EPYC so did the
+  quickstart's pretraining step (benchmarks/README.md, "XLA CPU options").
+  A flag the user already set in XLA_FLAGS wins.
 - Logs: TensorFlow's C++ INFO/WARNING lines are hidden unless the user set
   TF_CPP_MIN_LOG_LEVEL. On a host with no NVIDIA driver, TensorFlow is
   imported once with stderr captured and its CPU-machine noise ("Could not
