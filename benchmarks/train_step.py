@@ -1,20 +1,35 @@
 """Prompt-tuning train step: this project vs Hugging Face PEFT, side by side.
 
-T5 1.1-small config with random weights (the same weights in both systems);
-batch 8, inputs 256 tokens + a 100-token encoder prompt, targets 8; Adafactor
-at learning rate 0.3; dropout 0 and 0.1. Each measurement runs in its own
-process (so peak RSS is that system's alone), and the two systems alternate
-within one run; medians are reported. Also: the FLOPs of the prompt step
-against full fine-tuning from XLA's cost analysis, and achieved FLOP/s against
-the best float32 matmul measured in the same run.
+T5 1.1-small config with random weights (the same weights in both systems,
+read from one .npz file the same way: numpy arrays copied into each
+framework's tensors, the host copy then dropped); batch 8, inputs 256 tokens
++ a 100-token encoder prompt, targets 8; Adafactor at learning rate 0.3.
+Rows: dropout 0; dropout 0.1 with exact 32-bit masks on both sides (the main
+dropout row); dropout 0.1 with our 8-bit masks (T5Config.dropout_mask_bits=8)
+against the same PEFT run.
 
-Run: python benchmarks/train_step.py [--rounds 3]   (needs the [interop] extra)
-Writes train_step.json and train_step.md next to this file.
+Each measurement runs in its own process and the systems alternate within a
+round; medians over rounds. Memory, per process: the process peak
+(ru_maxrss) and the peak during training, i.e. after the weights are loaded
+(VmHWM reset through /proc/self/clear_refs; it includes compiling the step);
+also the peak over the timed steps alone.
+
+Model FLOPs utilization (MFU): an analytic count of the FLOPs the prompt
+step needs (matmuls only: the forward pass, and the backward pass through
+activations, never into the frozen weights; `step_flops`), the same count for
+both systems, over the step time; then over the best dense float32 matmul
+rate measured in the same run with XLA, torch and numpy (each listed).
+
+Run: python benchmarks/train_step.py [--rounds 3] [--suffix _gpu]
+(needs the [interop] extra). Writes train_step{suffix}.json and .md here.
+On a GPU host our side runs on the GPU and PEFT on CUDA as well.
 """
 
 import argparse
+import gc
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -27,6 +42,58 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 BATCH, INPUT_LEN, PROMPT_LEN, TARGET_LEN = 8, 256, 100, 8
 WARMUP, TIMED = 3, 10
+# T5 1.1 small.
+H, N, D, F, V, LAYERS = 512, 6, 64, 1024, 32128, 8
+
+
+def cpu_info() -> dict:
+  """CPU model, AVX-512 yes/no, the ISA cap in effect, load average."""
+  model, flags = platform.processor() or "unknown", set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name") and model in ("unknown", "x86_64", ""):
+          model = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+          flags = set(line.split(":", 1)[1].split())
+          break
+  except OSError:
+    pass
+  xla_flags = os.environ.get("XLA_FLAGS", "")
+  cap = [f for f in xla_flags.split() if "max_isa" in f]
+  return dict(cpu_model=model, avx512="avx512f" in flags, avx2="avx2" in flags,
+              cores=len(os.sched_getaffinity(0)), xla_isa_cap=cap[0] if cap else None,
+              aten_cpu_capability=os.environ.get("ATEN_CPU_CAPABILITY"),
+              load_average=os.getloadavg())
+
+
+def describe_cpu(info: dict) -> str:
+  cap = f", XLA capped at {info['xla_isa_cap'].split('=')[1]}" if info["xla_isa_cap"] else ""
+  return (f"{info['cpu_model']}, {info['cores']} cores, AVX-512: "
+          f"{'yes' if info['avx512'] else 'no'}{cap}")
+
+
+def step_flops(batch=BATCH, input_len=INPUT_LEN, prompt_len=PROMPT_LEN, target_len=TARGET_LEN):
+  """FLOPs the prompt step needs: matmuls, forward + backward through activations.
+
+  Counted: every weight matmul once forward and once backward (the input
+  gradient only; no weight gradient, the backbone is frozen); attention
+  score and value matmuls once forward and twice backward (both operands are
+  activations). Not counted: elementwise work, softmax, norms, the optimizer
+  (all small next to the matmuls) and the backward of the first decoder
+  self-attention (which does not depend on the prompt; under 0.1%).
+  """
+  m, t, b = input_len + prompt_len, target_len, batch
+  nd = N * D
+  enc_w = LAYERS * 2 * b * m * (4 * H * nd + 3 * H * F)   # q k v o, wi_0 wi_1 wo
+  enc_a = LAYERS * 2 * b * N * (2 * m * m * D)            # QK^T, AV
+  dec_w = LAYERS * 2 * b * (t * (4 * H * nd + 2 * H * nd + 3 * H * F)  # self qkvo, cross q o, mlp
+                            + m * 2 * H * nd)                          # cross k v over the encoder
+  dec_a = LAYERS * 2 * b * N * (2 * t * t * D + 2 * t * m * D)
+  logits = 2 * b * t * H * V
+  forward = enc_w + enc_a + dec_w + dec_a + logits
+  backward = enc_w + 2 * enc_a + dec_w + 2 * dec_a + logits
+  return float(forward + backward)
 
 
 def _batch(seed=0):
@@ -45,89 +112,130 @@ def _weights_path():
 
 def _our_params():
   """T5 1.1 small, random (seeded), saved once so both systems load the same weights."""
-  import jax
-  from prompt_tuning.models import params as params_lib
-  from prompt_tuning.models import presets
-  from prompt_tuning.models.t5 import T5
-  from prompt_tuning import trees as tree_lib
   path = _weights_path()
   if not os.path.exists(path):
+    import jax
+    from prompt_tuning.models import params as params_lib
+    from prompt_tuning.models import presets
+    from prompt_tuning.models.t5 import T5
+    from prompt_tuning import trees as tree_lib
     params = params_lib.init_params(T5(presets.preset("t5_1_1", "small")), jax.random.PRNGKey(0))
     np.savez(path, **{k: np.asarray(v) for k, v in tree_lib.flatten(params).items()})
   with np.load(path, allow_pickle=False) as f:
     return {k: f[k] for k in f.files}
 
 
-def run_ours(dropout: float, remat: bool = False) -> dict:
+def _rss_mib(field: str) -> float:
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) / 1024
+  return float("nan")
+
+
+def _reset_peak_rss() -> bool:
+  """Resets VmHWM to the current RSS (Linux); False where not allowed."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
+
+
+class Memory:
+  """Peak RSS after loading and over the timed steps (VmHWM resets)."""
+
+  def loaded(self):
+    gc.collect()
+    self.after_load_mib = _rss_mib("VmRSS")
+    self.reset_ok = _reset_peak_rss()
+
+  def warm(self):
+    self.training_peak_mib = _rss_mib("VmHWM")
+    _reset_peak_rss()
+
+  def done(self) -> dict:
+    return dict(after_load_rss_mib=self.after_load_mib,
+                training_peak_rss_mib=max(self.training_peak_mib, _rss_mib("VmHWM"))
+                if self.reset_ok else float("nan"),
+                timed_steps_peak_rss_mib=_rss_mib("VmHWM") if self.reset_ok else float("nan"),
+                process_peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def exact_float32_matmuls():
+  """On a GPU, JAX's default float32 matmuls use TF32 and torch's do not: ask
+  JAX for full float32 so that both sides do the same arithmetic."""
+  import jax
+  if jax.default_backend() == "gpu":
+    jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def _gpu_peak_mib_jax():
+  import jax
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use", float("nan") * 2**20) / 2**20
+
+
+def run_ours(dropout: float, mask_bits: int, remat: bool = False) -> dict:
   """`remat`: scanned layers, rematerialized except the weight matmuls' outputs
-  (T5Config.scan_layers=True, remat_policy='minimal'); otherwise unrolled, nothing
-  recomputed. Both draw 8-bit dropout masks (T5Config.dropout_mask_bits, the default)."""
+  (T5Config.scan_layers=True, remat_policy='minimal'); otherwise unrolled."""
+  from prompt_tuning.cli import environment
+  # The binaries' XLA defaults.
+  environment.configure(compilation_cache=False, tensorflow=False)
   import jax
   import jax.numpy as jnp
+  exact_float32_matmuls()
   from prompt_tuning.models import params as params_lib
   from prompt_tuning.models import presets
+  from prompt_tuning.models.t5 import T5
   from prompt_tuning.prompts import initializers, soft
   from prompt_tuning import trees as tree_lib
-  from prompt_tuning.train import freezing, loop, optimizers
-  from prompt_tuning.runtime import partitioning
-  from prompt_tuning.models.t5 import T5
+  from prompt_tuning.train import optimizers
+  from prompt_tuning.train import step as step_lib
+  mem = Memory()
   flat = _our_params()
-  cfg = presets.preset("t5_1_1", "small", dropout_rate=dropout, scan_layers=remat,
-                       remat_policy="minimal" if remat else "none")
+  cfg = presets.preset("t5_1_1", "small", dropout_rate=dropout, dropout_mask_bits=mask_bits,
+                       scan_layers=remat, remat_policy="minimal" if remat else "none")
   if remat:
     flat = params_lib.stack_layers(flat, {"encoder": cfg.num_encoder_layers,
                                           "decoder": cfg.num_decoder_layers})
   model = T5(cfg, encoder_prompt=soft.SoftPrompt(length=PROMPT_LEN,
                                                  init=initializers.random_uniform(0.5)))
-  prompt = initializers.random_uniform(0.5)(jax.random.PRNGKey(1), (PROMPT_LEN, 512))
   frozen = tree_lib.unflatten({k: jnp.asarray(v) for k, v in flat.items()})
-  del flat  # The host copy: a real run reads the checkpoint straight to the devices.
+  del flat  # Both sides drop the host copy once the framework holds the weights.
+  jax.block_until_ready(frozen)
+  prompt = initializers.random_uniform(0.5)(jax.random.PRNGKey(1), (PROMPT_LEN, H))
   trainable = {"encoder_prompt": {"prompt": prompt}}
   opt = optimizers.prompt_tuning_adafactor()
   opt_state = opt.init(trainable)
-  mesh = partitioning.make_mesh(partitioning.PartitioningConfig(num_devices=1))
-  rep = partitioning.replicated(mesh)
-  step = loop.jit_train_step(model, opt, 1e-4, dropout > 0, 0, mesh,
-                             jax.tree.map(lambda _: rep, trainable),
-                             jax.tree.map(lambda _: rep, opt_state),
-                             jax.tree.map(lambda _: rep, frozen))
+  base = step_lib.make_train_step(model, opt, 1e-4, dropout > 0)
+  key = jax.random.key(0)
+  step = jax.jit(lambda t, o, f, b, i: base(t, o, f, b, jax.random.fold_in(key, i)),
+                 donate_argnums=(0, 1))
   enc, dec_in, tgt = _batch()
-  batch = dict(encoder_input_tokens=enc, decoder_input_tokens=dec_in,
-               decoder_target_tokens=tgt, decoder_loss_weights=(tgt > 0).astype(np.float32))
+  batch = jax.device_put(dict(encoder_input_tokens=enc, decoder_input_tokens=dec_in,
+                              decoder_target_tokens=tgt,
+                              decoder_loss_weights=(tgt > 0).astype(np.float32)))
+  mem.loaded()
   times = []
   for i in range(WARMUP + TIMED):
+    if i == WARMUP:
+      mem.warm()
     start = time.perf_counter()
     trainable, opt_state, metrics = step(trainable, opt_state, frozen, batch, np.int32(i))
     jax.block_until_ready(metrics["loss"])
     if i >= WARMUP:
       times.append(time.perf_counter() - start)
-  # Peak memory of training alone, before compiling anything else.
-  peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  if remat:  # FLOPs are the unrolled run's (rematerialization adds recomputation).
-    return dict(step_seconds=times, peak_rss_mib=peak_rss)
-  flops = step.lower(trainable, opt_state, frozen, batch, np.int32(0)).compile().cost_analysis()
-  flops = (flops[0] if isinstance(flops, (list, tuple)) else flops)["flops"]
-  # Full fine-tuning of the same model and batch, for the FLOPs ratio.
-  all_params = freezing.merge(trainable, frozen)
-  full_opt = optimizers.prompt_tuning_adafactor()
-  full_state = jax.eval_shape(full_opt.init, all_params)
-  full_step = loop.jit_train_step(model, full_opt, 1e-4, dropout > 0, 0, mesh,
-                                  jax.tree.map(lambda _: rep, all_params),
-                                  jax.tree.map(lambda _: rep, full_state), {})
-  full_flops = full_step.lower(all_params, full_state, {}, batch, np.int32(0)).compile()
-  full_flops = full_flops.cost_analysis()
-  full_flops = (full_flops[0] if isinstance(full_flops, (list, tuple)) else full_flops)["flops"]
-  # And its speed: the same batch, every parameter trained (the prompt included).
-  full_state = full_opt.init(all_params)
-  full_times = []
-  for i in range(WARMUP + TIMED):
-    start = time.perf_counter()
-    all_params, full_state, metrics = full_step(all_params, full_state, {}, batch, np.int32(i))
-    jax.block_until_ready(metrics["loss"])
-    if i >= WARMUP:
-      full_times.append(time.perf_counter() - start)
-  return dict(step_seconds=times, flops=float(flops), full_finetune_flops=float(full_flops),
-              full_finetune_step_seconds=full_times, peak_rss_mib=peak_rss)
+  out = dict(step_seconds=times, loss=float(metrics["loss"]), **mem.done(),
+             device=str(jax.devices()[0].device_kind), jax=jax.__version__,
+             gpu_peak_mib=_gpu_peak_mib_jax() if jax.default_backend() == "gpu" else None,
+             xla_flags=os.environ.get("XLA_FLAGS", ""))
+  if not remat and dropout == 0:  # XLA's own count, for reference.
+    cost = step.lower(trainable, opt_state, frozen, batch, np.int32(0)).compile().cost_analysis()
+    out["xla_cost_analysis_flops"] = float((cost[0] if isinstance(cost, (list, tuple))
+                                            else cost)["flops"])
+  return out
 
 
 def run_peft(dropout: float) -> dict:
@@ -136,6 +244,8 @@ def run_peft(dropout: float) -> dict:
   from peft import PromptTuningConfig, TaskType, get_peft_model
   from prompt_tuning.readers import hf as hf_lib
   from prompt_tuning.models import presets
+  mem = Memory()
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
   torch.manual_seed(0)
   cfg = presets.preset("t5_1_1", "small")
   hf_cfg = transformers.T5Config(
@@ -145,144 +255,231 @@ def run_peft(dropout: float) -> dict:
       dropout_rate=dropout, decoder_start_token_id=0)
   model = transformers.T5ForConditionalGeneration(hf_cfg)
   model.lm_head.weight = torch.nn.Parameter(torch.empty(cfg.vocab_size, cfg.emb_dim))
-  ours = _our_params()
-  state = {}
+  flat = _our_params()
   for hf_name, (name, transpose) in hf_lib._name_map(cfg).items():
-    value = ours[name].T if transpose else ours[name]
-    state[hf_name] = torch.from_numpy(np.ascontiguousarray(value))
-  missing, unexpected = model.load_state_dict(state, strict=False)
-  assert not unexpected and all("embed_tokens" in m for m in missing), (missing, unexpected)
+    value = flat.pop(name)
+    value = value.T if transpose else value
+    param = model.get_parameter(hf_name)
+    with torch.no_grad():
+      param.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+    del value
+  del flat  # As on our side: the framework holds the weights, the host copy goes.
   peft_cfg = PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=PROMPT_LEN,
                                 num_transformer_submodules=1)
-  model = get_peft_model(model, peft_cfg)
+  model = get_peft_model(model, peft_cfg).to(dev)
   model.train()
   opt = transformers.Adafactor([p for p in model.parameters() if p.requires_grad], lr=0.3,
                                relative_step=False, scale_parameter=False, warmup_init=False,
                                weight_decay=1e-5)
   enc, _, tgt = _batch()
-  enc_t, tgt_t = torch.from_numpy(enc.astype(np.int64)), torch.from_numpy(tgt.astype(np.int64))
+  enc_t = torch.from_numpy(enc.astype(np.int64)).to(dev)
+  tgt_t = torch.from_numpy(tgt.astype(np.int64)).to(dev)
+  sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+  mem.loaded()
   times = []
   for i in range(WARMUP + TIMED):
+    if i == WARMUP:
+      mem.warm()
     start = time.perf_counter()
     loss = model(input_ids=enc_t, attention_mask=enc_t > 0, labels=tgt_t).loss
     loss.backward()
     opt.step()
     opt.zero_grad()
+    sync()
     if i >= WARMUP:
       times.append(time.perf_counter() - start)
-  return dict(step_seconds=times, torch=torch.__version__, peft=__import__("peft").__version__,
-              transformers=transformers.__version__)
+  return dict(step_seconds=times, loss=float(loss), **mem.done(), device=dev,
+              gpu_peak_mib=torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None,
+              torch=torch.__version__, peft=__import__("peft").__version__,
+              transformers=transformers.__version__, torch_threads=torch.get_num_threads())
 
 
-def matmul_peak() -> float:
-  """Best float32 2048^3 matmul GFLOP/s with numpy in this process."""
-  a = np.random.RandomState(0).rand(2048, 2048).astype(np.float32)
-  best = 0.0
-  for _ in range(5):
-    start = time.perf_counter()
-    a @ a
-    best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - start) / 1e9)
-  return best
+MATMUL_N = 2048
 
 
-SYSTEMS = ("ours", "ours_remat", "peft")
-
-
-def child(system: str, dropout: float) -> None:
-  if system == "peft":
-    result = run_peft(dropout)
+def run_matmul(lib: str) -> dict:
+  """Best float32 MATMUL_N^3 matmul GFLOP/s with one library, in its own process."""
+  n, reps = MATMUL_N, 8
+  a = np.random.RandomState(0).rand(n, n).astype(np.float32)
+  if lib == "numpy":
+    fn = lambda: a @ a  # noqa: E731
+  elif lib == "xla":
+    from prompt_tuning.cli import environment
+    environment.configure(compilation_cache=False, tensorflow=False)
+    import jax
+    exact_float32_matmuls()
+    x = jax.device_put(a)
+    mm = jax.jit(lambda x: x @ x)
+    fn = lambda: mm(x).block_until_ready()  # noqa: E731
   else:
-    result = run_ours(dropout, remat=system == "ours_remat")
-  result.setdefault("peak_rss_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    import torch
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.from_numpy(a).to(dev)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    fn = lambda: (x @ x, sync())  # noqa: E731
+  fn()
+  best = 0.0
+  for _ in range(reps):
+    start = time.perf_counter()
+    fn()
+    best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+  return dict(gflops=best)
+
+
+# (name, system, dropout, mask bits): the rows of the comparison.
+CONFIGS = (("ours", "ours", 0.0, 8), ("ours_remat", "ours_remat", 0.0, 8),
+           ("peft", "peft", 0.0, 0),
+           ("ours", "ours", 0.1, 32), ("ours_remat", "ours_remat", 0.1, 32),
+           ("ours_8bit", "ours", 0.1, 8), ("peft", "peft", 0.1, 0))
+ROWS = (("dropout 0", 0.0, ("ours", "ours_remat")),
+        ("dropout 0.1, exact 32-bit masks", 0.1, ("ours", "ours_remat")),
+        ("dropout 0.1, our 8-bit masks", 0.1, ("ours_8bit",)))
+
+
+def child(args) -> None:
+  system, dropout, bits = args
+  if system == "peft":
+    result = run_peft(float(dropout))
+  elif system.startswith("matmul_"):
+    result = run_matmul(system[len("matmul_"):])
+  else:
+    result = run_ours(float(dropout), int(bits), remat=system == "ours_remat")
   print("RESULT " + json.dumps(result))
+
+
+def _spawn(*args) -> dict:
+  out = subprocess.run([sys.executable, __file__, "--child", *map(str, args)],
+                       capture_output=True, text=True, check=False)
+  if out.returncode:
+    raise RuntimeError(f"child {args} failed:\n{out.stderr[-3000:]}")
+  return json.loads(out.stdout.split("RESULT ", 1)[1])
 
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--child", nargs=2, metavar=("SYSTEM", "DROPOUT"))
-  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--child", nargs=3)
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--suffix", default="")
+  parser.add_argument("--note", default="", help="a line for the markdown (e.g. the machine)")
+  parser.add_argument("--no_remat", action="store_true", help="leave out ours_remat (faster)")
   args = parser.parse_args()
+  global CONFIGS, ROWS
+  if args.no_remat:
+    CONFIGS = tuple(c for c in CONFIGS if c[0] != "ours_remat")
+    ROWS = tuple((t, d, tuple(n for n in names if n != "ours_remat")) for t, d, names in ROWS)
   if args.child:
-    child(args.child[0], float(args.child[1]))
+    child(args.child)
     return
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   _our_params()  # Create the shared weights once.
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  runs = {}
-  peak = matmul_peak()
-  for dropout in (0.0, 0.1):
-    for _ in range(args.rounds):
-      for system in SYSTEMS:  # Alternate within the run.
-        out = subprocess.run([sys.executable, __file__, "--child", system, str(dropout)],
-                             capture_output=True, text=True, env=env, check=True).stdout
-        result = json.loads(out.split("RESULT ", 1)[1])
-        runs.setdefault(f"{system}@{dropout}", []).append(result)
-        print(system, dropout, np.median(result["step_seconds"]), result["peak_rss_mib"],
-              flush=True)
-  summary = {}
-  for dropout in (0.0, 0.1):
-    row = {}
-    for system in SYSTEMS:
-      rs = runs[f"{system}@{dropout}"]
-      step = float(np.median([t for r in rs for t in r["step_seconds"]]))
-      row[system] = dict(step_seconds=step, input_tokens_per_sec=BATCH * INPUT_LEN / step,
-                         peak_rss_mib=float(np.median([r["peak_rss_mib"] for r in rs])))
-    ours = runs[f"ours@{dropout}"][0]
-    row["tokens_per_sec_ratio_ours_over_peft"] = (row["ours"]["input_tokens_per_sec"]
-                                                  / row["peft"]["input_tokens_per_sec"])
-    row["peak_rss_ratio_ours_over_peft"] = row["ours"]["peak_rss_mib"] / row["peft"]["peak_rss_mib"]
-    row["tokens_per_sec_ratio_ours_remat_over_peft"] = (
-        row["ours_remat"]["input_tokens_per_sec"] / row["peft"]["input_tokens_per_sec"])
-    row["peak_rss_ratio_ours_remat_over_peft"] = (row["ours_remat"]["peak_rss_mib"]
-                                                  / row["peft"]["peak_rss_mib"])
-    row["prompt_over_full_finetune_flops"] = ours["flops"] / ours["full_finetune_flops"]
-    full_step = float(np.median([t for r in runs[f"ours@{dropout}"]
-                                 for t in r["full_finetune_step_seconds"]]))
-    row["full_finetune_input_tokens_per_sec"] = BATCH * INPUT_LEN / full_step
-    row["prompt_over_full_finetune_tokens_per_sec"] = (row["ours"]["input_tokens_per_sec"]
-                                                       / row["full_finetune_input_tokens_per_sec"])
-    row["achieved_gflops"] = ours["flops"] / row["ours"]["step_seconds"] / 1e9
-    row["fraction_of_matmul_peak"] = row["achieved_gflops"] / peak
-    summary[f"dropout {dropout}"] = row
-  summary["matmul_peak_gflops_numpy_f32"] = peak
-  summary["versions"] = {k: runs["peft@0.0"][0][k] for k in ("torch", "peft", "transformers")}
-  with open(os.path.join(HERE, "train_step.json"), "w") as f:
+  info = cpu_info()
+  print("CPU:", describe_cpu(info), "| load average", info["load_average"], flush=True)
+  runs, matmul, loads = {}, {}, [info["load_average"]]
+  libs = ("xla", "torch", "numpy")
+  for lib in libs:
+    matmul.setdefault(lib, []).append(_spawn(f"matmul_{lib}", 0, 0)["gflops"])
+  for _ in range(args.rounds):
+    for name, system, dropout, bits in CONFIGS:  # Alternate within each round.
+      result = _spawn(system, dropout, bits)
+      runs.setdefault(f"{name}@{dropout}", []).append(result)
+      print(name, dropout, f"{np.median(result['step_seconds']):.3f}s",
+            f"train peak {result['training_peak_rss_mib']:.0f} MiB", os.getloadavg()[0],
+            flush=True)
+    loads.append(os.getloadavg())
+  for lib in libs:
+    matmul[lib].append(_spawn(f"matmul_{lib}", 0, 0)["gflops"])
+  best_matmul = {lib: max(v) for lib, v in matmul.items()}
+  peak = max(best_matmul.values())
+  flops = step_flops()
+
+  def stats(key):
+    rs = runs[key]
+    step = float(np.median([np.median(r["step_seconds"]) for r in rs]))
+    med = lambda f: float(np.median([r[f] for r in rs]))  # noqa: E731
+    return dict(step_seconds=step, input_tokens_per_sec=BATCH * INPUT_LEN / step,
+                training_peak_rss_mib=med("training_peak_rss_mib"),
+                timed_steps_peak_rss_mib=med("timed_steps_peak_rss_mib"),
+                process_peak_rss_mib=med("process_peak_rss_mib"),
+                model_flops_per_sec=flops / step, mfu=flops / step / 1e9 / peak,
+                gpu_peak_mib=rs[0].get("gpu_peak_mib"),
+                per_round_step_seconds=[float(np.median(r["step_seconds"])) for r in rs])
+
+  summary = dict(cpu=info, load_average_per_round=loads, matmul_gflops=best_matmul,
+                 matmul_gflops_all=matmul, best_matmul_gflops=peak,
+                 analytic_step_gflop=flops / 1e9, rows={})
+  xla_flops = runs["ours@0.0"][0].get("xla_cost_analysis_flops")
+  if xla_flops:
+    summary["xla_cost_analysis_gflop"] = xla_flops / 1e9
+  for title, dropout, ours_names in ROWS:
+    peft = stats(f"peft@{dropout}")
+    row = {"peft": peft}
+    for name in ours_names:
+      s = stats(f"{name}@{dropout}")
+      s["tokens_per_sec_ratio"] = s["input_tokens_per_sec"] / peft["input_tokens_per_sec"]
+      s["training_peak_rss_ratio"] = s["training_peak_rss_mib"] / peft["training_peak_rss_mib"]
+      s["process_peak_rss_ratio"] = s["process_peak_rss_mib"] / peft["process_peak_rss_mib"]
+      row[name] = s
+    summary["rows"][title] = row
+  first = lambda k: runs[k][0]  # noqa: E731
+  summary["versions"] = dict(jax=first("ours@0.0")["jax"], torch=first("peft@0.0")["torch"],
+                             peft=first("peft@0.0")["peft"],
+                             transformers=first("peft@0.0")["transformers"],
+                             xla_flags=first("ours@0.0")["xla_flags"],
+                             device=first("ours@0.0")["device"],
+                             torch_device=first("peft@0.0")["device"],
+                             torch_threads=first("peft@0.0")["torch_threads"])
+  base = os.path.join(HERE, f"train_step{args.suffix}")
+  with open(base + ".json", "w") as f:
     json.dump(dict(summary=summary, runs=runs), f, indent=1)
-  lines = ["# Train step: prompt tuning here vs HF PEFT (CPU)", "",
-           f"T5 1.1-small config, the same random weights; batch {BATCH}, inputs {INPUT_LEN} + "
-           f"{PROMPT_LEN}-token prompt, targets {TARGET_LEN}; Adafactor 0.3. Medians over "
-           f"{args.rounds} alternating rounds of {TIMED} timed steps after {WARMUP} warm-up. "
-           "Rerun: `python benchmarks/train_step.py`.", "",
-           "`ours`: unrolled layers, nothing recomputed. `ours_remat`: scanned layers, "
-           "rematerialized except the outputs of weight matmuls (`T5Config.scan_layers=True, "
-           "remat_policy='minimal'`). Both draw dropout masks from 8-bit random values "
-           "(`T5Config.dropout_mask_bits=8`, the default).", "",
-           "| dropout | system | input tokens/s | peak RSS MiB | tokens/s ratio | RSS ratio |",
-           "| --- | --- | --- | --- | --- | --- |"]
-  for key in ("dropout 0.0", "dropout 0.1"):
-    row = summary[key]
-    for system in SYSTEMS:
-      r = row[system]
-      extra = (f"{row[f'tokens_per_sec_ratio_{system}_over_peft']:.2f} | "
-               f"{row[f'peak_rss_ratio_{system}_over_peft']:.2f}") if system != "peft" else " | "
-      lines.append(f"| {key.split()[1]} | {system} | {r['input_tokens_per_sec']:.0f} | "
-                   f"{r['peak_rss_mib']:.0f} | {extra} |")
-  lines += ["", "Prompt tuning against full fine-tuning of the same model and batch (unrolled "
-            "layers, the prompt present in both; full fine-tuning also trains it):", "",
-            "| dropout | prompt tuning tokens/s | full fine-tuning tokens/s | tokens/s ratio | "
-            "FLOPs ratio |", "| --- | --- | --- | --- | --- |"]
-  for key in ("dropout 0.0", "dropout 0.1"):
-    row = summary[key]
-    lines.append(f"| {key.split()[1]} | {row['ours']['input_tokens_per_sec']:.0f} | "
-                 f"{row['full_finetune_input_tokens_per_sec']:.0f} | "
-                 f"{row['prompt_over_full_finetune_tokens_per_sec']:.2f} | "
-                 f"{row['prompt_over_full_finetune_flops']:.2f} |")
-  row = summary["dropout 0.0"]
-  lines += ["", f"Prompt-step FLOPs / full fine-tuning FLOPs (XLA cost analysis, same batch): "
-            f"{row['prompt_over_full_finetune_flops']:.2f}.",
-            f"Achieved {row['achieved_gflops']:.0f} GFLOP/s at dropout 0 against a float32 "
-            f"matmul peak of {peak:.0f} GFLOP/s (numpy, same run): "
-            f"{100 * row['fraction_of_matmul_peak']:.0f}%."]
-  with open(os.path.join(HERE, "train_step.md"), "w") as f:
+  on_gpu = summary["versions"]["torch_device"] == "cuda"
+  lines = [f"# Train step: prompt tuning here vs HF PEFT ({'GPU' if on_gpu else 'CPU'})", "",
+           f"Machine: {describe_cpu(info)}"
+           + (f"; JAX device {summary['versions']['device']}, torch on CUDA" if on_gpu else "")
+           + f". Load average at start {info['load_average'][0]:.1f}, per round "
+           + ", ".join(f"{la[0]:.1f}" for la in loads[1:]) + ".",
+           *([args.note] if args.note else []), "",
+           f"T5 1.1-small config, the same random weights loaded the same way; batch {BATCH}, "
+           f"inputs {INPUT_LEN} + {PROMPT_LEN}-token prompt, targets {TARGET_LEN}; Adafactor 0.3. "
+           f"Each number: median over {args.rounds} alternating rounds (one process each) of "
+           f"the median of {TIMED} timed steps after {WARMUP} warm-up. XLA flags: "
+           f"`{summary['versions']['xla_flags'] or '(none)'}`. Versions: jax "
+           f"{summary['versions']['jax']}, torch {summary['versions']['torch']} "
+           f"({summary['versions']['torch_threads']} threads), transformers "
+           f"{summary['versions']['transformers']}, peft {summary['versions']['peft']}. "
+           f"Rerun: `python benchmarks/train_step.py{' --suffix ' + args.suffix if args.suffix else ''}`.",
+           "", "`ours`: unrolled layers, nothing recomputed. `ours_remat`: scanned layers, "
+           "rematerialized except the weight matmuls' outputs (`scan_layers=True, "
+           "remat_policy='minimal'`). Training peak RSS: the highest resident memory after the "
+           "weights were loaded (compiling and running the steps); process peak: the whole "
+           "process's. MFU: analytic model FLOPs / step time / best matmul rate below.", "",
+           "| dropout | system | input tokens/s | ratio to PEFT | training peak RSS MiB | "
+           "RSS ratio | process peak MiB | MFU |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for title, _, ours_names in ROWS:
+    row = summary["rows"][title]
+    for name in (*ours_names, "peft"):
+      r = row[name]
+      ratio = (f"**{r['tokens_per_sec_ratio']:.2f}x** | {r['training_peak_rss_mib']:.0f} | "
+               f"{r['training_peak_rss_ratio']:.2f}x" if name != "peft"
+               else f" | {r['training_peak_rss_mib']:.0f} | ")
+      lines.append(f"| {title} | {name} | {r['input_tokens_per_sec']:.0f} | {ratio} | "
+                   f"{r['process_peak_rss_mib']:.0f} | {100 * r['mfu']:.0f}% |")
+  if on_gpu:
+    lines += ["", "GPU memory, peak allocated by the framework during training (ours: XLA's "
+              "peak_bytes_in_use; PEFT: torch.cuda.max_memory_allocated); JAX runs float32 "
+              "matmuls at full precision (`jax_default_matmul_precision='highest'`), as torch "
+              "does by default:", ""]
+    for title, _, ours_names in ROWS:
+      row = summary["rows"][title]
+      lines.append(f"- {title}: " + ", ".join(f"{n} {row[n]['gpu_peak_mib']:.0f} MiB"
+                                               for n in (*ours_names, "peft")))
+  lines += ["", f"Analytic FLOPs per step: {flops / 1e9:.0f} GFLOP (forward + backward through "
+            "activations, matmuls only; `step_flops`)"
+            + (f"; XLA's cost analysis of our compiled step counts {xla_flops / 1e9:.0f}." if
+               xla_flops else "."),
+            "Best dense float32 2048^3 matmul in this run (each in its own process, before and "
+            "after the rounds): " + ", ".join(f"{lib} {g:.0f} GFLOP/s" for lib, g in
+                                              best_matmul.items()) + "."]
+  with open(base + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))
 

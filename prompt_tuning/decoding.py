@@ -335,3 +335,45 @@ def score(model: nn.Module, params: Any, encoder_input_tokens: Array,
   return jnp.sum(token_logp * loss_weights, axis=-1)
 
 
+def score_candidates(model: nn.Module, params: Any, encoder_input_tokens: Array,
+                     candidates: Array, prompt_features: Optional[dict[str, Array]] = None
+                     ) -> Array:
+  """Scores C candidate targets per example: [B, C] sums of token log-probabilities.
+
+  The input is encoded once, and each decoder layer projects the encoder
+  output into cross-attention keys and values once; the C candidates then
+  share that projection (it is repeated in memory, not recomputed) and run
+  through the decoder together as B * C rows. `score` on each candidate in
+  turn would encode and project the input C times.
+
+  Args:
+    encoder_input_tokens: [B, L].
+    candidates: [C, T] (the same candidates for every example) or [B, C, T];
+      0 pads (padded positions do not count).
+    prompt_features: per-example features [B, ...] for the prompt modules.
+  """
+  b = encoder_input_tokens.shape[0]
+  if candidates.ndim == 2:
+    candidates = jnp.broadcast_to(candidates[None], (b, *candidates.shape))
+  if candidates.ndim != 3 or candidates.shape[0] != b:
+    raise ValueError(f"candidates of shape {candidates.shape}; expected [C, T] or [B={b}, C, T]")
+  c, t = candidates.shape[1:]
+  from prompt_tuning import trees as tree_lib
+  encoded, enc_mask = model.apply({"params": params}, encoder_input_tokens,
+                                  prompt_features=prompt_features, method=model.encode)
+  cache = init_cache(model, params, b, t, encoded.shape[1])
+  cache = tree_lib.flatten(fill_cross_cache(model, params, cache, encoded, enc_mask,
+                                            prompt_features))
+  # Every row of the cache gets C copies (batch is axis 0; scanned layers
+  # stack on axis 1, after the batch). The self-attention part is still zero.
+  cache = tree_lib.unflatten({n: jnp.repeat(v, c, axis=0) if v.ndim else v
+                              for n, v in cache.items()})
+  repeat = lambda x: jnp.repeat(x, c, axis=0)  # noqa: E731
+  targets = candidates.reshape(b * c, t)
+  feats = jax.tree.map(repeat, prompt_features) if prompt_features else None
+  logits, _ = model.apply({"params": params, "cache": cache}, repeat(encoded), repeat(enc_mask),
+                          shift_right(targets), targets, decode=True, cross_cache="use",
+                          prompt_features=feats, mutable=["cache"], method=model.decode)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  token_logp = jnp.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+  return jnp.sum(token_logp * (targets > 0), axis=-1).reshape(b, c)

@@ -113,6 +113,8 @@ def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]]
                                                      prompt_features=f or None))
   score_fn = jax.jit(lambda p, x, t, f: decoding.score(model, p, x, t,
                                                        prompt_features=f or None))
+  candidates_fn = jax.jit(lambda p, x, c, f: decoding.score_candidates(
+      model, p, x, c, prompt_features=f or None))
   if class_labels:
     label_ids = [list(np.asarray(vocabulary.encode(label))) + [1] for label in class_labels]
     targets = np.zeros((len(label_ids), max(len(ids) for ids in label_ids)), np.int32)
@@ -137,6 +139,11 @@ def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]]
       scores = scores_of(inputs, targets_BT, feats)
       scores = scores.mean(axis=0) if n_ens else scores
       out.extend(("", float(s)) for s in scores[:real])
+    elif class_labels and not n_ens and model.decoder_prompt is None:
+      # One encoding scores every label (cached decoding has no decoder prompt).
+      scores = np.asarray(candidates_fn(params, inputs, targets, feats))  # [B, C]
+      best = scores.argmax(axis=-1)
+      out.extend((class_labels[b], float(scores[i, b])) for i, b in enumerate(best[:real]))
     elif class_labels:
       scores = np.stack([scores_of(inputs, np.tile(t, (batch_size, 1)), feats)
                          for t in targets],

@@ -28,6 +28,7 @@ training split.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import zlib
 from typing import Callable
@@ -105,8 +106,31 @@ def _source(task: str, instruction: bool):
     data = examples(task, split, count, instruction,
                     salt="" if instruction else "/bare")
     return tf.data.Dataset.from_tensor_slices(data)
-  return seqio.FunctionDataSource(dataset_fn, splits=tuple(SPLIT_SIZES),
-                                  num_input_examples={k: v for k, v in SPLIT_SIZES.items()})
+  return _in_memory_source_class()(dataset_fn, splits=tuple(SPLIT_SIZES),
+                                   num_input_examples=dict(SPLIT_SIZES))
+
+
+@functools.lru_cache(maxsize=None)
+def _in_memory_source_class():
+  import seqio  # imported lazily, as everywhere in this module
+
+  class InMemorySource(seqio.FunctionDataSource):
+    """A FunctionDataSource whose splits are generated whole, in memory.
+
+    seqio warns about every uncached FunctionDataSource read with shuffling
+    (restarts would reshuffle too little). That does not apply here: there
+    are no files to shuffle (the generator ignores `shuffle_files`), so the
+    source always yields the same examples, and seqio's Task shuffles them
+    afterwards with its seeded buffer. Reading with `shuffle=False` gives the
+    same dataset without the warning.
+    """
+
+    def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **kwargs):
+      del shuffle
+      return super().get_dataset(split, shuffle=False, seed=seed, shard_info=shard_info,
+                                 **kwargs)
+
+  return InMemorySource
 
 
 def register() -> None:

@@ -189,3 +189,26 @@ def test_jit_and_eager_agree(tiny, method):
   np.testing.assert_allclose(
       decoding.score(model, params, enc, tgt),
       jax.jit(lambda p: decoding.score(model, p, enc, tgt))(params), rtol=1e-5)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_score_candidates_equals_scoring_each_candidate(scan):
+  """One encoding shared by all candidates gives each candidate's own score,
+  with a soft prompt in front and padded, per-example candidates."""
+  from prompt_tuning.prompts import initializers, soft
+  cfg = TINY_CONFIG.replace(scan_layers=scan)
+  model = T5(cfg, encoder_prompt=soft.SoftPrompt(length=3, init=initializers.random_uniform(0.5)))
+  params = params_lib.init_params(model, jax.random.PRNGKey(3))
+  enc = jnp.array([[5, 6, 7, 8, 1], [9, 10, 1, 0, 0], [3, 1, 0, 0, 0]])
+  cands = jnp.array([[[20, 21, 1], [22, 1, 0], [7, 7, 1]],
+                     [[30, 1, 0], [22, 23, 1], [1, 0, 0]],
+                     [[20, 21, 1], [40, 41, 1], [9, 1, 0]]])
+  each = jnp.stack([decoding.score(model, params, enc, cands[:, i]) for i in range(3)], axis=1)
+  joint = jax.jit(lambda p, x, c: decoding.score_candidates(model, p, x, c))(params, enc, cands)
+  np.testing.assert_allclose(joint, each, rtol=1e-5, atol=1e-5)
+  shared = decoding.score_candidates(model, params, enc, cands[0])  # [C, T] for every row
+  each = jnp.stack([decoding.score(model, params, enc, jnp.tile(cands[0, i], (3, 1)))
+                    for i in range(3)], axis=1)
+  np.testing.assert_allclose(shared, each, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="expected"):
+    decoding.score_candidates(model, params, enc, cands[:2])

@@ -73,8 +73,8 @@ def _decode(args) -> int:
 
 def _quickstart(args) -> int:
   import logging
-  import os
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from prompt_tuning.cli import environment
+  environment.configure()  # XLA CPU defaults, quiet TF/CUDA logs, compilation cache
   logging.basicConfig(level=logging.WARNING)
   from prompt_tuning import quickstart
   pretrain = quickstart.PretrainConfig(size=args.size, seed=args.seed, steps=args.pretrain_steps)
@@ -91,7 +91,8 @@ def run_gin_binary(command: str, argv: Sequence[str]) -> int:
 
 def _run_gin(args: argparse.Namespace, bindings: list[str]) -> int:
   """Parses gin files and bindings, then calls the configured train / evaluate / ..."""
-  from prompt_tuning.cli import logging_setup, strict
+  from prompt_tuning.cli import environment, logging_setup, strict
+  environment.configure()  # XLA CPU defaults, quiet TF/CUDA noise, compilation cache
   logging_setup.configure(args.verbose)  # Dependencies at WARNING unless --verbose.
   _start_jax(args)
   from prompt_tuning.cli import gin as gin_utils

@@ -1,0 +1,64 @@
+"""The binaries' start-up environment: XLA defaults, quiet logs, compilation cache."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from prompt_tuning.cli import environment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_xla_defaults_never_override_the_users_flags():
+  defaults = {"xla_a": "", "xla_b": "1"}
+  assert environment.merged_xla_flags("", defaults) == "--xla_a= --xla_b=1"
+  assert environment.merged_xla_flags("--xla_b=0 --xla_dump_to=/d", defaults) == (
+      "--xla_b=0 --xla_dump_to=/d --xla_a=")
+  assert environment.merged_xla_flags("--xla_a=dot", defaults) == "--xla_a=dot --xla_b=1"
+
+
+_PROGRAM = """
+import sys, warnings
+from prompt_tuning.cli import environment
+environment.configure(tensorflow=sys.argv[1] == "tf")
+import jax, jax.numpy as jnp
+print(jax.jit(lambda x: jnp.tanh(x) @ x.T)(jnp.ones((4, 4))).sum())
+warnings.warn("a real warning")
+"""
+
+
+def _run(cache, mode):
+  env = dict(os.environ, PROMPT_TUNING_CACHE=str(cache), PYTHONPATH=ROOT)
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+  return subprocess.run([sys.executable, "-c", _PROGRAM, mode], env=env, capture_output=True,
+                        text=True, check=True, timeout=300)
+
+
+def test_second_run_compiles_nothing_new_and_the_first_screen_is_clean(tmp_path):
+  first = _run(tmp_path, "tf")
+  cache = tmp_path / "jax_cache"
+  entries = sorted(os.listdir(cache))
+  assert entries, "the first run should have written its compiled programs"
+  second = _run(tmp_path, "no-tf")
+  assert sorted(os.listdir(cache)) == entries  # every program came from the cache
+  assert first.stdout == second.stdout
+  assert "a real warning" in first.stderr  # real warnings still show
+  if not os.path.exists("/proc/driver/nvidia/version"):  # CPU machine: no CUDA noise
+    for noise in ("cuInit", "cudart_stub", "Could not find cuda drivers", "InitializeLog"):
+      assert noise not in first.stderr, first.stderr
+
+
+def test_synthetic_sources_read_without_the_uncached_warning(caplog):
+  pytest.importorskip("seqio")
+  import logging
+  from prompt_tuning.tasks import synthetic
+  source = synthetic._source("reverse", True)
+  with caplog.at_level(logging.WARNING):
+    shuffled = [ex["targets"] for ex in source.get_dataset("validation", shuffle=True,
+                                                             seed=3).as_numpy_iterator()]
+  assert not [r for r in caplog.records if "uncached FunctionDataset" in r.getMessage()]
+  plain = [ex["targets"] for ex in source.get_dataset("validation", shuffle=False)
+           .as_numpy_iterator()]
+  assert shuffled == plain and len(plain) == synthetic.SPLIT_SIZES["validation"]
