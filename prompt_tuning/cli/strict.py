@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 ALLOW_UNUSED = "allow_unused"
 _MACRO = "gin.macro"
+_BINARIES = ("train", "evaluate", "infer", "precompile")
 # Configurables the binaries call directly, not through the root's bindings.
 _ALWAYS_READ = ("TaskVocabularyConfig",)
 
@@ -78,10 +79,17 @@ def check_bindings(root: str, gin_files: Sequence[str], bindings: Sequence[str],
   for f in gin_files:
     statements += _user_file_statements(f, paths, bundled_dir, seen)
   used, known_macros, known_configurables = _reachable(root)
+  # A gin file is often shared by train, eval and infer (T5X's habit): what
+  # another binary reads, or a macro some binding refers to, is not a typo
+  # there. Command-line flags stay strict: the binary itself must read them.
+  used_by_any = set(used) | {(name, _MACRO) for name in _referenced_macros()}
+  for other in _BINARIES:
+    if other != root:
+      used_by_any |= _reachable(other)[0]
   problems = []
   for origin, st in statements:
     key = _binding_key(st)
-    if key is None or key in used:
+    if key is None or key in used or (not origin.startswith("--gin.") and key in used_by_any):
       continue
     scope, selector = key
     if selector == _MACRO:
@@ -157,6 +165,28 @@ def _binding_key(st: Any) -> Optional[tuple[str, str]]:
   except (KeyError, ValueError):
     return None  # gin itself reports unknown configurables when parsing.
   return st.scope, selector
+
+
+def _referenced_macros() -> set[str]:
+  """Every macro some binding refers to (`%NAME`), reached from a binary or not."""
+  names: set[str] = set()
+
+  def walk(value: Any) -> None:
+    if isinstance(value, gin_config.ConfigurableReference):
+      if value.configurable.selector == _MACRO:
+        names.add("/".join(s for s in value.scoped_selector.split("/")[:-1] if s))
+    elif isinstance(value, dict):
+      for k, v in value.items():
+        walk(k)
+        walk(v)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+      for v in value:
+        walk(v)
+
+  for args in list(gin_config._CONFIG.values()):
+    for value in args.values():
+      walk(value)
+  return names
 
 
 def _reachable(root: str) -> tuple[set[tuple[str, str]], set[str], set[str]]:
