@@ -211,10 +211,9 @@ def _predict_split(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_li
   """(task, examples, [(prediction, score)], step) for eval and infer alike."""
   validation.check_inference(  # Before the backbone is read.
       batch_size=data.batch_size, task_feature_lengths=data.feature_lengths,
-      initial_checkpoint_path=model.checkpoint, encoder_prompt=model.encoder_prompt,
       decoding_config=decoding_config, max_examples=max_examples,
       checkpoint_step=checkpoint_step, ensemble_prompts=ensemble_prompts)
-  validation.check_model_spec(model)
+  validation.check_model_spec(model)  # Both prompts and the checkpoint path.
   task = data_lib.get_task_or_mixture(data.task)
   data_lib.check_vocabulary(task, model.config.vocab_size)
   if model.decoder_prompt is not None and decoding_config.use_cache:

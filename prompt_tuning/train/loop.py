@@ -91,9 +91,6 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
   validation.check_data_spec(data)
   if on_non_finite not in ("stop", "skip"):
     raise ValueError(f"on_non_finite={on_non_finite!r}; expected 'stop' or 'skip'")
-  if train_steps <= 0 or data.batch_size <= 0:
-    raise ValueError(f"train_steps={train_steps} and batch_size={data.batch_size} must be "
-                     "positive")
   os.makedirs(model_dir, exist_ok=True)
   optimizer = optimizer or optimizers.prompt_tuning_adafactor()
 
