@@ -38,6 +38,10 @@ setup(
         "tensorboard>=2.16",
         "tqdm",
         "matplotlib>=3.7",  # recycling result plots
+        # The Hugging Face reader and PEFT adapters (seen: 0.8.0; bfloat16 through
+        # numpy needs ml_dtypes, read since 0.4.1).
+        "safetensors>=0.4.1",
+        "scipy>=1.9",  # Pearson and Spearman metrics; a JAX dependency anyway (seen: 1.17.1)
     ],
     extras_require={
         # `prompt-tuning serve`. Seen working: fastapi 0.165.0 (starlette 1.10.0,
@@ -49,8 +53,9 @@ setup(
         # The serving load test's HTTP client (benchmarks/serving.py; seen: aiohttp 3.14.5).
         "bench": ["aiohttp>=3.9", "httpx>=0.25"],
         # Seen working: torch 2.13.0 (CPU wheel), transformers 5.23.0, peft 0.21.2,
-        # safetensors 0.8.0. Install torch's CPU build first (see .ci/run).
-        "interop": ["torch>=2.1", "transformers>=4.40", "peft>=0.10", "safetensors>=0.4"],
+        # safetensors 0.8.0 (a core dependency). Install torch's CPU build first
+        # (see .ci/run). PEFT adapters are written in PEFT 0.21's format.
+        "interop": ["torch>=2.1", "transformers>=4.40", "peft>=0.10"],
     },
     entry_points={"console_scripts": ["prompt-tuning=prompt_tuning.cli.main:main"]},
 )

@@ -18,6 +18,7 @@ import string
 from typing import Any, Sequence
 
 import numpy as np
+from scipy import stats
 
 
 def _check(targets: Sequence[Any], predictions: Sequence[Any]) -> None:
@@ -87,38 +88,29 @@ def matthews_corrcoef(targets: Sequence[int], predictions: Sequence[int]) -> dic
   return {"matthews_corrcoef": 0.0 if denom == 0 else 100.0 * (tp * tn - fp * fn) / denom}
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-  x, y = x - x.mean(), y - y.mean()
-  denom = np.sqrt(np.sum(x * x) * np.sum(y * y))
-  return 0.0 if denom == 0 else float(np.sum(x * y) / denom)
+def _correlation(fn: Any, targets: Sequence[float], predictions: Sequence[float]) -> float:
+  """`fn` (scipy.stats.pearsonr or spearmanr) as a percentage; 0 when either side is constant.
 
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-  """Ranks 1..n, ties sharing the mean of the ranks they span."""
-  order = np.argsort(x, kind="mergesort")
-  ranks = np.empty(len(x), np.float64)
-  sorted_x = x[order]
-  i = 0
-  while i < len(x):
-    j = i
-    while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-      j += 1
-    ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-    i = j + 1
-  return ranks
+  scipy returns NaN (with a warning) for a constant side, where the
+  correlation is undefined; a NaN metric would poison checkpoint selection,
+  so it counts as no correlation.
+  """
+  t = np.asarray(targets, np.float64)
+  p = np.asarray(predictions, np.float64)
+  if np.ptp(t) == 0 or np.ptp(p) == 0:
+    return 0.0
+  return 100.0 * float(fn(t, p).statistic)
 
 
 def pearson_corrcoef(targets: Sequence[float], predictions: Sequence[float]) -> dict[str, float]:
   _check(targets, predictions)
-  return {"pearson_corrcoef": 100.0 * _pearson(np.asarray(targets, np.float64),
-                                                np.asarray(predictions, np.float64))}
+  return {"pearson_corrcoef": _correlation(stats.pearsonr, targets, predictions)}
 
 
 def spearman_corrcoef(targets: Sequence[float], predictions: Sequence[float]) -> dict[str, float]:
+  """Spearman's rho; tied values share the mean of their ranks."""
   _check(targets, predictions)
-  return {"spearman_corrcoef": 100.0 * _pearson(
-      _average_ranks(np.asarray(targets, np.float64)),
-      _average_ranks(np.asarray(predictions, np.float64)))}
+  return {"spearman_corrcoef": _correlation(stats.spearmanr, targets, predictions)}
 
 
 # --- Question answering (SQuAD's normalization) ---------------------------------

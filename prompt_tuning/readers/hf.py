@@ -1,8 +1,10 @@
 """Reads Hugging Face T5 folders (config.json + safetensors) into T5X names.
 
 Only safetensors are read (single file or a sharded index); `.bin` pickles
-are refused. The safetensors header is parsed here and each tensor is read on
-its own, so reading the embedding table alone touches nothing else.
+are refused. Files are opened with the format's own reader,
+`safetensors.safe_open(..., framework="numpy")`: opening checks the header
+(offsets, shapes, dtypes) and maps the file, and each tensor is read on its
+own, so reading the embedding table alone touches nothing else.
 """
 
 from __future__ import annotations
@@ -10,71 +12,44 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
 from typing import Any, Mapping, Optional
 
-import ml_dtypes
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, which safetensors needs)
 import numpy as np
+import safetensors
 
 from prompt_tuning.models.t5 import T5Config
 from prompt_tuning import trees as tree_lib
 
 SUPPORTED_MODEL_TYPES = ("t5", "mt5", "umt5")
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-# Header size cap: real headers are a few MB; more means a corrupt file.
-_MAX_HEADER_BYTES = 100 * 2**20
+# Safetensors dtypes numpy can hold (the 8-bit and smaller floats it cannot).
+_NUMPY_DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")
 
 
 class SafetensorsFile:
-  """Header-parsed safetensors file; tensors are read one at a time."""
+  """One safetensors file, opened lazily: tensors are read one at a time."""
 
   def __init__(self, path: str):
     self.path = path
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-      raw = f.read(8)
-      if len(raw) != 8:
-        raise ValueError(f"Corrupt safetensors file {path}: shorter than its 8-byte header size")
-      (header_len,) = struct.unpack("<Q", raw)
-      if header_len > min(size - 8, _MAX_HEADER_BYTES):
-        raise ValueError(f"Corrupt safetensors file {path}: header length {header_len} "
-                         f"does not fit a {size}-byte file")
-      try:
-        header = json.loads(f.read(header_len))
-      except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"Corrupt safetensors file {path}: header is not JSON ({e})") from e
-    header.pop("__metadata__", None)
-    self._data_start = 8 + header_len
-    self._entries = header
-    for name, entry in header.items():
-      begin, end = entry["data_offsets"]
-      if entry["dtype"] not in _SAFETENSORS_DTYPES:
-        raise ValueError(f"{path}: tensor {name} has unsupported dtype {entry['dtype']}")
-      want = int(np.prod(entry["shape"], dtype=np.int64)) * np.dtype(
-          _SAFETENSORS_DTYPES[entry["dtype"]]).itemsize
-      if end - begin != want or self._data_start + end > size:
-        raise ValueError(f"Corrupt safetensors file {path}: tensor {name} spans bytes "
-                         f"[{begin}, {end}) but its shape {entry['shape']} needs {want} "
-                         f"bytes within a {size}-byte file")
+    try:
+      self._file = safetensors.safe_open(path, framework="numpy")
+      dtypes = {name: self._file.get_slice(name).get_dtype() for name in self._file.keys()}
+    except safetensors.SafetensorError as e:
+      raise ValueError(f"Corrupt safetensors file {path}: {e}") from e
+    for name, dtype in sorted(dtypes.items()):
+      if dtype not in _NUMPY_DTYPES:
+        raise ValueError(f"{path}: tensor {name} has unsupported dtype {dtype}; expected one "
+                         f"of {', '.join(_NUMPY_DTYPES)}")
 
   def keys(self) -> list[str]:
-    return sorted(self._entries)
+    return sorted(self._file.keys())
 
   def shape(self, name: str) -> tuple[int, ...]:
-    return tuple(self._entries[name]["shape"])
+    return tuple(self._file.get_slice(name).get_shape())
 
   def read(self, name: str) -> np.ndarray:
-    entry = self._entries[name]
-    begin, end = entry["data_offsets"]
-    with open(self.path, "rb") as f:
-      f.seek(self._data_start + begin)
-      buf = f.read(end - begin)
-    dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]]).newbyteorder("<")
-    return np.frombuffer(buf, dtype=dtype).reshape(entry["shape"]).copy()
+    # A copy: the tensor must not keep the mapped file alive or change with it.
+    return np.array(self._file.get_tensor(name), copy=True)
 
 
 def check_architecture(hf_config: Mapping[str, Any], source: str) -> None:
