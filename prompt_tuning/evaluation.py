@@ -24,6 +24,7 @@ import numpy as np
 
 from prompt_tuning import registry
 from prompt_tuning import decoding
+from prompt_tuning.prompts import provenance
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import data as data_lib
 from prompt_tuning import layout
@@ -264,8 +265,20 @@ def evaluate(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.Data
   metrics["num_examples"] = len(examples)
   metrics_lib.MetricsWriter(model_dir, output_name).write(step, metrics, task=data.task,
                                                           split=data.split)
+  if restore_checkpoint and jax.process_index() == 0:
+    record_metrics(model_dir, step, f"{data.task}/{data.split}", metrics)
   log.info("%s %s step %d: %s", data.task, data.split, step, metrics)
   return dict(step=step, **metrics)
+
+
+def record_metrics(model_dir: str, step: int, name: str, metrics: Mapping[str, float]
+                   ) -> list[str]:
+  """Adds eval metrics to the provenance sidecars of the prompts exported at `step`."""
+  folder = layout.prompts_dir(model_dir, step)
+  files = sorted(f for f in os.listdir(folder) if f.endswith(".npy")) if os.path.isdir(
+      folder) else []
+  return [os.path.join(folder, f) for f in files
+          if provenance.add_metrics(os.path.join(folder, f), name, metrics)]
 
 
 @registry.configurable

@@ -19,7 +19,7 @@ LAYERS = [
     {"readers"},
     {"prompts"},
     {"decoding", "runtime", "train", "tasks"},
-    {"evaluation", "precompile", "quickstart", "recycling", "retrieval", "serving"},
+    {"evaluation", "precompile", "quickstart", "recycling", "retrieval", "serving", "interop"},
     {"cli", "eval", "infer", "__main__"},
 ]
 

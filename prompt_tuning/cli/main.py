@@ -10,6 +10,8 @@
   prompt-tuning tasks list [REGEX] | tasks show NAME [--split=S] [--num_examples=N]
   prompt-tuning decode CHECKPOINT --spm_model=M --input="text" [--method=beam]
   prompt-tuning serve CHECKPOINT --prompt NAME=p.npy [--prompt_dir=D] [--port=8000]
+  prompt-tuning export-peft --prompt=p.npy --checkpoint=BACKBONE --out=ADAPTER_DIR
+  prompt-tuning import-peft --adapter=ADAPTER_DIR --checkpoint=BACKBONE --out=p.npy
 
 train / eval / infer / precompile take T5X's flags: gin files (bundled configs
 are found from any directory), `--gin.MACRO=VALUE` bindings with gin literals
@@ -127,6 +129,7 @@ def _serve(args) -> int:
 
 def _recycle(args) -> int:
   import os
+  from prompt_tuning.prompts import provenance
   from prompt_tuning.recycling import methods
   if os.path.exists(args.out) and not args.overwrite:
     raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
@@ -136,10 +139,19 @@ def _recycle(args) -> int:
   take = args.take if args.filter_file else None
   support = dict(filter_file=args.filter_file, skip=args.skip, take=take)
   recycled = methods.recycle(args.prompt, args.source_checkpoint, args.target_checkpoint,
-                             args.method, **support)
+                             args.method, args.allow_backbone_mismatch, **support)
   tmp = args.out + ".tmp.npy"
   np.save(tmp, recycled, allow_pickle=False)
   os.replace(tmp, args.out)
+  recycler = methods.recycler_for(args.source_checkpoint, args.target_checkpoint,
+                                  args.method, **support)  # Cached: no second fit.
+  if recycler.target_fingerprint:
+    source = provenance.read(args.prompt) or {}
+    provenance.write(args.out, provenance.record(
+        recycler.target_fingerprint, recycled, checkpoint=args.target_checkpoint,
+        task=source.get("task"), step=source.get("step"),
+        recycled_from=dict(prompt=os.path.abspath(args.prompt), method=args.method,
+                           backbone=source.get("backbone"))))
   print(f"recycled {args.prompt} -> {args.out} with {args.method}: shape {recycled.shape}")
   return 0
 
@@ -190,6 +202,49 @@ def _tasks(args) -> int:
       else:
         print(f"  {key}: {value!r}")
   return 0
+
+
+# --- PEFT interop (issue 17): export-peft / import-peft -------------------------
+
+def _export_peft(args) -> int:
+  from prompt_tuning.interop import peft as peft_interop
+  config = peft_interop.export_peft(args.prompt, args.checkpoint, args.out,
+                                    args.base_model_name_or_path,
+                                    args.allow_backbone_mismatch, args.overwrite)
+  print(f"exported {args.prompt} -> {args.out}: PEFT {config['peft_type']} adapter, "
+        f"{config['num_virtual_tokens']} virtual tokens x {config['token_dim']}")
+  return 0
+
+
+def _import_peft(args) -> int:
+  from prompt_tuning.interop import peft as peft_interop
+  prompt = peft_interop.import_peft(args.adapter, args.checkpoint, args.out,
+                                    args.allow_backbone_mismatch, args.overwrite)
+  print(f"imported {args.adapter} -> {args.out}: shape {prompt.shape}")
+  return 0
+
+
+def _add_interop_commands(sub) -> None:
+  ex = sub.add_parser("export-peft", help="write a prompt as a Hugging Face PEFT prompt-tuning "
+                      "adapter folder", allow_abbrev=False)
+  ex.add_argument("--prompt", required=True, help="the [P, H] .npy prompt")
+  ex.add_argument("--out", required=True, help="the adapter folder to write")
+  ex.add_argument("--base_model_name_or_path", default=None, help="the HF model the adapter "
+                  "is for, recorded in adapter_config.json (default: --checkpoint when it is "
+                  "a Hugging Face folder)")
+  im = sub.add_parser("import-peft", help="turn a PEFT prompt-tuning adapter folder into a "
+                      ".npy prompt", allow_abbrev=False)
+  im.add_argument("--adapter", required=True, help="the PEFT adapter folder")
+  im.add_argument("--out", required=True, help="the [P, H] .npy to write")
+  for p in (ex, im):
+    p.add_argument("--checkpoint", required=True, help="the backbone: a T5X checkpoint or a "
+                   "Hugging Face folder (its width and provenance fingerprint are checked)")
+    p.add_argument("--allow_backbone_mismatch", action="store_true",
+                   help="go on when the prompt's provenance names another backbone")
+    p.add_argument("--overwrite", action="store_true")
+
+
+_INTEROP_COMMANDS = {"export-peft": _export_peft, "import-peft": _import_peft}
 
 
 # Gin binaries: subcommand -> (the configurable it calls, its run file).
@@ -317,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                   "with a filter file, 0 without)")
   rc.add_argument("--take", type=int, default=4000)
   rc.add_argument("--overwrite", action="store_true")
+  rc.add_argument("--allow_backbone_mismatch", action="store_true",
+                  help="recycle a prompt whose provenance names another source backbone")
   dec = sub.choices["decode"]
   dec.add_argument("--spm_model", required=True, help="SentencePiece model file")
   dec.add_argument("--input", required=True)
@@ -329,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
   serving_cli.add_arguments(sub.add_parser(
       "serve", help="serve many prompts from one frozen model over HTTP (batched across tasks)",
       allow_abbrev=False))
+  _add_interop_commands(sub)
   return parser
 
 
@@ -359,7 +417,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "recycle" and args.skip is None:
       args.skip = 1000 if args.filter_file else 0
     return {"inspect": _inspect, "decode": _decode, "quickstart": _quickstart,
-            "recycle": _recycle, "tasks": _tasks, "serve": _serve}[args.command](args)
+            "recycle": _recycle, "tasks": _tasks, "serve": _serve,
+            **_INTEROP_COMMANDS}[args.command](args)
   except (FileNotFoundError, ValueError, KeyError, FileExistsError) as e:
     print(f"prompt-tuning {args.command}: error: {e}", file=sys.stderr)
     return 2

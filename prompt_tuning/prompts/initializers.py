@@ -19,6 +19,8 @@ import numpy as np
 
 from prompt_tuning import registry
 from prompt_tuning.models import params as params_lib
+from prompt_tuning.prompts import provenance
+from prompt_tuning.prompts.provenance import load_npy  # noqa: F401  (re-export)
 
 Initializer = Callable[..., jax.Array]
 
@@ -38,17 +40,6 @@ def load_embeddings(source: str) -> np.ndarray:
 def _table(embeddings: str | np.ndarray) -> np.ndarray:
   """An embedding table given directly or by its source (see `load_embeddings`)."""
   return load_embeddings(embeddings) if isinstance(embeddings, str) else np.asarray(embeddings)
-
-
-def load_npy(path: str) -> np.ndarray:
-  """np.load with pickles refused and a clear error for anything that is not an array."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"Prompt/embedding file not found: {path}")
-  try:
-    return np.load(path, allow_pickle=False)
-  except ValueError as e:
-    raise ValueError(f"{path} is not a plain numeric .npy array (pickled objects are "
-                     f"refused): {e}") from e
 
 
 def _fixed(value_PH: Callable[[], np.ndarray] | np.ndarray, what: str) -> Initializer:
@@ -174,14 +165,21 @@ def from_array(value_PH: np.ndarray) -> Initializer:
 
 
 @registry.configurable(module="prompt_init")
-def from_file(path: str) -> Initializer:
-  """A prompt saved as `.npy` ([P, H], any float dtype; cast to the parameter dtype)."""
-  if not os.path.isfile(path):
+def from_file(path: str, backbone: Optional[str] = None,
+              allow_backbone_mismatch: bool = False) -> Initializer:
+  """A saved prompt: a `.npy` [P, H] (any float dtype; cast) or a PEFT adapter folder.
+
+  Args:
+    path: the prompt file or folder.
+    backbone: the checkpoint the prompt is loaded onto (from_file.gin binds
+      INITIAL_CHECKPOINT_PATH); the prompt's provenance sidecar must name it
+      (see `provenance.check`).
+    allow_backbone_mismatch: load a prompt of another backbone anyway.
+  """
+  if not os.path.exists(path):
     raise FileNotFoundError(f"Prompt file not found: {path}")
 
   def read() -> np.ndarray:
-    value = load_npy(path)
-    if value.dtype.kind not in "fiu":
-      raise ValueError(f"Prompt file {path} holds dtype {value.dtype}; expected a float array")
-    return value
+    return provenance.load_prompt(path, checkpoint=backbone,
+                                  allow_mismatch=allow_backbone_mismatch)
   return _fixed(read, f"Prompt file {path}")

@@ -35,6 +35,9 @@ class Recycler:
   source_width: int
   target_width: int
   apply_fn: Callable[[np.ndarray], np.ndarray]
+  # The two backbones' provenance fingerprints, when fitted between checkpoints.
+  source_fingerprint: Optional[str] = None
+  target_fingerprint: Optional[str] = None
 
   def __call__(self, prompt_PH: np.ndarray) -> np.ndarray:
     prompt_PH = np.asarray(prompt_PH)
@@ -147,13 +150,37 @@ def recycler_for(source_checkpoint: str, target_checkpoint: str, method: str,
     support = support_lib.support_ids([len(source), len(target)], ids, skip, take)
   else:
     support = support_lib.support_ids([len(source), len(target)], support, 0, len(support))
-  _CACHE[key] = fit(method, source[support], target[support])
-  return _CACHE[key]
+  recycler = fit(method, source[support], target[support])
+  recycler.source_fingerprint = _fingerprint(source_checkpoint, source)
+  recycler.target_fingerprint = _fingerprint(target_checkpoint, target)
+  _CACHE[key] = recycler
+  return recycler
+
+
+def _fingerprint(checkpoint: str, table: np.ndarray) -> Optional[str]:
+  """A checkpoint's provenance fingerprint from the table just read (None for a .npy table)."""
+  if checkpoint.endswith(".npy"):
+    return None
+  from prompt_tuning import readers
+  from prompt_tuning.prompts import provenance
+  return provenance.fingerprint(readers.config_for(checkpoint), table)
 
 
 def recycle(prompt_PH: Any, source_checkpoint: str, target_checkpoint: str,
-            method: str = "linear", **support_kwargs) -> np.ndarray:
-  """Recycles one prompt (an array or a .npy path) from source to target model."""
-  from prompt_tuning.prompts.initializers import load_npy
-  prompt = load_npy(prompt_PH) if isinstance(prompt_PH, str) else np.asarray(prompt_PH)
-  return recycler_for(source_checkpoint, target_checkpoint, method, **support_kwargs)(prompt)
+            method: str = "linear", allow_backbone_mismatch: bool = False,
+            **support_kwargs) -> np.ndarray:
+  """Recycles one prompt from source to target model.
+
+  A prompt given by path (a .npy or a PEFT adapter folder) must have been
+  trained on the source backbone, as its provenance sidecar says (see
+  `provenance.check`), unless `allow_backbone_mismatch`.
+  """
+  from prompt_tuning.prompts import provenance
+  path = prompt_PH if isinstance(prompt_PH, str) else None
+  prompt = provenance.read_prompt(path) if path else np.asarray(prompt_PH)  # Errors first.
+  recycler = recycler_for(source_checkpoint, target_checkpoint, method, **support_kwargs)
+  if path:
+    provenance.check(path, prompt, recycler.source_fingerprint,
+                     source_checkpoint if recycler.source_fingerprint else None,
+                     allow_backbone_mismatch)
+  return recycler(prompt)

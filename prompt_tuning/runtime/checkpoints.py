@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 
 from prompt_tuning import trees as tree_lib
 from prompt_tuning.prompts import base as prompt_base
+from prompt_tuning.prompts import provenance
 from prompt_tuning.runtime import faults
 from prompt_tuning import layout
 MANIFESTS = "checkpoint_manifests"
@@ -403,8 +404,15 @@ def directory_bytes(path: str) -> int:
   return total
 
 
-def export_prompts(model_dir: str, step: int, trainable: Any) -> list[str]:
-  """Writes every prompt leaf as .npy; refuses to replace a different existing file."""
+def export_prompts(model_dir: str, step: int, trainable: Any, backbone: Optional[str] = None,
+                   checkpoint: Optional[str] = None, task: Optional[str] = None) -> list[str]:
+  """Writes every prompt leaf as .npy; refuses to replace a different existing file.
+
+  With `backbone` (the backbone's fingerprint, `provenance.params_fingerprint`)
+  each prompt also gets its provenance sidecar: the backbone, `checkpoint`,
+  `task` and the step. An existing sidecar is kept (eval may have added
+  metrics to it).
+  """
   flat = {k: np.asarray(jax.device_get(v)) for k, v in tree_lib.flatten(trainable).items()
           if prompt_base.PROMPT_PARAM.fullmatch(k)}
   out_dir = layout.prompts_dir(model_dir, step)
@@ -414,18 +422,20 @@ def export_prompts(model_dir: str, step: int, trainable: Any) -> list[str]:
     path = layout.prompt_file(model_dir, step, name)
     if os.path.exists(path):
       existing = np.load(path, allow_pickle=False)
-      if existing.shape == value.shape and existing.tobytes() == value.tobytes():
-        written.append(path)
-        continue
-      raise FileExistsError(f"Refusing to overwrite {path}: it holds a different prompt "
-                            "(another run's output?); use a new MODEL_DIR")
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".npy.tmp")
-    try:
-      with os.fdopen(fd, "wb") as f:
-        np.save(f, value, allow_pickle=False)
-      os.replace(tmp, path)
-    except BaseException:
-      _remove_quietly(tmp)  # A full disk must not leave half a prompt behind.
-      raise
+      if existing.shape != value.shape or existing.tobytes() != value.tobytes():
+        raise FileExistsError(f"Refusing to overwrite {path}: it holds a different prompt "
+                              "(another run's output?); use a new MODEL_DIR")
+    else:
+      fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".npy.tmp")
+      try:
+        with os.fdopen(fd, "wb") as f:
+          np.save(f, value, allow_pickle=False)
+        os.replace(tmp, path)
+      except BaseException:
+        _remove_quietly(tmp)  # A full disk must not leave half a prompt behind.
+        raise
+    if backbone is not None and provenance.read(path) is None:
+      provenance.write(path, provenance.record(backbone, value, checkpoint=checkpoint,
+                                               task=task, step=step, parameter=name))
     written.append(path)
   return written

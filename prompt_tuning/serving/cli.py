@@ -33,9 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("checkpoint", help="the frozen backbone: a T5X checkpoint (folder or "
                       "model dir) or a Hugging Face folder")
   parser.add_argument("--prompt", action="append", default=[], metavar="NAME=PATH",
-                      help="a [P, H] .npy prompt to serve under NAME (repeatable)")
+                      help="a [P, H] .npy prompt or a PEFT prompt-tuning adapter folder to "
+                           "serve under NAME (repeatable)")
   parser.add_argument("--prompt_dir", default=None,
-                      help="serve every NAME.npy in this folder as NAME")
+                      help="serve every NAME.npy (and NAME/ PEFT adapter folder) in this "
+                           "folder as NAME")
+  parser.add_argument("--allow_backbone_mismatch", action="store_true",
+                      help="serve prompts whose provenance names another backbone")
   parser.add_argument("--prompt_length", type=int, default=None,
                       help="P when no prompt is loaded at start-up (prompts come by PUT)")
   parser.add_argument("--vocabulary", default="byte",
@@ -67,13 +71,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def prompt_files(pairs: list[str], folder: Optional[str]) -> dict[str, str]:
-  """{name: path} from NAME=PATH flags and a folder of NAME.npy files."""
+  """{name: path} from NAME=PATH flags and a folder of NAME.npy files (or adapter folders)."""
+  from prompt_tuning.readers import peft
   out: dict[str, str] = {}
   if folder:
     if not os.path.isdir(folder):
       raise FileNotFoundError(f"--prompt_dir {folder} is not a folder")
     for path in sorted(glob.glob(os.path.join(folder, "*.npy"))):
       out[os.path.splitext(os.path.basename(path))[0]] = path
+    for path in sorted(glob.glob(os.path.join(folder, "*", peft.CONFIG_FILE))):
+      out[os.path.basename(os.path.dirname(path))] = os.path.dirname(path)
   for pair in pairs:
     name, sep, path = pair.partition("=")
     if not sep or not name or not path:
@@ -85,11 +92,11 @@ def prompt_files(pairs: list[str], folder: Optional[str]) -> dict[str, str]:
 def build(args) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa: F821
   """Loads the backbone and prompts, compiles the programs; returns (engine, config)."""
   from prompt_tuning import decoding
-  from prompt_tuning.prompts import initializers
+  from prompt_tuning.prompts import provenance
   from prompt_tuning.serving import engine as engine_lib
   from prompt_tuning.serving import server as server_lib
   files = prompt_files(args.prompt, args.prompt_dir)
-  prompts = {name: initializers.load_npy(path) for name, path in files.items()}
+  prompts = {name: provenance.read_prompt(path) for name, path in files.items()}
   if len(prompts) > args.max_prompts:
     raise ValueError(f"{len(prompts)} prompts given but --max_prompts={args.max_prompts}")
   shapes = {name: p.shape for name, p in prompts.items()}
@@ -110,6 +117,10 @@ def build(args) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa
         args.max_batch_size,)
   model_config, params = engine_lib.load_backbone(args.checkpoint,
                                                   args.relative_attention_max_distance)
+  backbone = provenance.params_fingerprint(model_config, params)  # The table just read.
+  for name, path in files.items():
+    provenance.check(path, prompts[name], backbone, args.checkpoint,
+                     args.allow_backbone_mismatch)
   engine = engine_lib.Engine(
       model_config, params, length, engine_lib.load_vocabulary(args.vocabulary),
       engine_lib.EngineConfig(capacity=args.max_prompts, batch_buckets=batch_buckets,

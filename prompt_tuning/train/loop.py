@@ -22,6 +22,7 @@ import optax
 
 from prompt_tuning import registry
 from prompt_tuning import trees as tree_lib
+from prompt_tuning.prompts import provenance
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import data as data_lib
 from prompt_tuning.runtime import faults
@@ -109,6 +110,9 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
                        f"{mesh.shape['data']} data-parallel replicas of the mesh")
     setup = model_setup.build(model, partitioning_config, mesh, seed=seed)
     trainable, frozen = setup.trainable, setup.frozen
+    # Every process joins the gather of a sharded table; the chief writes sidecars.
+    exported = dict(backbone=provenance.params_fingerprint(model.config, frozen),
+                    checkpoint=model.checkpoint, task=data.task)
     opt_shardings = partitioning.optimizer_shardings(
         jax.eval_shape(optimizer.init, trainable), trainable, setup.trainable_shardings, mesh)
     opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(trainable)
@@ -125,7 +129,7 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
       log.info("Resumed from step %d (%s)", start_step, store.step_dir(start_step))
       # A kill between the commit and the export must not lose the .npy files.
       if is_chief:
-        checkpoints_lib.export_prompts(model_dir, start_step, trainable)
+        checkpoints_lib.export_prompts(model_dir, start_step, trainable, **exported)
 
     batches = data_lib.train_batches(data.task, data.feature_lengths, data.batch_size,
                                      split=data.split, seed=data.seed, start_batch=data_position)
@@ -141,7 +145,7 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
                  extra=dict(task=data.task))
       faults.maybe_kill("before_export", step)
       if is_chief:
-        checkpoints_lib.export_prompts(model_dir, step, trainable)
+        checkpoints_lib.export_prompts(model_dir, step, trainable, **exported)
       size = checkpoints_lib.directory_bytes(store.step_dir(step))
       summary.update(checkpoint_bytes=size, checkpoint_fraction_of_backbone=size / max(
           backbone_bytes, 1))

@@ -1,0 +1,1 @@
+"""Moving prompts between this library and other ecosystems (Hugging Face PEFT)."""
