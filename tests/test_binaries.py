@@ -289,7 +289,9 @@ def test_every_binary_takes_a_decoder_prompt(workdir):
     assert main_lib.main(["train", model_gin, "--gin_file=runs/prompt_finetune.gin", *common,
                           "--gin.TRAIN_STEPS=2", "--gin.CHECKPOINT_PERIOD=2"]) == 0
     exported = sorted(os.listdir(os.path.join(run, "prompts", "step_2")))
-    assert exported == ["decoder_prompt.prompt.npy", "encoder_prompt.prompt.npy"]
+    assert exported == ["decoder_prompt.prompt.npy", "decoder_prompt.prompt.provenance.json",
+                        "encoder_prompt.prompt.npy", "encoder_prompt.prompt.provenance.json"]
+    exported = exported[::2]  # the prompts, each beside its provenance sidecar
     assert np.load(os.path.join(run, "prompts", "step_2", exported[0])).shape == (2, 4)
     gin.clear_config()
     assert main_lib.main(["eval", model_gin, "--gin_file=runs/prompt_eval.gin", *common,

@@ -135,6 +135,9 @@ def test_exported_adapter_loads_in_peft_and_generates_what_infer_does(backbone, 
                         f"--checkpoint={folder}", f"--out={out}"]) == 0
   assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors",
                                      "provenance.json"]
+  side = provenance.read(out)  # The prompt's provenance travels with it.
+  assert side["task"] == "tiny" and side["step"] == 7 and side["source_checked"]
+  assert side["backbone"]["fingerprint"] == provenance.backbone_fingerprint(folder)
   peft_model = peft.PeftModel.from_pretrained(hf_model, out).eval()
   assert isinstance(peft_model.peft_config["default"], peft.PromptTuningConfig)
   saved = peft_model.get_prompt_embedding_to_save("default").numpy()
@@ -207,6 +210,7 @@ def test_import_reads_a_folder_peft_saved_and_infer_matches_its_generate(
   np.testing.assert_array_equal(imported, weight.detach().numpy()[:P])
   side = provenance.read(str(out))
   assert side["backbone"]["fingerprint"] == provenance.backbone_fingerprint(folder)
+  assert side["source_checked"] is False  # Only the user's word: PEFT wrote no sidecar.
   rows, enc = _inputs()
   loaded = peft.PeftModel.from_pretrained(_hf(variant), saved).eval()
   ours, _, _ = _ours(folder, str(out), rows)

@@ -292,8 +292,11 @@ def test_only_the_methods_own_parameters_train(method, tmp_path):
   assert code == 0
   summary = json.load(open(os.path.join(run, "train_summary.json")))
   assert summary["frozen_sha256"] == t5x_fixture_digest()
-  first = sorted(os.listdir(os.path.join(run, "prompts", "step_1")))
-  last = sorted(os.listdir(os.path.join(run, "prompts", "step_3")))
+  # The prompts (each also has a provenance sidecar beside it).
+  first = sorted(f for f in os.listdir(os.path.join(run, "prompts", "step_1"))
+                 if f.endswith(".npy"))
+  last = sorted(f for f in os.listdir(os.path.join(run, "prompts", "step_3"))
+                if f.endswith(".npy"))
   assert first == last and all(f.startswith("encoder_prompt.") for f in last)
   changed = [f for f in last if not np.array_equal(
       np.load(os.path.join(run, "prompts", "step_1", f)),

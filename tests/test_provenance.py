@@ -227,6 +227,7 @@ def test_recycle_checks_the_source_and_writes_the_target_provenance(tmp_path, ca
   side = provenance.read(str(tmp_path / "q.npy"))
   assert side["backbone"]["fingerprint"] == target_fp and side["task"] == "rte"
   assert side["recycled_from"]["backbone"]["fingerprint"] == source_fp
+  assert side["metrics"] == {} and side["source_checked"]
   # The recycled prompt now passes the check on the target, and fails on the source.
   provenance.load_prompt(str(tmp_path / "q.npy"), checkpoint=inline)
   with pytest.raises(provenance.BackboneMismatchError):

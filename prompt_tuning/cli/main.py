@@ -145,13 +145,11 @@ def _recycle(args) -> int:
   os.replace(tmp, args.out)
   recycler = methods.recycler_for(args.source_checkpoint, args.target_checkpoint,
                                   args.method, **support)  # Cached: no second fit.
-  if recycler.target_fingerprint:
-    source = provenance.read(args.prompt) or {}
-    provenance.write(args.out, provenance.record(
-        recycler.target_fingerprint, recycled, checkpoint=args.target_checkpoint,
-        task=source.get("task"), step=source.get("step"),
-        recycled_from=dict(prompt=os.path.abspath(args.prompt), method=args.method,
-                           backbone=source.get("backbone"))))
+  if recycler.target_fingerprint:  # The source's metrics do not hold on the target.
+    provenance.carry(args.prompt, args.out, recycler.target_fingerprint, recycled,
+                     args.target_checkpoint, keep_metrics=False, recycled_from=dict(
+                         prompt=os.path.abspath(args.prompt), method=args.method,
+                         backbone=(provenance.read(args.prompt) or {}).get("backbone")))
   print(f"recycled {args.prompt} -> {args.out} with {args.method}: shape {recycled.shape}")
   return 0
 

@@ -62,11 +62,8 @@ def export_peft(prompt_path: str, checkpoint: str, out_dir: str,
   adapter = peft_format.write_adapter(out_dir, prompt, num_heads=config.num_heads,
                                       num_layers=config.num_encoder_layers,
                                       base_model_name_or_path=base_model_name_or_path)
-  source = provenance.read(prompt_path) or {}
-  provenance.write(out_dir, provenance.record(
-      backbone, prompt, checkpoint=checkpoint, task=source.get("task"),
-      step=source.get("step"), metrics=source.get("metrics"),
-      exported_from=os.path.abspath(prompt_path)))
+  provenance.carry(prompt_path, out_dir, backbone, prompt, checkpoint,
+                   exported_from=os.path.abspath(prompt_path))
   return adapter
 
 
@@ -93,9 +90,6 @@ def import_peft(adapter_dir: str, checkpoint: str, out_path: str,
   tmp = out_path + ".tmp.npy"
   np.save(tmp, prompt, allow_pickle=False)
   os.replace(tmp, out_path)
-  source = provenance.read(adapter_dir) or {}
-  provenance.write(out_path, provenance.record(
-      backbone, prompt, checkpoint=checkpoint, task=source.get("task"),
-      step=source.get("step"), metrics=source.get("metrics"),
-      imported_from=os.path.abspath(adapter_dir)))
+  provenance.carry(adapter_dir, out_path, backbone, prompt, checkpoint,
+                   imported_from=os.path.abspath(adapter_dir))
   return prompt

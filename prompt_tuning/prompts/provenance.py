@@ -125,6 +125,21 @@ def record(backbone: str, prompt_PH: Any, *, checkpoint: Optional[str] = None,
   return out
 
 
+def carry(source_path: str, dest_path: str, backbone: str, prompt_PH: Any,
+          checkpoint: Optional[str] = None, keep_metrics: bool = True, **extra: Any) -> str:
+  """Writes `dest_path`'s sidecar for `backbone`, carrying the task and step of `source_path`'s.
+
+  `keep_metrics=False` drops the source's metrics (they were measured on
+  another backbone). `source_checked` records whether the source had a
+  sidecar to check, or the backbone is only the caller's word.
+  """
+  source = read(source_path) or {}
+  return write(dest_path, record(
+      backbone, prompt_PH, checkpoint=checkpoint, task=source.get("task"),
+      step=source.get("step"), metrics=source.get("metrics") if keep_metrics else None,
+      source_checked=bool(source), **extra))
+
+
 def write(prompt_path: str, content: Mapping[str, Any]) -> str:
   """Writes the sidecar of `prompt_path` atomically; returns its path."""
   path = sidecar_path(prompt_path)
