@@ -99,7 +99,8 @@ def test_empty_or_malformed_library_gives_one_clear_error(tmp_path, library):
     spot.rank(str(empty), probe_path)
   (empty / "index.json").write_text(json.dumps({"format": spot.FORMAT,
                                                 "sources": [{"name": "a"}]}))
-  with pytest.raises(ValueError, match=r"source 0 lacks the string field\(s\) \['task', 'prompt'\]"):
+  with pytest.raises(ValueError,
+                     match=r"source 0 lacks the string field\(s\) \['task', 'prompt'\]"):
     spot.rank(str(empty), probe_path)
   (empty / "index.json").write_text(json.dumps({"format": spot.FORMAT, "sources": [
       {"name": "a", "task": "t", "prompt": "gone.npy"}]}))
@@ -172,3 +173,29 @@ def test_spot_help_is_fast_and_imports_no_jax():
                        text=True, check=True).stdout
   assert "--library" in out and "--probe" in out
   assert "HEAVY=\n" in out or out.rstrip().endswith("HEAVY=")
+
+
+def test_spot_gin_file_starts_training_from_the_best_source(tmp_path):
+  """prompts/spot.gin through the train binary; at learning rate 0 the prompt stays put.
+
+  (Adafactor still moves it by ~1e-5 at learning rate 0.)
+  """
+  from prompt_tuning import layout
+  from tests import test_binaries
+  from tests.conftest import fixture_path
+  fixture_path("t5_spm.model")
+  (tmp_path / "tiny_model.gin").write_text(test_binaries.TINY_MODEL_GIN)  # P = 4, H = 4
+  rng = np.random.RandomState(1)
+  probe = rng.normal(size=(4, 4)).astype(np.float32)
+  near, far = probe + 0.05 * rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
+  lib = str(tmp_path / "lib")
+  spot.add_source(lib, "far", "task_far", np.asarray(far, np.float32))
+  spot.add_source(lib, "near", "task_near", np.asarray(near, np.float32))
+  np.save(tmp_path / "probe.npy", probe)
+  run = str(tmp_path / "run")
+  assert test_binaries._run(
+      "train", run, "--gin_file=prompts/spot.gin", f"--gin.SPOT_LIBRARY='{lib}'",
+      f"--gin.SPOT_PROBE='{tmp_path / 'probe.npy'}'", "--gin.TRAIN_STEPS=1",
+      "--gin.prompt_tuning_adafactor.learning_rate=0.0") == 0
+  np.testing.assert_allclose(np.load(layout.prompt_file(run, 1)), near.astype(np.float32),
+                             atol=1e-4)

@@ -7,15 +7,12 @@ text's token ids (SentencePiece called directly), not by the code under test.
 import json
 import os
 
-import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from prompt_tuning import layout
 from prompt_tuning import readers
-from prompt_tuning.cli import main as main_lib
 from prompt_tuning.prompts import initializers, soft
 from prompt_tuning.runtime import setup as model_setup
 from prompt_tuning.runtime.specs import ModelSpec
@@ -98,7 +95,7 @@ def workdir(tmp_path_factory):
   return root
 
 
-def test_gamma_pulls_the_prompt_toward_the_embedded_text(workdir, capsys):
+def test_gamma_pulls_the_prompt_toward_the_embedded_text(workdir):
   """Trained through the train binary and runs/wayward.gin, with gamma 0 and 1."""
   import sentencepiece as spm
   text = "Classify the review"

@@ -34,11 +34,12 @@ MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_targe
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  """What the step minimizes besides the token loss's z-loss.
+  """What the step minimizes: a task loss, plus the wayward term if set.
 
   Attributes:
     rank_loss: train on scored candidates with this loss (the batch must be a
-      grouped rank-classification batch); None: token cross-entropy.
+      grouped rank-classification batch); None: token cross-entropy with
+      z-loss.
     wayward: (prompt path, E(text) [P, H], gamma) from `wayward.resolve`;
       None: no wayward term.
   """
