@@ -129,8 +129,8 @@ def test_rank_task_train_batches_group_candidates_with_the_correct_one_positive(
     assert correct.sum() == 1 and cands[correct.argmax(), 0] == _first_letter_ids(row)
   # The token loss on a _rank task trains on the correct candidate alone (it
   # used to take every candidate as a target).
-  batches = loop._train_batches(seqio.get_mixture_or_task("synthetic_first_rank"),
-                                DataSpec("synthetic_first_rank", lengths, 8, seed=3), 0, None)
+  batches = loop._train_batches(DataSpec("synthetic_first_rank", lengths, 8, seed=3), 0,
+                                rank_task=True, rank_loss=False)
   plain = next(batches)
   np.testing.assert_array_equal(plain["decoder_target_tokens"][:, 0],
                                 [_first_letter_ids(r) for r in plain["encoder_input_tokens"]])
@@ -144,11 +144,15 @@ def test_rank_task_train_batches_group_candidates_with_the_correct_one_positive(
     np.testing.assert_array_equal(resumed[k], v)
 
 
-def test_rank_loss_on_a_task_without_candidates_is_one_clear_error():
+def test_rank_loss_on_a_task_without_candidates_is_one_clear_error(tmp_path):
+  assert not rank_data.is_rank_task(seqio.get_mixture_or_task("synthetic_first"), "train")
+  assert rank_data.is_rank_task(seqio.get_mixture_or_task("synthetic_first_rank"), "train")
+  spec = ModelSpec(presets.preset("synthetic", "tiny"), None, None, None,
+                   freezing.FULL_FINETUNING_RULES)
   with pytest.raises(ValueError, match=r"needs a rank-classification task .* synthetic_first has"):
-    loop._train_batches(seqio.get_mixture_or_task("synthetic_first"),
-                        DataSpec("synthetic_first", {"inputs": 16, "targets": 4}, 8), 0,
-                        rank.RankLoss())
+    loop.train(model_dir=str(tmp_path / "run"), model=spec,
+               data=DataSpec("synthetic_first", {"inputs": 16, "targets": 4}, 8),
+               train_steps=1, loss=rank.RankLoss(), progress=False)
   with pytest.raises(ValueError, match="RankLoss needs a rank-classification batch"):
     step_lib.loss_fn({}, {}, None, {"encoder_input_tokens": jnp.zeros((1, 2), jnp.int32)},
                      None, 0.0, step_lib.Objective(rank_loss=rank.RankLoss()))

@@ -112,6 +112,10 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     # Cheap checks first, then the model: abstract shapes, then the backbone read once.
     task = data_lib.get_task_or_mixture(data.task)
     data_lib.check_vocabulary(task, model.config.vocab_size)
+    rank_task = rank_data.is_rank_task(task, data.split)
+    if loss is not None and not rank_task:
+      raise ValueError(f"train.loss={loss} needs a rank-classification task (a _rank variant, "
+                       f"whose examples carry is_correct and rank_group); {data.task} has none")
     data_lib.check_prompt_budget(model.prompt_positions, data.feature_lengths,
                                  max_encoder_length)
     mesh = partitioning.make_mesh(partitioning_config)
@@ -138,9 +142,10 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
       if is_chief:
         checkpoints_lib.export_prompts(model_dir, start_step, trainable)
 
-    batches = _train_batches(task, data, data_position, loss)
-    objective = step_lib.Objective(rank_loss=loss, wayward=wayward and wayward_lib.resolve(
-        wayward, trainable, frozen, task.output_features["inputs"].vocabulary))
+    batches = _train_batches(data, data_position, rank_task, rank_loss=loss is not None)
+    vocabulary = task.output_features["inputs"].vocabulary
+    objective = step_lib.Objective(rank_loss=loss, wayward=wayward_lib.resolve(
+        wayward, trainable, frozen, vocabulary) if wayward is not None else None)
     train_step = jit_train_step(setup.model, optimizer, z_loss, use_dropout, seed, mesh,
                                 setup.trainable_shardings, opt_shardings,
                                 setup.frozen_shardings, dropout_rng_impl, objective)
@@ -217,18 +222,19 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
   return summary
 
 
-def _train_batches(task: Any, data: specs_lib.DataSpec, start: int,
-                   loss: Optional[rank_lib.RankLoss]):
-  """The batch stream: grouped candidates for rank tasks, ordinary batches otherwise."""
-  if not rank_data.is_rank_task(task, data.split):
-    if loss is not None:
-      raise ValueError(f"train.loss={loss} needs a rank-classification task (a _rank variant, "
-                       f"whose examples carry is_correct and rank_group); {data.task} has none")
+def _train_batches(data: specs_lib.DataSpec, start: int, rank_task: bool, rank_loss: bool):
+  """The batch stream from batch `start` on.
+
+  A rank task's candidates come grouped: as they are for a rank loss, or
+  reduced to the correct candidate for the token loss. Other tasks give
+  ordinary batches.
+  """
+  if not rank_task:
     return data_lib.train_batches(data.task, data.feature_lengths, data.batch_size,
                                   split=data.split, seed=data.seed, start_batch=start)
   grouped = rank_data.rank_train_batches(data.task, data.feature_lengths, data.batch_size,
                                          split=data.split, seed=data.seed, start_batch=start)
-  return grouped if loss is not None else map(rank_data.positive_targets, grouped)
+  return grouped if rank_loss else map(rank_data.positive_targets, grouped)
 
 
 def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, z_loss: float,
