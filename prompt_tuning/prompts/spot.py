@@ -17,7 +17,7 @@ Each source names the task it was trained on; `prompt` is relative to the
 folder. Other keys in an entry (step, backbone, metrics) are kept and ignored.
 `add_source` writes both (`prompt-tuning spot add`).
 
-Similarity (the paper's two task-embedding metrics, §5.1):
+Similarity (the paper's two metrics for comparing task embeddings):
   "average"    cosine of the prompts' average tokens, cos(mean_i a_i, mean_j b_j)
                (the default);
   "per_token"  the average cosine over every pair of tokens,

@@ -8,7 +8,8 @@ prompt p_d:
     L(p) = L_task(p) + gamma * ||p - E(p_d)||^2
 
 where E looks each token of p_d up in the frozen model's embedding table,
-and p has as many positions as p_d has tokens. This module follows the
+and p has as many positions as p_d has tokens (the original library's gin
+file sets PROMPT_LENGTH to the text's piece count). This module follows the
 original prompt-tuning library's implementation (extended/train/wayward.py)
 in two details users of it will expect:
 
