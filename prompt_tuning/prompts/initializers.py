@@ -185,3 +185,22 @@ def from_file(path: str) -> Initializer:
       raise ValueError(f"Prompt file {path} holds dtype {value.dtype}; expected a float array")
     return value
   return _fixed(read, f"Prompt file {path}")
+
+
+@registry.configurable(module="prompt_init")
+def spot(library: str, probe: str, top_k: int = 1, metric: str = "average") -> Initializer:
+  """SPoT transfer (Vu et al. 2022): the source prompt most like a probe prompt.
+
+  `probe` is a prompt trained briefly on the target task (a `.npy`);
+  `library` a folder of source prompts (prompts/spot.py). top_k=1 takes the
+  most similar source's prompt; k > 1 their similarity-weighted average.
+  The library is read when the prompt is really initialized, not when shapes
+  are traced or a checkpoint is restored.
+  """
+  from prompt_tuning.prompts import spot as spot_lib
+  if top_k < 1:
+    raise ValueError(f"top_k={top_k} must be at least 1")
+  if metric not in spot_lib.METRICS:
+    raise ValueError(f"Unknown SPoT similarity {metric!r}; expected one of {spot_lib.METRICS}")
+  return _fixed(lambda: spot_lib.transfer(library, probe, top_k, metric)[0],
+                f"SPoT prompt from {library}")
