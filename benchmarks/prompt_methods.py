@@ -70,7 +70,8 @@ def _methods(backbone, cfg, sources):
       "input-dependent prompt": (
           input_dependent.InputDependentPrompt(PROMPT_LEN, width=64, num_heads=4, mlp_dim=128),
           bare, bare, "adam", 400),
-      "ATTEMPT (3 source prompts)": (attempt.AttemptPrompt(tuple(sources), temperature=1.0),
+      "ATTEMPT (3 source prompts)": (attempt.AttemptPrompt(tuple(sources), embeddings=backbone,
+                                                           first_n=259),
                                      bare, bare, "adafactor", 400),
   }
 

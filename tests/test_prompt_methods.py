@@ -16,7 +16,7 @@ from prompt_tuning.cli import main as main_lib
 from prompt_tuning.models import layers
 from prompt_tuning.models import params as params_lib
 from prompt_tuning.models.t5 import T5, T5Config
-from prompt_tuning.prompts import attempt, hyper, input_dependent, multi_task
+from prompt_tuning.prompts import hyper, input_dependent, multi_task
 from prompt_tuning import trees as tree_lib
 from prompt_tuning.train import freezing
 from prompt_tuning.train import step as step_lib
@@ -183,35 +183,6 @@ def _write_sources(tmp_path, count, p=3, h=H, seed=0):
   return files
 
 
-def test_attempt_mixture_and_changing_sources(tmp_path):
-  files = _write_sources(tmp_path, 3)
-  module = attempt.AttemptPrompt(source_files=tuple(files[:2]), temperature=2.0)
-  params, emb, mask, (x, out_mask) = _seam(module, TOKENS)
-  assert x.shape == (2, 3 + TOKENS.shape[1], H)
-  weights, sources, target = module.apply({"params": params}, emb, mask,
-                                          method=module.attention)
-  assert weights.shape == (2, 3)
-  np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)
-  candidates = np.concatenate([np.stack([np.load(f) for f in files[:2]]), target[None]])
-  expected = np.asarray(target)[None] + np.einsum("bc,cph->bph", weights, candidates)
-  np.testing.assert_allclose(x[:, :3], expected, rtol=1e-5, atol=1e-6)
-  # Sources are constants, not parameters: nothing of them is in the tree.
-  assert sorted(params) == ["down", "layer_norm", "target", "up"]
-  # Adding or removing a source reuses the trained parameters as they are.
-  for subset in (files, files[:1]):
-    other = attempt.AttemptPrompt(source_files=tuple(subset), temperature=2.0)
-    w, _, _ = other.apply({"params": params}, emb, mask, method=other.attention)
-    assert w.shape == (2, len(subset) + 1)
-  bad = str(tmp_path / "bad.npy")
-  np.save(bad, np.zeros((4, H), np.float32))
-  with pytest.raises(ValueError, match="all sources must share one"):
-    _seam(attempt.AttemptPrompt(source_files=(files[0], bad)), TOKENS)
-  wide = str(tmp_path / "wide.npy")
-  np.save(wide, np.zeros((3, H + 1), np.float32))
-  with pytest.raises(ValueError, match="model width is 16"):
-    _seam(attempt.AttemptPrompt(source_files=(wide,)), TOKENS)
-
-
 def test_ensembles_vote_or_average():
   # 3 prompts, 2 examples, 2 candidates.
   scores = jnp.asarray([[[-1.0, -2.0], [-5.0, -0.1]],
@@ -266,6 +237,8 @@ METHOD_GINS = {
     "input_dependent": ["include 'prompts/input_dependent.gin'", "PROMPT_LENGTH = 3",
                         "InputDependentPrompt.width = 8", "InputDependentPrompt.mlp_dim = 8"],
     "attempt": ["include 'prompts/attempt.gin'", "SOURCE_PROMPT_FILES = %(sources)s"],
+    "attempt_multi_task": ["include 'prompts/attempt.gin'", "SOURCE_PROMPT_FILES = %(sources)s",
+                           "ATTEMPT_NUM_TASKS = 7"],
 }
 
 
@@ -275,6 +248,7 @@ def test_only_the_methods_own_parameters_train(method, tmp_path):
   fixture: every exported leaf is the method's and changed; the backbone's
   digest equals the checkpoint's."""
   sources = _write_sources(tmp_path, 2, p=3, h=4)
+  source_digests = [_sha256(f) for f in sources]
   body = "\n".join([FIXTURE_MODEL_GIN] + METHOD_GINS[method]) % {"sources": sources}
   (tmp_path / "model.gin").write_text(body)
   run = str(tmp_path / "run")
@@ -299,8 +273,14 @@ def test_only_the_methods_own_parameters_train(method, tmp_path):
       np.load(os.path.join(run, "prompts", "step_1", f)),
       np.load(os.path.join(run, "prompts", "step_3", f)))]
   assert changed == last, f"did not train: {sorted(set(last) - set(changed))}"
-  for f in sources:  # ATTEMPT's sources are read, never written
-    assert os.path.getsize(f) > 0
+  # ATTEMPT's sources are read, never written.
+  assert [_sha256(f) for f in sources] == source_digests
+
+
+def _sha256(path):
+  import hashlib
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
 
 
 def test_trainable_rules_switch_trains_the_backbone_too():
