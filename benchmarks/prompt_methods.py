@@ -90,7 +90,7 @@ def _train(name, prompt, task, optimizer, steps, backbone, cfg):
   from prompt_tuning.train import loop
   from prompt_tuning.runtime import setup as model_setup
   if task.startswith("ensemble:"):
-    task = local_files.ensemble_task(task.split(":", 1)[1], prompt.num_prompts)
+    task = local_files.ensemble_task(task.split(":", 1)[1], prompt.num_prompts, "bagging")
   from prompt_tuning.runtime.specs import DataSpec, ModelSpec
   model_dir = os.path.join(CACHE, "runs", name.replace(" ", "_").replace(",", "")
                            .replace("(", "").replace(")", "").replace(".", ""))

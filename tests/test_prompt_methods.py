@@ -305,12 +305,13 @@ def test_trainable_rules_switch_trains_the_backbone_too():
   assert not np.array_equal(tree_lib.flatten(new)[key], tree_lib.flatten(trainable)[key])
 
 
-def test_prompt_ensemble_gin_trains_bagged_prompts_and_evaluates_them_together(tmp_path):
-  """prompts/prompt_ensemble.gin: each example trains one prompt (by hash); eval runs all."""
+def test_prompt_ensemble_gin_trains_every_prompt_on_the_task_and_votes(tmp_path):
+  """prompts/prompt_ensemble.gin: every example trains every prompt (Lester et al.'s
+  ensembles), the members start apart, and eval runs them all with a majority vote."""
   (tmp_path / "model.gin").write_text(FIXTURE_MODEL_GIN)
   (tmp_path / "ensemble.gin").write_text(
       "include 'prompts/prompt_ensemble.gin'\nNUM_PROMPTS = 3\nPROMPT_LENGTH = 2\n"
-      "ENSEMBLE_BASE_TASK = 'synthetic_copy'\nENSEMBLE_METHOD = 'majority_vote'\n")
+      "ENSEMBLE_BASE_TASK = 'synthetic_copy'\n")
   run = str(tmp_path / "run")
   common = [f"--gin_file={tmp_path / 'model.gin'}", f"--gin.MODEL_DIR='{run}'",
             f"--gin.INITIAL_CHECKPOINT_PATH='{fixture_path('t5x_tiny_checkpoint')}'",
@@ -328,11 +329,14 @@ def test_prompt_ensemble_gin_trains_bagged_prompts_and_evaluates_them_together(t
                           "--gin.DecodingConfig.max_decode_length=4"]) == 0
     assert str(gin.query_parameter("evaluate.ensemble_prompts")) == "%NUM_PROMPTS"
     assert gin.query_parameter("%NUM_PROMPTS") == 3
+    assert gin.query_parameter("%ENSEMBLE_METHOD") == "majority_vote"
+    assert gin.query_parameter("%ENSEMBLE_SAMPLING") == "full"
   finally:
     gin.clear_config()
   import seqio
   assert "synthetic_copy_ensemble3" in seqio.TaskRegistry.names()
   bank = np.load(os.path.join(run, "prompts", "step_2", "encoder_prompt.prompts.npy"))
   assert bank.shape == (3, 2, 4)
+  assert len({row.tobytes() for row in bank}) == 3  # three different members
   records = [json.loads(line) for line in open(os.path.join(run, "eval", "metrics.jsonl"))]
   assert records[-1]["num_examples"] == 8 and "exact_match" in records[-1]
