@@ -20,7 +20,7 @@ from prompt_tuning.prompts import hyper, input_dependent, multi_task
 from prompt_tuning import trees as tree_lib
 from prompt_tuning.train import freezing
 from prompt_tuning.train import step as step_lib
-from tests.conftest import fixture_path
+from tests.conftest import files_digest, fixture_path
 from tests.test_binaries import FIXTURE_MODEL_GIN, t5x_fixture_digest
 
 CFG = T5Config(vocab_size=64, emb_dim=16, num_heads=2, num_encoder_layers=2,
@@ -248,7 +248,7 @@ def test_only_the_methods_own_parameters_train(method, tmp_path):
   fixture: every exported leaf is the method's and changed; the backbone's
   digest equals the checkpoint's."""
   sources = _write_sources(tmp_path, 2, p=3, h=4)
-  source_digests = [_sha256(f) for f in sources]
+  source_digests = [files_digest(f) for f in sources]
   body = "\n".join([FIXTURE_MODEL_GIN] + METHOD_GINS[method]) % {"sources": sources}
   (tmp_path / "model.gin").write_text(body)
   run = str(tmp_path / "run")
@@ -274,13 +274,7 @@ def test_only_the_methods_own_parameters_train(method, tmp_path):
       np.load(os.path.join(run, "prompts", "step_3", f)))]
   assert changed == last, f"did not train: {sorted(set(last) - set(changed))}"
   # ATTEMPT's sources are read, never written.
-  assert [_sha256(f) for f in sources] == source_digests
-
-
-def _sha256(path):
-  import hashlib
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
+  assert [files_digest(f) for f in sources] == source_digests
 
 
 def test_trainable_rules_switch_trains_the_backbone_too():
