@@ -13,7 +13,8 @@ H, P, R = 16, 3, 5
 RNG = np.random.RandomState(42)
 
 
-def _write_sources(tmp_path, count, p=P, h=H, seed=0):
+def write_sources(tmp_path, count, p=P, h=H, seed=0):
+  """`count` random [p, h] source prompts as .npy files; their paths."""
   rng = np.random.RandomState(seed)
   files = []
   for i in range(count):
@@ -64,7 +65,7 @@ def _apply(module, w, emb, tokens, mask, **features):
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_attempt_equals_a_numpy_computation_with_the_papers_temperature(tmp_path, jit):
-  files = _write_sources(tmp_path, 3)
+  files = write_sources(tmp_path, 3)
   sources = np.stack([np.load(f) for f in files])
   module = attempt.AttemptPrompt(source_files=tuple(files), bottleneck=R,
                                  init=nn.initializers.zeros)
@@ -91,7 +92,7 @@ def test_attempt_equals_a_numpy_computation_with_the_papers_temperature(tmp_path
 def test_attempt_defaults_are_the_papers(tmp_path):
   """Bottleneck 100; parameters are the target, W_down, W_up and LN only (no biases in the
   projections, sources are not parameters); the target starts as sampled vocabulary."""
-  files = _write_sources(tmp_path, 2)
+  files = write_sources(tmp_path, 2)
   table = np.random.RandomState(1).randn(400, H).astype(np.float32)
   module = attempt.AttemptPrompt(source_files=tuple(files), embeddings=table, first_n=300)
   assert module.temperature is None and module.bottleneck == 100
@@ -116,7 +117,7 @@ def test_attempt_defaults_are_the_papers(tmp_path):
 
 
 def test_attempt_multi_task_shares_attention_and_keeps_a_target_per_task(tmp_path):
-  files = _write_sources(tmp_path, 2)
+  files = write_sources(tmp_path, 2)
   sources = np.stack([np.load(f) for f in files])
   module = attempt.AttemptPrompt(source_files=tuple(files), bottleneck=R, num_tasks=3,
                                  init=nn.initializers.zeros)
@@ -138,7 +139,7 @@ def test_attempt_multi_task_shares_attention_and_keeps_a_target_per_task(tmp_pat
 
 
 def test_attempt_sources_can_change_and_bad_sources_are_named(tmp_path):
-  files = _write_sources(tmp_path, 3)
+  files = write_sources(tmp_path, 3)
   module = attempt.AttemptPrompt(source_files=tuple(files[:2]), init=nn.initializers.zeros)
   emb, tokens, mask = _inputs()
   params = nn.meta.unbox(nn.Module.init(module, jax.random.PRNGKey(0), emb, tokens,

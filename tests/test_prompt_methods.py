@@ -21,6 +21,7 @@ from prompt_tuning import trees as tree_lib
 from prompt_tuning.train import freezing
 from prompt_tuning.train import step as step_lib
 from tests.conftest import files_digest, fixture_path
+from tests.test_attempt import write_sources
 from tests.test_binaries import FIXTURE_MODEL_GIN, t5x_fixture_digest
 
 CFG = T5Config(vocab_size=64, emb_dim=16, num_heads=2, num_encoder_layers=2,
@@ -174,15 +175,6 @@ def test_input_dependent_prompt_depends_on_the_input_and_ignores_padding():
   np.testing.assert_allclose(x2[:, :3], x[:, :3], rtol=1e-5, atol=1e-5)
 
 
-def _write_sources(tmp_path, count, p=3, h=H, seed=0):
-  rng = np.random.RandomState(seed)
-  files = []
-  for i in range(count):
-    files.append(str(tmp_path / f"source_{i}.npy"))
-    np.save(files[-1], rng.randn(p, h).astype(np.float32))
-  return files
-
-
 def test_ensembles_vote_or_average():
   # 3 prompts, 2 examples, 2 candidates.
   scores = jnp.asarray([[[-1.0, -2.0], [-5.0, -0.1]],
@@ -247,7 +239,7 @@ def test_only_the_methods_own_parameters_train(method, tmp_path):
   """Each method's gin config trains through the train binary on the frozen T5X
   fixture: every exported leaf is the method's and changed; the backbone's
   digest equals the checkpoint's."""
-  sources = _write_sources(tmp_path, 2, p=3, h=4)
+  sources = write_sources(tmp_path, 2, p=3, h=4)
   source_digests = [files_digest(f) for f in sources]
   body = "\n".join([FIXTURE_MODEL_GIN] + METHOD_GINS[method]) % {"sources": sources}
   (tmp_path / "model.gin").write_text(body)
