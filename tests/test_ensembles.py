@@ -3,7 +3,6 @@ each trained on the full task from its own seed, combined by majority vote."""
 
 import collections
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
