@@ -51,7 +51,7 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
           train_steps: int, optimizer: Optional[optax.GradientTransformation] = None,
           z_loss: float = 1e-4, seed: int = 0,
           checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = None,
-          log_period: int = 100, use_dropout: bool = False,
+          log_period: int = 100, use_dropout: Optional[bool] = None,
           dropout_rng_impl: str = "threefry2x32",
           progress: bool = True, frozen_digest: bool = False,
           on_non_finite: str = "stop",
@@ -67,6 +67,10 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     model: the backbone, its checkpoint, the prompt modules and what trains.
     data: the task, feature lengths, split, global batch size and data seed.
     seed: the initializers' and dropout's seed.
+    use_dropout: None (default): dropout follows the model, on when
+      `T5Config.dropout_rate` > 0 (prompt_finetune.gin sets 0.1, T5X
+      fine-tuning's rate). False turns it off whatever the rate (logged as a
+      warning); True with a rate of 0 changes nothing.
     frozen_digest: also record a SHA-256 of the frozen parameters as they are
       at the end (an integrity check; it copies the backbone to the host).
     on_non_finite: a step with a NaN/Inf loss or update changes nothing; then
@@ -146,12 +150,14 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     vocabulary = task.output_features["inputs"].vocabulary
     objective = step_lib.Objective(rank_loss=loss, wayward=wayward_lib.resolve(
         wayward, trainable, frozen, vocabulary) if wayward is not None else None)
-    train_step = jit_train_step(setup.model, optimizer, z_loss, use_dropout, seed, mesh,
+    dropout = dropout_enabled(model.config, use_dropout)
+    train_step = jit_train_step(setup.model, optimizer, z_loss, dropout, seed, mesh,
                                 setup.trainable_shardings, opt_shardings,
                                 setup.frozen_shardings, dropout_rng_impl, objective)
     writer = metrics_lib.MetricsWriter(model_dir, "train") if is_chief else None
     backbone_bytes = tree_lib.tree_bytes(frozen)
-    summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes, skipped_steps=[])
+    summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes, skipped_steps=[],
+                                   dropout_rate=model.config.dropout_rate if dropout else 0.0)
 
     def save(step: int) -> None:
       store.save(step, trainable, opt_state, data_position=step,
@@ -235,6 +241,24 @@ def _train_batches(data: specs_lib.DataSpec, start: int, rank_task: bool, rank_l
   grouped = rank_data.rank_train_batches(data.task, data.feature_lengths, data.batch_size,
                                          split=data.split, seed=data.seed, start_batch=start)
   return grouped if rank_loss else map(rank_data.positive_targets, grouped)
+
+
+def dropout_enabled(config: Any, use_dropout: Optional[bool]) -> bool:
+  """Whether training draws dropout masks: the model's `dropout_rate` decides.
+
+  Only an explicit `use_dropout=False` turns a positive rate off, and that
+  is logged, so a configured rate is never ignored silently.
+  """
+  rate = float(getattr(config, "dropout_rate", 0.0) or 0.0)
+  if use_dropout is None:
+    log.info("Dropout rate %g (T5Config.dropout_rate)", rate)
+    return rate > 0
+  if not use_dropout and rate > 0:
+    log.warning("T5Config.dropout_rate=%g but train.use_dropout=False: training WITHOUT "
+                "dropout, as asked", rate)
+  if use_dropout and rate == 0:
+    log.warning("train.use_dropout=True has no effect: T5Config.dropout_rate is 0")
+  return bool(use_dropout) and rate > 0
 
 
 def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, z_loss: float,
