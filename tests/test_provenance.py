@@ -255,7 +255,25 @@ def serve_backbone(tmp_path_factory):
   return root, backbone, config
 
 
-def test_serve_checks_provenance_and_serves_peft_folders(serve_backbone, tmp_path, capsys):
+@pytest.fixture
+def serve_logging():
+  """`prompt-tuning serve` sets up its JSON logging for the process: undo it afterwards."""
+  names = ("prompt_tuning", "uvicorn.error")
+  saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).level,
+               logging.getLogger(n).propagate) for n in names}
+  yield
+  from prompt_tuning.serving import server as server_lib
+  if server_lib._listener is not None:
+    server_lib._listener.stop()
+    server_lib._listener = None
+  for n, (handlers, level, propagate) in saved.items():
+    logger = logging.getLogger(n)
+    logger.handlers, logger.propagate = handlers, propagate
+    logger.setLevel(level)
+
+
+def test_serve_checks_provenance_and_serves_peft_folders(serve_backbone, tmp_path, capsys,
+                                                          serve_logging):
   from prompt_tuning.serving import cli as serving_cli
   _, backbone, config = serve_backbone
   fp = provenance.backbone_fingerprint(backbone)
