@@ -20,8 +20,9 @@ config fields that the parameter shapes determine, and the embedding table
 rounded to bfloat16. A T5X checkpoint and its Hugging Face conversion, or a
 float32 model and its bfloat16 copy, share one fingerprint; another
 pretraining run, or the same model fine-tuned, does not. The table is the one
-array hashed (a few hundred MB at most, hashed in about a second) and is the
-copy the binaries read anyway (see `readers.serving_loaded`).
+array hashed (measured on a shared 2-core AMD EPYC, median of 3: 0.2 s for
+32128 x 768, 1.4 s for 32128 x 4096), and it is the copy the binaries read
+anyway (see `readers.serving_loaded`).
 """
 
 from __future__ import annotations
