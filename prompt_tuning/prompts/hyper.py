@@ -3,7 +3,8 @@
 A task embedding and a layer embedding go through one shared hypernetwork
 (two dense layers) that outputs that layer's key and value prompts,
 [P, heads, head_dim] each. The encoder prepends them to the keys and values
-inside every self-attention (the seam's third output), so every layer is
+inside every self-attention (the model's per-layer conditioning, the
+mechanism deep prompts use), so every layer is
 conditioned on the task without changing the input sequence. Shape key:
 B batch, L input length, P prompt length, N heads, D head dim, T tasks.
 
@@ -22,13 +23,14 @@ import jax.numpy as jnp
 from prompt_tuning import registry
 from prompt_tuning.models.t5 import T5Config
 from prompt_tuning.prompts import base
+from prompt_tuning.prompts import per_layer
 from prompt_tuning.prompts.base import per_example_index, take_rows
 
 Array = jax.Array
 
 
 @registry.configurable
-class HyperPrompt(base.PromptModule):
+class HyperPrompt(per_layer.PerLayerPrompt):
   """Per-layer key/value prompts from (task embedding, layer embedding).
 
   Attributes:
@@ -46,18 +48,11 @@ class HyperPrompt(base.PromptModule):
   index_feature: str = "task_index"
   model_config: Optional[T5Config] = None
 
-  num_positions = 0  # Nothing is added to the input sequence.
-
   @nn.compact
-  def __call__(self, embedded_BLH: Array, tokens_BL: Array, mask_BL: Array,
-               deterministic: bool = True, **features):
-    cfg = self.model_config
-    if cfg is None:
-      raise ValueError("HyperPrompt needs the backbone's T5Config: build the model through "
-                       "ModelSpec (which fills it in) or pass model_config")
+  def layer_conditioning(self, batch_size: int, deterministic: bool = True, **features):
+    cfg = per_layer.require_config(self)
     layers, n, d, p = cfg.num_encoder_layers, cfg.num_heads, cfg.head_dim, self.length
-    index_B = per_example_index(features, self.index_feature, "HyperPrompt", self,
-                                embedded_BLH.shape[0])
+    index_B = per_example_index(features, self.index_feature, "HyperPrompt", self, batch_size)
 
     def param(name, shape, axes, init):
       return base.param(self, name, shape, axes, init, self.dtype)
@@ -80,5 +75,5 @@ class HyperPrompt(base.PromptModule):
     z = jnp.concatenate([jnp.broadcast_to(layer_emb[:, None], (layers, b, self.layer_dim)),
                          jnp.broadcast_to(task_BE[None], (layers, b, self.task_dim))], axis=-1)
     hidden = jax.nn.relu(z @ w1 + b1[None, None])
-    kv = (hidden @ w2 + b2[None, None]).reshape(layers, b, 2, p, n, d).astype(embedded_BLH.dtype)
-    return embedded_BLH, mask_BL, (kv[:, :, 0], kv[:, :, 1])
+    kv = (hidden @ w2 + b2[None, None]).reshape(layers, b, 2, p, n, d)
+    return per_layer.add({}, "encoder", "self_attention", "prefix", (kv[:, :, 0], kv[:, :, 1]))
