@@ -253,7 +253,12 @@ METHOD_GINS = {
     "deep_prompt": ["include 'prompts/deep_prompt.gin'", "PROMPT_LENGTH = 2"],
     "prefix_tuning": ["include 'prompts/prefix_tuning.gin'", "PROMPT_LENGTH = 2",
                       "DeepPrompt.reparam_hidden = 8"],
+    "ia3": ["include 'prompts/ia3.gin'"],
+    "prompt_ia3": ["include 'prompts/prompt_ia3.gin'", "PROMPT_LENGTH = 2"],
 }
+_IA3_VECTORS = ["decoder_cross_attention_key", "decoder_cross_attention_value", "decoder_mlp",
+                "decoder_self_attention_key", "decoder_self_attention_value", "encoder_mlp",
+                "encoder_self_attention_key", "encoder_self_attention_value"]
 _DEEP_FILES = sorted(f"encoder_prompt.{kind}_{part}.npy"
                      for kind in ("encoder_self", "decoder_self", "cross")
                      for part in ("key", "value"))
@@ -261,6 +266,9 @@ _DEEP_FILES = sorted(f"encoder_prompt.{kind}_{part}.npy"
 METHOD_FILES = {
     "deep_prompt": _DEEP_FILES,
     "prefix_tuning": _DEEP_FILES,  # the MLP is folded into the plain prefixes
+    "ia3": [f"encoder_prompt.{v}.npy" for v in _IA3_VECTORS],
+    "prompt_ia3": [f"encoder_prompt.per_layer_0.{v}.npy" for v in _IA3_VECTORS]
+                  + ["encoder_prompt.prompt.prompt.npy"],
 }
 
 

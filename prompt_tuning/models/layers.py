@@ -224,8 +224,8 @@ class MultiHeadAttention(nn.Module):
       k = proj(name="key", kernel_init=kv_init)(inputs_kv_BKH).reshape(b, -1, n, d)
       v = proj(name="value", kernel_init=kv_init)(inputs_kv_BKH).reshape(b, -1, n, d)
       if kv_scale is not None:
-        k = k * kv_scale[0].reshape(n, d).astype(k.dtype)
-        v = v * kv_scale[1].reshape(n, d).astype(v.dtype)
+        k = k * kv_scale[0].reshape(1, 1, n, d).astype(k.dtype)
+        v = v * kv_scale[1].reshape(1, 1, n, d).astype(v.dtype)
     if cross_cache == "fill":
       k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
       self.put_variable("cache", "cross_key", k)
@@ -306,7 +306,7 @@ class MlpBlock(nn.Module):
       h = _ACTIVATIONS[act](h)
       hidden = h if hidden is None else hidden * h
     if scale_F is not None:
-      hidden = hidden * scale_F.astype(hidden.dtype)
+      hidden = hidden * scale_F.reshape((1,) * (hidden.ndim - 1) + (-1,)).astype(hidden.dtype)
     if not deterministic and self.dropout_rate > 0:
       hidden = Dropout(self.dropout_rate, self.dropout_mask_bits)(hidden, deterministic=False)
     return Dense(x_BLH.shape[-1], ("mlp", "embed"), dtype=self.dtype,

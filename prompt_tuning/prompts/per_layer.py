@@ -106,11 +106,10 @@ class CombinedPrompt(base.PromptModule):
     per_layer: modules with `layer_conditioning` (DeepPrompt, IA3,
       HyperPrompt), under `encoder_prompt/per_layer_<i>/`; their
       conditioning is merged (prefixes joined, scales multiplied).
-    model_config: filled in by the model spec and passed on to the parts.
+  The model spec fills in the parts' `model_config` (`base.for_model`).
   """
   prompt: Optional[nn.Module] = None
   per_layer: Sequence[nn.Module] = ()
-  model_config: Optional[T5Config] = None
 
   @property
   def num_positions(self) -> int:
