@@ -255,6 +255,8 @@ METHOD_GINS = {
                       "DeepPrompt.reparam_hidden = 8"],
     "ia3": ["include 'prompts/ia3.gin'"],
     "prompt_ia3": ["include 'prompts/prompt_ia3.gin'", "PROMPT_LENGTH = 2"],
+    "prompt_mask": ["include 'prompts/prompt_mask.gin'", "PROMPT_LENGTH = 2",
+                    "PROMPT_SEES_INPUTS = False"],
 }
 _IA3_VECTORS = ["decoder_cross_attention_key", "decoder_cross_attention_value", "decoder_mlp",
                 "decoder_self_attention_key", "decoder_self_attention_value", "encoder_mlp",
@@ -269,6 +271,7 @@ METHOD_FILES = {
     "ia3": [f"encoder_prompt.{v}.npy" for v in _IA3_VECTORS],
     "prompt_ia3": [f"encoder_prompt.per_layer_0.{v}.npy" for v in _IA3_VECTORS]
                   + ["encoder_prompt.prompt.prompt.npy"],
+    "prompt_mask": ["encoder_prompt.prompt.prompt.npy"],
 }
 
 

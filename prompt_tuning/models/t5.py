@@ -10,9 +10,9 @@ encoder inputs before the first layer. `M(embedded_BLH, tokens_BL, mask_BL,
 deterministic=..., **features)` returns `(embedded_BMH, mask_BM)`: the
 sequence to run (it may be longer than L) and its mask. Encoder
 self-attention, and the decoder's cross-attention, use the returned mask.
-It may return a third item, `{"self_attention_mask": [B, M, M]}`, that
-further restricts which positions encoder self-attention lets see which
-(prompt attention masks). `decoder_prompt` does the same for the decoder
+It may return a third item, `{"self_attention_mask": [B, M, M]}`: which
+positions encoder self-attention lets see which (prompt attention masks),
+used instead of the square of the mask, which then serves cross-attention. `decoder_prompt` does the same for the decoder
 input; the logits of the positions it adds are dropped.
 
 Per-layer conditioning (deep prompts / prefix tuning, IA3, HyperPrompt): an
@@ -317,9 +317,7 @@ class Encoder(nn.Module):
     # Biases stay separate terms ([B, 1, M, M] mask, [1, N, M, M] positions) and
     # are added inside each attention, where XLA fuses them into the softmax
     # instead of keeping a [B, N, M, M] sum alive per layer for the backward.
-    visible = mask_BL[:, :, None] & mask_BL[:, None, :]
-    if self_mask is not None:
-      visible = visible & self_mask
+    visible = mask_BL[:, :, None] & mask_BL[:, None, :] if self_mask is None else self_mask
     bias = (layers.mask_to_bias(visible),)
     if cfg.shared_relative_bias:
       bias = (*bias, _relpos(cfg, True, "relpos_bias")(positions, positions))
