@@ -36,6 +36,13 @@ registry.constant("FULL_FINETUNING_RULES", tuple(FULL_FINETUNING_RULES))
 registry.constant("IA3_RULES", tuple(IA3_RULES))
 
 
+@registry.configurable
+def prompt_or_full_rules(train_backbone: bool = False) -> Rules:
+  """PROMPT_TUNING_RULES, or FULL_FINETUNING_RULES when `train_backbone` (a gin
+  switch, e.g. HyperPrompt's paper setting, where everything trains)."""
+  return tuple(FULL_FINETUNING_RULES if train_backbone else PROMPT_TUNING_RULES)
+
+
 def trainable_mask(params: Mapping[str, Any], rules: Rules,
                    require_trainable: bool = True) -> dict[str, bool]:
   """{'/'-joined path: trainable?}, checking coverage both ways.
