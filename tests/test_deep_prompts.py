@@ -109,6 +109,8 @@ def test_cached_decoding_equals_uncached_and_teacher_forced_scoring(scan):
   backbone = {k: v for k, v in params.items() if k != "encoder_prompt"}
   _, plain_logp = decoding.generate(T5(cfg), backbone, ENC, cached)
   assert not np.allclose(plain_logp, logp, atol=1e-3)
+  if scan:
+    return  # beam search's cache reordering is layout-independent; once is enough
   beams, _ = decoding.generate(model, params, ENC, decoding.DecodingConfig(
       method="beam", num_beams=3, max_decode_length=6))
   ref_beams, _ = decoding.generate(model, params, ENC, decoding.DecodingConfig(
