@@ -70,7 +70,8 @@ def _methods(backbone, cfg, sources):
       "input-dependent prompt": (
           input_dependent.InputDependentPrompt(PROMPT_LEN, width=64, num_heads=4, mlp_dim=128),
           bare, bare, "adam", 400),
-      "ATTEMPT (3 source prompts)": (attempt.AttemptPrompt(tuple(sources), temperature=1.0),
+      "ATTEMPT (3 source prompts)": (attempt.AttemptPrompt(tuple(sources), embeddings=backbone,
+                                                           first_n=259),
                                      bare, bare, "adafactor", 400),
   }
 
@@ -89,7 +90,7 @@ def _train(name, prompt, task, optimizer, steps, backbone, cfg):
   from prompt_tuning.train import loop
   from prompt_tuning.runtime import setup as model_setup
   if task.startswith("ensemble:"):
-    task = local_files.ensemble_task(task.split(":", 1)[1], prompt.num_prompts)
+    task = local_files.ensemble_task(task.split(":", 1)[1], prompt.num_prompts, "bagging")
   from prompt_tuning.runtime.specs import DataSpec, ModelSpec
   model_dir = os.path.join(CACHE, "runs", name.replace(" ", "_").replace(",", "")
                            .replace("(", "").replace(")", "").replace(".", ""))

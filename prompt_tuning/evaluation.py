@@ -6,7 +6,8 @@ is scored as a target and the best one is the prediction. Predictions and
 targets go through the task's postprocessor, then its metric functions.
 A PromptBank of N prompts for one task can be evaluated as an ensemble
 (Lester et al. 2021, section 7): every batch runs once per prompt, then the
-predictions are combined by majority vote or mean log-probability.
+predictions are combined by majority vote (the paper's) or mean
+log-probability.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]]
             class_labels: Optional[Sequence[str]] = None,
             seed: int = 0, target_length: Optional[int] = None,
             ensemble_prompts: int = 0,
-            ensemble_method: str = "mean_log_prob") -> list[tuple[str, float]]:
+            ensemble_method: str = "majority_vote") -> list[tuple[str, float]]:
   """(prediction text, score) per example, in order.
 
   With `target_length`, nothing is decoded: each example's own target is
@@ -101,8 +102,8 @@ def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]]
 
   `ensemble_prompts=N` (a PromptBank of N prompts for one task): every batch
   runs once per prompt; rank classification then picks by `ensemble_method`
-  ("mean_log_prob" or "majority_vote"), decoding by majority vote over the N
-  decoded strings.
+  ("majority_vote", the paper's, or "mean_log_prob"), decoding by majority
+  vote over the N decoded strings (`ensemble_vote`).
   Partial last batches are padded to `batch_size` so that one compiled
   program serves every batch.
   """
@@ -160,11 +161,9 @@ def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]]
                            ensemble_features(batch_size, n_ens),
                            jax.random.PRNGKey(seed + n))
       texts = [_decode_text(vocabulary, r) for r in np.asarray(tokens)]
-      scores = np.asarray(scores).reshape(n_ens, batch_size)
-      for i in range(real):
-        votes = [texts[k * batch_size + i] for k in range(n_ens)]
-        winner = max(votes, key=votes.count)  # ties: the lowest prompt index
-        out.append((winner, float(scores[votes.index(winner), i])))
+      texts_NB = [texts[k * batch_size:(k + 1) * batch_size] for k in range(n_ens)]
+      scores_NB = np.asarray(scores).reshape(n_ens, batch_size)
+      out.extend(ensemble_vote(texts_NB, scores_NB)[:real])
     else:
       tokens, scores = gen(params, jnp.asarray(inputs), feats, jax.random.PRNGKey(seed + n))
       for row, score in zip(np.asarray(tokens)[:real], np.asarray(scores)[:real]):
@@ -241,7 +240,7 @@ def evaluate(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.Data
              partitioning_config: partitioning.PartitioningConfig = (
                  partitioning.PartitioningConfig()),
              ensemble_prompts: int = 0,
-             ensemble_method: str = "mean_log_prob") -> dict[str, Any]:
+             ensemble_method: str = "majority_vote") -> dict[str, Any]:
   """Metrics of `data.split`; appended to MODEL_DIR/<output_name>/metrics.jsonl and TensorBoard.
 
   Args:
@@ -251,7 +250,8 @@ def evaluate(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.Data
       give them (a prompt file, or no prompt).
     class_labels: rank classification: score each label, predict the best.
     ensemble_prompts: N > 0 evaluates a PromptBank of N prompts as an
-      ensemble combined by `ensemble_method` ("mean_log_prob" or "majority_vote").
+      ensemble combined by `ensemble_method`: "majority_vote" (Lester et al.
+      2021, section 7; ties in `ensemble_rank`) or "mean_log_prob".
   """
   task, examples, preds, step = _predict_split(
       model_dir=model_dir, model=model, data=data, checkpoint_step=checkpoint_step,
@@ -277,7 +277,7 @@ def infer(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
           partitioning_config: partitioning.PartitioningConfig = (
               partitioning.PartitioningConfig()),
           ensemble_prompts: int = 0,
-          ensemble_method: str = "mean_log_prob") -> str:
+          ensemble_method: str = "majority_vote") -> str:
   """Writes JSON Lines of {input, target, prediction, score}; returns the file's path.
 
   The arguments are `evaluate`'s.
@@ -322,16 +322,40 @@ def ensemble_scores(score_fn: Callable[[Array, Array, Mapping[str, Array]], Arra
   return scores.reshape(num_prompts, b)
 
 
-def ensemble_rank(scores_NBC: Array, method: str = "mean_log_prob") -> Array:
+def ensemble_rank(scores_NBC: Array, method: str = "majority_vote") -> Array:
   """The chosen candidate per example [B] from N prompts' candidate scores [N, B, C].
 
-  "mean_log_prob": the best mean log-probability over prompts;
-  "majority_vote": the candidate most prompts rank first (ties: the lower index).
+  "majority_vote" (Lester et al. 2021, section 7): each prompt votes for its
+  best candidate; the most votes win. Ties go to the tied candidate with the
+  highest mean log-probability over all prompts, then to the lower index.
+  "mean_log_prob": the best mean log-probability over prompts.
   """
+  mean_BC = scores_NBC.mean(axis=0)
   if method == "mean_log_prob":
-    return jnp.argmax(scores_NBC.mean(axis=0), axis=-1)
+    return jnp.argmax(mean_BC, axis=-1)
   if method == "majority_vote":
-    votes = jax.nn.one_hot(jnp.argmax(scores_NBC, axis=-1), scores_NBC.shape[-1]).sum(axis=0)
-    return jnp.argmax(votes, axis=-1)
-  raise ValueError(f"Unknown ensemble method {method!r}; expected 'mean_log_prob' or "
-                   "'majority_vote'")
+    votes_BC = jax.nn.one_hot(jnp.argmax(scores_NBC, axis=-1), scores_NBC.shape[-1]).sum(axis=0)
+    tied_BC = votes_BC == votes_BC.max(axis=-1, keepdims=True)
+    return jnp.argmax(jnp.where(tied_BC, mean_BC, -jnp.inf), axis=-1)
+  raise ValueError(f"Unknown ensemble method {method!r}; expected 'majority_vote' or "
+                   "'mean_log_prob'")
+
+
+def ensemble_vote(texts_NB: Sequence[Sequence[str]], scores_NB: Any
+                  ) -> list[tuple[str, float]]:
+  """Majority vote over N prompts' decoded strings: (answer, score) per example.
+
+  The answer most prompts gave wins; the score is the mean of its voters'
+  scores. Ties go to the tied answer whose voters' mean score is highest,
+  then to the one the lowest-numbered prompt gave.
+  """
+  scores_NB = np.asarray(scores_NB, np.float64)
+  out = []
+  for i in range(scores_NB.shape[1]):
+    voters: dict[str, list[int]] = {}
+    for k in range(len(texts_NB)):
+      voters.setdefault(texts_NB[k][i], []).append(k)
+    # dicts keep first-seen order, so max() keeps the lowest prompt on a full tie.
+    answer = max(voters, key=lambda t: (len(voters[t]), scores_NB[voters[t], i].mean()))
+    out.append((answer, float(scores_NB[voters[answer], i].mean())))
+  return out

@@ -55,6 +55,8 @@ class PretrainConfig:
   batch_size: int = 64
   learning_rate: float = 1e-3
   warmup_steps: int = 200
+  # The research suite pretrains on a wider mixture (prompt_tuning.tasks.research).
+  mixture: str = "synthetic_pretrain"
 
 
 def default_cache_dir() -> str:
@@ -64,6 +66,8 @@ def default_cache_dir() -> str:
 
 def backbone_path(cache_dir: str, cfg: PretrainConfig) -> str:
   name = f"synthetic_{cfg.size}_seed{cfg.seed}_steps{cfg.steps}_bs{cfg.batch_size}"
+  if cfg.mixture != "synthetic_pretrain":  # The quickstart's cached folders keep their names.
+    name += f"_{cfg.mixture}"
   return os.path.join(cache_dir, "backbones", name)
 
 
@@ -85,7 +89,7 @@ def pretrain(cfg: PretrainConfig, cache_dir: Optional[str] = None,
   model_config = backbone_config(cfg.size)
   spec = ModelSpec(model_config, trainable_rules=freezing.FULL_FINETUNING_RULES)
   loop.train(model_dir=work, model=spec,
-             data=DataSpec("synthetic_pretrain", synthetic.FEATURE_LENGTHS, cfg.batch_size,
+             data=DataSpec(cfg.mixture, synthetic.FEATURE_LENGTHS, cfg.batch_size,
                            seed=cfg.seed),
              train_steps=cfg.steps,
              optimizer=optax.chain(optax.clip_by_global_norm(1.0),

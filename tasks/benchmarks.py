@@ -17,7 +17,13 @@ Every GLUE / SuperGLUE task is registered in these variants:
                                           index of the task they are cast as)
   glue_<t>_v002_rank, taskless_..._rank   rank classification: one example
                                           per label, scored, not decoded
-                                          (classification tasks only)
+                                          (classification tasks only).
+                                          Training regroups an example's
+                                          labels (train/rank_data.py): the
+                                          correct one is the positive, the
+                                          others negatives (runs/rank_loss.gin
+                                          trains on all of them; the token
+                                          loss on the positive alone)
 
 Mixtures, each task at a rate of its training-set size:
 glue_v002_proportional and super_glue_v102_proportional, with taskless_ and

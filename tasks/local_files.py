@@ -161,23 +161,52 @@ def file_task(name: str, splits: Mapping[str, str], input_template: str, target_
   return name
 
 
-@registry.configurable
-def ensemble_task(task: str, num_prompts: int) -> str:
-  """Registers `<task>_ensemble<N>`: the task with a `task_index` in [0, N) per example.
+ENSEMBLE_SAMPLING = ("full", "bagging")
 
-  The index is a hash of the example's input text, so each prompt of an
-  N-prompt PromptBank trains on its own fixed share of the data (bagging);
-  evaluation with `ensemble_prompts=N` then runs every prompt on every
-  example. Returns the new task's name.
+
+@registry.configurable
+def ensemble_task(task: str, num_prompts: int, sampling: str = "full") -> str:
+  """Registers a copy of `task` with a `task_index` in [0, N) per example; returns its name.
+
+  For training an N-prompt PromptBank as an ensemble, then evaluated with
+  `ensemble_prompts=N` (every prompt on every example, majority vote).
+  sampling:
+    "full" (`<task>_ensemble<N>`, the default, as in Lester et al. 2021,
+      section 7): every example appears N times, once for each prompt, so
+      each prompt trains on the full task; the prompts differ by their seeds
+      (each bank row has its own initializer key and dropout masks).
+    "bagging" (`<task>_bagged<N>`): each example goes to one prompt, chosen
+      by a hash of its input, so each prompt sees its own 1/N of the data.
   """
   if num_prompts < 1:
     raise ValueError(f"num_prompts={num_prompts} must be at least 1")
+  if sampling not in ENSEMBLE_SAMPLING:
+    raise ValueError(f"ensemble_task sampling={sampling!r}; expected one of {ENSEMBLE_SAMPLING}")
   base = seqio.get_mixture_or_task(task)
   if not isinstance(base, seqio.Task):
     raise ValueError(f"ensemble_task needs a task, not the mixture {task!r}")
-  name = f"{task}_ensemble{num_prompts}"
+  name = f"{task}_{'ensemble' if sampling == 'full' else 'bagged'}{num_prompts}"
   if name in seqio.TaskRegistry.names():
     return name
+
+  def every_prompt(ds):
+    def copies(ex):
+      return tf.data.Dataset.range(num_prompts).map(
+          lambda i: {**ex, "task_index": tf.cast(i, tf.int32)})
+    return ds.flat_map(copies)
+
+  def one_prompt_by_hash(ds):
+    def fn(ex):
+      bucket = tf.strings.to_hash_bucket_fast(ex["inputs_pretokenized"], num_prompts)
+      return {**ex, "task_index": tf.cast(bucket, tf.int32)}
+    return ds.map(fn)
+
+  add_index = every_prompt if sampling == "full" else one_prompt_by_hash
+  seqio.TaskRegistry.add(name, source=base.source,
+                         preprocessors=[*base.preprocessors, add_index],
+                         output_features=base.output_features,
+                         postprocess_fn=base.postprocess_fn, metric_fns=base.metric_fns)
+  return name
 
   def add_index(ds):
     def fn(ex):

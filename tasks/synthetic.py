@@ -20,6 +20,13 @@ Registered seqio tasks (byte-level vocabulary, no vocabulary file):
   synthetic_<task>_bare_indexed  every task in the bare format, with an int32
                                `task_index` (its position in TASKS); mixed in
                                `synthetic_bare_multitask` (multi-task prompts).
+  synthetic_<task>_rank        rank classification for the tasks with a closed
+                               answer set (RANK_CANDIDATES: first, last,
+                               count): one example per candidate answer, with
+                               `is_correct` and `rank_group` (as the
+                               benchmarks' _rank variants). Training groups
+                               them again: the correct answer is the positive,
+                               the others the negatives.
 
 Examples are a pure function of (task, split). One word in five (by hash)
 is reserved for validation and test, so evaluation words never occur in any
@@ -55,6 +62,11 @@ TASKS: dict[str, Callable[[str], str]] = {
     "rotate": lambda w: w[1:] + w[:1],
 }
 HELD_OUT = "reverse"
+# Every possible answer of the tasks with a closed answer set.
+RANK_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "first": tuple(ALPHABET), "last": tuple(ALPHABET),
+    "count": tuple(str(n) for n in range(MIN_LEN, MAX_LEN + 1)),
+}
 
 
 def _seed(*parts) -> int:
@@ -96,13 +108,22 @@ def examples(task: str, split: str, count: int, instruction: bool = True,
   return {"inputs": inputs, "targets": [fn(w) for w in words_]}
 
 
-def _source(task: str, instruction: bool):
-  import seqio
+def rank_examples(task: str, split: str, count: int) -> dict[str, list]:
+  """`examples` with each answer's index in RANK_CANDIDATES[task] and an example id."""
+  data = examples(task, split, count)
+  candidates = RANK_CANDIDATES[task]
+  return {**data, "label": [candidates.index(t) for t in data["targets"]],
+          "uid": [f"{split}-{i}" for i in range(count)]}
+
+
+def _source(task: str, instruction: bool, rank: bool = False):
   import tensorflow as tf
 
   def dataset_fn(split, shuffle_files=False, seed=None):
     del shuffle_files, seed
     count = SPLIT_SIZES[split]
+    if rank:
+      return tf.data.Dataset.from_tensor_slices(rank_examples(task, split, count))
     data = examples(task, split, count, instruction,
                     salt="" if instruction else "/bare")
     return tf.data.Dataset.from_tensor_slices(data)
@@ -159,6 +180,15 @@ def register() -> None:
                            output_features=features, metric_fns=[metrics.exact_match])
   seqio.MixtureRegistry.add("synthetic_bare_multitask",
                             [(f"synthetic_{t}_bare_indexed", 1.0) for t in TASKS])
+  # Rank classification, with the benchmarks' candidate expansion and metric.
+  from prompt_tuning.tasks import benchmarks, postprocessors
+  for task, candidates in RANK_CANDIDATES.items():
+    seqio.TaskRegistry.add(f"synthetic_{task}_rank", source=_source(task, True, rank=True),
+                           preprocessors=[benchmarks.expand_candidates(candidates),
+                                          *preprocessors],
+                           output_features=features,
+                           postprocess_fn=postprocessors.rank_candidate,
+                           metric_fns=[metrics.rank_classification])
 
 
 def _add_task_index(index: int):

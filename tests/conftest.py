@@ -48,3 +48,19 @@ TINY_CONFIG = T5Config(vocab_size=64, emb_dim=16, num_heads=2, num_encoder_layer
 @pytest.fixture
 def tiny_config():
   return TINY_CONFIG
+
+
+def files_digest(path: str) -> str:
+  """SHA-256 of a file, or of a folder's files (names and contents, in a fixed order)."""
+  import hashlib
+  h = hashlib.sha256()
+  if os.path.isfile(path):
+    with open(path, "rb") as f:
+      h.update(f.read())
+    return h.hexdigest()
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    for name in sorted(files):
+      with open(os.path.join(root, name), "rb") as f:
+        h.update(os.path.relpath(os.path.join(root, name), path).encode() + b"\0" + f.read())
+  return h.hexdigest()

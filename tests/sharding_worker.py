@@ -25,7 +25,6 @@ def main(argv):
                                process_id=int(os.environ["PT_PROCESS_ID"]))
   import numpy as np
   import prompt_tuning.tasks  # noqa: F401
-  from prompt_tuning.prompts import initializers, soft
   from prompt_tuning.train import loop
   from prompt_tuning.runtime import partitioning
   from prompt_tuning.runtime.specs import DataSpec, ModelSpec
@@ -38,7 +37,7 @@ def main(argv):
     cfg = partitioning.PartitioningConfig(mesh_shape=(data, model),
                                           num_devices=int(count) if count else None)
     model_dir = os.path.join(model_dir_root, name or mesh.replace(",", "x").replace("@", "_on"))
-    prompt = soft.SoftPrompt(length=4, init=initializers.sampled_vocab(backbone, 4, first_n=259))
+    prompt = prompt_module(backbone)
     summary = loop.train(model_dir=model_dir, model=ModelSpec(MODEL_CONFIG, backbone, prompt),
                          data=DataSpec("synthetic_reverse_bare", {"inputs": 16, "targets": 8},
                                        8),
@@ -54,6 +53,12 @@ def main(argv):
   if jax.process_index() == 0:
     with open(out, "w") as f:
       json.dump(results, f)
+
+
+def prompt_module(backbone):
+  """The prompt every run trains: 4 positions of sampled vocabulary."""
+  from prompt_tuning.prompts import initializers, soft
+  return soft.SoftPrompt(length=4, init=initializers.sampled_vocab(backbone, 4, first_n=259))
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ from prompt_tuning.cli import main as main_lib
 from prompt_tuning.models import layers
 from prompt_tuning.models import params as params_lib
 from prompt_tuning.models.t5 import T5, T5Config
-from prompt_tuning.prompts import attempt, hyper, input_dependent, multi_task
+from prompt_tuning.prompts import hyper, input_dependent, multi_task
 from prompt_tuning import trees as tree_lib
 from prompt_tuning.train import freezing
 from prompt_tuning.train import step as step_lib
-from tests.conftest import fixture_path
+from tests.conftest import files_digest, fixture_path
+from tests.test_attempt import write_sources
 from tests.test_binaries import FIXTURE_MODEL_GIN, t5x_fixture_digest
 
 CFG = T5Config(vocab_size=64, emb_dim=16, num_heads=2, num_encoder_layers=2,
@@ -158,44 +159,6 @@ def test_input_dependent_prompt_depends_on_the_input_and_ignores_padding():
   np.testing.assert_allclose(x2[:, :3], x[:, :3], rtol=1e-5, atol=1e-5)
 
 
-def _write_sources(tmp_path, count, p=3, h=H, seed=0):
-  rng = np.random.RandomState(seed)
-  files = []
-  for i in range(count):
-    files.append(str(tmp_path / f"source_{i}.npy"))
-    np.save(files[-1], rng.randn(p, h).astype(np.float32))
-  return files
-
-
-def test_attempt_mixture_and_changing_sources(tmp_path):
-  files = _write_sources(tmp_path, 3)
-  module = attempt.AttemptPrompt(source_files=tuple(files[:2]), temperature=2.0)
-  params, emb, mask, (x, out_mask) = _seam(module, TOKENS)
-  assert x.shape == (2, 3 + TOKENS.shape[1], H)
-  weights, sources, target = module.apply({"params": params}, emb, mask,
-                                          method=module.attention)
-  assert weights.shape == (2, 3)
-  np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)
-  candidates = np.concatenate([np.stack([np.load(f) for f in files[:2]]), target[None]])
-  expected = np.asarray(target)[None] + np.einsum("bc,cph->bph", weights, candidates)
-  np.testing.assert_allclose(x[:, :3], expected, rtol=1e-5, atol=1e-6)
-  # Sources are constants, not parameters: nothing of them is in the tree.
-  assert sorted(params) == ["down", "layer_norm", "target", "up"]
-  # Adding or removing a source reuses the trained parameters as they are.
-  for subset in (files, files[:1]):
-    other = attempt.AttemptPrompt(source_files=tuple(subset), temperature=2.0)
-    w, _, _ = other.apply({"params": params}, emb, mask, method=other.attention)
-    assert w.shape == (2, len(subset) + 1)
-  bad = str(tmp_path / "bad.npy")
-  np.save(bad, np.zeros((4, H), np.float32))
-  with pytest.raises(ValueError, match="all sources must share one"):
-    _seam(attempt.AttemptPrompt(source_files=(files[0], bad)), TOKENS)
-  wide = str(tmp_path / "wide.npy")
-  np.save(wide, np.zeros((3, H + 1), np.float32))
-  with pytest.raises(ValueError, match="model width is 16"):
-    _seam(attempt.AttemptPrompt(source_files=(wide,)), TOKENS)
-
-
 def test_ensembles_vote_or_average():
   # 3 prompts, 2 examples, 2 candidates.
   scores = jnp.asarray([[[-1.0, -2.0], [-5.0, -0.1]],
@@ -257,6 +220,8 @@ METHOD_GINS = {
     "prompt_ia3": ["include 'prompts/prompt_ia3.gin'", "PROMPT_LENGTH = 2"],
     "prompt_mask": ["include 'prompts/prompt_mask.gin'", "PROMPT_LENGTH = 2",
                     "PROMPT_SEES_INPUTS = False"],
+    "attempt_multi_task": ["include 'prompts/attempt.gin'", "SOURCE_PROMPT_FILES = %(sources)s",
+                           "ATTEMPT_NUM_TASKS = 7"],
 }
 _IA3_VECTORS = ["decoder_cross_attention_key", "decoder_cross_attention_value", "decoder_mlp",
                 "decoder_self_attention_key", "decoder_self_attention_value", "encoder_mlp",
@@ -280,7 +245,8 @@ def test_only_the_methods_own_parameters_train(method, tmp_path):
   """Each method's gin config trains through the train binary on the frozen T5X
   fixture: every exported leaf is the method's and changed; the backbone's
   digest equals the checkpoint's."""
-  sources = _write_sources(tmp_path, 2, p=3, h=4)
+  sources = write_sources(tmp_path, 2, p=3, h=4)
+  source_digests = [files_digest(f) for f in sources]
   body = "\n".join([FIXTURE_MODEL_GIN] + METHOD_GINS[method]) % {"sources": sources}
   (tmp_path / "model.gin").write_text(body)
   run = str(tmp_path / "run")
@@ -307,8 +273,8 @@ def test_only_the_methods_own_parameters_train(method, tmp_path):
       np.load(os.path.join(run, "prompts", "step_1", f)),
       np.load(os.path.join(run, "prompts", "step_3", f)))]
   assert changed == last, f"did not train: {sorted(set(last) - set(changed))}"
-  for f in sources:  # ATTEMPT's sources are read, never written
-    assert os.path.getsize(f) > 0
+  # ATTEMPT's sources are read, never written.
+  assert [files_digest(f) for f in sources] == source_digests
 
 
 def test_trainable_rules_switch_trains_the_backbone_too():
@@ -333,12 +299,13 @@ def test_trainable_rules_switch_trains_the_backbone_too():
   assert not np.array_equal(tree_lib.flatten(new)[key], tree_lib.flatten(trainable)[key])
 
 
-def test_prompt_ensemble_gin_trains_bagged_prompts_and_evaluates_them_together(tmp_path):
-  """prompts/prompt_ensemble.gin: each example trains one prompt (by hash); eval runs all."""
+def test_prompt_ensemble_gin_trains_every_prompt_on_the_task_and_votes(tmp_path):
+  """prompts/prompt_ensemble.gin: every example trains every prompt (Lester et al.'s
+  ensembles), the members start apart, and eval runs them all with a majority vote."""
   (tmp_path / "model.gin").write_text(FIXTURE_MODEL_GIN)
   (tmp_path / "ensemble.gin").write_text(
       "include 'prompts/prompt_ensemble.gin'\nNUM_PROMPTS = 3\nPROMPT_LENGTH = 2\n"
-      "ENSEMBLE_BASE_TASK = 'synthetic_copy'\nENSEMBLE_METHOD = 'majority_vote'\n")
+      "ENSEMBLE_BASE_TASK = 'synthetic_copy'\n")
   run = str(tmp_path / "run")
   common = [f"--gin_file={tmp_path / 'model.gin'}", f"--gin.MODEL_DIR='{run}'",
             f"--gin.INITIAL_CHECKPOINT_PATH='{fixture_path('t5x_tiny_checkpoint')}'",
@@ -356,11 +323,14 @@ def test_prompt_ensemble_gin_trains_bagged_prompts_and_evaluates_them_together(t
                           "--gin.DecodingConfig.max_decode_length=4"]) == 0
     assert str(gin.query_parameter("evaluate.ensemble_prompts")) == "%NUM_PROMPTS"
     assert gin.query_parameter("%NUM_PROMPTS") == 3
+    assert gin.query_parameter("%ENSEMBLE_METHOD") == "majority_vote"
+    assert gin.query_parameter("%ENSEMBLE_SAMPLING") == "full"
   finally:
     gin.clear_config()
   import seqio
   assert "synthetic_copy_ensemble3" in seqio.TaskRegistry.names()
   bank = np.load(os.path.join(run, "prompts", "step_2", "encoder_prompt.prompts.npy"))
   assert bank.shape == (3, 2, 4)
+  assert len({row.tobytes() for row in bank}) == 3  # three different members
   records = [json.loads(line) for line in open(os.path.join(run, "eval", "metrics.jsonl"))]
   assert records[-1]["num_examples"] == 8 and "exact_match" in records[-1]

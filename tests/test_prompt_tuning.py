@@ -80,18 +80,58 @@ def test_random_uniform_range():
 
 def test_sampled_vocab_takes_rows_of_the_first_n():
   table = np.load(fixture_path("tiny_embeddings_32128x4.npy"))
+  key = jax.random.PRNGKey(0)
   value = np.asarray(initializers.sampled_vocab(fixture_path("tiny_embeddings_32128x4.npy"),
-                                                length=20, first_n=50)(None, (20, 4)))
+                                                length=20, first_n=50)(key, (20, 4)))
   matches = [np.flatnonzero((table == row).all(axis=1)) for row in value]
   assert all(len(m) >= 1 and m.min() < 50 for m in matches)
+  # Without replacement while the population allows it (the seed library's rule).
+  assert len({m.min() for m in matches}) == 20
   # The same from the checkpoint itself (the default source: the backbone).
-  from_ckpt = initializers.sampled_vocab(fixture_path("t5x_tiny_checkpoint"), 20, 50)(None, (20, 4))
+  from_ckpt = initializers.sampled_vocab(fixture_path("t5x_tiny_checkpoint"), 20, 50)(key, (20, 4))
   np.testing.assert_array_equal(value, from_ckpt)
   # Checked when the initializer runs (it reads the table only then).
   with pytest.raises(ValueError, match="first_n=40000"):
-    initializers.sampled_vocab(table, 5, first_n=40000)(None, (5, 4))
+    initializers.sampled_vocab(table, 5, first_n=40000)(key, (5, 4))
   with pytest.raises(ValueError, match="first_n=0 must be at least 1"):
     initializers.sampled_vocab(table, 5, first_n=0)
+
+
+def _token_ids(table, prompt):
+  """The table row each prompt row is (the lowest index among equal rows)."""
+  return [int(np.flatnonzero((table == row).all(axis=1)).min()) for row in np.asarray(prompt)]
+
+
+def test_sampled_vocab_rows_follow_the_run_seed_and_differ_across_a_bank():
+  """Issue 15 point 5: the rows come from the initializer's key (the run's seed), inside a
+  jitted init as well as eagerly; a prompt bank's members draw different rows; an explicit
+  seed pins them."""
+  from prompt_tuning.prompts import base
+  table = np.random.RandomState(0).randn(300, 4).astype(np.float32)
+  init = initializers.sampled_vocab(table, 6, first_n=200)
+  ids = {seed: _token_ids(table, init(jax.random.PRNGKey(seed), (6, 4))) for seed in range(4)}
+  assert all(max(v) < 200 for v in ids.values())
+  assert len({tuple(v) for v in ids.values()}) == 4, ids  # four seeds, four draws
+  # Same key, same rows; and the jitted init (the key a tracer, the rows gathered on
+  # the host) draws exactly what the eager call does.
+  assert _token_ids(table, init(jax.random.PRNGKey(2), (6, 4))) == ids[2]
+  jitted = jax.jit(lambda k: init(k, (6, 4)))(jax.random.PRNGKey(2))
+  assert _token_ids(table, jitted) == ids[2]
+  # A bank of 3: each member its own key, so its own rows.
+  bank = jax.jit(lambda k: base.stacked(init)(k, (3, 6, 4)))(jax.random.PRNGKey(0))
+  members = [tuple(_token_ids(table, bank[i])) for i in range(3)]
+  assert len(set(members)) == 3, members
+  # An explicit seed ignores the key.
+  pinned = initializers.sampled_vocab(table, 6, first_n=200, seed=7)
+  np.testing.assert_array_equal(pinned(jax.random.PRNGKey(0), (6, 4)),
+                                pinned(jax.random.PRNGKey(1), (6, 4)))
+  # The class-label and string initializers' sampled tail follows the key too.
+  class Vocab:
+    def encode(self, text):
+      return [3]
+  labels = initializers.class_labels(table, Vocab(), ["x"], 6)
+  tails = {tuple(_token_ids(table, labels(jax.random.PRNGKey(s), (6, 4))[1:])) for s in range(3)}
+  assert len(tails) == 3
 
 
 def test_class_labels_average_their_subtokens_then_fallback():

@@ -10,7 +10,7 @@ import pytest
 from prompt_tuning.cli import main as main_lib
 from prompt_tuning.recycling import harness, methods
 from prompt_tuning.readers import t5x
-from tests.conftest import fixture_path
+from tests.conftest import files_digest, fixture_path
 
 
 def _tables(n=600, hs=32, ht=48, seed=0):
@@ -88,6 +88,7 @@ def test_cli_reads_only_embedding_tables(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(t5x.T5XCheckpoint, "read_many",
                       lambda self, names: read.extend(names) or real(self, names))
   out = tmp_path / "q.npy"
+  sources = {path: files_digest(str(path)) for path in (tiny, inline, prompt)}
   argv = ["recycle", f"--source_checkpoint={tiny}", f"--target_checkpoint={inline}",
           f"--prompt={prompt}", f"--out={out}", "--method=linear",
           f"--filter_file={fixture_path('english_vocab_filter.json')}"]
@@ -102,6 +103,8 @@ def test_cli_reads_only_embedding_tables(tmp_path, monkeypatch, capsys):
   # An existing output is never replaced silently.
   assert main_lib.main(argv) == 2
   assert "exists; pass --overwrite" in capsys.readouterr().err
+  # The checkpoints and the source prompt are read, never written.
+  assert {path: files_digest(str(path)) for path in sources} == sources
 
 
 def test_harness_grid_and_report(tmp_path):
@@ -132,6 +135,66 @@ def test_harness_grid_and_report(tmp_path):
   assert json.load(open(json_path))["rows"] == rows
   assert "| linear |" in open(md_path).read()
   assert open(png_path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _save_backbone(path, params):
+  import orbax.checkpoint as ocp
+  ocp.PyTreeCheckpointer().save(os.path.join(path, "checkpoint_0"),
+                                {"target": jax.device_get(params)})
+
+
+def test_harness_counts_a_recycled_prompt_that_beats_the_best_baseline(tmp_path, monkeypatch):
+  """A grid with wins and losses whose rates are known in advance.
+
+  Backbones: `a`, `a_copy` (the same weights) and `b` (other weights). A prompt
+  recycled between `a` and `a_copy` comes through the real linear maps unchanged; the
+  stand-in task scores 100 for a prompt whose rows all match the target's good prompt
+  and 0 otherwise, against baselines of at most 25. So a<->a_copy (2 of the 6 ordered
+  pairs) succeed for both methods and every pair with `b` fails: 1/3 each.
+  """
+  from prompt_tuning import quickstart
+  from prompt_tuning.models import params as params_lib
+  cfg = quickstart.backbone_config("tiny")
+  params_a = params_lib.init_params(quickstart.T5(cfg), jax.random.PRNGKey(0))
+  params_b = params_lib.init_params(quickstart.T5(cfg), jax.random.PRNGKey(1))
+  backbones = []
+  for name, params in (("a", params_a), ("a_copy", params_a), ("b", params_b)):
+    _save_backbone(str(tmp_path / name), params)
+    backbones.append(harness.Backbone(name, str(tmp_path / name), "tiny"))
+  rng = np.random.RandomState(0)
+  good = {"a": rng.normal(size=(4, cfg.emb_dim)).astype(np.float32)}
+  good["a_copy"] = good["a"]
+  good["b"] = rng.normal(size=(4, cfg.emb_dim)).astype(np.float32)
+
+  def fake_train(backbone, seed, length, steps, work_dir):
+    path = os.path.join(work_dir, f"{backbone.name}.npy")
+    np.save(path, good[backbone.name])
+    return path
+
+  def fake_em(backbone, prompt, examples):
+    value = np.asarray(prompt.init(None, (4, cfg.emb_dim)))
+    target = good[backbone.name]
+    cos = (value * target).sum(-1) / (np.linalg.norm(value, axis=-1)
+                                      * np.linalg.norm(target, axis=-1))
+    return 100.0 if np.all(cos > 0.999) else 0.0
+
+  monkeypatch.setattr(harness, "train_prompt", fake_train)
+  monkeypatch.setattr(harness, "_em", fake_em)
+  monkeypatch.setattr(harness, "baselines", lambda backbone, length, examples: {
+      "no prompt": 0.0, "random": 12.5, "sampled vocab": 25.0, "class labels": 25.0})
+  methods._CACHE.clear()
+  results = harness.run_grid(backbones, str(tmp_path / "work"), prompt_seeds=(0,),
+                             methods=("linear", "linear_combination"), prompt_length=4)
+  wins = sorted((r["source"], r["target"], r["method"]) for r in results["rows"]
+                if r["success"])
+  assert wins == [("a", "a_copy", "linear"), ("a", "a_copy", "linear_combination"),
+                  ("a_copy", "a", "linear"), ("a_copy", "a", "linear_combination")]
+  for r in results["rows"]:
+    assert r["best_baseline"] == 25.0
+    assert r["recycled_exact_match"] == (100.0 if (r["source"], r["target"], r["method"])
+                                         in wins else 0.0)
+  assert results["success_rate"] == {"linear": pytest.approx(1 / 3),
+                                     "linear_combination": pytest.approx(1 / 3)}
 
 
 def test_small_support_falls_back_to_least_squares():

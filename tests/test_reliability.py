@@ -1,6 +1,5 @@
 """Reliability: determinism, kill-anywhere resume, non-finite steps, integrity, no pickle."""
 
-import hashlib
 import os
 import re
 import signal
@@ -19,7 +18,7 @@ from prompt_tuning.prompts import initializers, soft
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.train import loop
 from prompt_tuning.runtime import faults, setup as model_setup
-from tests.conftest import REPO_ROOT, TINY_T5X_CONFIG, fixture_path
+from tests.conftest import REPO_ROOT, TINY_T5X_CONFIG, files_digest, fixture_path
 from tests.test_binaries import TINY_MODEL_GIN
 
 LENGTHS = {"inputs": 16, "targets": 4}
@@ -145,36 +144,49 @@ def test_non_finite_step_can_be_skipped(tmp_path, monkeypatch):
 
 # --- integrity -------------------------------------------------------------------
 
-def _files_digest(folder):
-  h = hashlib.sha256()
-  for root, _, files in sorted(os.walk(folder)):
-    for name in sorted(files):
-      with open(os.path.join(root, name), "rb") as f:
-        h.update(name.encode() + f.read())
-  return h.hexdigest()
+def _binary(command, model_dir, *extra):
+  """Runs `prompt-tuning eval|infer` on MODEL_DIR's checkpoint, as a user would."""
+  import gin
+  from prompt_tuning.cli import main as main_lib
+  model_gin = os.path.join(os.path.dirname(str(model_dir)), "tiny_model.gin")
+  with open(model_gin, "w") as f:
+    f.write(TINY_MODEL_GIN)
+  gin.clear_config()
+  try:
+    return main_lib.main([
+        command, f"--gin_file={model_gin}", f"--gin_file=runs/prompt_{command}.gin",
+        f"--gin.MODEL_DIR='{model_dir}'", "--gin.MIXTURE_OR_TASK_NAME='pt_test_sentiment'",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{fixture_path('t5x_tiny_checkpoint')}'",
+        f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=4",
+        f"--gin.MAX_{command.upper()}_EXAMPLES=6", "--gin.DecodingConfig.max_decode_length=4",
+        *extra])
+  finally:
+    gin.clear_config()
 
 
 def test_backbone_unchanged_by_train_eval_and_infer(tmp_path):
-  from prompt_tuning import decoding, evaluation
+  """Train, then the eval and infer binaries on the checkpoint on disk: the backbone's
+  files hash the same throughout, and so do the trained checkpoint's files (eval and
+  infer only read them); the backbone in memory is bit-identical to the checkpoint."""
   ckpt = fixture_path("t5x_tiny_checkpoint")
-  on_disk = _files_digest(ckpt)
-  summary = _train(tmp_path / "run", steps=2, frozen_digest=True)
+  backbone_files = files_digest(ckpt)
+  run = tmp_path / "run"
+  summary = _train(run, steps=2, frozen_digest=True)
+  assert files_digest(ckpt) == backbone_files
   setup = model_setup.build(ModelSpec(TINY_T5X_CONFIG, ckpt, soft.SoftPrompt(length=4)))
   assert summary["frozen_sha256"] == tree_lib.tree_digest(setup.frozen)
-  before = tree_lib.tree_digest(setup.frozen)
-  params = {**setup.trainable, **setup.frozen}
-
-  class Vocab:
-    def decode(self, ids):
-      return " ".join(map(str, ids))
-  examples = [{"inputs": [37, 1974, 47, 1]}, {"inputs": [248, 55, 1]}]
-  evaluation.predict(setup.model, params, examples, Vocab(), 16, 2,
-                     decoding.DecodingConfig(max_decode_length=4))               # infer
-  evaluation.predict(setup.model, params, examples, Vocab(), 16, 2,
-                     class_labels=None, decoding_config=decoding.DecodingConfig(
-                         method="beam", num_beams=2, max_decode_length=4))       # eval
-  assert tree_lib.tree_digest(setup.frozen) == before
-  assert _files_digest(ckpt) == on_disk
+  from prompt_tuning import layout
+  checkpoints = layout.checkpoints_dir(str(run))
+  trained = files_digest(checkpoints)
+  prompts = files_digest(str(run / "prompts"))
+  assert _binary("eval", run) == 0
+  assert _binary("eval", run, "--gin_file=decoding/beam_search.gin") == 0
+  assert _binary("infer", run) == 0
+  assert os.path.exists(run / "eval" / "metrics.jsonl")
+  assert os.path.exists(run / "infer" / "pt_test_sentiment-validation-step_2.jsonl")
+  assert files_digest(ckpt) == backbone_files
+  assert files_digest(checkpoints) == trained
+  assert files_digest(str(run / "prompts")) == prompts
 
 
 def test_prompt_export_never_overwrites_a_different_file(tmp_path):

@@ -320,7 +320,7 @@ def test_sigterm_drains_in_flight_requests(files):
          "--relative_attention_max_distance=16", f"--port={port}",
          f"--prompt=copy={files['prompts']['copy']}",
          f"--prompt=sort={files['prompts']['sort']}", *SERVER_FLAGS,
-         "--no_warmup", "--max_wait_ms=300"]
+         "--no_warmup", "--max_wait_ms=1000"]
   env = dict(os.environ, PYTHONPATH=REPO_ROOT)
   proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)

@@ -387,7 +387,18 @@ def test_file_task_trains_a_prompt_end_to_end(tmp_path):
     print(f"validation loss {initial:.3f} -> {after:.3f}")
     assert after < 0.75 * initial, (initial, after)
     records = [json.loads(line) for line in open(os.path.join(run, "eval", "metrics.jsonl"))]
-    assert records[-1]["step"] == 300 and 0.0 <= records[-1]["accuracy"] <= 100.0
+    assert records[-1]["step"] == 300
+    # The eval binary's accuracy is the share of the infer binary's decoded answers that
+    # equal their targets, counted here.
+    gin.clear_config()
+    assert main_lib.main(["infer", "--gin_file=runs/prompt_infer.gin", *common,
+                          "--gin.MAX_INFER_EXAMPLES=16",
+                          "--gin.DecodingConfig.max_decode_length=12"]) == 0
+    rows = [json.loads(line) for line in open(os.path.join(
+        run, "infer", "pt_file_sentiment-validation-step_300.jsonl"))]
+    assert len(rows) == 16
+    expected = 100.0 * np.mean([r["prediction"] == r["target"] for r in rows])
+    assert records[-1]["accuracy"] == pytest.approx(expected, abs=1e-6)
   finally:
     gin.clear_config()
     vocabularies.configure(previous)

@@ -10,6 +10,7 @@
   prompt-tuning tasks list [REGEX] | tasks show NAME [--split=S] [--num_examples=N]
   prompt-tuning decode CHECKPOINT --spm_model=M --input="text" [--method=beam]
   prompt-tuning serve CHECKPOINT --prompt NAME=p.npy [--prompt_dir=D] [--port=8000]
+  prompt-tuning spot rank --library DIR --probe probe.npy | spot add --library DIR ...
 
 train / eval / infer / precompile take T5X's flags: gin files (bundled configs
 are found from any directory), `--gin.MACRO=VALUE` bindings with gin literals
@@ -192,6 +193,38 @@ def _tasks(args) -> int:
   return 0
 
 
+def _spot(args) -> int:
+  """`spot rank`: sources by similarity to a probe; `spot add`: put a prompt in a library."""
+  from prompt_tuning.prompts import spot as spot_lib  # numpy only
+  needed = ["probe"] if args.action == "rank" else ["name", "task", "prompt"]
+  missing = [f"--{n}" for n in needed if getattr(args, n) is None]
+  if missing:
+    raise ValueError(f"spot {args.action} needs {' '.join(missing)}")
+  if args.action == "add":
+    source = spot_lib.add_source(args.library, args.name, args.task, args.prompt,
+                                 overwrite=args.overwrite)
+    print(f"added {source.name} (task {source.task}) to {args.library}")
+    return 0
+  ranked = spot_lib.rank(args.library, args.probe, args.metric)
+  print(spot_lib.format_ranking(ranked[:args.top_k] if args.top_k else ranked))
+  return 0
+
+
+def _add_spot_parser(sub) -> None:
+  sp = sub.add_parser("spot", help="SPoT: rank a library's source prompts by similarity to a "
+                      "probe prompt, or add a prompt to a library", allow_abbrev=False)
+  sp.add_argument("action", choices=("rank", "add"))
+  sp.add_argument("--library", required=True, help="folder with index.json and .npy prompts")
+  sp.add_argument("--probe", help="rank: a [P, H] prompt trained briefly on the new task")
+  sp.add_argument("--metric", default="average", choices=("average", "per_token"),
+                  help="rank: cosine of average tokens (default) or per-token average cosine")
+  sp.add_argument("--top_k", type=int, default=None, help="rank: print only the best K")
+  sp.add_argument("--name", help="add: the source's name")
+  sp.add_argument("--task", help="add: the task the prompt was trained on")
+  sp.add_argument("--prompt", help="add: the [P, H] .npy prompt")
+  sp.add_argument("--overwrite", action="store_true", help="add: replace a source of that name")
+
+
 # Gin binaries: subcommand -> (the configurable it calls, its run file).
 _GIN_BINARIES = {"train": "train", "eval": "evaluate", "infer": "infer",
                  "precompile": "precompile"}
@@ -329,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
   serving_cli.add_arguments(sub.add_parser(
       "serve", help="serve many prompts from one frozen model over HTTP (batched across tasks)",
       allow_abbrev=False))
+  _add_spot_parser(sub)
   return parser
 
 
@@ -359,7 +393,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "recycle" and args.skip is None:
       args.skip = 1000 if args.filter_file else 0
     return {"inspect": _inspect, "decode": _decode, "quickstart": _quickstart,
-            "recycle": _recycle, "tasks": _tasks, "serve": _serve}[args.command](args)
+            "recycle": _recycle, "tasks": _tasks, "serve": _serve,
+            "spot": _spot}[args.command](args)
   except (FileNotFoundError, ValueError, KeyError, FileExistsError) as e:
     print(f"prompt-tuning {args.command}: error: {e}", file=sys.stderr)
     return 2

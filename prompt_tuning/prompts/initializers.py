@@ -2,10 +2,11 @@
 
 Each factory returns a Flax initializer `(rng, shape, dtype) -> [P, H]`.
 Data-dependent ones do their host work (reading the embedding table or a
-file, seeded sampling) the first time the initializer really runs, so only a
-[P, H] array, never the table, enters the compiled init; while shapes are
-traced (the abstract setup phase) and when a prompt is restored from a
-checkpoint, they read nothing.
+file) the first time the initializer really runs, so only a [P, H] array,
+never the table, enters the compiled init; while shapes are traced (the
+abstract setup phase) and when a prompt is restored from a checkpoint, they
+read nothing. Sampled rows are drawn with the initializer's key, so they
+follow the run's seed.
 """
 
 from __future__ import annotations
@@ -76,26 +77,67 @@ def random_uniform(scale: float = 0.5) -> Initializer:
   return init
 
 
-def _sample_rows(table: np.ndarray, count: int, first_n: Optional[int], seed: int) -> np.ndarray:
+def _rows_among(table: np.ndarray, first_n: Optional[int]) -> np.ndarray:
+  """The first `first_n` rows of `table` (all for None), checked against its size."""
   limit = table.shape[0] if first_n is None else first_n
   if not 0 < limit <= table.shape[0]:
     raise ValueError(f"first_n={first_n} must be in [1, {table.shape[0]}] (the vocabulary size)")
-  rows = np.random.RandomState(seed).choice(limit, size=count, replace=count > limit)
-  return table[rows]
+  return table[:limit]
+
+
+def _sample_rows(population: np.ndarray, count: int, rng: Optional[jax.Array],
+                 seed: Optional[int]) -> jax.Array:
+  """`count` rows of `population` [N, H], drawn with `seed` if given, else with `rng`.
+
+  As in the seed library (`prompts.from_sample_of_embeddings`): indices by
+  `jax.random.choice`, without replacement unless `count` exceeds N. Inside
+  a jitted init the key is traced: only the [count] indices are computed
+  there, and the rows are gathered on the host (a callback), so the table
+  never becomes a constant of the compiled program.
+  """
+  if seed is not None:
+    rng = jax.random.PRNGKey(seed)
+  elif rng is None:
+    raise ValueError("Sampled-vocabulary rows need a random key (the initializer's rng) or "
+                     "an explicit seed")
+  population = np.asarray(population, np.float32)
+  index = jax.random.choice(rng, population.shape[0], (count,), replace=count > len(population))
+  if not isinstance(index, jax.core.Tracer):
+    return jnp.asarray(population[np.asarray(index)])
+  return jax.pure_callback(lambda i: population[np.asarray(i)],
+                           jax.ShapeDtypeStruct((count, population.shape[1]), jnp.float32),
+                           index, vmap_method="sequential")
 
 
 @registry.configurable(module="prompt_init")
 def sampled_vocab(embeddings: str | np.ndarray, length: int, first_n: Optional[int] = 5000,
-                  seed: int = 0) -> Initializer:
+                  seed: Optional[int] = None) -> Initializer:
   """Each prompt position is the embedding of a random token among the first N.
 
   The paper samples from the 5,000 most common tokens; T5's SentencePiece ids
   are roughly frequency-ordered, so `first_n` limits to the lowest ids.
+
+  The rows are drawn with the initializer's rng, which comes from the run's
+  seed (`train.seed`): different seeds give different rows, and so do the
+  members of a prompt bank (`base.stacked` gives each its own key). An
+  explicit `seed` pins the rows instead, whatever the run's seed (every
+  member of a bank then starts from the same rows).
   """
   if first_n is not None and first_n < 1:
     raise ValueError(f"first_n={first_n} must be at least 1")
-  return _fixed(lambda: _sample_rows(_table(embeddings), length, first_n, seed),
-                "sampled-vocabulary prompt")
+  population: list[np.ndarray] = []
+
+  def init(rng, shape, dtype=jnp.float32):
+    if params_lib.shapes_only():
+      return jnp.zeros(shape, dtype)
+    if not population:  # Read once; only the first N rows are kept.
+      population.append(np.array(_rows_among(_table(embeddings), first_n), np.float32))
+    if tuple(shape) != (length, population[0].shape[1]):
+      raise ValueError(f"sampled-vocabulary prompt has shape {(length, population[0].shape[1])}"
+                       f" but the prompt parameter has shape {tuple(shape)} ([prompt length, "
+                       "model width])")
+    return _sample_rows(population[0], length, rng, seed).astype(dtype)
+  return init
 
 
 def _encode(vocabulary: Any, text: str) -> list[int]:
@@ -106,7 +148,7 @@ def _encode(vocabulary: Any, text: str) -> list[int]:
 @registry.configurable(module="prompt_init")
 def class_labels(embeddings: str | np.ndarray, vocabulary: Any, labels: Sequence[str],
                  length: int, fallback: Optional[Initializer] = None,
-                 seed: int = 0) -> Initializer:
+                 seed: Optional[int] = None) -> Initializer:
   """The first positions are the labels' embeddings (each the mean of its sub-tokens).
 
   Remaining positions come from `fallback` (sampled vocabulary by default).
@@ -132,7 +174,8 @@ def class_labels(embeddings: str | np.ndarray, vocabulary: Any, labels: Sequence
 
 @registry.configurable(module="prompt_init")
 def from_string(embeddings: str | np.ndarray, vocabulary: Any, text: str, length: int,
-                fallback: Optional[Initializer] = None, seed: int = 0) -> Initializer:
+                fallback: Optional[Initializer] = None, seed: Optional[int] = None
+                ) -> Initializer:
   """The first positions are the token embeddings of `text`; the rest from `fallback`."""
   ids = _encode(vocabulary, text)[:length]
   return _with_fallback(embeddings, lambda table: table[ids], length - len(ids), fallback,
@@ -140,12 +183,13 @@ def from_string(embeddings: str | np.ndarray, vocabulary: Any, text: str, length
 
 
 def _with_fallback(embeddings: str | np.ndarray, head_fn: Callable[[np.ndarray], np.ndarray],
-                   rest: int, fallback: Optional[Initializer], seed: int,
+                   rest: int, fallback: Optional[Initializer], seed: Optional[int],
                    what: str) -> Initializer:
   """The rows `head_fn(table)` first, then `rest` rows from `fallback`.
 
   The default fallback is sampled vocabulary among the first 5,000 ids (or
-  all, for smaller tables).
+  all, for smaller tables), drawn with the run's rng unless `seed` pins it
+  (as in `sampled_vocab`).
   """
   head: list[np.ndarray] = []
 
@@ -157,12 +201,12 @@ def _with_fallback(embeddings: str | np.ndarray, head_fn: Callable[[np.ndarray],
       table = _table(embeddings)
       head.append(np.asarray(head_fn(table)))
       if rest and fallback is None:
-        head.append(_sample_rows(table, rest, min(5000, table.shape[0]), seed))
+        head.append(np.array(table[:min(5000, table.shape[0])], np.float32))
     if head[0].shape[1] != h:
       raise ValueError(f"{what}: embeddings have width {head[0].shape[1]}, the prompt {h}")
     if rest == 0:
       return jnp.asarray(head[0], dtype)
-    tail = (jnp.asarray(head[1], dtype) if fallback is None
+    tail = (_sample_rows(head[1], rest, rng, seed).astype(dtype) if fallback is None
             else fallback(rng, (p - head[0].shape[0], h), dtype))
     return jnp.concatenate([jnp.asarray(head[0], dtype), tail], axis=0)
   return init
@@ -185,3 +229,22 @@ def from_file(path: str) -> Initializer:
       raise ValueError(f"Prompt file {path} holds dtype {value.dtype}; expected a float array")
     return value
   return _fixed(read, f"Prompt file {path}")
+
+
+@registry.configurable(module="prompt_init")
+def spot(library: str, probe: str, top_k: int = 1, metric: str = "average") -> Initializer:
+  """SPoT transfer (Vu et al. 2022): the source prompt most like a probe prompt.
+
+  `probe` is a prompt trained briefly on the target task (a `.npy`);
+  `library` a folder of source prompts (prompts/spot.py). top_k=1 takes the
+  most similar source's prompt; k > 1 their similarity-weighted average.
+  The library is read when the prompt is really initialized, not when shapes
+  are traced or a checkpoint is restored.
+  """
+  from prompt_tuning.prompts import spot as spot_lib
+  if top_k < 1:
+    raise ValueError(f"top_k={top_k} must be at least 1")
+  if metric not in spot_lib.METRICS:
+    raise ValueError(f"Unknown SPoT similarity {metric!r}; expected one of {spot_lib.METRICS}")
+  return _fixed(lambda: spot_lib.transfer(library, probe, top_k, metric)[0],
+                f"SPoT prompt from {library}")

@@ -36,6 +36,11 @@ def positive_int(name: str, value: Any) -> Optional[str]:
   return None
 
 
+def _defaults_to_none(module: Any, field: str) -> bool:
+  spec = getattr(type(module), "__dataclass_fields__", {}).get(field)
+  return spec is not None and spec.default is None
+
+
 def prompt_problems(prompt: Any, which: str = "encoder") -> list[str]:
   """The prompt module's sizes: length (PROMPT_LENGTH), num_tasks, num_prompts, ..."""
   if prompt is None:
@@ -48,7 +53,7 @@ def prompt_problems(prompt: Any, which: str = "encoder") -> list[str]:
     if not hasattr(prompt, field):
       continue
     value = getattr(prompt, field)
-    if value is None and field == "task_length":
+    if value is None and _defaults_to_none(prompt, field):  # an optional size left unset
       continue
     problem = positive_int(f"{macro} ({which} prompt {kind}.{field})", value)
     if problem:

@@ -8,6 +8,13 @@ runs those items as one batch on a single worker thread, so the event loop
 keeps accepting requests while the device works. A batch finishing
 releases the next one at once: whatever queued meanwhile goes together.
 
+Returning clients close a batch early. When a batch has just answered n >= 2
+requests, the requests arriving within `max_wait_s` of its end are most
+likely those same clients sending their next request (a closed loop, as in
+interactive use or a load generator). Their batch closes as soon as n
+requests of its group are queued, instead of idling the device until the
+deadline while no one else is coming.
+
 An item whose client went away (its future cancelled) is dropped when the
 batch is formed, or its result is discarded; the rest of its batch is
 unaffected.
@@ -70,6 +77,7 @@ class Batcher:
     self._closing = False
     self.in_flight = 0  # requests submitted and not yet answered
     self._free_since = 0.0  # when the last batch finished
+    self._last_requests = 0  # requests the last batch answered
     # One thread: the device runs one batch at a time, in order.
     self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batch")
 
@@ -110,8 +118,15 @@ class Batcher:
     finally:
       self.in_flight -= 1
 
-  def _group_rows(self, group: Hashable) -> int:
-    return sum(len(w.rows) for w in self._pending if w.group == group and not w.future.done())
+  def _group_load(self, group: Hashable) -> tuple[int, int]:
+    """(rows, requests) of the live items of `group`."""
+    live = [w for w in self._pending if w.group == group and not w.future.done()]
+    return sum(len(w.rows) for w in live), len(live)
+
+  def _ready(self, group: Hashable, returning: int) -> bool:
+    """Whether the group's batch is full, or holds every returning client."""
+    rows, requests = self._group_load(group)
+    return rows >= self.max_rows or (returning >= 2 and requests >= returning)
 
   def _take(self, group: Hashable) -> list[Work]:
     """Oldest-first items of `group` (live ones) up to max_rows; drops dead ones."""
@@ -143,7 +158,9 @@ class Batcher:
       # last batch just answered get `max_wait_s` to send their next request
       # and join, instead of the queue splitting into two half batches.
       deadline = max(first.enqueued, self._free_since) + self.max_wait_s
-      while (not self._closing and self._group_rows(first.group) < self.max_rows
+      returning = (self._last_requests
+                   if first.enqueued - self._free_since <= self.max_wait_s else 0)
+      while (not self._closing and not self._ready(first.group, returning)
              and (remaining := deadline - time.monotonic()) > 0):
         self._wakeup.clear()
         try:
@@ -160,6 +177,7 @@ class Batcher:
         log.exception("batch failed")
         results = [e] * len(batch)
       end = self._free_since = time.monotonic()
+      self._last_requests = len(batch)
       for w, result in zip(batch, results):
         if w.future.done():  # The client left while its batch ran.
           continue

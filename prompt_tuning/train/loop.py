@@ -34,7 +34,10 @@ from prompt_tuning.runtime import partitioning
 from prompt_tuning.runtime import setup as model_setup
 from prompt_tuning.runtime import specs as specs_lib
 from prompt_tuning.train import optimizers
+from prompt_tuning.train import rank as rank_lib
+from prompt_tuning.train import rank_data
 from prompt_tuning.train import step as step_lib
+from prompt_tuning.train import wayward as wayward_lib
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +51,14 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
           train_steps: int, optimizer: Optional[optax.GradientTransformation] = None,
           z_loss: float = 1e-4, seed: int = 0,
           checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = None,
-          log_period: int = 100, use_dropout: bool = False,
+          log_period: int = 100, use_dropout: Optional[bool] = None,
           dropout_rng_impl: str = "threefry2x32",
           progress: bool = True, frozen_digest: bool = False,
           on_non_finite: str = "stop",
           max_encoder_length: Optional[int] = None,
           restore_fallback: bool = False,
+          loss: Optional[rank_lib.RankLoss] = None,
+          wayward: Optional[wayward_lib.Wayward] = None,
           partitioning_config: partitioning.PartitioningConfig = (
               partitioning.PartitioningConfig())) -> dict[str, Any]:
   """Trains, resuming from MODEL_DIR's latest checkpoint if there is one.
@@ -62,6 +67,10 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     model: the backbone, its checkpoint, the prompt modules and what trains.
     data: the task, feature lengths, split, global batch size and data seed.
     seed: the initializers' and dropout's seed.
+    use_dropout: None (default): dropout follows the model, on when
+      `T5Config.dropout_rate` > 0 (prompt_finetune.gin sets 0.1, T5X
+      fine-tuning's rate). False turns it off whatever the rate (logged as a
+      warning); True with a rate of 0 changes nothing.
     frozen_digest: also record a SHA-256 of the frozen parameters as they are
       at the end (an integrity check; it copies the backbone to the host).
     on_non_finite: a step with a NaN/Inf loss or update changes nothing; then
@@ -78,6 +87,12 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     restore_fallback: if the latest checkpoint is damaged (a file missing or
       truncated), set it aside and resume from the previous good one instead
       of stopping with the damaged file's name.
+    loss: None trains on target tokens (cross-entropy + z-loss); a RankLoss
+      trains on scored candidates (a _rank task's correct candidate against
+      the wrong ones). On a _rank task the token loss trains on the correct
+      candidate alone.
+    wayward: keep the prompt near an embedded text (train/wayward.py); its
+      term is logged as wayward_loss next to task_loss.
 
   Returns:
     a summary: final step, last logged metrics, checkpoint and backbone bytes.
@@ -101,6 +116,10 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     # Cheap checks first, then the model: abstract shapes, then the backbone read once.
     task = data_lib.get_task_or_mixture(data.task)
     data_lib.check_vocabulary(task, model.config.vocab_size)
+    rank_task = rank_data.is_rank_task(task, data.split)
+    if loss is not None and not rank_task:
+      raise ValueError(f"train.loss={loss} needs a rank-classification task (a _rank variant, "
+                       f"whose examples carry is_correct and rank_group); {data.task} has none")
     data_lib.check_prompt_budget(model.prompt_positions, data.feature_lengths,
                                  max_encoder_length)
     mesh = partitioning.make_mesh(partitioning_config)
@@ -127,14 +146,18 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
       if is_chief:
         checkpoints_lib.export_prompts(model_dir, start_step, trainable)
 
-    batches = data_lib.train_batches(data.task, data.feature_lengths, data.batch_size,
-                                     split=data.split, seed=data.seed, start_batch=data_position)
-    train_step = jit_train_step(setup.model, optimizer, z_loss, use_dropout, seed, mesh,
+    batches = _train_batches(data, data_position, rank_task, rank_loss=loss is not None)
+    vocabulary = task.output_features["inputs"].vocabulary
+    objective = step_lib.Objective(rank_loss=loss, wayward=wayward_lib.resolve(
+        wayward, trainable, frozen, vocabulary) if wayward is not None else None)
+    dropout = dropout_enabled(model.config, use_dropout)
+    train_step = jit_train_step(setup.model, optimizer, z_loss, dropout, seed, mesh,
                                 setup.trainable_shardings, opt_shardings,
-                                setup.frozen_shardings, dropout_rng_impl)
+                                setup.frozen_shardings, dropout_rng_impl, objective)
     writer = metrics_lib.MetricsWriter(model_dir, "train") if is_chief else None
     backbone_bytes = tree_lib.tree_bytes(frozen)
-    summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes, skipped_steps=[])
+    summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes, skipped_steps=[],
+                                   dropout_rate=model.config.dropout_rate if dropout else 0.0)
 
     def save(step: int) -> None:
       store.save(step, trainable, opt_state, data_position=step,
@@ -205,16 +228,50 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
   return summary
 
 
+def _train_batches(data: specs_lib.DataSpec, start: int, rank_task: bool, rank_loss: bool):
+  """The batch stream from batch `start` on.
+
+  A rank task's candidates come grouped: as they are for a rank loss, or
+  reduced to the correct candidate for the token loss. Other tasks give
+  ordinary batches.
+  """
+  if not rank_task:
+    return data_lib.train_batches(data.task, data.feature_lengths, data.batch_size,
+                                  split=data.split, seed=data.seed, start_batch=start)
+  grouped = rank_data.rank_train_batches(data.task, data.feature_lengths, data.batch_size,
+                                         split=data.split, seed=data.seed, start_batch=start)
+  return grouped if rank_loss else map(rank_data.positive_targets, grouped)
+
+
+def dropout_enabled(config: Any, use_dropout: Optional[bool]) -> bool:
+  """Whether training draws dropout masks: the model's `dropout_rate` decides.
+
+  Only an explicit `use_dropout=False` turns a positive rate off, and that
+  is logged, so a configured rate is never ignored silently.
+  """
+  rate = float(getattr(config, "dropout_rate", 0.0) or 0.0)
+  if use_dropout is None:
+    log.info("Dropout rate %g (T5Config.dropout_rate)", rate)
+    return rate > 0
+  if not use_dropout and rate > 0:
+    log.warning("T5Config.dropout_rate=%g but train.use_dropout=False: training WITHOUT "
+                "dropout, as asked", rate)
+  if use_dropout and rate == 0:
+    log.warning("train.use_dropout=True has no effect: T5Config.dropout_rate is 0")
+  return bool(use_dropout) and rate > 0
+
+
 def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, z_loss: float,
                    use_dropout: bool, seed: int, mesh: Any, trainable_shardings: Any,
                    opt_shardings: Any, frozen_shardings: Any,
-                   dropout_rng_impl: str = "threefry2x32"):
+                   dropout_rng_impl: str = "threefry2x32",
+                   objective: step_lib.Objective = step_lib.Objective()):
   """The train step, jitted with explicit shardings and donated state.
 
   `step(trainable, opt_state, frozen, batch, step_number)`; the dropout key
   is derived from the seed and the step number on device.
   """
-  base_step = step_lib.make_train_step(model, optimizer, z_loss, use_dropout)
+  base_step = step_lib.make_train_step(model, optimizer, z_loss, use_dropout, objective)
 
   if dropout_rng_impl not in ("threefry2x32", "rbg", "unsafe_rbg"):
     raise ValueError(f"dropout_rng_impl={dropout_rng_impl!r}; expected 'threefry2x32', "

@@ -3,12 +3,19 @@
 Batch features (seqio's EncDecFeatureConverter, unpacked): encoder_input_tokens
 [B, L], decoder_input_tokens [B, T], decoder_target_tokens [B, T],
 decoder_loss_weights [B, T]; optionally task_index [B] and other per-example
-features, which are passed to the prompt modules.
+features, which are passed to the prompt modules. A rank-classification batch
+(train/rank_data.py) has candidate_target_tokens [B, C, T] and is_correct
+[B, C] instead of the decoder arrays; a `RankLoss` trains on it.
+
+The objective is the task loss (token cross-entropy with z-loss, or a rank
+loss over scored candidates) plus, optionally, the wayward term of
+train/wayward.py; each part is reported on its own.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import dataclasses
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -17,10 +24,27 @@ import optax
 
 from prompt_tuning.train import freezing
 from prompt_tuning.train import optimizers as optimizers_lib
+from prompt_tuning.train import rank as rank_lib
+from prompt_tuning.train import wayward as wayward_lib
 
 Array = jax.Array
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-                  "decoder_loss_weights")
+                  "decoder_loss_weights", *rank_lib.RANK_FEATURES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What the step minimizes: a task loss, plus the wayward term if set.
+
+  Attributes:
+    rank_loss: train on scored candidates with this loss (the batch must be a
+      grouped rank-classification batch); None: token cross-entropy with
+      z-loss.
+    wayward: (prompt path, E(text) [P, H], gamma) from `wayward.resolve`;
+      None: no wayward term.
+  """
+  rank_loss: Optional[rank_lib.RankLoss] = None
+  wayward: Optional[tuple[str, Any, float]] = None
 
 
 def cross_entropy_with_z_loss(logits_BTV: Array, targets_BT: Array, weights_BT: Array,
@@ -46,9 +70,26 @@ def prompt_features(batch: Mapping[str, Array]) -> dict[str, Array]:
 
 
 def loss_fn(trainable: Any, frozen: Any, model: nn.Module, batch: Mapping[str, Array],
-            dropout_rng: Array | None, z_loss: float) -> tuple[Array, dict[str, Array]]:
-  """Mean per-token loss (with z-loss) and summed metrics."""
+            dropout_rng: Array | None, z_loss: float,
+            objective: Objective = Objective()) -> tuple[Array, dict[str, Array]]:
+  """The loss to minimize (task loss + wayward term) and summed metrics."""
   params = freezing.merge(trainable, frozen)
+  if objective.rank_loss is not None:
+    loss, metrics = _rank_task_loss(params, model, batch, dropout_rng, objective.rank_loss)
+  else:
+    loss, metrics = _token_task_loss(params, model, batch, dropout_rng, z_loss)
+  if objective.wayward is not None:
+    path, target_PH, gamma = objective.wayward
+    dist = wayward_lib.distance(wayward_lib.prompt_of(trainable, path), jnp.asarray(target_PH))
+    metrics = dict(metrics, wayward_distance=dist, wayward_loss=gamma * dist, task_loss=loss)
+    loss = loss + gamma * dist
+  return loss, metrics
+
+
+def _token_task_loss(params: Any, model: nn.Module, batch: Mapping[str, Array],
+                     dropout_rng: Array | None, z_loss: float
+                     ) -> tuple[Array, dict[str, Array]]:
+  """Mean per-token loss (with z-loss) and summed metrics."""
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
   logits = model.apply({"params": params}, batch["encoder_input_tokens"],
                        batch["decoder_input_tokens"], batch["decoder_target_tokens"],
@@ -63,8 +104,24 @@ def loss_fn(trainable: Any, frozen: Any, model: nn.Module, batch: Mapping[str, A
   return (ce + zl) / num_tokens, metrics
 
 
+def _rank_task_loss(params: Any, model: nn.Module, batch: Mapping[str, Array],
+                    dropout_rng: Array | None, config: rank_lib.RankLoss
+                    ) -> tuple[Array, dict[str, Array]]:
+  """Mean rank loss over the examples that have a correct candidate."""
+  if "candidate_target_tokens" not in batch:
+    raise ValueError(f"RankLoss needs a rank-classification batch (candidate_target_tokens, "
+                     f"is_correct); this batch has {sorted(batch)}")
+  candidates = batch["candidate_target_tokens"]
+  scores = rank_lib.candidate_scores(model, params, batch["encoder_input_tokens"], candidates,
+                                     dropout_rng, config.length_normalize,
+                                     prompt_features(batch) or None)
+  valid = jnp.any(candidates > 0, axis=-1)
+  return rank_lib.rank_loss(config, scores, batch["is_correct"], valid)
+
+
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
-                    z_loss: float = 1e-4, dropout: bool = False) -> Callable:
+                    z_loss: float = 1e-4, dropout: bool = False,
+                    objective: Objective = Objective()) -> Callable:
   """`step(trainable, opt_state, frozen, batch, rng) -> (trainable, opt_state, metrics)`.
 
   Gradients are taken with respect to `trainable` only, so no weight
@@ -75,7 +132,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
   def step(trainable, opt_state, frozen, batch, rng):
     dropout_rng = jax.random.fold_in(rng, 0) if dropout else None
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        trainable, frozen, model, batch, dropout_rng, z_loss)
+        trainable, frozen, model, batch, dropout_rng, z_loss, objective)
     updates, new_opt_state = optimizer.update(grads, opt_state, trainable)
     update_norm = optax.global_norm(updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(update_norm)
@@ -92,22 +149,40 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
   return step
 
 
-def make_eval_step(model: nn.Module, z_loss: float = 1e-4) -> Callable:
+def make_eval_step(model: nn.Module, z_loss: float = 1e-4,
+                   objective: Objective = Objective()) -> Callable:
   """`eval_step(trainable, frozen, batch) -> summed metrics` (teacher-forced)."""
   def eval_step(trainable, frozen, batch):
-    loss, metrics = loss_fn(trainable, frozen, model, batch, None, z_loss)
+    loss, metrics = loss_fn(trainable, frozen, model, batch, None, z_loss, objective)
     return dict(metrics, loss=loss)
   return eval_step
 
 
 def summarize(metrics: Mapping[str, Any]) -> dict[str, float]:
-  """Host-side per-token averages of one step's (or summed steps') metrics."""
-  n = float(metrics["num_tokens"])
-  out = {"loss": float(metrics["cross_entropy_sum"] + metrics["z_loss_sum"]) / n,
-         "cross_entropy": float(metrics["cross_entropy_sum"]) / n,
-         "z_loss": float(metrics["z_loss_sum"]) / n,
-         "accuracy": float(metrics["correct_sum"]) / n,
-         "num_tokens": n}
+  """Host-side averages of one step's (or summed steps') metrics.
+
+  Token loss: per-token loss, cross_entropy, z_loss, accuracy. Rank loss:
+  per-example loss, rank_loss, rank_accuracy (the best-scored candidate is
+  correct). With the wayward term, `loss` includes it and task_loss,
+  wayward_loss (gamma times the distance) and wayward_distance stand beside it.
+  """
+  if "rank_loss_sum" in metrics:
+    n = float(metrics["num_examples"])
+    task = float(metrics["rank_loss_sum"]) / max(n, 1.0)
+    out = {"rank_loss": task, "rank_accuracy": float(metrics["rank_correct_sum"]) / max(n, 1.0),
+           "num_examples": n}
+  else:
+    n = float(metrics["num_tokens"])
+    task = float(metrics["cross_entropy_sum"] + metrics["z_loss_sum"]) / n
+    out = {"cross_entropy": float(metrics["cross_entropy_sum"]) / n,
+           "z_loss": float(metrics["z_loss_sum"]) / n,
+           "accuracy": float(metrics["correct_sum"]) / n,
+           "num_tokens": n}
+  out["loss"] = task
+  if "wayward_loss" in metrics:
+    out.update(task_loss=task, wayward_loss=float(metrics["wayward_loss"]),
+               wayward_distance=float(metrics["wayward_distance"]),
+               loss=task + float(metrics["wayward_loss"]))
   for k in ("grad_norm", "update_norm", "learning_rate"):
     if k in metrics:
       out[k] = float(metrics[k])
