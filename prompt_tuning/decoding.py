@@ -232,17 +232,20 @@ class DecodingConfig:
 
 
 def init_cache(model: nn.Module, params: Any, batch_size: int, max_decode_length: int,
-               encoded_length: int = 1) -> Any:
+               encoded_length: int = 1, prompt_features: Optional[dict] = None) -> Any:
   """A zeroed KV cache for `batch_size` rows and `max_decode_length` steps,
   with room for the cross-attention keys and values of `encoded_length`
-  encoder positions."""
+  encoder positions. `prompt_features` reach per-layer prompt modules that
+  read them (HyperPrompt's task index); per-layer prefixes are not cached
+  (the decoder joins them at every step), so they do not change the shapes."""
   def make():
     encoded = jnp.ones((batch_size, encoded_length, model.config.emb_dim),
                        model.config.activation_dtype)
     mask = jnp.ones((batch_size, encoded_length), bool)
     dec = jnp.ones((batch_size, max_decode_length), jnp.int32)
     return model.apply({"params": params}, encoded, mask, dec, decode=True, cross_cache="fill",
-                       mutable=["cache"], method=model.decode)[1]["cache"]
+                       prompt_features=prompt_features, mutable=["cache"],
+                       method=model.decode)[1]["cache"]
   shapes = jax.eval_shape(make)
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
@@ -281,7 +284,7 @@ def generate(model: nn.Module, params: Any, encoder_input_tokens: Array,
 
   if config.use_cache:
     from prompt_tuning import trees as tree_lib
-    cache = init_cache(model, params, b * k, length, encoded.shape[1])
+    cache = init_cache(model, params, b * k, length, encoded.shape[1], prompt_features)
     cache = tree_lib.flatten(fill_cross_cache(model, params, cache, encoded, enc_mask,
                                               prompt_features))
     # The cross-attention keys and values never change while decoding: they
@@ -361,7 +364,7 @@ def score_candidates(model: nn.Module, params: Any, encoder_input_tokens: Array,
   from prompt_tuning import trees as tree_lib
   encoded, enc_mask = model.apply({"params": params}, encoder_input_tokens,
                                   prompt_features=prompt_features, method=model.encode)
-  cache = init_cache(model, params, b, t, encoded.shape[1])
+  cache = init_cache(model, params, b, t, encoded.shape[1], prompt_features)
   cache = tree_lib.flatten(fill_cross_cache(model, params, cache, encoded, enc_mask,
                                             prompt_features))
   # Every row of the cache gets C copies (batch is axis 0; scanned layers

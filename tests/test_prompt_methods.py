@@ -145,22 +145,6 @@ def test_attention_prefix_is_prepended_keys_and_values():
   np.testing.assert_allclose(got, ref @ w["out"], rtol=1e-5, atol=1e-5)
 
 
-def test_hyperprompt_shapes_and_layers():
-  module = hyper.HyperPrompt(model_config=CFG, num_tasks=3, length=4)
-  params, emb, mask, (x, out_mask, (k, v)) = _seam(module, TOKENS, **IDX)
-  np.testing.assert_array_equal(x, emb)  # the input sequence is unchanged
-  np.testing.assert_array_equal(out_mask, mask)
-  shape = (CFG.num_encoder_layers, 2, 4, CFG.num_heads, CFG.head_dim)
-  assert k.shape == shape and v.shape == shape
-  params = jax.tree.map(lambda a: a + 0.1, params)
-  _, _, (k, v) = module.apply({"params": params}, emb, TOKENS, mask, **IDX)
-  assert not np.allclose(k[0], k[1])  # layers get their own prompts from one network
-  assert not np.allclose(k[:, 0], k[:, 1])  # and so do tasks
-  scanned = T5(CFG.replace(scan_layers=True), encoder_prompt=module)
-  with pytest.raises(ValueError, match="scan_layers = False"):
-    params_lib.init_params(scanned, jax.random.PRNGKey(0))
-
-
 def test_input_dependent_prompt_depends_on_the_input_and_ignores_padding():
   module = input_dependent.InputDependentPrompt(length=3, width=8, num_layers=2, num_heads=2,
                                                 mlp_dim=16)
@@ -229,8 +213,30 @@ METHOD_GINS = {
     "input_dependent": ["include 'prompts/input_dependent.gin'", "PROMPT_LENGTH = 3",
                         "InputDependentPrompt.width = 8", "InputDependentPrompt.mlp_dim = 8"],
     "attempt": ["include 'prompts/attempt.gin'", "SOURCE_PROMPT_FILES = %(sources)s"],
+    "deep_prompt": ["include 'prompts/deep_prompt.gin'", "PROMPT_LENGTH = 2"],
+    "prefix_tuning": ["include 'prompts/prefix_tuning.gin'", "PROMPT_LENGTH = 2",
+                      "DeepPrompt.reparam_hidden = 8"],
+    "ia3": ["include 'prompts/ia3.gin'"],
+    "prompt_ia3": ["include 'prompts/prompt_ia3.gin'", "PROMPT_LENGTH = 2"],
+    "prompt_mask": ["include 'prompts/prompt_mask.gin'", "PROMPT_LENGTH = 2",
+                    "PROMPT_SEES_INPUTS = False"],
     "attempt_multi_task": ["include 'prompts/attempt.gin'", "SOURCE_PROMPT_FILES = %(sources)s",
                            "ATTEMPT_NUM_TASKS = 7"],
+}
+_IA3_VECTORS = ["decoder_cross_attention_key", "decoder_cross_attention_value", "decoder_mlp",
+                "decoder_self_attention_key", "decoder_self_attention_value", "encoder_mlp",
+                "encoder_self_attention_key", "encoder_self_attention_value"]
+_DEEP_FILES = sorted(f"encoder_prompt.{kind}_{part}.npy"
+                     for kind in ("encoder_self", "decoder_self", "cross")
+                     for part in ("key", "value"))
+# The exported files, where a method's are not simply its parameters.
+METHOD_FILES = {
+    "deep_prompt": _DEEP_FILES,
+    "prefix_tuning": _DEEP_FILES,  # the MLP is folded into the plain prefixes
+    "ia3": [f"encoder_prompt.{v}.npy" for v in _IA3_VECTORS],
+    "prompt_ia3": [f"encoder_prompt.per_layer_0.{v}.npy" for v in _IA3_VECTORS]
+                  + ["encoder_prompt.prompt.prompt.npy"],
+    "prompt_mask": ["encoder_prompt.prompt.prompt.npy"],
 }
 
 
@@ -264,6 +270,8 @@ def test_only_the_methods_own_parameters_train(method, tmp_path):
   last = sorted(f for f in os.listdir(os.path.join(run, "prompts", "step_3"))
                 if f.endswith(".npy"))
   assert first == last and all(f.startswith("encoder_prompt.") for f in last)
+  if method in METHOD_FILES:
+    assert last == METHOD_FILES[method]
   changed = [f for f in last if not np.array_equal(
       np.load(os.path.join(run, "prompts", "step_1", f)),
       np.load(os.path.join(run, "prompts", "step_3", f)))]

@@ -190,14 +190,19 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, inputs_q_BLH: Array, inputs_kv_BKH: Array, bias: Any,
                deterministic: bool = True, decode: bool = False,
                decode_index: Optional[Array] = None, cross_cache: str = "none",
-               prefix_kv: Optional[tuple[Array, Array]] = None) -> Array:
+               prefix_kv: Optional[tuple[Array, Array]] = None,
+               kv_scale: Optional[tuple[Array, Array]] = None) -> Array:
     """`cross_cache` (cross-attention while decoding): "fill" projects the
     encoder output and keeps its keys and values in the cache; "use" reads
     them instead of projecting again; "none" projects every call.
 
-    `prefix_kv`: (keys, values) [B, P, N, D] prepended to the projected keys
-    and values, visible to every query and without position bias
-    (HyperPrompt's per-layer prompts)."""
+    `prefix_kv`: (keys, values) [B or 1, P, N, D] prepended to the keys and
+    values, visible to every query and without position bias (deep prompts,
+    prefix tuning, HyperPrompt). They are joined after the cache, so a
+    cached decoding step sees them exactly as a full pass does.
+
+    `kv_scale`: (key scale, value scale) [N * D] multiplying the projected
+    keys and values before they are cached (IA3); prefixes are not scaled."""
     n, d = self.num_heads, self.head_dim
     depth_scaling = math.sqrt(d)
 
@@ -218,6 +223,9 @@ class MultiHeadAttention(nn.Module):
     else:
       k = proj(name="key", kernel_init=kv_init)(inputs_kv_BKH).reshape(b, -1, n, d)
       v = proj(name="value", kernel_init=kv_init)(inputs_kv_BKH).reshape(b, -1, n, d)
+      if kv_scale is not None:
+        k = k * kv_scale[0].reshape(1, 1, n, d).astype(k.dtype)
+        v = v * kv_scale[1].reshape(1, 1, n, d).astype(v.dtype)
     if cross_cache == "fill":
       k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
       self.put_variable("cache", "cross_key", k)
@@ -239,10 +247,15 @@ class MultiHeadAttention(nn.Module):
     biases = () if bias is None else (tuple(bias) if isinstance(bias, (tuple, list))
                                       else (bias,))
     if prefix_kv is not None:
-      pk, pv = prefix_kv
-      k = jnp.concatenate([pk.astype(k.dtype), k], axis=1)
-      v = jnp.concatenate([pv.astype(v.dtype), v], axis=1)
-      biases = tuple(jnp.pad(term, ((0, 0),) * (term.ndim - 1) + ((pk.shape[1], 0),))
+      p = prefix_kv[0].shape[1]
+
+      def joined(prefix_BPND, x):
+        prefix_BPND = jnp.broadcast_to(prefix_BPND, (b, p, n, d)).astype(x.dtype)
+        if head_major:
+          return jnp.concatenate([prefix_BPND.transpose(0, 2, 1, 3), x], axis=2)
+        return jnp.concatenate([prefix_BPND, x], axis=1)
+      k, v = joined(prefix_kv[0], k), joined(prefix_kv[1], v)
+      biases = tuple(jnp.pad(term, ((0, 0),) * (term.ndim - 1) + ((p, 0),))
                      for term in biases)
 
     logits_dtype = jnp.float32 if self.float32_logits else self.dtype
@@ -280,7 +293,9 @@ class MlpBlock(nn.Module):
   weight_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BLH: Array, deterministic: bool = True) -> Array:
+  def __call__(self, x_BLH: Array, deterministic: bool = True,
+               scale_F: Optional[Array] = None) -> Array:
+    """`scale_F`: [F] multiplies the intermediate activation before `wo` (IA3)."""
     hidden = None
     for i, act in enumerate(self.activations):
       if act not in _ACTIVATIONS:
@@ -290,6 +305,8 @@ class MlpBlock(nn.Module):
                 weight_dtype=self.weight_dtype, name=name)(x_BLH)
       h = _ACTIVATIONS[act](h)
       hidden = h if hidden is None else hidden * h
+    if scale_F is not None:
+      hidden = hidden * scale_F.reshape((1,) * (hidden.ndim - 1) + (-1,)).astype(hidden.dtype)
     if not deterministic and self.dropout_rate > 0:
       hidden = Dropout(self.dropout_rate, self.dropout_mask_bits)(hidden, deterministic=False)
     return Dense(x_BLH.shape[-1], ("mlp", "embed"), dtype=self.dtype,

@@ -10,11 +10,25 @@ encoder inputs before the first layer. `M(embedded_BLH, tokens_BL, mask_BL,
 deterministic=..., **features)` returns `(embedded_BMH, mask_BM)`: the
 sequence to run (it may be longer than L) and its mask. Encoder
 self-attention, and the decoder's cross-attention, use the returned mask.
-An encoder module may also return a third item, `(keys, values)` of shape
-[layers, B, P, heads, head_dim], prepended inside every encoder
-self-attention (HyperPrompt); that needs unrolled layers.
-`decoder_prompt` does the same for the decoder input; the logits of the
-positions it adds are dropped. With no module the model is plain T5.
+It may return a third item, `{"self_attention_mask": [B, M, M]}`: which
+positions encoder self-attention lets see which (prompt attention masks),
+used instead of the square of the mask, which then serves cross-attention. `decoder_prompt` does the same for the decoder
+input; the logits of the positions it adds are dropped.
+
+Per-layer conditioning (deep prompts / prefix tuning, IA3, HyperPrompt): an
+encoder module may also define `layer_conditioning(batch_size,
+deterministic=..., **features)`, returning per stack ("encoder", "decoder")
+and per place in a layer a dict of arrays with a leading `layers` axis:
+
+    {"encoder": {"self_attention": {"prefix": (k, v), "scale": (lk, lv)},
+                 "mlp": {"scale": l_ff}},
+     "decoder": {"self_attention": ..., "cross_attention": ..., "mlp": ...}}
+
+with prefixes k, v [layers, B or 1, P, N, D] prepended to the keys and
+values, and scales lk, lv [layers, N * D] and l_ff [layers, F] multiplying
+the projected keys, values and the MLP's intermediate activation. Both
+stacks call it (the decoder at every cached decoding step too), layers
+scanned or unrolled. With no module the model is plain T5.
 
 Shape key: B batch, L encoder length, T decoder length, H model width,
 V vocabulary, M encoder length after the prompt seam.
@@ -118,6 +132,48 @@ def _norm(cfg: T5Config, name: str) -> layers.RMSNorm:
   return layers.RMSNorm(epsilon=cfg.layer_norm_epsilon, name=name, **_common(cfg))
 
 
+# Where per-layer conditioning may go, per stack, and what each place takes.
+CONDITIONING_PLACES = {"encoder": ("self_attention", "mlp"),
+                       "decoder": ("self_attention", "cross_attention", "mlp")}
+_PLACE_ENTRIES = {"self_attention": ("prefix", "scale"), "cross_attention": ("prefix", "scale"),
+                  "mlp": ("scale",)}
+
+
+def _attention_kwargs(conditioning: Optional[Mapping[str, Any]], place: str) -> dict:
+  entry = (conditioning or {}).get(place) or {}
+  return dict(prefix_kv=entry.get("prefix"), kv_scale=entry.get("scale"))
+
+
+def _mlp_scale(conditioning: Optional[Mapping[str, Any]]) -> Optional[Array]:
+  return ((conditioning or {}).get("mlp") or {}).get("scale")
+
+
+def check_conditioning(conditioning: Mapping[str, Any], stack: str, num_layers: int) -> None:
+  """One clear error for per-layer conditioning of the wrong form or layer count."""
+  for place, entry in conditioning.items():
+    if place not in CONDITIONING_PLACES[stack]:
+      raise ValueError(f"Per-layer conditioning for {stack} place {place!r}; expected one of "
+                       f"{CONDITIONING_PLACES[stack]}")
+    for name, value in entry.items():
+      if name not in _PLACE_ENTRIES[place]:
+        raise ValueError(f"Per-layer conditioning {stack}/{place}/{name}; expected one of "
+                         f"{_PLACE_ENTRIES[place]}")
+      for leaf in jax.tree.leaves(value):
+        if leaf.shape[0] != num_layers:
+          raise ValueError(f"Per-layer conditioning {stack}/{place}/{name} is for "
+                           f"{leaf.shape[0]} layers, but the {stack} has {num_layers}")
+
+
+def layer_conditioning(module: Optional[nn.Module], stack: str, batch_size: int,
+                       deterministic: bool, features: Optional[Mapping[str, Array]]
+                       ) -> Optional[dict]:
+  """The per-layer conditioning `module` gives `stack`, or None."""
+  if module is None or not hasattr(module, "layer_conditioning"):
+    return None
+  out = module.layer_conditioning(batch_size, deterministic=deterministic, **(features or {}))
+  return (out or {}).get(stack) or None
+
+
 def _dropout(cfg: T5Config, x: Array, deterministic: bool) -> Array:
   if deterministic or cfg.dropout_rate == 0:
     return x
@@ -131,18 +187,20 @@ class EncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x_BMH: Array, bias: tuple[Array, ...], positions_M: Array,
-               prefix_kv: Optional[tuple[Array, Array]] = None) -> Array:
+               conditioning: Optional[Mapping[str, Any]] = None) -> Array:
+    """`conditioning`: this layer's slice of the per-layer conditioning."""
     cfg, deterministic = self.config, self.deterministic
     if not cfg.shared_relative_bias:
       bias = (*bias, _relpos(cfg, True, "relpos_bias")(positions_M, positions_M))
     y = _norm(cfg, "pre_attention_layer_norm")(x_BMH)
     y = _attention(cfg, "attention")(y, y, bias, deterministic=deterministic,
-                                     prefix_kv=prefix_kv)
+                                     **_attention_kwargs(conditioning, "self_attention"))
     x_BMH = x_BMH + _dropout(cfg, y, deterministic)
     y = _norm(cfg, "pre_mlp_layer_norm")(x_BMH)
     y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate,
                         dropout_mask_bits=cfg.dropout_mask_bits, name="mlp",
-                        **_common(cfg))(y, deterministic=deterministic)
+                        **_common(cfg))(y, deterministic=deterministic,
+                                        scale_F=_mlp_scale(conditioning))
     return x_BMH + _dropout(cfg, y, deterministic)
 
 
@@ -157,24 +215,29 @@ class DecoderLayer(nn.Module):
   def __call__(self, y_BTH: Array, encoded_BMH: Array, self_bias: tuple[Array, ...],
                cross_bias: Array,
                query_positions_T: Array, key_positions: Array,
-               decode_index: Optional[Array]) -> Array:
+               decode_index: Optional[Array],
+               conditioning: Optional[Mapping[str, Any]] = None) -> Array:
     cfg, deterministic, decode = self.config, self.deterministic, self.decode
     if not cfg.shared_relative_bias:
       self_bias = (*self_bias, _relpos(cfg, False, "relpos_bias")(query_positions_T,
                                                                     key_positions))
     z = _norm(cfg, "pre_self_attention_layer_norm")(y_BTH)
     z = _attention(cfg, "self_attention")(z, z, self_bias, deterministic=deterministic,
-                                          decode=decode, decode_index=decode_index)
+                                          decode=decode, decode_index=decode_index,
+                                          **_attention_kwargs(conditioning, "self_attention"))
     y_BTH = y_BTH + _dropout(cfg, z, deterministic)
     z = _norm(cfg, "pre_cross_attention_layer_norm")(y_BTH)
     z = _attention(cfg, "encoder_decoder_attention")(z, encoded_BMH, cross_bias,
                                                      deterministic=deterministic,
-                                                     cross_cache=self.cross_cache)
+                                                     cross_cache=self.cross_cache,
+                                                     **_attention_kwargs(conditioning,
+                                                                         "cross_attention"))
     y_BTH = y_BTH + _dropout(cfg, z, deterministic)
     z = _norm(cfg, "pre_mlp_layer_norm")(y_BTH)
     z = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate,
                         dropout_mask_bits=cfg.dropout_mask_bits, name="mlp",
-                        **_common(cfg))(z, deterministic=deterministic)
+                        **_common(cfg))(z, deterministic=deterministic,
+                                        scale_F=_mlp_scale(conditioning))
     return y_BTH + _dropout(cfg, z, deterministic)
 
 
@@ -199,31 +262,28 @@ class _ScanBody(nn.Module):
 
 
 def _run_layers(cfg: T5Config, layer_cls, num_layers: int, x: Array, args: tuple,
-                layer_kv: Optional[tuple[Array, Array]] = None, **layer_kwargs) -> Array:
+                conditioning: Optional[Mapping[str, Any]] = None, **layer_kwargs) -> Array:
   """Applies `num_layers` layers, unrolled as `layers_i` or scanned as `layers`.
 
-  `layer_kv`: per-layer attention prefixes (keys, values) [layers, B, P, N, D].
+  `conditioning`: per-layer arrays with a leading `layers` axis (see the
+  module docstring); layer i gets slice i, unrolled or as a scan input.
   """
   cls = _remat(layer_cls, cfg)
-  if layer_kv is not None:
-    if cfg.scan_layers:
-      raise ValueError("Per-layer prompts (HyperPrompt) need unrolled layers: set "
-                       "T5Config.scan_layers = False")
-    if layer_kv[0].shape[0] != num_layers:
-      raise ValueError(f"Per-layer prompts for {layer_kv[0].shape[0]} layers, but the stack "
-                       f"has {num_layers}")
+  extra = ()
+  if conditioning:
+    extra = (conditioning,)
   if not cfg.scan_layers:
     for i in range(num_layers):
-      extra = () if layer_kv is None else ((layer_kv[0][i], layer_kv[1][i]),)
-      x = cls(cfg, name=f"layers_{i}", **layer_kwargs)(x, *args, *extra)
+      layer_extra = tuple(jax.tree.map(lambda a: a[i], e) for e in extra)
+      x = cls(cfg, name=f"layers_{i}", **layer_kwargs)(x, *args, *layer_extra)
     return x
   # The cache is stacked on axis 1 so that the batch stays on axis 0.
   scanned = nn.scan(
       _ScanBody, variable_axes={"params": 0, "cache": 1},
       split_rngs={"params": True, "dropout": True},
-      in_axes=(nn.broadcast,) * len(args), length=num_layers,
+      in_axes=(nn.broadcast,) * len(args) + (0,) * len(extra), length=num_layers,
       metadata_params={nn.PARTITION_NAME: "layers"})
-  x, _ = scanned(cls, cfg, layer_kwargs, name="layers")(x, *args)
+  x, _ = scanned(cls, cfg, layer_kwargs, name="layers")(x, *args, *extra)
   return x
 
 
@@ -241,25 +301,28 @@ class Encoder(nn.Module):
     cfg = self.config
     mask_BL = encoder_input_tokens_BL > 0
     x = self.shared_embedding(encoder_input_tokens_BL.astype(jnp.int32))
-    layer_kv = None
+    self_mask = None
     if self.prompt is not None:
-      # The module returns (x, mask), or (x, mask, (keys, values)) with
-      # per-layer self-attention prefixes [layers, B, P, N, D].
       out = self.prompt(x, encoder_input_tokens_BL, mask_BL, deterministic=deterministic,
                         **(prompt_features or {}))
       x, mask_BL = out[:2]
-      layer_kv = out[2] if len(out) > 2 else None
+      self_mask = _seam_extras(out, "encoder").get("self_attention_mask")
+    conditioning = layer_conditioning(self.prompt, "encoder", x.shape[0], deterministic,
+                                      prompt_features)
+    if conditioning:
+      check_conditioning(conditioning, "encoder", cfg.num_encoder_layers)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     x = _dropout(cfg, x, deterministic)
     positions = jnp.arange(x.shape[1])
     # Biases stay separate terms ([B, 1, M, M] mask, [1, N, M, M] positions) and
     # are added inside each attention, where XLA fuses them into the softmax
     # instead of keeping a [B, N, M, M] sum alive per layer for the backward.
-    bias = (layers.mask_to_bias(mask_BL[:, :, None] & mask_BL[:, None, :]),)
+    visible = mask_BL[:, :, None] & mask_BL[:, None, :] if self_mask is None else self_mask
+    bias = (layers.mask_to_bias(visible),)
     if cfg.shared_relative_bias:
       bias = (*bias, _relpos(cfg, True, "relpos_bias")(positions, positions))
     x = _run_layers(cfg, EncoderLayer, cfg.num_encoder_layers, x, (bias, positions),
-                    layer_kv=layer_kv, deterministic=deterministic)
+                    conditioning=conditioning, deterministic=deterministic)
     x = _norm(cfg, "encoder_norm")(x)
     return _dropout(cfg, x, deterministic), mask_BL
 
@@ -269,6 +332,8 @@ class Decoder(nn.Module):
   config: T5Config
   shared_embedding: nn.Module
   prompt: Optional[nn.Module] = None
+  # The encoder's prompt module, asked for the decoder's per-layer conditioning.
+  layer_prompt: Optional[nn.Module] = None
 
   @nn.compact
   def __call__(self, encoded_BMH: Array, encoder_mask_BM: Array,
@@ -296,9 +361,17 @@ class Decoder(nn.Module):
       if decode:
         raise ValueError("Cached decoding does not support a decoder-side prompt; "
                          "decode with use_cache=False instead.")
-      y, query_mask_BT = self.prompt(y, decoder_input_tokens_BT, query_mask_BT,
-                                     deterministic=deterministic, **(prompt_features or {}))
+      out = self.prompt(y, decoder_input_tokens_BT, query_mask_BT,
+                        deterministic=deterministic, **(prompt_features or {}))
+      if len(out) > 2:
+        raise ValueError(f"{type(self.prompt).__name__} returns a self-attention mask, which "
+                         "only the encoder seam takes; use it as the encoder prompt")
+      y, query_mask_BT = out
       num_prompt = y.shape[1] - t
+    conditioning = layer_conditioning(self.layer_prompt, "decoder", b, deterministic,
+                                      prompt_features)
+    if conditioning:
+      check_conditioning(conditioning, "decoder", cfg.num_decoder_layers)
     t_total = y.shape[1]
     y = nn.with_logical_constraint(y, ("batch", "length", "embed"))
     y = _dropout(cfg, y, deterministic)
@@ -330,6 +403,7 @@ class Decoder(nn.Module):
     y = _run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, y,
                     (encoded_BMH, self_bias, cross_bias, query_positions, key_positions,
                      decode_index),
+                    conditioning=conditioning,
                     deterministic=deterministic, decode=decode, cross_cache=cross_cache)
     y = _norm(cfg, "decoder_norm")(y)
     y = _dropout(cfg, y, deterministic)
@@ -349,6 +423,17 @@ class Decoder(nn.Module):
     return cached_key.shape[-3]
 
 
+def _seam_extras(out: tuple, side: str) -> Mapping[str, Array]:
+  """The optional third item of a prompt module's output, checked."""
+  if len(out) == 2:
+    return {}
+  extras = out[2]
+  if len(out) != 3 or not isinstance(extras, Mapping) or set(extras) - {"self_attention_mask"}:
+    raise ValueError(f"The {side} prompt module returned {len(out)} items; expected "
+                     "(sequence, mask) or (sequence, mask, {'self_attention_mask': [B, M, M]})")
+  return extras
+
+
 def shift_right(tokens_BL: Array, start_id: int = 0) -> Array:
   """Decoder inputs from targets: prepend the start token (0, pad), drop the last."""
   return jnp.pad(tokens_BL, ((0, 0), (1, 0)), constant_values=start_id)[:, :-1]
@@ -363,8 +448,13 @@ class T5(nn.Module):
   def setup(self):
     cfg = self.config
     self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, **_common(cfg))
+    if hasattr(self.decoder_prompt, "layer_conditioning"):
+      raise ValueError(f"{type(self.decoder_prompt).__name__} conditions layers of both "
+                       "stacks: plug it in as the encoder prompt (ENCODER_PROMPT), not the "
+                       "decoder prompt")
     self.encoder = Encoder(cfg, self.token_embedder, self.encoder_prompt)
-    self.decoder = Decoder(cfg, self.token_embedder, self.decoder_prompt)
+    self.decoder = Decoder(cfg, self.token_embedder, self.decoder_prompt,
+                           layer_prompt=self.encoder_prompt)
 
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False,
              prompt_features: Optional[Mapping[str, Array]] = None) -> tuple[Array, Array]:

@@ -4,7 +4,11 @@ A prompt module plugs into the T5 seam (`T5(config, encoder_prompt=M)`):
 
     M(embedded [B, L, H], tokens [B, L], mask [B, L], deterministic=..., **features)
       -> (sequence [B, L', H], mask [B, L'])                  or
-      -> (sequence, mask, (keys, values))   per-layer prefixes [layers, B, P, N, D]
+      -> (sequence, mask, {"self_attention_mask": [B, L', L']})
+
+A module that conditions every layer (deep prompts, IA3, HyperPrompt) also
+defines `layer_conditioning(batch_size, deterministic=..., **features)`
+(see prompt_tuning.prompts.per_layer); the model calls it for both stacks.
 
 and says how many positions it adds to the sequence, `num_positions`, so that
 budgets are checked without running it. Parameters are made with `param`
@@ -63,10 +67,23 @@ def num_positions(module: Optional[nn.Module]) -> int:
 
 
 def for_model(module: Optional[nn.Module], model_config: Any) -> Optional[nn.Module]:
-  """`module` with its `model_config` field filled in, if it has one left unset."""
-  if module is not None and getattr(module, "model_config", False) is None:
-    return module.clone(model_config=model_config)
-  return module
+  """`module` with its `model_config` field filled in, if it has one left unset,
+  and so for the modules it holds (a combined or masked prompt's parts)."""
+  if module is None:
+    return None
+  changes = {}
+  for field in dataclasses.fields(module):
+    if field.name in ("parent", "name"):
+      continue
+    value = getattr(module, field.name, None)
+    if isinstance(value, nn.Module):
+      changes[field.name] = for_model(value, model_config)
+    elif isinstance(value, (tuple, list)) and value and all(
+        isinstance(v, nn.Module) for v in value):
+      changes[field.name] = tuple(for_model(v, model_config) for v in value)
+  if getattr(module, "model_config", False) is None:
+    changes["model_config"] = model_config
+  return module.clone(**changes) if changes else module
 
 
 def param(module: nn.Module, name: str, shape: Sequence[int], axes: Sequence[str],

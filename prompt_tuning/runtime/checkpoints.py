@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 
 from prompt_tuning import trees as tree_lib
 from prompt_tuning.prompts import base as prompt_base
+from prompt_tuning.prompts import deep as deep_prompts
 from prompt_tuning.prompts import provenance
 from prompt_tuning.runtime import faults
 from prompt_tuning import layout
@@ -415,6 +416,8 @@ def export_prompts(model_dir: str, step: int, trainable: Any, backbone: Optional
   """
   flat = {k: np.asarray(jax.device_get(v)) for k, v in tree_lib.flatten(trainable).items()
           if prompt_base.PROMPT_PARAM.fullmatch(k)}
+  # A reparameterized deep prompt is exported as the plain prefixes it makes.
+  flat = deep_prompts.fold_reparameterized(flat)
   out_dir = layout.prompts_dir(model_dir, step)
   os.makedirs(out_dir, exist_ok=True)
   written = []

@@ -24,8 +24,23 @@ FULL_FINETUNING_RULES: Rules = ((r".*", True),)
 
 
 FROZEN_RULES: Rules = ((r".*", False),)
+# IA3's vectors (prompts/ia3.py), wherever the prompt module nests them; with
+# IA3_RULES they alone train (e.g. IA3 on top of a frozen, already trained
+# soft prompt). PROMPT_TUNING_RULES trains them along with any prompt.
+IA3_PARAM_PATTERN = (r"encoder_prompt/(.*/)?(encoder|decoder)_"
+                     r"(self_attention_key|self_attention_value|cross_attention_key|"
+                     r"cross_attention_value|mlp)")
+IA3_RULES: Rules = ((IA3_PARAM_PATTERN, True), (r".*", False))
 registry.constant("PROMPT_TUNING_RULES", tuple(PROMPT_TUNING_RULES))
 registry.constant("FULL_FINETUNING_RULES", tuple(FULL_FINETUNING_RULES))
+registry.constant("IA3_RULES", tuple(IA3_RULES))
+
+
+@registry.configurable
+def prompt_or_full_rules(train_backbone: bool = False) -> Rules:
+  """PROMPT_TUNING_RULES, or FULL_FINETUNING_RULES when `train_backbone` (a gin
+  switch, e.g. HyperPrompt's paper setting, where everything trains)."""
+  return tuple(FULL_FINETUNING_RULES if train_backbone else PROMPT_TUNING_RULES)
 
 
 def trainable_mask(params: Mapping[str, Any], rules: Rules,
