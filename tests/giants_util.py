@@ -69,5 +69,20 @@ def summary(run_dir) -> dict:
   return json.load(open(os.path.join(run_dir, "train_summary.json")))
 
 
+def fixture_arrays() -> dict[str, np.ndarray]:
+  """The T5X fixture's arrays by '/'-joined name, read by the tests' independent decoder."""
+  from tests import test_t5x_reader
+  ckpt = fixture_path("t5x_tiny_checkpoint", "checkpoint_3")
+  out = {}
+  for name, node in test_t5x_reader._independent_msgpack_target(
+      os.path.join(ckpt, "checkpoint")).items():
+    if name.endswith("/kvstore/path"):
+      out[name[:-len("/kvstore/path")]] = test_t5x_reader._independent_zarr_read(
+          os.path.join(ckpt, node))
+    elif isinstance(node, np.ndarray):
+      out[name] = node
+  return out
+
+
 def digest(tree) -> str:
   return tree_lib.tree_digest(tree)

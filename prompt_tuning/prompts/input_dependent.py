@@ -136,6 +136,15 @@ class QueryGenerator(nn.Module):
     return _dense(self.out_dim, ("generator", "prompt_embed"), "output_projection")(q)
 
 
+class LengthPrompt(base.PromptModule):
+  """A prompt module that adds `length` (P) positions to the sequence."""
+  length: int
+
+  @property
+  def num_positions(self) -> int:
+    return self.length
+
+
 class _ReaderEncoder(nn.Module):
   """A separate T5 encoder (embedding table + stack), named like T5's for loading."""
   config: T5Config
@@ -151,7 +160,7 @@ class _ReaderEncoder(nn.Module):
 
 
 @registry.configurable
-class FrozenReadingPrompt(base.PromptModule):
+class FrozenReadingPrompt(LengthPrompt):
   """ID-PT as in the paper: queries over a frozen encoder's reading of the input.
 
   Attributes:
@@ -165,7 +174,6 @@ class FrozenReadingPrompt(base.PromptModule):
       and a reader of another width is an error.
     model_config: the backbone's config, filled by the ModelSpec.
   """
-  length: int
   width: int = 64
   num_layers: int = 2
   num_heads: int = 4
@@ -174,10 +182,6 @@ class FrozenReadingPrompt(base.PromptModule):
   reader_config: Optional[T5Config] = None
   project_reader: bool = True
   model_config: Optional[T5Config] = None
-
-  @property
-  def num_positions(self) -> int:
-    return self.length
 
   @property
   def reads_backbone(self) -> bool:
@@ -247,20 +251,15 @@ class InputDependentT5(T5):
 
 
 @registry.configurable
-class InputDependentPrompt(base.PromptModule):
+class InputDependentPrompt(LengthPrompt):
   """The from-scratch generator over the frozen token embeddings.
 
   Attributes: length P; width G, num_layers, num_heads, mlp_dim of the generator.
   """
-  length: int
   width: int = 64
   num_layers: int = 1
   num_heads: int = 4
   mlp_dim: int = 128
-
-  @property
-  def num_positions(self) -> int:
-    return self.length
 
   @nn.compact
   def __call__(self, embedded_BLH: Array, tokens_BL: Array, mask_BL: Array,
