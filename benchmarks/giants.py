@@ -55,7 +55,7 @@ def decode(ids) -> str:
   for i in ids:
     if i == 1:
       break
-    if i >= 3:
+    if 3 <= i < 259:  # bytes; the table's extra rows decode to nothing
       out.append(i - 3)
   return bytes(out).decode(errors="replace")
 
