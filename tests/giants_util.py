@@ -16,6 +16,7 @@ from prompt_tuning.runtime import setup as setup_lib
 from prompt_tuning.train import step as step_lib
 from tests.conftest import fixture_path
 from tests.test_binaries import FIXTURE_MODEL_GIN
+from tests.test_binaries import t5x_fixture_arrays as fixture_arrays  # noqa: F401
 
 CFG = T5Config(vocab_size=64, emb_dim=16, num_heads=2, num_encoder_layers=2,
                num_decoder_layers=1, head_dim=8, mlp_dim=32)
@@ -67,21 +68,6 @@ def exported(run_dir, step: int) -> dict[str, np.ndarray]:
 
 def summary(run_dir) -> dict:
   return json.load(open(os.path.join(run_dir, "train_summary.json")))
-
-
-def fixture_arrays() -> dict[str, np.ndarray]:
-  """The T5X fixture's arrays by '/'-joined name, read by the tests' independent decoder."""
-  from tests import test_t5x_reader
-  ckpt = fixture_path("t5x_tiny_checkpoint", "checkpoint_3")
-  out = {}
-  for name, node in test_t5x_reader._independent_msgpack_target(
-      os.path.join(ckpt, "checkpoint")).items():
-    if name.endswith("/kvstore/path"):
-      out[name[:-len("/kvstore/path")]] = test_t5x_reader._independent_zarr_read(
-          os.path.join(ckpt, node))
-    elif isinstance(node, np.ndarray):
-      out[name] = node
-  return out
 
 
 def digest(tree) -> str:
