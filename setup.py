@@ -2,6 +2,7 @@
 
 from setuptools import find_packages, setup
 
+RETRIEVAL = ["bm25s>=0.2"]
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.17"]
 
 
@@ -49,7 +50,10 @@ setup(
         "serve": SERVE,
         # scikit-learn: the reference the metric tests compare against (seen: 1.9.1);
         # httpx: the HTTP client of the serving tests and load test (seen: 0.28.1).
-        "test": ["pytest>=7", "pytest-xdist>=3", "scikit-learn>=1.0", "httpx>=0.25", *SERVE],
+        "test": ["pytest>=7", "pytest-xdist>=3", "scikit-learn>=1.0", "httpx>=0.25", *SERVE,
+                 *RETRIEVAL],
+        # Frozen readers' BM25 retriever (prompt_tuning.retrieval). Seen working: bm25s 0.3.16.
+        "retrieval": RETRIEVAL,
         # The serving load test's HTTP client (benchmarks/serving.py; seen: aiohttp 3.14.5).
         "bench": ["aiohttp>=3.9", "httpx>=0.25"],
         # Seen working: torch 2.13.0 (CPU wheel), transformers 5.23.0, peft 0.21.2,

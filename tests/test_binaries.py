@@ -91,8 +91,8 @@ def test_train_writes_checkpoints_prompts_and_logs(trained):
   assert first["checkpoint_bytes"] < first["backbone_bytes"]
 
 
-def t5x_fixture_digest() -> str:
-  """The digest of the T5X fixture's arrays, read by the tests' independent decoder."""
+def t5x_fixture_arrays() -> dict:
+  """The T5X fixture's arrays by '/'-joined name, read by the tests' independent decoder."""
   ckpt = fixture_path("t5x_tiny_checkpoint", "checkpoint_3")
   reference = {}
   for name, node in test_t5x_reader._independent_msgpack_target(
@@ -102,7 +102,12 @@ def t5x_fixture_digest() -> str:
           os.path.join(ckpt, node))
     elif isinstance(node, np.ndarray):
       reference[name] = node
-  return tree_lib.tree_digest(tree_lib.unflatten(reference))
+  return reference
+
+
+def t5x_fixture_digest() -> str:
+  """The digest of the T5X fixture's arrays, read by the tests' independent decoder."""
+  return tree_lib.tree_digest(tree_lib.unflatten(t5x_fixture_arrays()))
 
 
 def test_frozen_weights_are_bit_identical_to_the_t5x_checkpoint(trained):

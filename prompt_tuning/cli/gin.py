@@ -32,7 +32,7 @@ def configs_dir() -> str:
 # The library's modules whose definitions declare gin configurables
 # (prompt_tuning.registry); everything under these packages is imported.
 _LIBRARY_PACKAGES = ("prompt_tuning.models", "prompt_tuning.prompts", "prompt_tuning.runtime",
-                     "prompt_tuning.train")
+                     "prompt_tuning.train", "prompt_tuning.retrieval")
 _LIBRARY_MODULES = ("prompt_tuning.decoding", "prompt_tuning.evaluation",
                     "prompt_tuning.precompile", "prompt_tuning.tasks.local_files",
                     "prompt_tuning.tasks.vocabularies")

@@ -90,6 +90,19 @@ def abstract(spec: ModelSpec, partitioning_config: partitioning.PartitioningConf
                        frozen=frozen)
 
 
+def _frozen_prompt_parts(model: Any, flat: dict[str, Any]) -> dict[str, Any]:
+  """Frozen parts of prompt modules read from their own checkpoints (a separate
+  reader encoder): the module names (sub-path, checkpoint, model to read it as)."""
+  out = {}
+  for name in ("encoder_prompt", "decoder_prompt"):
+    module = getattr(model, name, None)
+    for sub, path, as_model in getattr(module, "frozen_checkpoints", tuple)():
+      for k, v in tree_lib.flatten(readers.load_params(path, as_model)).items():
+        if f"{name}/{sub}/{k}" in flat:
+          out[f"{name}/{sub}/{k}"] = v
+  return out
+
+
 def materialize(setup: AbstractSetup, seed: int = 0, init_trainable: bool = True) -> Setup:
   """Phase 2: the backbone read once from its checkpoint, the rest initialized.
 
@@ -105,6 +118,7 @@ def materialize(setup: AbstractSetup, seed: int = 0, init_trainable: bool = True
   if path:
     prompt_paths = tuple(k for k in flat if prompt_base.PROMPT_PARAM.fullmatch(k))
     host = tree_lib.flatten(readers.load_params(path, setup.model, allow_missing=prompt_paths))
+  host.update(_frozen_prompt_parts(setup.model, flat))
   missing = sorted(k for k in flat if k not in host)
   to_init = [k for k in missing if init_trainable or not setup.mask[k]]
   if to_init:

@@ -13,7 +13,7 @@ the binaries cannot disagree on what the model is.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 
@@ -35,13 +35,18 @@ class ModelSpec:
       random (pretraining from scratch), never as a silent fallback.
     encoder_prompt, decoder_prompt: modules on the prompt seam (or None).
     trainable_rules: the freezing table; None means the prompt modules train
-      and nothing else (everything frozen when there is no prompt module).
+      and nothing else (everything frozen when there is no prompt module;
+      frozen parts a prompt module declares, `frozen_patterns()`, stay frozen).
+    model_class: the model to build, T5 or a wrapper with T5's interface
+      and parameter names (`@InputDependentT5`, `@FusionInDecoderT5`,
+      `@TextualRecursionT5`, `@NeuralRecursionT5`); None is T5.
   """
   config: T5Config
   checkpoint: Optional[str] = None
   encoder_prompt: Optional[nn.Module] = None
   decoder_prompt: Optional[nn.Module] = None
   trainable_rules: Optional[freezing.Rules] = None
+  model_class: Optional[Callable[..., Any]] = None
 
   @property
   def has_prompt(self) -> bool:
@@ -55,11 +60,15 @@ class ModelSpec:
   def rules(self) -> freezing.Rules:
     if self.trainable_rules is not None:
       return tuple(self.trainable_rules)
-    return freezing.PROMPT_TUNING_RULES if self.has_prompt else freezing.FROZEN_RULES
+    if not self.has_prompt:
+      return freezing.FROZEN_RULES
+    frozen = [pattern for m in (self.encoder_prompt, self.decoder_prompt)
+              for pattern in getattr(m, "frozen_patterns", tuple)()]
+    return tuple((pattern, False) for pattern in frozen) + tuple(freezing.PROMPT_TUNING_RULES)
 
   def module(self) -> T5:
     """The Flax T5 with the prompt modules plugged in (sized for this backbone)."""
-    return T5(self.config,
+    return (self.model_class or T5)(self.config,
               encoder_prompt=prompt_base.for_model(self.encoder_prompt, self.config),
               decoder_prompt=prompt_base.for_model(self.decoder_prompt, self.config))
 

@@ -1,0 +1,94 @@
+"""A synthetic open-book QA set: facts live only in a passage collection.
+
+Each person (a made-up two-word name) has one passage per relation ("alo bek lives in
+tarun"); a question asks one relation of one person ("where alo bek lives in")
+and is answered by exactly one passage. Answers come from a short list per
+relation, so a closed-book model can guess only the prior. Validation
+questions are about people no training question mentions: the reader must
+read, not remember. Letters only, so the byte vocabulary of the quickstart
+backbones spells everything.
+
+    python -m prompt_tuning.retrieval.synthetic --out /tmp/obqa --passages 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+RELATIONS = {"lives in": ["tarun", "pelim", "dokar", "visel", "momba", "ruzan", "kelvo", "sardi"],
+             "works at": ["the mill", "the port", "the bank", "the farm", "the mine",
+                          "the inn", "the shop", "the lab"],
+             "was born in": ["april", "may", "june", "july", "march", "august", "october",
+                             "winter"]}
+_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+
+
+def _names(count: int, rng: np.random.RandomState) -> list[str]:
+  """Distinct "first last" names from two pools of about sqrt(2 * count) words each,
+  so many people share a first or a last name."""
+  pool = max(8, int(np.ceil(np.sqrt(2 * count))))
+  words = sorted({"".join(rng.choice(_SYLLABLES, 2)) for _ in range(4 * pool)})
+  rng.shuffle(words)
+  first, last = words[:pool], words[pool:2 * pool]
+  seen: set[str] = set()
+  while len(seen) < count:
+    seen.add(f"{first[rng.randint(pool)]} {last[rng.randint(pool)]}")
+  return sorted(seen)
+
+
+def generate(num_passages: int = 10_000, num_train: int = 2000, num_validation: int = 200,
+             seed: int = 0) -> dict[str, list[dict]]:
+  """{'passages': [...], 'train': [...], 'validation': [...]} records."""
+  rng = np.random.RandomState(seed)
+  people = _names(-(-num_passages // len(RELATIONS)), rng)
+  passages, facts = [], []
+  for person in people:
+    for relation, answers in RELATIONS.items():
+      if len(passages) == num_passages:
+        break
+      answer = answers[rng.randint(len(answers))]
+      facts.append((person, relation, answer, len(passages)))
+      passages.append({"id": f"p{len(passages)}", "text": f"{person} {relation} {answer}"})
+  order = rng.permutation(len(facts))
+  held_people = set(people[:len(people) // 5])  # validation people never in train
+
+  def questions(pool, count):
+    # One question in four names only the last name: BM25 then has to pick
+    # among everyone sharing it, so recall@k grows with k.
+    return [{"question": f"where {f[0] if rng.rand() < 0.75 else f[0].split()[1]} {f[1]}",
+             "answer": f[2], "passage_id": f"p{f[3]}"} for f in pool[:count]]
+  train = [facts[i] for i in order if facts[i][0] not in held_people]
+  valid = [facts[i] for i in order if facts[i][0] in held_people]
+  return {"passages": passages, "train": questions(train, num_train),
+          "validation": questions(valid, num_validation)}
+
+
+def write(out_dir: str, **kwargs) -> dict[str, str]:
+  """Writes passages.jsonl, train.jsonl and validation.jsonl; returns their paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {}
+  for name, rows in generate(**kwargs).items():
+    paths[name] = os.path.join(out_dir, f"{name}.jsonl")
+    with open(paths[name], "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+  return paths
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--passages", type=int, default=10_000)
+  parser.add_argument("--train", type=int, default=2000)
+  parser.add_argument("--validation", type=int, default=200)
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  print(json.dumps(write(args.out, num_passages=args.passages, num_train=args.train,
+                         num_validation=args.validation, seed=args.seed)))
+
+
+if __name__ == "__main__":
+  main()
