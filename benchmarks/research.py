@@ -83,8 +83,8 @@ class Suite:
 
 FULL = Suite()
 # Every stage once, on one task: what the test suite runs.
-QUICK = Suite(sizes=("tiny",), pretrain_steps=(("tiny", 300),), steps=30, finetune_steps=30,
-              lengths=(1, 10), eval_examples=64, scale_tasks=("research_sorted_bare",),
+QUICK = Suite(sizes=("tiny",), pretrain_steps=(("tiny", 150),), steps=20, finetune_steps=20,
+              lengths=(1, 10), eval_examples=32, scale_tasks=("research_sorted_bare",),
               length_task="research_sorted_bare")
 
 

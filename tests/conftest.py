@@ -50,8 +50,9 @@ def tiny_config():
   return TINY_CONFIG
 
 
-def files_digest(path: str) -> str:
-  """SHA-256 of a file, or of a folder's files (names and contents, in a fixed order)."""
+def files_digest(path: str, suffix: str = "") -> str:
+  """SHA-256 of a file, or of a folder's files (names and contents, in a fixed order);
+  with `suffix`, only the folder's files whose names end with it."""
   import hashlib
   h = hashlib.sha256()
   if os.path.isfile(path):
@@ -60,7 +61,7 @@ def files_digest(path: str) -> str:
     return h.hexdigest()
   for root, dirs, files in os.walk(path):
     dirs.sort()
-    for name in sorted(files):
+    for name in sorted(n for n in files if n.endswith(suffix)):
       with open(os.path.join(root, name), "rb") as f:
         h.update(os.path.relpath(os.path.join(root, name), path).encode() + b"\0" + f.read())
   return h.hexdigest()

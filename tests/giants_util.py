@@ -62,8 +62,10 @@ def run_binary(command: str, tmp_path, model_lines, run_file: str, *flags) -> in
 
 
 def exported(run_dir, step: int) -> dict[str, np.ndarray]:
+  """The exported prompt arrays of a step (their provenance sidecars left out)."""
   folder = os.path.join(run_dir, "prompts", f"step_{step}")
-  return {f: np.load(os.path.join(folder, f)) for f in sorted(os.listdir(folder))}
+  return {f: np.load(os.path.join(folder, f)) for f in sorted(os.listdir(folder))
+          if f.endswith(".npy")}
 
 
 def summary(run_dir) -> dict:

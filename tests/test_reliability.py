@@ -1,5 +1,6 @@
 """Reliability: determinism, kill-anywhere resume, non-finite steps, integrity, no pickle."""
 
+import json
 import os
 import re
 import signal
@@ -178,7 +179,8 @@ def test_backbone_unchanged_by_train_eval_and_infer(tmp_path):
   from prompt_tuning import layout
   checkpoints = layout.checkpoints_dir(str(run))
   trained = files_digest(checkpoints)
-  prompts = files_digest(str(run / "prompts"))
+  # The prompt arrays; their provenance sidecars are meant to gain eval's metrics.
+  prompts = files_digest(str(run / "prompts"), suffix=".npy")
   assert _binary("eval", run) == 0
   assert _binary("eval", run, "--gin_file=decoding/beam_search.gin") == 0
   assert _binary("infer", run) == 0
@@ -186,7 +188,10 @@ def test_backbone_unchanged_by_train_eval_and_infer(tmp_path):
   assert os.path.exists(run / "infer" / "pt_test_sentiment-validation-step_2.jsonl")
   assert files_digest(ckpt) == backbone_files
   assert files_digest(checkpoints) == trained
-  assert files_digest(str(run / "prompts")) == prompts
+  assert files_digest(str(run / "prompts"), suffix=".npy") == prompts
+  sidecar = json.loads((run / "prompts" / "step_2" /
+                        "encoder_prompt.prompt.provenance.json").read_text())
+  assert sidecar.get("metrics"), sidecar
 
 
 def test_prompt_export_never_overwrites_a_different_file(tmp_path):
