@@ -40,7 +40,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -52,6 +51,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+from benchmarks.train_step import cpu_info, describe_cpu  # noqa: E402  (one CPU report)
 
 
 class SuiteError(RuntimeError):
@@ -86,19 +87,6 @@ FULL = Suite()
 QUICK = Suite(sizes=("tiny",), pretrain_steps=(("tiny", 150),), steps=20, finetune_steps=20,
               lengths=(1, 10), eval_examples=32, scale_tasks=("research_sorted_bare",),
               length_task="research_sorted_bare")
-
-
-def cpu_info() -> dict[str, Any]:
-  model, flags = platform.processor(), []
-  try:
-    with open("/proc/cpuinfo") as f:
-      lines = f.read().splitlines()
-    model = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")),
-                 model)
-    flags = next((l.split(":", 1)[1].split() for l in lines if l.startswith("flags")), [])
-  except OSError:
-    pass
-  return {"cpu": model, "avx512": "avx512f" in flags, "cores": os.cpu_count()}
 
 
 # Backbones.
@@ -167,6 +155,12 @@ def score_of(model, params, task: str, num: int, ensemble: int = 0) -> float:
                                           [p for p, _ in preds])["exact_match"])
 
 
+def run_dir_of(work_dir: str, method: str, task: str, size: str, seed: int, steps: int) -> str:
+  """The folder of one run (its checkpoint, result.json and, for prompts, prompt.npy)."""
+  slug = "".join(c if c.isalnum() else "_" for c in method)
+  return os.path.join(work_dir, "runs", f"{task}__{size}__{slug}__seed{seed}__{steps}")
+
+
 def run(method: Method, task: str, size: str, seed: int, suite: Suite, work_dir: str,
         steps: Optional[int] = None) -> dict[str, Any]:
   """Trains and scores one (method, task, size, seed); cached in its run folder."""
@@ -177,8 +171,7 @@ def run(method: Method, task: str, size: str, seed: int, suite: Suite, work_dir:
   from prompt_tuning.tasks import synthetic
   from prompt_tuning.train import freezing, loop
   steps = steps or (suite.finetune_steps if method.rules == "finetune" else suite.steps)
-  slug = "".join(c if c.isalnum() else "_" for c in method.name)
-  run_dir = os.path.join(work_dir, "runs", f"{task}__{size}__{slug}__seed{seed}__{steps}")
+  run_dir = run_dir_of(work_dir, method.name, task, size, seed, steps)
   result_file = os.path.join(run_dir, "result.json")
   if os.path.exists(result_file):
     with open(result_file) as f:
@@ -321,10 +314,9 @@ def experiment_ensemble(suite: Suite, work_dir: str, progress,
     for task in suite.scale_tasks:
       members = [r for r in scale_rows
                  if r["method"] == name and r["task"] == task and r["size"] == size]
-      slug = "".join(c if c.isalnum() else "_" for c in name)
       prompts = np.stack([np.load(os.path.join(
-          work_dir, "runs", f"{task}__{size}__{slug}__seed{r['seed']}__{r['steps']}",
-          "prompt.npy")) for r in members])
+          run_dir_of(work_dir, name, task, size, r["seed"], r["steps"]), "prompt.npy"))
+          for r in members])
       path = backbone(size, suite)
       spec = ModelSpec(quickstart.backbone_config(size), path, multi_task.PromptBank(
           len(members), suite.prompt_length))
@@ -399,8 +391,9 @@ def write(results: dict[str, Any], suite: Suite, out_dir: str) -> None:
   info = results["machine"]
   lines = ["# Research suite: the papers' claims on the synthetic family", "",
            f"Written by `python -m benchmarks.research{' --quick' if results['quick'] else ''}` "
-           f"in {results['seconds'] / 60:.1f} min on {info['cpu']} ({info['cores']} cores, "
-           f"AVX-512: {'yes' if info['avx512'] else 'no'}). Raw figures: `research.json`. "
+           f"in {results['seconds'] / 60:.1f} min on {describe_cpu(info)} (AVX2: "
+           f"{'yes' if info['avx2'] else 'no'}; load average at start "
+           f"{info['load_average'][0]:.1f}). Raw figures: `research.json`. "
            f"Mean +- standard deviation over seeds {list(suite.seeds)}.", "",
            "## Claims", "", "| claim | verdict | numbers |", "| --- | --- | --- |"]
   for c in results["claims"]:
