@@ -499,7 +499,8 @@ def configure_logging(level: str = "INFO") -> None:
   (a pipe, a terminal, a log shipper) then cannot stall request handling.
   """
   global _listener
-  if _listener is not None:
+  if _listener is not None:  # Configured again: replace the writer (and its exit hook).
+    atexit.unregister(_listener.stop)
     _listener.stop()
   stream = logging.StreamHandler()
   stream.setFormatter(JsonFormatter())
