@@ -71,6 +71,20 @@ def backbone_path(cache_dir: str, cfg: PretrainConfig) -> str:
   return os.path.join(cache_dir, "backbones", name)
 
 
+class Interrupted(RuntimeError):
+  """A training stage stopped early (SIGTERM): nothing was exported or scored."""
+
+
+def require_finished(summary: dict[str, Any], steps: int, model_dir: str, what: str) -> None:
+  """Raises Interrupted unless `loop.train` reached `steps` (a preempted run saves its
+  checkpoint and returns early; exporting or scoring it would pass off a partly
+  trained model as finished)."""
+  if "preempted_at_step" in summary or summary.get("step", steps) < steps:
+    raise Interrupted(f"{what} stopped at step {summary.get('step')} of {steps} (SIGTERM); "
+                      f"nothing was exported. Run the same command again to resume from the "
+                      f"checkpoint in {model_dir}")
+
+
 def pretrain(cfg: PretrainConfig, cache_dir: Optional[str] = None,
              progress: bool = True) -> str:
   """Pretrains a backbone (or finds it cached); returns its T5X-layout checkpoint folder."""
@@ -88,14 +102,15 @@ def pretrain(cfg: PretrainConfig, cache_dir: Optional[str] = None,
                                                 cfg.steps, cfg.learning_rate / 10)
   model_config = backbone_config(cfg.size)
   spec = ModelSpec(model_config, trainable_rules=freezing.FULL_FINETUNING_RULES)
-  loop.train(model_dir=work, model=spec,
-             data=DataSpec(cfg.mixture, synthetic.FEATURE_LENGTHS, cfg.batch_size,
-                           seed=cfg.seed),
-             train_steps=cfg.steps,
-             optimizer=optax.chain(optax.clip_by_global_norm(1.0),
-                                   optax.adamw(schedule, weight_decay=1e-4)),
-             seed=cfg.seed, checkpoint_period=cfg.steps, log_period=100,
-             progress=progress)
+  summary = loop.train(model_dir=work, model=spec,
+                       data=DataSpec(cfg.mixture, synthetic.FEATURE_LENGTHS, cfg.batch_size,
+                                     seed=cfg.seed),
+                       train_steps=cfg.steps,
+                       optimizer=optax.chain(optax.clip_by_global_norm(1.0),
+                                             optax.adamw(schedule, weight_decay=1e-4)),
+                       seed=cfg.seed, checkpoint_period=cfg.steps, log_period=100,
+                       progress=progress)
+  require_finished(summary, cfg.steps, work, f"Pretraining the {cfg.size} backbone")
   # Export the weights as a T5X-layout checkpoint that the readers load by name.
   store = checkpoints_lib.CheckpointStore(work)
   params = store.restore_trainable(model_setup.abstract(spec).trainable)
@@ -170,6 +185,7 @@ def run(cache_dir: Optional[str] = None, pretrain_cfg: PretrainConfig = Pretrain
                        data=DataSpec(task, synthetic.FEATURE_LENGTHS, prompt_cfg.batch_size),
                        train_steps=prompt_cfg.steps, checkpoint_period=prompt_cfg.steps,
                        log_period=50, seed=prompt_cfg.seed, progress=progress)
+  require_finished(summary, prompt_cfg.steps, model_dir, "Prompt tuning")
   store = checkpoints_lib.CheckpointStore(model_dir)
   trained = store.restore_trainable(model_setup.abstract(spec).trainable)
   store.close()

@@ -45,9 +45,14 @@ def test_quick_run_writes_every_figure_with_three_seeds(tmp_path):
                         "--work_dir", str(tmp_path / "work")]) == 0
   results = json.loads((out / "research.json").read_text())
   assert len(research.QUICK.seeds) >= 3
-  for experiment in ("scale", "init", "length"):
+  # The full run uses 3 seeds everywhere; the quick one keeps 3 where the ensemble
+  # needs them (scale) and one elsewhere.
+  assert len(research.FULL.seeds_of_methods) >= 3
+  for experiment, seeds in (("scale", research.QUICK.seeds),
+                            ("init", research.QUICK.seeds_of_methods),
+                            ("length", research.QUICK.seeds_of_methods)):
     groups = research._aggregate(results[experiment], "method", "task", "size")  # pylint: disable=protected-access
-    assert groups and all(g["seeds"] == len(research.QUICK.seeds) for g in groups)
+    assert groups and all(g["seeds"] == len(seeds) for g in groups)
     for g in groups:
       assert 0.0 <= g["mean"] <= 100.0 and g["std"] >= 0.0
   # Prompt tuning trains a [P, H] prompt; fine-tuning trains the whole backbone.
@@ -61,3 +66,50 @@ def test_quick_run_writes_every_figure_with_three_seeds(tmp_path):
   text = (out / "research.md").read_text()
   assert "| claim | verdict | numbers |" in text
   assert os.path.getsize(out / "research_scale_and_length.png") > 1000
+
+  # Every stage ran. ATTEMPT's trainable part is its target prompt plus the
+  # attention sub-network (bias-free W_down and W_up, a layer norm's scale and
+  # bias); the source prompts stay frozen.
+  q = research.QUICK
+  methods = {r["method"]: r for r in results["methods"]}
+  attempt = next(r for name, r in methods.items() if name.startswith("ATTEMPT"))
+  bottleneck = 100  # the paper's r
+  assert attempt["trainable_parameters"] == (q.prompt_length * width + 2 * width * bottleneck
+                                             + 2 * width)
+  # The multi-task prompt is sized to HyperPrompt's trainable parameters.
+  multi = {r["method"]: r["trainable_parameters"] for r in results["multitask"]}
+  hyper = next(v for k, v in multi.items() if k.startswith("HyperPrompt"))
+  mtpt = next(v for k, v in multi.items() if k.startswith("multi-task prompt"))
+  tasks = len(research_tasks.MARKED)
+  assert abs(mtpt - hyper) <= (tasks + 1) * width // 2 + 1
+  assert any(k.startswith("ID-PT") for k in multi)
+  # Recycling: both directions between the two tiny backbones, scored against the
+  # strongest baseline of the target, all four baselines measured on each.
+  rec = results["recycling"]
+  assert {(r["source"], r["target"]) for r in rec["rows"]} == {
+      ("tiny_seed0", "tiny_seed1"), ("tiny_seed1", "tiny_seed0")}
+  for r in rec["rows"]:
+    base = rec["baselines"][r["target"]]
+    assert set(base) == {"no prompt", "random uniform", "sampled vocab", "class labels"}
+    assert r["best_baseline"] == max(base.values())
+    assert r["success"] == (r["recycled"] > r["best_baseline"])
+  assert set(rec["summary"]) == set(q.recycle_methods)
+  claims = " ".join(c["claim"] for c in results["claims"])
+  for paper in ("Asai 2022", "He 2022", "Levine 2022", "Lester 2022"):
+    assert paper in claims
+  assert os.path.getsize(out / "research_recycling_and_methods.png") > 1000
+
+
+def test_linear_combination_is_the_linear_map_so_the_grid_leaves_it_out():
+  # The suite's recycling grid runs linear and mlp only: with exact least squares,
+  # a prompt row written as a combination of the source support rows (a = p S+)
+  # and rebuilt from the target rows (a T) is p S+ T, the linear map's p W.
+  import numpy as np
+  from prompt_tuning.recycling import methods
+  rng = np.random.RandomState(0)
+  source, target = rng.randn(256, 64), rng.randn(256, 96)  # support rows > widths
+  prompt = rng.randn(10, 64)
+  np.testing.assert_allclose(methods.fit_linear_combination(source, target)(prompt),
+                             methods.fit_linear(source, target)(prompt), rtol=1e-4, atol=1e-4)
+  assert "linear_combination" not in research.FULL.recycle_methods
+  assert {"linear", "mlp"} <= set(research.FULL.recycle_methods)

@@ -82,8 +82,11 @@ def _quickstart(args) -> int:
   from prompt_tuning import quickstart
   pretrain = quickstart.PretrainConfig(size=args.size, seed=args.seed, steps=args.pretrain_steps)
   prompt = quickstart.PromptConfig(steps=args.prompt_steps, length=args.prompt_length)
-  quickstart.run(cache_dir=args.cache_dir, pretrain_cfg=pretrain, prompt_cfg=prompt,
-                 eval_examples=args.eval_examples, work_dir=args.work_dir)
+  try:
+    quickstart.run(cache_dir=args.cache_dir, pretrain_cfg=pretrain, prompt_cfg=prompt,
+                   eval_examples=args.eval_examples, work_dir=args.work_dir)
+  except quickstart.Interrupted as e:  # SIGTERM: saved; the next run resumes.
+    print(e, file=sys.stderr)
   return 0
 
 
