@@ -141,9 +141,11 @@ def exact_match_of(model_config: T5Config, backbone: str, prompt: Optional[soft.
                           setup.frozen)
   task_obj = data_lib.get_task_or_mixture(task)
   examples = data_lib.eval_examples(task, split, synthetic.FEATURE_LENGTHS, num_examples)
+  # Fewer examples than a batch: one batch of exactly them, not padded to `batch_size`.
   preds = evaluation.predict(setup.model, params, examples,
                              task_obj.output_features["targets"].vocabulary,
-                             synthetic.FEATURE_LENGTHS["inputs"], batch_size,
+                             synthetic.FEATURE_LENGTHS["inputs"],
+                             max(1, min(batch_size, len(examples))),
                              decoding.DecodingConfig(max_decode_length=8))
   return evaluation.compute_metrics(task_obj, examples, [p for p, _ in preds])["exact_match"]
 

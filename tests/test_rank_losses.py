@@ -161,10 +161,12 @@ def test_rank_loss_on_a_task_without_candidates_is_one_clear_error(tmp_path):
 def _accuracy(model, params, task, lengths):
   """Rank-classification accuracy on the validation split (decoding's scorer)."""
   right = total = 0
+  # Compiled once for all 8 batches (run op by op, scoring took about 7 s more CPU).
+  score = jax.jit(lambda p, x, c: decoding.score_candidates(model, p, x, c))
   for b in rank_data.rank_train_batches(task, lengths, 64, split="validation", shuffle=False,
                                         num_epochs=1):
-    scores = decoding.score_candidates(model, params, jnp.asarray(b["encoder_input_tokens"]),
-                                       jnp.asarray(b["candidate_target_tokens"]))
+    scores = score(params, jnp.asarray(b["encoder_input_tokens"]),
+                   jnp.asarray(b["candidate_target_tokens"]))
     best = np.asarray(scores).argmax(-1)
     right += b["is_correct"][np.arange(len(best)), best].sum()
     total += len(best)
@@ -186,7 +188,7 @@ def test_training_with_the_rank_loss_raises_rank_accuracy(tmp_path, kind):
       "--gin_file=runs/rank_loss.gin", f"--gin.MODEL_DIR='{run}'",
       "--gin.DataSpec.task='synthetic_first_rank'", f"--gin.DataSpec.feature_lengths={lengths}",
       "--gin.BATCH_SIZE=32", f"--gin.RANK_LOSS='{kind}'",
-      "--gin.TRAIN_STEPS=150",
+      "--gin.TRAIN_STEPS=90",
       "--gin.optax.warmup_cosine_decay_schedule.warmup_steps=5", "--gin.train.log_period=20"])
   gin.clear_config()
   assert code == 0
@@ -201,6 +203,7 @@ def test_training_with_the_rank_loss_raises_rank_accuracy(tmp_path, kind):
   store.close()
   after = _accuracy(setup.model, trained, "synthetic_first_rank", lengths)
   print(f"{kind}: rank accuracy {before:.3f} -> {after:.3f} (chance 0.125)")
-  # Measured: cross_entropy 0.070 -> 1.000, perceptron 0.070 -> 0.529 (its gradient
-  # stops once the gold candidate leads, so it climbs more slowly).
+  # Measured: cross_entropy 0.070 -> 0.926 in 90 steps (1.000 in 150; in 60 steps,
+  # RANDOM_SEED 0 / 1 / 2: 0.607 / 0.967 / 0.969); perceptron 0.070 -> 0.529 in 150
+  # steps (its gradient stops once the gold candidate leads, so it climbs more slowly).
   assert before < 0.2 and after > 0.45 and after > before + 0.3, (before, after)

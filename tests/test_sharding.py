@@ -1,8 +1,9 @@
 """Sharded training: the same results on every mesh and across processes.
 
-Each run happens in a subprocess (tests/sharding_worker.py) with 8 virtual
-CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8) or as two
-processes joined by jax.distributed over gloo on 127.0.0.1.
+Each multi-device run happens in a subprocess (tests/sharding_worker.py) with 8
+virtual CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8) or as two
+processes joined by jax.distributed over gloo on 127.0.0.1; the one-device restores
+run the same worker code in the test's own process.
 """
 
 import json
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning.models.t5 import T5Config
+from tests import sharding_worker
 from tests.conftest import REPO_ROOT
 
 # Every sharded dimension divides 8: vocab 384, heads 8, joined kv 64, mlp 128.
@@ -41,10 +43,9 @@ def backbone(tmp_path_factory):
 @pytest.fixture(scope="module")
 def initial_prompt(backbone):
   """The prompt every run starts from (computed here, on one device)."""
-  from tests.sharding_worker import prompt_module
   from prompt_tuning.runtime import setup as model_setup
   from prompt_tuning.runtime.specs import ModelSpec
-  setup = model_setup.build(ModelSpec(MODEL_CONFIG, backbone, prompt_module(backbone)))
+  setup = model_setup.build(ModelSpec(MODEL_CONFIG, backbone, sharding_worker.prompt_module(backbone)))
   return np.asarray(setup.trainable["encoder_prompt"]["prompt"])
 
 
@@ -67,12 +68,21 @@ def _finish(proc):
   assert proc.returncode == 0, err[-3000:]
 
 
-def test_every_mesh_matches_one_device(backbone, initial_prompt, tmp_path):
-  out = tmp_path / "meshes.json"
-  _finish(_worker(out, backbone, tmp_path, ["1,1@1", "1,8", "2,4", "4,2", "8,1"], 8))
-  results = json.load(open(out))
+@pytest.fixture(scope="module")
+def eight_devices(backbone, tmp_path_factory):
+  """One 8-device process runs every mesh, and the 2x2 one-process reference of the
+  two-process test on 4 of its devices (one process start instead of two)."""
+  root = tmp_path_factory.mktemp("eight")
+  out = root / "meshes.json"
+  _finish(_worker(out, backbone, root, ["1,1@1", "1,8", "2,4", "4,2", "8,1", "2,2@4"], 8))
+  return root, json.load(open(out))
+
+
+def test_every_mesh_matches_one_device(eight_devices, initial_prompt):
+  results = dict(eight_devices[1])
   ref = results.pop("1,1@1")
   assert ref["devices"] == 8 and ref["step"] == STEPS
+  assert sorted(results) == ["1,8", "2,2@4", "2,4", "4,2", "8,1"]
   for mesh, r in results.items():
     np.testing.assert_allclose(r["loss"], ref["loss"], rtol=1e-5, err_msg=mesh)
     np.testing.assert_allclose(r["prompt"], ref["prompt"], rtol=1e-5, atol=1e-5, err_msg=mesh)
@@ -86,10 +96,10 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one_and_restore_in_one(backbone, initial_prompt, tmp_path):
-  # One process with 4 devices.
-  single = tmp_path / "single.json"
-  _finish(_worker(single, backbone, tmp_path / "one", ["2,2"], 4))
+def test_two_processes_match_one_and_restore_in_one(backbone, initial_prompt, eight_devices,
+                                                    tmp_path):
+  # One process on 4 devices: the 2x2 run of the 8-device process.
+  one_root, one_results = eight_devices
   # Two processes with 2 devices each, talking over loopback.
   port = _free_port()
   multi = tmp_path / "multi.json"
@@ -98,18 +108,20 @@ def test_two_processes_match_one_and_restore_in_one(backbone, initial_prompt, tm
       for i in range(2)]
   for p in procs:
     _finish(p)
-  a, b = json.load(open(single))["2,2"], json.load(open(multi))["2,2"]
+  a, b = one_results["2,2@4"], json.load(open(multi))["2,2"]
   assert b["processes"] == 2 and b["devices"] == 4 and a["processes"] == 1
   np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5)
   np.testing.assert_allclose(b["prompt"], a["prompt"], rtol=1e-5, atol=1e-5)
   _assert_moved(b["prompt"], initial_prompt, "two processes")
 
   # The two-process checkpoint restores in a one-process, one-device run,
-  # which continues exactly like the one-process, four-device run does.
-  resumed = tmp_path / "resumed.json"
-  _finish(_worker(resumed, backbone, tmp_path / "two", ["1,1@1:2x2"], 1, steps=STEPS + 2))
-  cont = tmp_path / "continued.json"
-  _finish(_worker(cont, backbone, tmp_path / "one", ["1,1@1:2x2"], 1, steps=STEPS + 2))
+  # which continues exactly like the one-process, four-device run does. Both run
+  # here, in the test's own one-device process (no process start, no new import).
+  assert jax.device_count() == 1 and jax.process_count() == 1
+  resumed, cont = tmp_path / "resumed.json", tmp_path / "continued.json"
+  sharding_worker.main([str(resumed), backbone, str(tmp_path / "two"), str(STEPS + 2),
+                        "1,1@1:2x2"])
+  sharding_worker.main([str(cont), backbone, str(one_root), str(STEPS + 2), "1,1@1:2x2_on4"])
   r, c = json.load(open(resumed))["1,1@1"], json.load(open(cont))["1,1@1"]
   assert r["start_step"] == STEPS and c["start_step"] == STEPS
   assert r["step"] == STEPS + 2 and r["devices"] == 1 and r["processes"] == 1
