@@ -245,6 +245,13 @@ def run_dir_of(work_dir: str, method: str, task: str, size: str, seed: int, step
   return os.path.join(work_dir, "runs", f"{task}__{where}__{slug}__seed{seed}__{steps}")
 
 
+def prompt_file_of(work_dir: str, result: dict[str, Any]) -> str:
+  """The prompt.npy a prompt-tuning run (given by its result row) exported."""
+  return os.path.join(run_dir_of(work_dir, result["method"], result["task"], result["size"],
+                                 result["seed"], result["steps"],
+                                 result.get("backbone_seed", 0)), "prompt.npy")
+
+
 def run(method: Method, task: str, size: str, seed: int, suite: Suite, work_dir: str,
         steps: Optional[int] = None, backbone_seed: int = 0) -> dict[str, Any]:
   """Trains and scores one (method, task, size, seed); cached in its run folder."""
@@ -305,9 +312,7 @@ def soft_prompt(length: int, init: str = "sampled_vocab") -> Callable[[str, int]
     if init == "random_uniform":
       return soft.SoftPrompt(length, init=initializers.random_uniform(0.5))
     if init == "sampled_vocab":
-      # Rows 3..258 are the byte vocabulary's real tokens (0-2: pad, EOS, UNK).
-      return soft.SoftPrompt(length, init=initializers.sampled_vocab(
-          path, length, first_n=259, seed=seed))
+      return soft.SoftPrompt(length, init=_seeded_sampled(path, length, seed))
     if init == "class_labels":
       return soft.SoftPrompt(length, init=initializers.class_labels(
           path, seqio.ByteVocabulary(), research.CLASS_LABELS, length, seed=seed))
@@ -373,6 +378,8 @@ def single_task_methods(suite: Suite, sources: Sequence[str]) -> list[Method]:
 
 
 def _seeded_sampled(path: str, length: int, seed: int):
+  """Sampled-vocabulary init with the run's seed; rows 3..258 are the byte
+  vocabulary's real tokens (0-2: pad, EOS, UNK)."""
   from prompt_tuning.prompts import initializers
   return initializers.sampled_vocab(path, length, first_n=259, seed=seed)
 
@@ -385,7 +392,7 @@ def multi_task_methods(suite: Suite, num_tasks: int, width: int,
   ((T + 1) x P x H: a shared prompt plus one per task) match HyperPrompt's
   (He et al. 2022 compare at equal parameters).
   """
-  from prompt_tuning.prompts import initializers, input_dependent, multi_task
+  from prompt_tuning.prompts import input_dependent, multi_task
   mt_length = max(1, round(hyper_parameters / ((num_tasks + 1) * width)))
   p = suite.prompt_length
   return [
@@ -393,7 +400,7 @@ def multi_task_methods(suite: Suite, num_tasks: int, width: int,
       Method(f"multi-task prompt (shared + per task, {mt_length} tokens)",
              lambda path, seed: multi_task.MultiTaskPrompt(
                  mt_length, num_tasks, mode="add",
-                 init=initializers.sampled_vocab(path, mt_length, first_n=259, seed=seed))),
+                 init=_seeded_sampled(path, mt_length, seed))),
       Method("HyperPrompt-Global (encoder + decoder, 8 per layer)",
              lambda path, seed: hyperprompt(num_tasks), optimizer="adam"),
       # Levine et al. 2022: queries over the frozen backbone's own reading of
@@ -511,9 +518,7 @@ def experiment_ensemble(suite: Suite, work_dir: str, progress,
     for task in suite.scale_tasks:
       members = [r for r in scale_rows
                  if r["method"] == name and r["task"] == task and r["size"] == size]
-      prompts = np.stack([np.load(os.path.join(
-          run_dir_of(work_dir, name, task, size, r["seed"], r["steps"]), "prompt.npy"))
-          for r in members])
+      prompts = np.stack([np.load(prompt_file_of(work_dir, r)) for r in members])
       path = backbone(size, suite)
       spec = ModelSpec(quickstart.backbone_config(size), path, multi_task.PromptBank(
           len(members), suite.prompt_length))
@@ -537,9 +542,7 @@ def source_prompts(suite: Suite, work_dir: str, progress) -> list[str]:
   method = prompt_tuning(suite)
   files = []
   for task in suite.attempt_sources:
-    r = run(method, task, suite.sizes[0], 0, suite, work_dir)
-    files.append(os.path.join(run_dir_of(work_dir, method.name, task, suite.sizes[0], 0,
-                                         r["steps"]), "prompt.npy"))
+    files.append(prompt_file_of(work_dir, run(method, task, suite.sizes[0], 0, suite, work_dir)))
     progress()
   return files
 
@@ -555,9 +558,7 @@ def spot_method(suite: Suite, work_dir: str, sources: Sequence[str], seed: int) 
   probe_steps = max(suite.steps // 10, 1)
   probe = run(prompt_tuning(suite), suite.methods_task, suite.sizes[0], seed, suite, work_dir,
               steps=probe_steps)
-  probe_file = os.path.join(run_dir_of(work_dir, prompt_tuning(suite).name, suite.methods_task,
-                                       suite.sizes[0], seed, probe["steps"]), "prompt.npy")
-  value, picked = spot.transfer(library, probe_file)
+  value, _ = spot.transfer(library, prompt_file_of(work_dir, probe))
   return _fixed_prompt(f"SPoT (probe {probe_steps} steps, best source)", lambda: value)
 
 
@@ -628,8 +629,7 @@ def experiment_recycling(suite: Suite, work_dir: str, progress) -> dict[str, Any
   for m in models:
     for seed in suite.recycle_prompt_seeds:
       r = run(method, task, m[0], seed, suite, work_dir, backbone_seed=m[1])
-      sources[(m, seed)] = (r["score"], os.path.join(run_dir_of(
-          work_dir, method.name, task, m[0], seed, r["steps"], m[1]), "prompt.npy"))
+      sources[(m, seed)] = (r["score"], prompt_file_of(work_dir, r))
       progress()
   from prompt_tuning.prompts import initializers, soft
   rows = []
