@@ -18,7 +18,8 @@ Experiments and the claims they test (each reported as reproduced or not,
 with its numbers):
 
   scale      Lester et al. 2021: the gap between prompt tuning and full
-             fine-tuning shrinks as the backbone grows.
+             fine-tuning shrinks as the backbone grows; on the classification
+             format and on the generation format (reverse a word).
   init       Lester et al. 2021: class-label and sampled-vocabulary
              initializations beat random-uniform at small sizes.
   length     Lester et al. 2021: longer prompts help, up to a point.
@@ -94,9 +95,9 @@ class Suite:
   prompt_length: int = 10
   lengths: tuple[int, ...] = (1, 3, 10, 30)
   eval_examples: int = 256
-  # The classification format: its prompts are also the recycling experiment's
-  # sources on the seed-0 backbones.
-  scale_tasks: tuple[str, ...] = ("research_sorted_bare",)
+  # The classification format (its prompts are also the recycling experiment's
+  # sources on the seed-0 backbones) and the generation format.
+  scale_tasks: tuple[str, ...] = ("research_sorted_bare", "research_reverse_bare")
   init_task: str = "research_sorted_bare"
   length_task: str = "research_compose_bare"
   # Every method of the library on one held-out format, and the task-aware
@@ -252,6 +253,10 @@ def prompt_file_of(work_dir: str, result: dict[str, Any]) -> str:
                                  result.get("backbone_seed", 0)), "prompt.npy")
 
 
+# What `run` did during one suite run: trained now, or found in its run folder.
+_RUN_COUNTS = {"trained": 0, "cached": 0}
+
+
 def run(method: Method, task: str, size: str, seed: int, suite: Suite, work_dir: str,
         steps: Optional[int] = None, backbone_seed: int = 0) -> dict[str, Any]:
   """Trains and scores one (method, task, size, seed); cached in its run folder."""
@@ -265,8 +270,10 @@ def run(method: Method, task: str, size: str, seed: int, suite: Suite, work_dir:
   run_dir = run_dir_of(work_dir, method.name, task, size, seed, steps, backbone_seed)
   result_file = os.path.join(run_dir, "result.json")
   if os.path.exists(result_file):
+    _RUN_COUNTS["cached"] += 1
     with open(result_file) as f:
       return json.load(f)
+  _RUN_COUNTS["trained"] += 1
   path = backbone(size, suite, seed=backbone_seed)
   spec = ModelSpec(quickstart.backbone_config(size), path, method.prompt(path, seed),
                    trainable_rules=_rules(method.rules), model_class=method.model_class)
@@ -281,7 +288,7 @@ def run(method: Method, task: str, size: str, seed: int, suite: Suite, work_dir:
   seconds = time.time() - start
   # A preempted run is resumed by the next suite run, never scored half-trained.
   quickstart.require_finished(summary, steps, run_dir, f"{method.name} on {task}")
-  setup = setup_lib.build(spec)
+  setup = setup_lib.build(spec, init_trainable=False)  # restored below
   store = checkpoints_lib.CheckpointStore(run_dir)
   trained = store.restore_trainable(setup.abstract.trainable)
   store.close()
@@ -522,7 +529,7 @@ def experiment_ensemble(suite: Suite, work_dir: str, progress,
       path = backbone(size, suite)
       spec = ModelSpec(quickstart.backbone_config(size), path, multi_task.PromptBank(
           len(members), suite.prompt_length))
-      setup = setup_lib.build(spec)
+      setup = setup_lib.build(spec, init_trainable=False)  # the bank is given
       # The bank's rows are the trained prompts, one per seed.
       bank = {"encoder_prompt": {"prompts": prompts}}
       vote = score_of(setup.model, freezing.merge(bank, setup.frozen), task,
@@ -631,7 +638,23 @@ def experiment_recycling(suite: Suite, work_dir: str, progress) -> dict[str, Any
       r = run(method, task, m[0], seed, suite, work_dir, backbone_seed=m[1])
       sources[(m, seed)] = (r["score"], prompt_file_of(work_dir, r))
       progress()
-  from prompt_tuning.prompts import initializers, soft
+  from prompt_tuning.prompts import soft
+
+  @functools.lru_cache(maxsize=None)
+  def target_setup(tgt):
+    """The target backbone with a soft prompt, built (and its decoder compiled) once;
+    each recycled prompt is then swapped into its parameters."""
+    return setup_lib.build(ModelSpec(quickstart.backbone_config(tgt[0]), path_of[tgt],
+                                     soft.SoftPrompt(suite.prompt_length)),
+                           init_trainable=False)
+
+  def score_recycled(tgt, prompt_PH: np.ndarray) -> float:
+    setup = target_setup(tgt)
+    assert setup.trainable["encoder_prompt"]["prompt"].shape == prompt_PH.shape
+    trainable = {"encoder_prompt": {"prompt": np.asarray(prompt_PH, np.float32)}}
+    return score_of(setup.model, freezing.merge(trainable, setup.frozen), task,
+                    suite.eval_examples)
+
   rows = []
   for src in models:
     for tgt in models:
@@ -644,8 +667,7 @@ def experiment_recycling(suite: Suite, work_dir: str, progress) -> dict[str, Any
         for rm in suite.recycle_methods:
           recycler = recycling.recycler_for(path_of[src], path_of[tgt], rm,
                                             support=np.arange(3, 259))
-          got = score(tgt, soft.SoftPrompt(prompt_PH.shape[0],
-                                           init=initializers.from_array(recycler(prompt_PH))))
+          got = score_recycled(tgt, recycler(prompt_PH))
           rows.append(dict(source=name_of(src), target=name_of(tgt), prompt_seed=seed,
                            method=rm, source_score=source_score, recycled=got,
                            best_baseline=best, success=bool(got > best),
@@ -672,6 +694,23 @@ def _verdict(ok: bool) -> str:
   return "reproduced" if ok else "not reproduced"
 
 
+def gap_verdict(gaps: Sequence[float]) -> str:
+  """Lester et al. 2021's scale claim from fine-tuning minus prompt-tuning points per
+  size (smallest first): fine-tuning's lead is smaller at the largest size than at the
+  smallest. With no lead at any size there is nothing to close, whichever way the
+  negative gaps move, so the claim is not tested."""
+  if len(gaps) < 2:
+    return "not tested (one size)"
+  if max(gaps) <= 0:
+    return "not tested (no gap: prompt tuning >= fine-tuning at every size)"
+  return _verdict(gaps[-1] < gaps[0])
+
+
+def _pm(group: dict[str, Any]) -> str:
+  """An aggregated group as "mean +- sd"."""
+  return f"{group['mean']:.1f} +- {group['std']:.1f}"
+
+
 def claims(results: dict[str, Any], suite: Suite) -> list[dict[str, str]]:
   out = []
   scale = _aggregate(results["scale"], "task", "size", "method")
@@ -682,11 +721,9 @@ def claims(results: dict[str, Any], suite: Suite) -> list[dict[str, str]]:
       by = {r["method"]: r["mean"] for r in scale if r["task"] == task and r["size"] == size}
       gaps.append(by[ft] - by[pt])
     text = ", ".join(f"{s}: {g:+.1f}" for s, g in zip(suite.sizes, gaps))
-    ok = len(gaps) > 1 and gaps[-1] < gaps[0]
     out.append(dict(claim=f"Lester 2021: the fine-tuning minus prompt-tuning gap shrinks with "
                           f"size ({task})",
-                    verdict=_verdict(ok) if len(gaps) > 1 else "not tested (one size)",
-                    numbers=f"gap in points by size: {text}"))
+                    verdict=gap_verdict(gaps), numbers=f"gap in points by size: {text}"))
   init = {r["method"]: r for r in _aggregate(results["init"], "method")}
   rand = next(v for k, v in init.items() if "random_uniform" in k)
   for kind in ("sampled_vocab", "class_labels"):
@@ -694,8 +731,7 @@ def claims(results: dict[str, Any], suite: Suite) -> list[dict[str, str]]:
     out.append(dict(claim=f"Lester 2021: {kind.replace('_', ' ')} init beats random "
                           f"({suite.init_task}, {suite.sizes[0]})",
                     verdict=_verdict(other["mean"] > rand["mean"]),
-                    numbers=f"{other['mean']:.1f} +- {other['std']:.1f} vs random "
-                            f"{rand['mean']:.1f} +- {rand['std']:.1f}"))
+                    numbers=f"{_pm(other)} vs random {_pm(rand)}"))
   by_len = sorted(_aggregate(results["length"], "length"), key=lambda r: r["length"])
   means = [r["mean"] for r in by_len]
   best = int(np.argmax(means))
@@ -715,8 +751,7 @@ def claims(results: dict[str, Any], suite: Suite) -> list[dict[str, str]]:
   out.append(dict(claim=f"Asai 2022: ATTEMPT with good source prompts beats prompt tuning from "
                         f"scratch at equal steps ({suite.methods_task}, {suite.sizes[0]})",
                   verdict=_verdict(attempt_row["mean"] > pt_row["mean"]),
-                  numbers=f"{attempt_row['mean']:.1f} +- {attempt_row['std']:.1f} vs "
-                          f"{pt_row['mean']:.1f} +- {pt_row['std']:.1f}"))
+                  numbers=f"{_pm(attempt_row)} vs {_pm(pt_row)}"))
   multi = {r["method"]: r for r in _aggregate(results["multitask"], "method")}
   hp = next(v for k, v in multi.items() if k.startswith("HyperPrompt"))
   mtpt = next(v for k, v in multi.items() if k.startswith("multi-task prompt"))
@@ -725,14 +760,12 @@ def claims(results: dict[str, Any], suite: Suite) -> list[dict[str, str]]:
   out.append(dict(claim=f"He 2022: HyperPrompt beats multi-task prompt tuning at equal "
                         f"trainable parameters ({suite.multitask_task}, {suite.sizes[0]})",
                   verdict=_verdict(hp["mean"] > mtpt["mean"]),
-                  numbers=f"{hp['mean']:.1f} +- {hp['std']:.1f} ({hp['trainable_parameters']:,} "
-                          f"parameters) vs {mtpt['mean']:.1f} +- {mtpt['std']:.1f} "
-                          f"({mtpt['trainable_parameters']:,})"))
+                  numbers=f"{_pm(hp)} ({hp['trainable_parameters']:,} parameters) vs "
+                          f"{_pm(mtpt)} ({mtpt['trainable_parameters']:,})"))
   out.append(dict(claim=f"Levine 2022: ID-PT beats one static prompt on the multi-task "
                         f"mixture ({suite.multitask_task}, {suite.sizes[0]})",
                   verdict=_verdict(idpt["mean"] > static["mean"]),
-                  numbers=f"{idpt['mean']:.1f} +- {idpt['std']:.1f} vs {static['mean']:.1f} +- "
-                          f"{static['std']:.1f}"))
+                  numbers=f"{_pm(idpt)} vs {_pm(static)}"))
   rec = results["recycling"]["summary"]
   best_method = max(rec, key=lambda m: rec[m]["success"])
   out.append(dict(claim="Lester 2022: prompts can be recycled (success = beating the target's "
@@ -754,6 +787,15 @@ def claims(results: dict[str, Any], suite: Suite) -> list[dict[str, str]]:
 # Writing.
 
 
+def _runs_note(results: dict[str, Any]) -> str:
+  """How much of the run was done now: runs are cached, so a rerun may train few."""
+  runs = results.get("runs")
+  if not runs:
+    return ""
+  return (f" ({runs['trained']} runs trained now, {runs['cached']} found in the run cache; "
+          f"the tables' runs took {runs['train_minutes']:.1f} min of training when they ran)")
+
+
 def write(results: dict[str, Any], suite: Suite, out_dir: str) -> None:
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "research.json"), "w") as f:
@@ -761,7 +803,8 @@ def write(results: dict[str, Any], suite: Suite, out_dir: str) -> None:
   info = results["machine"]
   lines = ["# Research suite: the papers' claims on the synthetic family", "",
            f"Written by `python -m benchmarks.research{' --quick' if results['quick'] else ''}` "
-           f"in {results['seconds'] / 60:.1f} min on {describe_cpu(info)} (AVX2: "
+           f"in {results['seconds'] / 60:.1f} min{_runs_note(results)} on "
+           f"{describe_cpu(info)} (AVX2: "
            f"{'yes' if info['avx2'] else 'no'}; load average at start "
            f"{info['load_average'][0]:.1f}). Raw figures: `research.json`. "
            f"Mean +- standard deviation over seeds {list(suite.seeds)}.", "",
@@ -775,15 +818,15 @@ def write(results: dict[str, Any], suite: Suite, out_dir: str) -> None:
             "| task | size | method | score | trainable parameters |",
             "| --- | --- | --- | --- | --- |"]
   for r in _aggregate(results["scale"], "task", "size", "method"):
-    lines.append(f"| {r['task']} | {r['size']} | {r['method']} | {r['mean']:.1f} +- "
-                 f"{r['std']:.1f} | {r['trainable_parameters']:,} |")
+    lines.append(f"| {r['task']} | {r['size']} | {r['method']} | {_pm(r)} | "
+                 f"{r['trainable_parameters']:,} |")
   lines += ["", "## Initialization", "", "| method | score |", "| --- | --- |"]
   for r in _aggregate(results["init"], "method"):
-    lines.append(f"| {r['method']} | {r['mean']:.1f} +- {r['std']:.1f} |")
+    lines.append(f"| {r['method']} | {_pm(r)} |")
   lines += ["", "## Prompt length", "", "| length | score | trainable parameters |",
             "| --- | --- | --- |"]
   for r in sorted(_aggregate(results["length"], "length"), key=lambda r: r["length"]):
-    lines.append(f"| {r['length']} | {r['mean']:.1f} +- {r['std']:.1f} | "
+    lines.append(f"| {r['length']} | {_pm(r)} | "
                  f"{r['trainable_parameters']:,} |")
   lines += ["", "## Ensembles (majority vote of the scale experiment's prompts)", "",
             "| task | size | vote | single prompts |", "| --- | --- | --- | --- |"]
@@ -802,7 +845,7 @@ def write(results: dict[str, Any], suite: Suite, out_dir: str) -> None:
   for r in results["methods"] + results["multitask"]:
     seconds.setdefault(r["method"], []).append(r["train_seconds"])
   for r in sorted(_aggregate(results["methods"], "method"), key=lambda r: -r["mean"]):
-    lines.append(f"| {r['method']} | {r['mean']:.1f} +- {r['std']:.1f} | "
+    lines.append(f"| {r['method']} | {_pm(r)} | "
                  f"{r['trainable_parameters']:,} | {np.median(seconds[r['method']]):.0f} |")
   lines += ["", f"## Multi-task mixture ({suite.multitask_task}, {suite.sizes[0]}, "
             f"{suite.steps} steps)", "",
@@ -811,7 +854,7 @@ def write(results: dict[str, Any], suite: Suite, out_dir: str) -> None:
             "| method | score | trainable parameters | train seconds |",
             "| --- | --- | --- | --- |"]
   for r in sorted(_aggregate(results["multitask"], "method"), key=lambda r: -r["mean"]):
-    lines.append(f"| {r['method']} | {r['mean']:.1f} +- {r['std']:.1f} | "
+    lines.append(f"| {r['method']} | {_pm(r)} | "
                  f"{r['trainable_parameters']:,} | {np.median(seconds[r['method']]):.0f} |")
   rec = results["recycling"]
   lines += ["", f"## Recycling ({rec['task']}, rank classification)", "",
@@ -842,6 +885,7 @@ def plot(results: dict[str, Any], suite: Suite, out_dir: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker  # noqa: F401  (matplotlib.ticker below)
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   scale = _aggregate(results["scale"], "task", "size", "method")
   backbone_params = results["backbone_parameters"]
@@ -853,6 +897,10 @@ def plot(results: dict[str, Any], suite: Suite, out_dir: str) -> None:
       axes[0].errorbar([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts],
                        marker="o", capsize=3, label=f"{method.split(' (')[0]}, {task}")
   axes[0].set_xscale("log")
+  # One labelled tick per backbone size, none in between (they overlapped).
+  sizes = sorted(backbone_params.items(), key=lambda kv: kv[1])
+  axes[0].set_xticks([v for _, v in sizes], [f"{k}\n{v / 1e6:.2f}M" for k, v in sizes])
+  axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   axes[0].set(xlabel="backbone parameters", ylabel="score (%)", title="Scale")
   axes[0].legend(fontsize=7)
   by_len = sorted(_aggregate(results["length"], "length"), key=lambda r: r["length"])
@@ -900,6 +948,7 @@ def run_suite(suite: Suite, work_dir: str, quick: bool = False,
   import prompt_tuning.tasks  # noqa: F401  (registers the research tasks)
   from tqdm import tqdm
   start = time.time()
+  _RUN_COUNTS.update(trained=0, cached=0)
   backbones = [(size, seed) for seed in suite.backbone_seeds for size in suite.sizes]
   n_single = 2 + 6  # prompt tuning, fine-tuning, single_task_methods
   n_models = len(backbones)
@@ -937,6 +986,9 @@ def run_suite(suite: Suite, work_dir: str, quick: bool = False,
   bar.close()
   results["claims"] = claims(results, suite)
   results["seconds"] = time.time() - start
+  results["runs"] = dict(_RUN_COUNTS, train_minutes=round(sum(
+      r["train_seconds"] for k in ("scale", "init", "length", "methods", "multitask")
+      for r in results[k]) / 60, 1))
   return results
 
 

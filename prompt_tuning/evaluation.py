@@ -13,6 +13,7 @@ log-probability.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -87,6 +88,37 @@ def _decode_text(vocabulary: Any, row: np.ndarray) -> str:
   return vocabulary.decode(ids[:ids.index(1)] if 1 in ids else ids)
 
 
+def _jitted_functions(model: nn.Module, decoding_config: decoding.DecodingConfig
+                      ) -> tuple[Callable[..., Any], ...]:
+  """predict's three jitted functions: generate, score, score_candidates."""
+  gen = jax.jit(lambda p, x, f, r: decoding.generate(model, p, x, decoding_config, rng=r,
+                                                     prompt_features=f or None))
+  score_fn = jax.jit(lambda p, x, t, f: decoding.score(model, p, x, t,
+                                                       prompt_features=f or None))
+  candidates_fn = jax.jit(lambda p, x, c, f: decoding.score_candidates(
+      model, p, x, c, prompt_features=f or None))
+  return gen, score_fn, candidates_fn
+
+
+_cached_jitted_functions = functools.lru_cache(maxsize=16)(_jitted_functions)
+
+
+def compiled_functions(model: nn.Module, decoding_config: decoding.DecodingConfig
+                       ) -> tuple[Callable[..., Any], ...]:
+  """`_jitted_functions`, shared by every `predict` call on an equal model and config.
+
+  Linen modules hash and compare by their fields, so a second evaluation of the
+  same architecture and prompt module (another checkpoint, another prompt
+  value: both are in `params`) reuses the programs compiled for the first
+  instead of tracing and compiling them again. A module with an unhashable
+  field gets fresh functions.
+  """
+  try:
+    return _cached_jitted_functions(model, decoding_config)
+  except TypeError:  # an unhashable field somewhere in the module tree
+    return _jitted_functions(model, decoding_config)
+
+
 def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]],
             vocabulary: Any, input_length: int, batch_size: int,
             decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
@@ -111,12 +143,7 @@ def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]]
   n_ens = int(ensemble_prompts or 0)
   feature_names = [] if n_ens else [
       f for f in data_lib.PASSTHROUGH_FEATURES if examples and f in examples[0]]
-  gen = jax.jit(lambda p, x, f, r: decoding.generate(model, p, x, decoding_config, rng=r,
-                                                     prompt_features=f or None))
-  score_fn = jax.jit(lambda p, x, t, f: decoding.score(model, p, x, t,
-                                                       prompt_features=f or None))
-  candidates_fn = jax.jit(lambda p, x, c, f: decoding.score_candidates(
-      model, p, x, c, prompt_features=f or None))
+  gen, score_fn, candidates_fn = compiled_functions(model, decoding_config)
   if class_labels:
     label_ids = [list(np.asarray(vocabulary.encode(label))) + [1] for label in class_labels]
     targets = np.zeros((len(label_ids), max(len(ids) for ids in label_ids)), np.int32)

@@ -290,6 +290,18 @@ def test_published_parameter_counts():
     assert round(params_lib.param_count(shapes) / 1e6, 1) == millions
 
 
+def test_abstract_params_are_kept_per_model_and_each_caller_gets_its_own_tree():
+  small = presets.preset("t5_1_1", "small")
+  first, _ = params_lib.abstract_params(T5(small))
+  first["encoder"] = None  # A caller editing its tree must not change the next caller's.
+  second, specs = params_lib.abstract_params(T5(small))
+  assert second["encoder"] is not None and specs["encoder"] is not None
+  assert round(params_lib.param_count(second) / 1e6, 1) == 77.0
+  # Another configuration is traced anew, not served the first one's shapes.
+  base, _ = params_lib.abstract_params(T5(presets.preset("t5_1_1", "base")))
+  assert round(params_lib.param_count(base) / 1e6, 1) == 247.6
+
+
 def test_gin_binding_overrides_and_errors():
   import gin
   gin.clear_config()

@@ -202,6 +202,41 @@ def test_ensemble_predict_runs_every_prompt():
   assert len(decoded) == 2
 
 
+def test_predict_reuses_compiled_functions_for_equal_models_and_reads_params_each_call():
+  from prompt_tuning.prompts import soft
+
+  class Vocab:
+    def encode(self, s):
+      return [10 + len(s)]
+
+    def decode(self, ids):
+      return " ".join(map(str, ids))
+
+  # Two equal modules (separate objects) share predict's jitted functions; another
+  # prompt length does not.
+  model, params = _model_and_params(soft.SoftPrompt(2))
+  twin = T5(CFG, encoder_prompt=soft.SoftPrompt(2))
+  config = decoding.DecodingConfig(max_decode_length=3)
+  assert twin is not model
+  assert evaluation.compiled_functions(twin, config) is evaluation.compiled_functions(
+      model, config)
+  assert evaluation.compiled_functions(T5(CFG, encoder_prompt=soft.SoftPrompt(3)),
+                                       config) is not evaluation.compiled_functions(model, config)
+  # The shared programs take the prompt as an argument: a second prompt value gives
+  # that prompt's own scores (the reference is decoding.score run directly).
+  examples = [{"inputs": np.asarray([5, 6, 1])}, {"inputs": np.asarray([7, 1])}]
+  enc = _tokens([[5, 6, 1, 0, 0, 0], [7, 1, 0, 0, 0, 0]])
+  labels = ["a", "bb"]
+  for scale in (0.0, 3.0):
+    p = jax.tree.map(lambda x: x, params)
+    p["encoder_prompt"]["prompt"] = scale * jax.random.normal(jax.random.PRNGKey(1), (2, H))
+    got = evaluation.predict(twin, p, examples, Vocab(), 6, 2, config, class_labels=labels)
+    want = np.stack([np.asarray(decoding.score(model, p, enc,
+                                               jnp.asarray([[10 + len(lab), 1]] * 2)))
+                     for lab in labels], axis=-1)
+    np.testing.assert_allclose([s for _, s in got], want.max(-1), rtol=1e-5)
+
+
 # --- Only the method's own parameters train; the backbone stays bit-identical --------
 
 METHOD_GINS = {

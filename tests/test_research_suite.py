@@ -39,6 +39,14 @@ def test_a_table_where_every_run_scores_the_same_fails_naming_the_task():
   research.check_separates([{**r, "score": 50.0} for r in rows], "scale")
 
 
+def test_the_scale_claim_needs_a_fine_tuning_lead_to_close():
+  assert research.gap_verdict([5.0, 2.0, 1.0]) == "reproduced"
+  assert research.gap_verdict([-1.3, 1.8, 18.1]) == "not reproduced"  # the lead opens
+  # Prompt tuning ahead everywhere: a shrinking negative gap is not the paper's claim.
+  assert research.gap_verdict([-18.5, -15.9, -12.8]).startswith("not tested (no gap")
+  assert research.gap_verdict([3.0]) == "not tested (one size)"
+
+
 def test_quick_run_writes_every_figure_with_three_seeds(tmp_path):
   out = tmp_path / "out"
   assert research.main(["--quick", "--no_progress", "--out", str(out),
@@ -62,7 +70,8 @@ def test_quick_run_writes_every_figure_with_three_seeds(tmp_path):
   assert scale[research.FINETUNE.name] == results["backbone_parameters"]["tiny"]
   assert [r["members"] for r in results["ensemble"]] == [len(research.QUICK.seeds)]
   verdicts = {c["verdict"] for c in results["claims"]}
-  assert verdicts <= {"reproduced", "not reproduced", "not tested (one size)"}
+  assert verdicts <= {"reproduced", "not reproduced", "not tested (one size)",
+                      "not tested (no gap: prompt tuning >= fine-tuning at every size)"}
   text = (out / "research.md").read_text()
   assert "| claim | verdict | numbers |" in text
   assert os.path.getsize(out / "research_scale_and_length.png") > 1000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import re
 from typing import Any, Iterator, Mapping
 
@@ -47,11 +48,33 @@ def _shapes_only() -> Iterator[None]:
     _SHAPES_ONLY.reset(token)
 
 
-def abstract_params(model: nn.Module, **kwargs) -> tuple[Any, Any]:
-  """(ShapeDtypeStruct tree, logical PartitionSpec tree) without allocating anything."""
+def _traced_abstract_params(model: nn.Module, kwargs: tuple[tuple[str, Any], ...]
+                            ) -> tuple[Any, Any]:
   with _shapes_only():
-    boxed = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), **kwargs))
+    boxed = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0),
+                                                  **dict(kwargs)))
   return nn.unbox(boxed["params"]), nn.get_partition_spec(boxed["params"])
+
+
+_cached_abstract_params = functools.lru_cache(maxsize=32)(_traced_abstract_params)
+
+
+def abstract_params(model: nn.Module, **kwargs) -> tuple[Any, Any]:
+  """(ShapeDtypeStruct tree, logical PartitionSpec tree) without allocating anything.
+
+  Tracing a model's init is the slow part of setting it up, and one setup asks
+  for the shapes more than once (the setup, then the checkpoint reader), so
+  the trees are kept per model (linen modules hash and compare by their
+  fields; a module with an unhashable field is traced every time). Callers
+  get their own copy of the containers.
+  """
+  key = tuple(sorted(kwargs.items()))
+  try:
+    shapes, specs = _cached_abstract_params(model, key)
+  except TypeError:  # an unhashable field somewhere in the module tree
+    shapes, specs = _traced_abstract_params(model, key)
+  copy = lambda tree: jax.tree.map(lambda x: x, tree)  # noqa: E731
+  return copy(shapes), copy(specs)
 
 
 def init_params(model: nn.Module, rng: jax.Array, **kwargs) -> Any:

@@ -18,6 +18,7 @@ import json
 import os
 from typing import Any, Optional, Sequence
 
+import jax
 import numpy as np
 
 from prompt_tuning.runtime.specs import DataSpec, ModelSpec
@@ -46,8 +47,21 @@ def _prompt(length: int, init) -> soft.SoftPrompt:
 
 
 def _em(backbone: Backbone, prompt: Optional[soft.SoftPrompt], examples: int) -> float:
-  return quickstart.exact_match_of(quickstart.backbone_config(backbone.size), backbone.path,
-                                   prompt, None, TASK, "validation", examples)
+  """Exact match on the target with `prompt`'s initial value as the prompt.
+
+  The value is computed here and passed as parameters of one plain
+  `SoftPrompt(length)`, so every prompt scored on a backbone size shares one
+  compiled decoder (a module per initializer would compile its own).
+  """
+  config = quickstart.backbone_config(backbone.size)
+  if prompt is None:
+    return quickstart.exact_match_of(config, backbone.path, None, None, TASK, "validation",
+                                     examples)
+  value = np.asarray(prompt.init(jax.random.PRNGKey(0), (prompt.length, config.emb_dim)),
+                     np.float32)
+  return quickstart.exact_match_of(config, backbone.path, soft.SoftPrompt(length=prompt.length),
+                                   {"encoder_prompt": {"prompt": value}}, TASK, "validation",
+                                   examples)
 
 
 def baselines(backbone: Backbone, length: int, examples: int, seed: int = 0) -> dict[str, float]:
