@@ -83,8 +83,14 @@ def words(split: str, count: int, salt: str = "") -> list[str]:
   """`count` random words, a pure function of (split, salt, count).
 
   Train words and validation/test words come from disjoint parts of the word
-  space, so evaluation is on words never seen in training.
+  space, so evaluation is on words never seen in training. Drawn once per
+  process (every dataset built on a task draws them again otherwise).
   """
+  return list(_words(split, count, salt))
+
+
+@functools.lru_cache(maxsize=128)
+def _words(split: str, count: int, salt: str) -> tuple[str, ...]:
   rng = np.random.RandomState(_seed("words", split, salt))
   held_out = split != "train"
   out: list[str] = []
@@ -96,7 +102,7 @@ def words(split: str, count: int, salt: str = "") -> list[str]:
       w = "".join(row[:length])
       if is_held_out_word(w) == held_out:
         out.append(w)
-  return out[:count]
+  return tuple(out[:count])
 
 
 def examples(task: str, split: str, count: int, instruction: bool = True,
