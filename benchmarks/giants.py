@@ -217,37 +217,69 @@ def part_idpt(make, steps, seeds, n_eval):
   return out
 
 
-def part_reader(make, steps, seeds, n_eval, ks, workdir, lr=3e-2):
+# The frozen reader's segment: the question, then one passage ("bak dos home? bak dos
+# home tarun"). Not the lookup format the reading backbone was pretrained on.
+READER_TEMPLATE = "{question}? {passage}"
+
+
+def reading_backbone():
+  """The quickstart's small backbone pretrained on `reading_pretrain` (the synthetic
+  tasks plus a key lookup, prompt_tuning.tasks.reading), trained once, then cached."""
+  from prompt_tuning import quickstart
+  from prompt_tuning.tasks import reading
+  return quickstart.pretrain(quickstart.PretrainConfig(
+      size="small", mixture="reading_pretrain",
+      inputs_length=reading.FEATURE_LENGTHS["inputs"]), progress=False)
+
+
+def part_reader(backbone, make, steps, seeds, n_eval, ks, workdir, lr, batch_size):
+  """Closed-book prompt tuning vs the frozen reader at each k on the reading backbone."""
   from prompt_tuning.retrieval import bm25, store, synthetic as obqa
   from prompt_tuning.retrieval.tasks import segments
-  paths = obqa.write(workdir, num_passages=10_000, num_train=2000, num_validation=n_eval)
+  from prompt_tuning.tasks import reading
+  paths = obqa.write(workdir, num_passages=10_000, num_train=4000, num_validation=n_eval)
   st = store.PassageStore.from_files(paths["passages"])
   retriever = bm25.BM25Retriever(st)
   rows = {s: [json.loads(x) for x in open(paths[s])] for s in ("train", "validation")}
   q = {s: [r["question"] for r in rows[s]] for s in rows}
   a = {s: [r["answer"] for r in rows[s]] for s in rows}
   gold = [st.position(r["passage_id"]) for r in rows["validation"]]
-  result = {"store_passages": len(st), "recall_at_k": {
-      str(k): v for k, v in bm25.recall_at_k(retriever, q["validation"], gold,
-                                              (1, 5, 20)).items()}}
-  seg_len = 40
+  # The longest (question, passage) segment, EOS included: nothing is ever cut.
+  seg_len = 1 + max(len(READER_TEMPLATE.format(question=x, passage=""))
+                    for x in q["train"] + q["validation"]) + max(len(p.contents) for p in st)
+  result = {"store_passages": len(st), "segment_length": seg_len,
+            "template": READER_TEMPLATE, "train_questions": len(q["train"]),
+            "validation_questions": len(q["validation"]),
+            "answers_per_relation": len(next(iter(obqa.RELATIONS.values()))),
+            "backbone": os.path.basename(backbone),
+            "recall_at_k": {str(k): v for k, v in bm25.recall_at_k(
+                retriever, q["validation"], gold, (1, 5, 20)).items()}}
   tops = {s: retriever.retrieve(q[s], max(ks))[0] for s in q}
+  # The skill the backbone was pretrained for, in its own format (no prompt).
+  lookup = reading.examples("validation", n_eval)
+  s0, t0 = train(make["prompt tuning"](), (lookup["inputs"][:1], lookup["targets"][:1]), 0,
+                 1, reading.FEATURE_LENGTHS["inputs"], 8, 0, lr)
+  result["backbone_lookup_exact_match_with_untrained_prompt"] = exact_match(
+      s0, t0, (lookup["inputs"], lookup["targets"]), reading.FEATURE_LENGTHS["inputs"], 8)
+  print("lookup with an untrained prompt", result[
+      "backbone_lookup_exact_match_with_untrained_prompt"], flush=True)
 
   def data(split, k):
     if k == 0:
       return q[split], a[split]
     return ([segments(_Bytes, question, [st[j].contents for j in top[:k]], seg_len,
-                      "question: {question} context: {passage}")
+                      READER_TEMPLATE)
              for question, top in zip(q[split], tops[split])], a[split])
   for k in (0, *ks):
     name = "closed-book prompt tuning" if k == 0 else f"frozen reader k={k}"
     spec = make["prompt tuning"]() if k == 0 else make["frozen reader"](k)
-    in_len = 32 if k == 0 else k * seg_len
+    in_len = 16 if k == 0 else k * seg_len
     scores = []
     for seed in range(seeds):
-      s, trained = train(spec, data("train", k), steps, 16, in_len, 8, seed, lr)
+      t = time.time()
+      s, trained = train(spec, data("train", k), steps, batch_size, in_len, 8, seed, lr)
       scores.append(exact_match(s, trained, data("validation", k), in_len, 8, batch_size=16))
-      print(name, seed, scores[-1], flush=True)
+      print(name, seed, scores[-1], f"{time.time() - t:.0f} s", flush=True)
     result[name] = mean_sd(scores)
   return result
 
@@ -275,7 +307,9 @@ def part_recursion(make, steps, seeds, n_eval):
 def markdown(res) -> str:
   m = res["machine"]
   lines = ["# Levine et al. (2022) on the quickstart backbone", "",
-           f"Made by `python benchmarks/giants.py{' --quick' if res['quick'] else ''}`. "
+           "Made by " + ", then ".join(f"`{c}`" for c in res.get(
+               "commands", ["python benchmarks/giants.py" + (" --quick" if res["quick"] else "")]))
+           + " (later runs merged into the earlier ones' file). "
            f"Machine: {m['cpu_model']}, {m['cores']} cores, AVX-512: "
            f"{'yes' if m['avx512'] else 'no'} (AVX2: {'yes' if m['avx2'] else 'no'}), "
            f"load average at start {m['load_average'][0]:.1f} (shared machine).", "",
@@ -301,8 +335,21 @@ def markdown(res) -> str:
         lines.append(row(f"{name} / {t}", r))
     lines.append("")
   if "reader" in res:
-    r = res["reader"]
+    r, st = res["reader"], res["settings"]
     lines += ["## Frozen reader (open-book QA, 10,000 passages)", "",
+              f"Backbone: `{r['backbone']}` (the small quickstart backbone pretrained on "
+              "`reading_pretrain`: the synthetic tasks plus a key lookup in its own format, "
+              "prompt_tuning.tasks.reading); frozen. Its lookup exact match in the "
+              "pretraining format with an untrained prompt: "
+              f"{r['backbone_lookup_exact_match_with_untrained_prompt']:.1f}%.", "",
+              f"Each segment is `{r['template']}` ({r['segment_length']} bytes, nothing cut), "
+              f"e.g. `bak dos home? bak dos home tarun`; the frozen reader encodes k of them "
+              f"separately and decodes from all. {r['train_questions']} training questions, "
+              f"{r['validation_questions']} validation questions about people no training "
+              f"question names; {st['seeds']} seeds, {st['reader_steps']} steps of adam at "
+              f"{st['reader_lr']}, batch {st['reader_batch_size']}, prompt length {P}. "
+              f"Closed-book chance (one of {r['answers_per_relation']} answers per relation): "
+              f"{100 / r['answers_per_relation']:.1f}%.", "",
               "BM25 recall@k on the validation questions: " + ", ".join(
                   f"@{k} {100 * v:.1f}%" for k, v in r["recall_at_k"].items()), "",
               "| method | exact match | per seed |", "| --- | ---: | --- |"]
@@ -329,6 +376,9 @@ def main(argv=None):
                       help="keep the parts already in the JSON file and add those run now")
   parser.add_argument("--reader_steps", type=int, default=0, help="0: the mode's steps")
   parser.add_argument("--reader_lr", type=float, default=3e-2)
+  parser.add_argument("--reader_batch_size", type=int, default=8)
+  parser.add_argument("--reader_eval_examples", type=int, default=0,
+                      help="validation questions; 0: the mode's evaluation examples")
   parser.add_argument("--reader_ks", default="", help="e.g. 1,5; empty: the mode's")
   args = parser.parse_args(argv)
   from prompt_tuning import quickstart
@@ -346,6 +396,10 @@ def main(argv=None):
   stem = os.path.join(args.out, "giants" + ("_quick" if q else ""))
   if args.merge and os.path.exists(stem + ".json"):
     res = {**json.load(open(stem + ".json")), "machine": machine}
+    settings = res["settings"] = {**settings, **res["settings"]}
+
+  res["commands"] = res.get("commands", []) + [
+      " ".join(["python benchmarks/giants.py", *(argv if argv is not None else sys.argv[1:])])]
 
   def save():
     res["notes"] = notes(res, args.parts.split(","))
@@ -362,11 +416,15 @@ def main(argv=None):
   if "reader" in parts:
     if args.reader_ks:
       settings["reader_ks"] = [int(k) for k in args.reader_ks.split(",")]
-    settings["reader_steps"] = args.reader_steps or settings["steps"]
-    settings["reader_lr"] = args.reader_lr
-    res["reader"] = part_reader(make, settings["reader_steps"], settings["seeds"],
-                                settings["eval_examples"], settings["reader_ks"],
-                                os.path.join("/tmp", "giants_obqa"), args.reader_lr)
+    settings.update(reader_steps=args.reader_steps or settings["steps"],
+                    reader_lr=args.reader_lr, reader_batch_size=args.reader_batch_size,
+                    reader_eval_examples=args.reader_eval_examples or settings["eval_examples"])
+    reader_backbone = reading_backbone()
+    res["reader"] = part_reader(reader_backbone, specs(reader_backbone, cfg),
+                                settings["reader_steps"], settings["seeds"],
+                                settings["reader_eval_examples"], settings["reader_ks"],
+                                os.path.join("/tmp", "giants_obqa"), args.reader_lr,
+                                args.reader_batch_size)
     save()
   if "recursion" in parts:
     res["recursion"] = part_recursion(make, settings["steps"], settings["seeds"],
@@ -382,12 +440,14 @@ def notes(res, parts) -> str:
   text = (f"Ran: {', '.join(done) or 'nothing'}"
           f"{'; not run (time ran out or not asked): ' + ', '.join(missing) if missing else ''}. "
           f"{'Quick mode: ' if res['quick'] else ''}{s['steps']} train steps per method, "
-          f"{s['seeds']} seeds, {s['eval_examples']} evaluation examples, k in "
-          f"{s['reader_ks']}. Steps are far fewer than the paper's; the figures show "
+          f"{s['seeds']} seeds, {s['eval_examples']} evaluation examples"
+          + (f"; the reader part: {s['reader_steps']} steps, "
+             f"{s.get('reader_eval_examples', s['eval_examples'])} validation questions, k in "
+             f"{s['reader_ks']}" if "reader" in res else "") + ". Steps are far fewer than the paper's; the figures show "
           "the methods run end to end on the frozen backbone and how they compare at "
           "this budget, not converged accuracy. Timings are in-process (jit once, then "
           "methods alternate each round), on a shared 2-core machine under load.")
-  return text
+  return " ".join([text, *res.get("remarks", [])])
 
 
 if __name__ == "__main__":
