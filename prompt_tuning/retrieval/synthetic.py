@@ -48,6 +48,10 @@ def generate(num_passages: int = 10_000, num_train: int = 2000, num_validation: 
   """{'passages': [...], 'train': [...], 'validation': [...]} records."""
   rng = np.random.RandomState(seed)
   people = _names(-(-num_passages // len(RELATIONS)), rng)
+  held_people = set(people[:len(people) // 5])  # validation people never in train
+  # Store order is random: BM25 breaks ties by position, and a store in this order
+  # would rank the held-out people (the first fifth) above their namesakes.
+  rng.shuffle(people)
   passages, facts = [], []
   for person in people:
     for relation, answers in RELATIONS.items():
@@ -57,7 +61,6 @@ def generate(num_passages: int = 10_000, num_train: int = 2000, num_validation: 
       facts.append((person, relation, answer, len(passages)))
       passages.append({"id": f"p{len(passages)}", "text": f"{person} {relation} {answer}"})
   order = rng.permutation(len(facts))
-  held_people = set(people[:len(people) // 5])  # validation people never in train
 
   def questions(pool, count):
     return [{"question": f"{f[0] if rng.rand() < 0.75 else f[0].split()[1]} {f[1]}",
