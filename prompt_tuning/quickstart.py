@@ -57,7 +57,7 @@ class PretrainConfig:
   warmup_steps: int = 200
   # The research suite pretrains on a wider mixture (prompt_tuning.tasks.research).
   mixture: str = "synthetic_pretrain"
-  # Longer inputs for mixtures with longer examples (reading_pretrain: 48).
+  # Longer inputs for mixtures with longer examples (reading_pretrain: 32).
   inputs_length: int = 16
 
 

@@ -1,28 +1,33 @@
-"""A reading skill for the frozen-reader evidence: look a key up in a list of pairs.
+"""A reading skill for the frozen-reader evidence: copy a span out of a longer input.
 
 The quickstart's backbone (`synthetic_pretrain`) only ever transforms one
 short word; it never learned to find a span in a longer input and copy it,
 so a prompt alone cannot turn it into a reader. `reading_pretrain` adds that
 skill to the same synthetic tasks, in a format of its own:
 
-  reading_lookup   "kag fo mivu, zed fo parl, lo tesk ? zed fo" -> "parl"
+  reading_tail     "tail: kag fo mivu parl" -> "parl"   (copy the last word:
+                   2-5 words of 2-5 letters, any of a-z)
 
-Comma-separated pairs, each some key words (1-3 words of 2-3 letters) and
-then one value word (3-5 letters); after " ? ", one of the keys; the answer
-is that key's value. Half the examples have a distractor key that shares all
-but one word with the asked key, so matching one word is not enough. Letters
-are all of a-z (the synthetic words use only a-h), so the skill is copying
-any letters.
+and registers, outside the mixture, a harder key lookup:
+
+  reading_lookup   "kag fo mivu, zed fo parl, lo tesk ? zed fo" -> "parl"
+                   (comma-separated pairs of 1-3 key words and one value
+                   word; after " ? ", one of the keys; half the examples have
+                   a distractor key that differs from the asked one in one
+                   word). The small backbone did not learn it: 3,000 steps of
+                   pretraining with it at rate 5 left it at 2.3% exact match
+                   on unseen lookups, so it is not in `reading_pretrain`.
 
 The open-book QA set of the frozen-reader benchmark
 (prompt_tuning.retrieval.synthetic: "bak dos home? bak dos home tarun" ->
-"tarun", one passage per segment) is not this format: question first, no
-list, no " ? " marker, made-up names and relation words. A prompt still has
-to map the QA format onto the skill, and the QA set stays held out.
+"tarun", one passage per segment) is not these formats: no instruction,
+question first, made-up names and relation words. A prompt still has to map
+the QA format onto the skill, and the QA set stays held out. Letters are all
+of a-z (the synthetic words use only a-h), so the skill is copying any letter.
 
-Inputs fit `FEATURE_LENGTHS['inputs']` (48 bytes with EOS). Examples are a
-pure function of (split, count); one asked key in five (by hash) is reserved
-for validation and test.
+Inputs fit `FEATURE_LENGTHS['inputs']` (EOS included). Examples are a pure
+function of (task, split, count); one answer word (tail) or asked key (lookup)
+in five, by hash, is reserved for validation and test.
 """
 
 from __future__ import annotations
@@ -33,10 +38,13 @@ import numpy as np
 
 from prompt_tuning.tasks import metrics, synthetic
 
-FEATURE_LENGTHS = {"inputs": 48, "targets": 8}
+# `reading_pretrain`'s lengths (the tail task's inputs fit 32); the lookup's need 48.
+FEATURE_LENGTHS = {"inputs": 32, "targets": 8}
+LOOKUP_LENGTHS = {"inputs": 48, "targets": 8}
 MIN_PAIRS, MAX_PAIRS = 2, 4
-# The lookup's share of `reading_pretrain` against 1.0 for each synthetic task.
-LOOKUP_RATE = 5.0
+MIN_WORDS, MAX_WORDS = 2, 5
+# The tail task's share of `reading_pretrain` against 1.0 for each synthetic task.
+TAIL_RATE = 3.0
 
 
 def _word(rng: np.random.RandomState, low: int, high: int) -> str:
@@ -61,36 +69,50 @@ def lookup_example(rng: np.random.RandomState) -> tuple[str, str, str]:
     values = [_word(rng, 3, 5) for _ in keys]
     pairs = [f"{k} {v}" for k, v in zip(keys, values)]
     text = ", ".join(pairs[i] for i in rng.permutation(len(pairs))) + f" ? {asked}"
-    if len(text) < FEATURE_LENGTHS["inputs"]:
+    if len(text) < LOOKUP_LENGTHS["inputs"]:
       return text, values[0], asked
 
 
-def examples(split: str, count: int) -> dict[str, list[str]]:
-  """The first `count` lookups of a split (deterministic)."""
-  rng = np.random.RandomState(synthetic._seed("reading/lookup", split))  # pylint: disable=protected-access
+def tail_example(rng: np.random.RandomState) -> tuple[str, str]:
+  """(input, answer) of one tail example; the input is at most 31 bytes."""
+  while True:
+    words = [_word(rng, 2, 5) for _ in range(rng.randint(MIN_WORDS, MAX_WORDS + 1))]
+    text = "tail: " + " ".join(words)
+    if len(text) < FEATURE_LENGTHS["inputs"]:
+      return text, words[-1]
+
+
+def examples(task: str, split: str, count: int) -> dict[str, list[str]]:
+  """The first `count` examples of "tail" or "lookup" in a split (deterministic)."""
+  rng = np.random.RandomState(synthetic._seed("reading", task, split))  # pylint: disable=protected-access
   held_out = split != "train"
   inputs, targets = [], []
   while len(inputs) < count:
-    text, answer, key = lookup_example(rng)
+    if task == "tail":
+      text, answer = tail_example(rng)
+      key = answer
+    else:
+      text, answer, key = lookup_example(rng)
     if synthetic.is_held_out_word(key) == held_out:
       inputs.append(text)
       targets.append(answer)
   return {"inputs": inputs, "targets": targets}
 
 
-def _source():
+def _source(task: str):
   import tensorflow as tf
 
   def dataset_fn(split, shuffle_files=False, seed=None):
     del shuffle_files, seed
-    return tf.data.Dataset.from_tensor_slices(examples(split, synthetic.SPLIT_SIZES[split]))
+    return tf.data.Dataset.from_tensor_slices(
+        examples(task, split, synthetic.SPLIT_SIZES[split]))
   return synthetic._in_memory_source_class()(  # pylint: disable=protected-access
       dataset_fn, splits=tuple(synthetic.SPLIT_SIZES),
       num_input_examples=dict(synthetic.SPLIT_SIZES))
 
 
 def register() -> None:
-  """Registers `reading_lookup` and the `reading_pretrain` mixture (idempotent)."""
+  """Registers `reading_tail`, `reading_lookup` and `reading_pretrain` (idempotent)."""
   import seqio
   if "reading_pretrain" in seqio.MixtureRegistry.names():
     return
@@ -98,10 +120,12 @@ def register() -> None:
   vocab = seqio.ByteVocabulary()
   features = {"inputs": seqio.Feature(vocab, add_eos=True),
               "targets": seqio.Feature(vocab, add_eos=True)}
-  seqio.TaskRegistry.add(
-      "reading_lookup", source=_source(),
-      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-      output_features=features, metric_fns=[metrics.exact_match])
+  for task in ("tail", "lookup"):
+    seqio.TaskRegistry.add(
+        f"reading_{task}", source=_source(task),
+        preprocessors=[seqio.preprocessors.tokenize,
+                       seqio.preprocessors.append_eos_after_trim],
+        output_features=features, metric_fns=[metrics.exact_match])
   seqio.MixtureRegistry.add(
       "reading_pretrain",
-      [(f"synthetic_{t}", 1.0) for t in synthetic.TASKS] + [("reading_lookup", LOOKUP_RATE)])
+      [(f"synthetic_{t}", 1.0) for t in synthetic.TASKS] + [("reading_tail", TAIL_RATE)])

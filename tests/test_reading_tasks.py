@@ -1,5 +1,5 @@
-"""The frozen reader's data: the lookup skill its backbone pretrains on, and the
-open-book QA set it is scored on (a different format, held out)."""
+"""The frozen reader's data: the reading skills of its backbone's pretraining, and
+the open-book QA set it is scored on (a different format, held out)."""
 
 import collections
 
@@ -21,11 +21,11 @@ def _parse(text):
 
 
 def test_lookup_answers_the_asked_keys_value_and_fits_its_length():
-  ex = reading.examples("train", 400)
+  ex = reading.examples("lookup", "train", 400)
   distractors = 0
   for text, target in zip(ex["inputs"], ex["targets"]):
     pairs, asked = _parse(text)
-    assert 2 <= len(pairs) <= 4 and len(text) + 1 <= 48  # EOS included
+    assert 2 <= len(pairs) <= 4 and len(text) + 1 <= reading.LOOKUP_LENGTHS["inputs"]
     keys = [k for k, _ in pairs]
     assert keys.count(asked) == 1 and dict(pairs)[asked] == target
     assert 3 <= len(target) <= 5 and target.isalpha()
@@ -40,21 +40,36 @@ def test_lookup_answers_the_asked_keys_value_and_fits_its_length():
 
 
 def test_lookup_splits_ask_disjoint_keys_and_are_deterministic():
-  train = {_parse(x)[1] for x in reading.examples("train", 2000)["inputs"]}
-  valid = [_parse(x)[1] for x in reading.examples("validation", 200)["inputs"]]
+  train = {_parse(x)[1] for x in reading.examples("lookup", "train", 2000)["inputs"]}
+  valid = [_parse(x)[1] for x in reading.examples("lookup", "validation", 200)["inputs"]]
   assert not train & set(valid)
-  assert reading.examples("validation", 20) == reading.examples("validation", 20)
+  assert (reading.examples("lookup", "validation", 20)
+          == reading.examples("lookup", "validation", 20))
+  train = set(reading.examples("tail", "train", 2000)["targets"])
+  assert not train & set(reading.examples("tail", "validation", 200)["targets"])
 
 
-def test_reading_pretrain_mixes_the_synthetic_tasks_and_the_lookup_only():
+def test_tail_answers_the_last_word_of_a_longer_input():
+  ex = reading.examples("tail", "train", 400)
+  counts = set()
+  for text, target in zip(ex["inputs"], ex["targets"]):
+    assert text.startswith("tail: ") and len(text) + 1 <= reading.FEATURE_LENGTHS["inputs"]
+    words = text[len("tail: "):].split(" ")
+    counts.add(len(words))
+    assert target == words[-1] and target.isalpha() and 2 <= len(target) <= 5
+  assert counts == {2, 3, 4, 5}
+  assert set("".join(ex["targets"])) - set(synthetic.ALPHABET)
+
+
+def test_reading_pretrain_mixes_the_synthetic_tasks_and_the_tail_only():
   names = {t.name for t in seqio.get_mixture_or_task("reading_pretrain").tasks}
-  assert names == {f"synthetic_{t}" for t in synthetic.TASKS} | {"reading_lookup"}
+  assert names == {f"synthetic_{t}" for t in synthetic.TASKS} | {"reading_tail"}
   # The other backbones' mixtures did not change (their cached backbones stay valid).
   assert ({t.name for t in seqio.get_mixture_or_task("synthetic_pretrain").tasks}
           == {f"synthetic_{t}" for t in synthetic.TASKS})
-  assert "reading_lookup" not in {
+  assert not {"reading_tail", "reading_lookup"} & {
       t.name for t in seqio.get_mixture_or_task("research_pretrain").tasks}
-  ds = seqio.get_mixture_or_task("reading_lookup").get_dataset(
+  ds = seqio.get_mixture_or_task("reading_tail").get_dataset(
       reading.FEATURE_LENGTHS, split="validation", shuffle=False, num_epochs=1)
   ex = next(ds.as_numpy_iterator())
   text = ex["inputs_pretokenized"].decode()
