@@ -92,3 +92,14 @@ def test_open_book_questions_need_their_passage_and_only_guess_the_prior():
     per_relation[q["question"].split()[-1]].add(q["answer"])
   assert set(per_relation) == set(obqa.RELATIONS)
   assert all(len(v) == 8 for v in per_relation.values())
+
+
+def test_a_longer_input_length_gets_its_own_cached_backbone_and_old_names_stay():
+  from prompt_tuning import quickstart
+  old = quickstart.backbone_path("/c", quickstart.PretrainConfig())
+  assert old == "/c/backbones/synthetic_small_seed0_steps3000_bs64"
+  research = quickstart.PretrainConfig(steps=1500, mixture="research_pretrain")
+  assert quickstart.backbone_path("/c", research).endswith("_bs64_research_pretrain")
+  reader = quickstart.PretrainConfig(steps=2000, mixture="reading_pretrain",
+                                     inputs_length=reading.FEATURE_LENGTHS["inputs"])
+  assert quickstart.backbone_path("/c", reader).endswith("steps2000_bs64_reading_pretrain_in32")
