@@ -15,13 +15,28 @@ spread over seeds):
    passages (prompt_tuning.retrieval.synthetic); BM25 recall@1/5/20, and
    closed-book prompt tuning vs the frozen reader at k = 1, 5 (and 20
    without --quick), exact match on questions about people no training
-   question names.
+   question names. This part runs on its own backbone: the same small size,
+   pretrained on `reading_pretrain` (the synthetic tasks plus copying the last
+   word of a longer input, in another format, prompt_tuning.tasks.reading;
+   2000 steps, cached after the first run), because the quickstart's backbone
+   never learned to copy a span out of a passage. Each (question, passage)
+   segment is 33 bytes, nothing cut.
+   reader_answers (not in the default parts): seed 0 of the same runs again,
+   with what its answers are (an answer of the question's relation at all,
+   the top passage's answer, the answer of some passage read).
 4. recursion: a two-step task, rotate(reverse(word)) in the bare format; one
    pass with a prompt vs textual recursion (prompt 1 is the one-pass prompt,
    prompt 2 trained on input + pass 1's answer) vs neural recursion.
 
 Run: python benchmarks/giants.py [--quick]  (writes giants.json and giants.md
 next to this file; --quick: fewer steps, seeds and examples, k up to 5).
+--parts picks parts; --merge keeps the parts already in the JSON file (the
+file lists every command that wrote it); --reader_steps, --reader_lr,
+--reader_batch_size, --reader_ks and --reader_eval_examples set the reader
+parts alone (--answers_ks: reader_answers' k). The committed giants_quick.*
+were made by `--quick`, then `--quick --merge --parts reader ...` and
+`--quick --merge --parts reader_answers ...` (each command, with its flags,
+is in the file).
 """
 
 import argparse
@@ -95,7 +110,9 @@ def train(spec, data, steps, batch_size, in_len, tgt_len, seed, lr):
   return s, trainable
 
 
-def exact_match(s, trainable, data, in_len, tgt_len, batch_size=32) -> float:
+def exact_match(s, trainable, data, in_len, tgt_len, batch_size=32,
+                predictions=None) -> float:
+  """Exact match (%) of greedy decoding; appends the decoded texts to `predictions`."""
   import jax
   from prompt_tuning import decoding
   from prompt_tuning.train import freezing
@@ -110,7 +127,10 @@ def exact_match(s, trainable, data, in_len, tgt_len, batch_size=32) -> float:
                  [targets[j] for j in chunk] + [targets[0]] * (batch_size - len(chunk)),
                  in_len, tgt_len)
     out = np.asarray(gen(params, b["encoder_input_tokens"]))
-    hits += sum(decode(out[r]) == targets[j] for r, j in enumerate(chunk))
+    texts = [decode(out[r]) for r in range(len(chunk))]
+    hits += sum(t == targets[j] for t, j in zip(texts, chunk))
+    if predictions is not None:
+      predictions.extend(texts)
   return 100.0 * hits / len(inputs)
 
 
@@ -217,38 +237,100 @@ def part_idpt(make, steps, seeds, n_eval):
   return out
 
 
-def part_reader(make, steps, seeds, n_eval, ks, workdir, lr=3e-2):
+# The frozen reader's segment: the question, then one passage ("bak dos home? bak dos
+# home tarun"). Not the format the reading backbone was pretrained on (`tail: ...`).
+READER_TEMPLATE = "{question}? {passage}"
+READING_STEPS = 2000  # pretraining steps of the reader's backbone (about 12 min, 2 cores)
+
+
+def reading_backbone():
+  """The quickstart's small backbone pretrained on `reading_pretrain` (the synthetic
+  tasks plus copying a span, prompt_tuning.tasks.reading), trained once, then cached."""
+  from prompt_tuning import quickstart
+  from prompt_tuning.tasks import reading
+  return quickstart.pretrain(quickstart.PretrainConfig(
+      size="small", steps=READING_STEPS, mixture="reading_pretrain",
+      inputs_length=reading.FEATURE_LENGTHS["inputs"]), progress=False)
+
+
+def prior_exact_match(train_rows, validation_rows) -> float:
+  """Exact match (%) of the best closed-book guess: each relation's most common
+  training answer (the relation is the question's last word)."""
+  import collections
+  counts = collections.defaultdict(collections.Counter)
+  for r in train_rows:
+    counts[r["question"].split()[-1]][r["answer"]] += 1
+  guess = {rel: c.most_common(1)[0][0] for rel, c in counts.items()}
+  return 100.0 * float(np.mean([guess.get(r["question"].split()[-1]) == r["answer"]
+                                for r in validation_rows]))
+
+
+def part_reader(backbone, make, steps, *, seeds, n_eval, ks, workdir, lr, batch_size,
+                done=lambda result: None):
+  """Closed-book prompt tuning vs the frozen reader at each k on the reading backbone;
+  `done(result so far)` after each method (a run cut short keeps what finished)."""
   from prompt_tuning.retrieval import bm25, store, synthetic as obqa
   from prompt_tuning.retrieval.tasks import segments
-  paths = obqa.write(workdir, num_passages=10_000, num_train=2000, num_validation=n_eval)
+  from prompt_tuning.tasks import reading
+  paths = obqa.write(workdir, num_passages=10_000, num_train=4000, num_validation=n_eval)
   st = store.PassageStore.from_files(paths["passages"])
   retriever = bm25.BM25Retriever(st)
   rows = {s: [json.loads(x) for x in open(paths[s])] for s in ("train", "validation")}
   q = {s: [r["question"] for r in rows[s]] for s in rows}
   a = {s: [r["answer"] for r in rows[s]] for s in rows}
   gold = [st.position(r["passage_id"]) for r in rows["validation"]]
-  result = {"store_passages": len(st), "recall_at_k": {
-      str(k): v for k, v in bm25.recall_at_k(retriever, q["validation"], gold,
-                                              (1, 5, 20)).items()}}
-  seg_len = 40
+  # The longest (question, passage) segment, EOS included: nothing is ever cut.
+  seg_len = 1 + max(len(READER_TEMPLATE.format(question=x, passage=""))
+                    for x in q["train"] + q["validation"]) + max(len(p.contents) for p in st)
+  result = {"store_passages": len(st), "segment_length": seg_len,
+            "template": READER_TEMPLATE, "train_questions": len(q["train"]),
+            "validation_questions": len(q["validation"]),
+            "answers_per_relation": len(next(iter(obqa.RELATIONS.values()))),
+            "backbone": os.path.basename(backbone),
+            "closed_book_prior_exact_match": prior_exact_match(rows["train"],
+                                                               rows["validation"]),
+            "recall_at_k": {str(k): v for k, v in bm25.recall_at_k(
+                retriever, q["validation"], gold, (1, 5, 20)).items()}}
   tops = {s: retriever.retrieve(q[s], max(ks))[0] for s in q}
+  # The skill the backbone was pretrained for, in its own format, with no prompt.
+  from prompt_tuning.runtime import setup as setup_lib
+  tail = reading.examples("tail", "validation", n_eval)
+  bare = setup_lib.build(make["prompt tuning"]().replace(encoder_prompt=None),
+                         require_trainable=False)
+  result["backbone_tail_exact_match"] = exact_match(
+      bare, bare.trainable, (tail["inputs"], tail["targets"]),
+      reading.FEATURE_LENGTHS["inputs"], 8)
+  print("tail, no prompt", result["backbone_tail_exact_match"], flush=True)
 
   def data(split, k):
     if k == 0:
       return q[split], a[split]
     return ([segments(_Bytes, question, [st[j].contents for j in top[:k]], seg_len,
-                      "question: {question} context: {passage}")
+                      READER_TEMPLATE)
              for question, top in zip(q[split], tops[split])], a[split])
+  def shares(predictions, k):
+    """What seed 0's answers are: each a share (%) of the validation questions."""
+    rel = [x.split()[-1] for x in q["validation"]]
+    last = [[st[j].contents.split()[-1] for j in top[:max(k, 1)]] for top in tops["validation"]]
+    mean = lambda xs: 100.0 * float(np.mean(xs))  # noqa: E731
+    return {"an answer of the question's relation": mean(
+                [p in obqa.RELATIONS[r] for p, r in zip(predictions, rel)]),
+            "the top passage's answer": mean([p == w[0] for p, w in zip(predictions, last)]),
+            "the answer of a passage read": mean(
+                [p in w for p, w in zip(predictions, last)]) if k else None}
   for k in (0, *ks):
     name = "closed-book prompt tuning" if k == 0 else f"frozen reader k={k}"
     spec = make["prompt tuning"]() if k == 0 else make["frozen reader"](k)
-    in_len = 32 if k == 0 else k * seg_len
-    scores = []
+    in_len = 16 if k == 0 else k * seg_len
+    scores, predictions = [], []
     for seed in range(seeds):
-      s, trained = train(spec, data("train", k), steps, 16, in_len, 8, seed, lr)
-      scores.append(exact_match(s, trained, data("validation", k), in_len, 8, batch_size=16))
-      print(name, seed, scores[-1], flush=True)
-    result[name] = mean_sd(scores)
+      t = time.time()
+      s, trained = train(spec, data("train", k), steps, batch_size, in_len, 8, seed, lr)
+      scores.append(exact_match(s, trained, data("validation", k), in_len, 8, batch_size=16,
+                                predictions=predictions if seed == 0 else None))
+      print(name, seed, scores[-1], f"{time.time() - t:.0f} s", flush=True)
+    result[name] = {**mean_sd(scores), "seed 0 answers": shares(predictions, k)}
+    done(result)
   return result
 
 
@@ -275,7 +357,10 @@ def part_recursion(make, steps, seeds, n_eval):
 def markdown(res) -> str:
   m = res["machine"]
   lines = ["# Levine et al. (2022) on the quickstart backbone", "",
-           f"Made by `python benchmarks/giants.py{' --quick' if res['quick'] else ''}`. "
+           "Made by " + ", then ".join(f"`{c}`" for c in res.get(
+               "commands", ["python benchmarks/giants.py" + (" --quick" if res["quick"] else "")]))
+           + (" (later runs merged into the earlier ones' file)"
+              if len(res.get("commands", [])) > 1 else "") + ". "
            f"Machine: {m['cpu_model']}, {m['cores']} cores, AVX-512: "
            f"{'yes' if m['avx512'] else 'no'} (AVX2: {'yes' if m['avx2'] else 'no'}), "
            f"load average at start {m['load_average'][0]:.1f} (shared machine).", "",
@@ -301,14 +386,46 @@ def markdown(res) -> str:
         lines.append(row(f"{name} / {t}", r))
     lines.append("")
   if "reader" in res:
-    r = res["reader"]
+    r, st = res["reader"], res["settings"]
     lines += ["## Frozen reader (open-book QA, 10,000 passages)", "",
+              f"Backbone: `{r['backbone']}` (the small quickstart backbone pretrained on "
+              "`reading_pretrain`: the synthetic tasks plus copying the last word of a "
+              "longer input, `tail: kag fo mivu parl` -> `parl`, "
+              "prompt_tuning.tasks.reading); frozen. Its exact match on that task's unseen "
+              f"words, no prompt: {r['backbone_tail_exact_match']:.1f}%.", "",
+              f"Each segment is `{r['template']}` ({r['segment_length']} bytes, nothing cut), "
+              f"e.g. `bak dos home? bak dos home tarun`; the frozen reader encodes k of them "
+              f"separately and decodes from all. {r['train_questions']} training questions, "
+              f"{r['validation_questions']} validation questions about people no training "
+              f"question names; {st['seeds']} seeds, {st['reader_steps']} steps of adam at "
+              f"{st['reader_lr']}, batch {st['reader_batch_size']}, prompt length {P}. "
+              f"Closed-book chance (one of {r['answers_per_relation']} answers per relation): "
+              f"{100 / r['answers_per_relation']:.1f}%; the best closed-book guess (each "
+              "relation's most common training answer) scores "
+              f"{r['closed_book_prior_exact_match']:.1f}% on these validation questions.", "",
               "BM25 recall@k on the validation questions: " + ", ".join(
                   f"@{k} {100 * v:.1f}%" for k, v in r["recall_at_k"].items()), "",
               "| method | exact match | per seed |", "| --- | ---: | --- |"]
     for name, v in r.items():
       if isinstance(v, dict) and "mean" in v:
         lines.append(row(name, v))
+    lines.append("")
+  if "reader_answers" in res:
+    r = res["reader_answers"]
+    lines += ["### What the reader answers (seed 0, run again)", "",
+              "Share (%) of the validation questions whose answer is ... ("
+              "`--parts reader_answers`: seed 0 of each method trained again with the same "
+              "settings; its exact match is in the first column).", "",
+              "| method | exact match | an answer of the question's relation | the top "
+              "passage's answer | the answer of a passage read |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for name, v in r.items():
+      if isinstance(v, dict) and "mean" in v:
+        a = v["seed 0 answers"]
+        lines.append(f"| {name} | {v['mean']:.1f} | " + " | ".join(
+            "-" if a[c] is None else f"{a[c]:.1f}" for c in (
+                "an answer of the question's relation", "the top passage's answer",
+                "the answer of a passage read")) + " |")
     lines.append("")
   if "recursion" in res:
     lines += ["## Recursion: rotate(reverse(word)), bare format", "",
@@ -329,7 +446,11 @@ def main(argv=None):
                       help="keep the parts already in the JSON file and add those run now")
   parser.add_argument("--reader_steps", type=int, default=0, help="0: the mode's steps")
   parser.add_argument("--reader_lr", type=float, default=3e-2)
+  parser.add_argument("--reader_batch_size", type=int, default=8)
+  parser.add_argument("--reader_eval_examples", type=int, default=0,
+                      help="validation questions; 0: the mode's evaluation examples")
   parser.add_argument("--reader_ks", default="", help="e.g. 1,5; empty: the mode's")
+  parser.add_argument("--answers_ks", default="", help="reader_answers' k; empty: reader_ks")
   args = parser.parse_args(argv)
   from prompt_tuning import quickstart
   machine = cpu_info()
@@ -346,6 +467,10 @@ def main(argv=None):
   stem = os.path.join(args.out, "giants" + ("_quick" if q else ""))
   if args.merge and os.path.exists(stem + ".json"):
     res = {**json.load(open(stem + ".json")), "machine": machine}
+    settings = res["settings"] = {**settings, **res["settings"]}
+
+  res["commands"] = res.get("commands", []) + [
+      " ".join(["python benchmarks/giants.py", *(argv if argv is not None else sys.argv[1:])])]
 
   def save():
     res["notes"] = notes(res, args.parts.split(","))
@@ -359,15 +484,27 @@ def main(argv=None):
     res["idpt"] = part_idpt(make, settings["steps"], settings["seeds"],
                             settings["eval_examples"])
     save()
-  if "reader" in parts:
+  if "reader" in parts or "reader_answers" in parts:
     if args.reader_ks:
       settings["reader_ks"] = [int(k) for k in args.reader_ks.split(",")]
-    settings["reader_steps"] = args.reader_steps or settings["steps"]
-    settings["reader_lr"] = args.reader_lr
-    res["reader"] = part_reader(make, settings["reader_steps"], settings["seeds"],
-                                settings["eval_examples"], settings["reader_ks"],
-                                os.path.join("/tmp", "giants_obqa"), args.reader_lr)
-    save()
+    settings.update(reader_steps=args.reader_steps or settings["steps"],
+                    reader_lr=args.reader_lr, reader_batch_size=args.reader_batch_size,
+                    reader_eval_examples=args.reader_eval_examples or settings["eval_examples"])
+    reader_backbone = reading_backbone()
+    reader = functools.partial(
+        part_reader, reader_backbone, specs(reader_backbone, cfg), settings["reader_steps"],
+        n_eval=settings["reader_eval_examples"],
+        workdir=os.path.join("/tmp", "giants_obqa"), lr=args.reader_lr,
+        batch_size=args.reader_batch_size)
+  for part in ("reader", "reader_answers"):  # reader_answers: seed 0 again, for its answers
+    if part in parts:
+      res.pop(part, None)  # An earlier run's figures are not these.
+      ks = settings["reader_ks"]
+      if part == "reader_answers" and args.answers_ks:
+        ks = settings["reader_answers_ks"] = [int(k) for k in args.answers_ks.split(",")]
+      res[part] = reader(seeds=settings["seeds"] if part == "reader" else 1, ks=ks,
+                         done=lambda r, part=part: (res.update({part: r}), save()))
+      save()
   if "recursion" in parts:
     res["recursion"] = part_recursion(make, settings["steps"], settings["seeds"],
                                       settings["eval_examples"])
@@ -382,12 +519,14 @@ def notes(res, parts) -> str:
   text = (f"Ran: {', '.join(done) or 'nothing'}"
           f"{'; not run (time ran out or not asked): ' + ', '.join(missing) if missing else ''}. "
           f"{'Quick mode: ' if res['quick'] else ''}{s['steps']} train steps per method, "
-          f"{s['seeds']} seeds, {s['eval_examples']} evaluation examples, k in "
-          f"{s['reader_ks']}. Steps are far fewer than the paper's; the figures show "
+          f"{s['seeds']} seeds, {s['eval_examples']} evaluation examples"
+          + (f"; the reader part: {s['reader_steps']} steps, "
+             f"{s.get('reader_eval_examples', s['eval_examples'])} validation questions, k in "
+             f"{s['reader_ks']}" if "reader" in res else "") + ". Steps are far fewer than the paper's; the figures show "
           "the methods run end to end on the frozen backbone and how they compare at "
           "this budget, not converged accuracy. Timings are in-process (jit once, then "
           "methods alternate each round), on a shared 2-core machine under load.")
-  return text
+  return " ".join([text, *res.get("remarks", [])])
 
 
 if __name__ == "__main__":

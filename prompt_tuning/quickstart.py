@@ -57,6 +57,8 @@ class PretrainConfig:
   warmup_steps: int = 200
   # The research suite pretrains on a wider mixture (prompt_tuning.tasks.research).
   mixture: str = "synthetic_pretrain"
+  # Longer inputs for mixtures with longer examples (reading_pretrain: 32).
+  inputs_length: int = 16
 
 
 def default_cache_dir() -> str:
@@ -68,6 +70,8 @@ def backbone_path(cache_dir: str, cfg: PretrainConfig) -> str:
   name = f"synthetic_{cfg.size}_seed{cfg.seed}_steps{cfg.steps}_bs{cfg.batch_size}"
   if cfg.mixture != "synthetic_pretrain":  # The quickstart's cached folders keep their names.
     name += f"_{cfg.mixture}"
+  if cfg.inputs_length != 16:  # synthetic.FEATURE_LENGTHS: older folders keep their names.
+    name += f"_in{cfg.inputs_length}"
   return os.path.join(cache_dir, "backbones", name)
 
 
@@ -103,8 +107,9 @@ def pretrain(cfg: PretrainConfig, cache_dir: Optional[str] = None,
   model_config = backbone_config(cfg.size)
   spec = ModelSpec(model_config, trainable_rules=freezing.FULL_FINETUNING_RULES)
   summary = loop.train(model_dir=work, model=spec,
-                       data=DataSpec(cfg.mixture, synthetic.FEATURE_LENGTHS, cfg.batch_size,
-                                     seed=cfg.seed),
+                       data=DataSpec(cfg.mixture,
+                                     {**synthetic.FEATURE_LENGTHS, "inputs": cfg.inputs_length},
+                                     cfg.batch_size, seed=cfg.seed),
                        train_steps=cfg.steps,
                        optimizer=optax.chain(optax.clip_by_global_norm(1.0),
                                              optax.adamw(schedule, weight_decay=1e-4)),

@@ -3,6 +3,7 @@
 Installed as `prompt_tuning.tasks` (the binaries import it):
   synthetic.py       the quickstart's synthetic string tasks (byte vocabulary)
   research.py        the research suite's harder formats and its pretraining mixture
+  reading.py         a key-lookup skill and `reading_pretrain`, the frozen reader's backbone
   benchmarks.py      GLUE, SuperGLUE (standard, taskless, task-index and rank
                      classification variants, mixtures), SST-2 / IMDB with
                      recycling's verbalizers, MRQA
@@ -13,9 +14,11 @@ Installed as `prompt_tuning.tasks` (the binaries import it):
 """
 
 from prompt_tuning.tasks import benchmarks
+from prompt_tuning.tasks import reading
 from prompt_tuning.tasks import research
 from prompt_tuning.tasks import synthetic
 
 synthetic.register()
 research.register()
+reading.register()
 benchmarks.register()
