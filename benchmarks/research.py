@@ -885,7 +885,7 @@ def plot(results: dict[str, Any], suite: Suite, out_dir: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  import matplotlib.ticker  # noqa: F401  (matplotlib.ticker below)
+  from matplotlib.ticker import NullFormatter
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   scale = _aggregate(results["scale"], "task", "size", "method")
   backbone_params = results["backbone_parameters"]
@@ -900,7 +900,7 @@ def plot(results: dict[str, Any], suite: Suite, out_dir: str) -> None:
   # One labelled tick per backbone size, none in between (they overlapped).
   sizes = sorted(backbone_params.items(), key=lambda kv: kv[1])
   axes[0].set_xticks([v for _, v in sizes], [f"{k}\n{v / 1e6:.2f}M" for k, v in sizes])
-  axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+  axes[0].xaxis.set_minor_formatter(NullFormatter())
   axes[0].set(xlabel="backbone parameters", ylabel="score (%)", title="Scale")
   axes[0].legend(fontsize=7)
   by_len = sorted(_aggregate(results["length"], "length"), key=lambda r: r["length"])
