@@ -184,7 +184,9 @@ class Method:
   train_kwargs: Optional[Callable[[str], dict[str, Any]]] = None
 
 
+@functools.lru_cache(maxsize=None)
 def _optimizer(kind: str):
+  """One optimizer object per kind, so runs of one structure share a train step."""
   import optax
   from prompt_tuning.train import optimizers
   if kind == "finetune":

@@ -13,7 +13,6 @@ log-probability.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import registry
+from prompt_tuning import trees as tree_lib
 from prompt_tuning import decoding
 from prompt_tuning.prompts import provenance
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
@@ -100,23 +100,22 @@ def _jitted_functions(model: nn.Module, decoding_config: decoding.DecodingConfig
   return gen, score_fn, candidates_fn
 
 
-_cached_jitted_functions = functools.lru_cache(maxsize=16)(_jitted_functions)
+_JITTED_FUNCTIONS = tree_lib.SharedCache(maxsize=16)
 
 
 def compiled_functions(model: nn.Module, decoding_config: decoding.DecodingConfig
                        ) -> tuple[Callable[..., Any], ...]:
   """`_jitted_functions`, shared by every `predict` call on an equal model and config.
 
-  Linen modules hash and compare by their fields, so a second evaluation of the
-  same architecture and prompt module (another checkpoint, another prompt
-  value: both are in `params`) reuses the programs compiled for the first
+  Linen modules compare by their fields, initializers left out
+  (`trees.without_initializers`), so a second evaluation of the same
+  architecture and prompt module (another checkpoint, another prompt value
+  or initializer: all in `params`) reuses the programs compiled for the first
   instead of tracing and compiling them again. A module with an unhashable
   field gets fresh functions.
   """
-  try:
-    return _cached_jitted_functions(model, decoding_config)
-  except TypeError:  # an unhashable field somewhere in the module tree
-    return _jitted_functions(model, decoding_config)
+  return _JITTED_FUNCTIONS.get((tree_lib.without_initializers(model), decoding_config),
+                               lambda: _jitted_functions(model, decoding_config))
 
 
 def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]],

@@ -60,10 +60,10 @@ def precompile(model: specs_lib.ModelSpec, data: specs_lib.DataSpec,
   batch = {"encoder_input_tokens": tokens(lin), "decoder_input_tokens": tokens(lt),
            "decoder_target_tokens": tokens(lt), "decoder_loss_weights": tokens(lt, jnp.float32)}
   step = jax.ShapeDtypeStruct((), jnp.int32, sharding=partitioning.replicated(mesh))
-  train_step = loop.jit_train_step(setup.model, optimizer, 1e-4, False, 0, mesh, t_sh, opt_sh,
-                                   f_sh)
+  train_step = loop.jit_train_step(setup.model, optimizer, 1e-4, False, mesh, t_sh, opt_sh,
+                                   f_sh, partitioning_config=partitioning_config)
   with mesh, partitioning.logical_rules_context(partitioning_config):
-    lowered = train_step.lower(trainable, opt_state, frozen, batch, step)
+    lowered = train_step.lower(trainable, opt_state, frozen, batch, step, step)
   compiled = lowered.compile()
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()

@@ -100,3 +100,63 @@ def tree_digest(tree: Any) -> str:
     h.update(f"{name}|{value.dtype}|{value.shape}|".encode())
     h.update(np.ascontiguousarray(value).tobytes())
   return h.hexdigest()
+
+
+def without_initializers(module: Any) -> Any:
+  """A linen MODULE with its (and its sub-modules') initializer fields set to None.
+
+  Applying existing parameters never calls an initializer, so two modules
+  that differ only in how their parameters were initialized (a random, a
+  sampled-vocabulary or a class-label prompt) compute the same function: this
+  is their common key in `SharedCache`. Only a key: the result may not be
+  applicable (a module may read its initializer in `setup`). Fields named
+  `init` or `*_init` holding a callable count as initializers.
+  """
+  import dataclasses
+  import flax.linen as nn
+  if not isinstance(module, nn.Module):
+    return module
+  changes = {}
+  for field in dataclasses.fields(module):
+    if field.name in ("parent", "name"):
+      continue
+    value = getattr(module, field.name)
+    if isinstance(value, nn.Module):
+      stripped = without_initializers(value)
+      if stripped is not value:
+        changes[field.name] = stripped
+    elif (field.name == "init" or field.name.endswith("_init")) and callable(value):
+      changes[field.name] = None
+  return module.clone(**changes) if changes else module
+
+
+class SharedCache:
+  """The few most recently used values by key, each made on its first request.
+
+  For jitted functions shared by every call on an equal model: a second run
+  of one structure then neither traces nor compiles again, and the bound
+  keeps a process that builds many structures from holding every program.
+  A key that cannot be hashed (an array in a module field) gets a fresh
+  value that is not kept.
+  """
+
+  def __init__(self, maxsize: int):
+    self._items: dict[Any, Any] = {}
+    self._maxsize = maxsize
+
+  def get(self, key: Any, make: Any) -> Any:
+    try:
+      hash(key)
+    except TypeError:
+      return make()
+    value = self._items.pop(key) if key in self._items else make()
+    self._items[key] = value  # most recently used last
+    while len(self._items) > self._maxsize:
+      self._items.pop(next(iter(self._items)))
+    return value
+
+  def values(self) -> list[Any]:
+    return list(self._items.values())
+
+  def clear(self) -> None:
+    self._items.clear()

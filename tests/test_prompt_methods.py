@@ -222,6 +222,11 @@ def test_predict_reuses_compiled_functions_for_equal_models_and_reads_params_eac
       model, config)
   assert evaluation.compiled_functions(T5(CFG, encoder_prompt=soft.SoftPrompt(3)),
                                        config) is not evaluation.compiled_functions(model, config)
+  # Another initializer changes nothing that applying the parameters computes.
+  zeros_init = T5(CFG, encoder_prompt=soft.SoftPrompt(2, init=jax.nn.initializers.zeros))
+  assert zeros_init != model
+  assert evaluation.compiled_functions(zeros_init, config) is evaluation.compiled_functions(
+      model, config)
   # The shared programs take the prompt as an argument: a second prompt value gives
   # that prompt's own scores (the reference is decoding.score run directly).
   examples = [{"inputs": np.asarray([5, 6, 1])}, {"inputs": np.asarray([7, 1])}]

@@ -155,9 +155,10 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     objective = step_lib.Objective(rank_loss=loss, wayward=wayward_lib.resolve(
         wayward, trainable, frozen, vocabulary) if wayward is not None else None)
     dropout = dropout_enabled(model.config, use_dropout)
-    train_step = jit_train_step(setup.model, optimizer, z_loss, dropout, seed, mesh,
+    train_step = jit_train_step(setup.model, optimizer, z_loss, dropout, mesh,
                                 setup.trainable_shardings, opt_shardings,
-                                setup.frozen_shardings, dropout_rng_impl, objective)
+                                setup.frozen_shardings, dropout_rng_impl, objective,
+                                partitioning_config)
     writer = metrics_lib.MetricsWriter(model_dir, "train") if is_chief else None
     backbone_bytes = tree_lib.tree_bytes(frozen)
     summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes, skipped_steps=[],
@@ -193,7 +194,7 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
       batch = partitioning.local_batch_to_global(host_batch, mesh)
       with mesh, partitioning.logical_rules_context(partitioning_config):
         trainable, opt_state, metrics = train_step(trainable, opt_state, frozen, batch,
-                                                   np.int32(step))
+                                                   np.int32(step), np.int32(seed))
       faults.maybe_kill("after_step", step)
       if pending is not None:
         _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite)
@@ -266,22 +267,53 @@ def dropout_enabled(config: Any, use_dropout: Optional[bool]) -> bool:
 
 
 def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, z_loss: float,
-                   use_dropout: bool, seed: int, mesh: Any, trainable_shardings: Any,
+                   use_dropout: bool, mesh: Any, trainable_shardings: Any,
                    opt_shardings: Any, frozen_shardings: Any,
                    dropout_rng_impl: str = "threefry2x32",
-                   objective: step_lib.Objective = step_lib.Objective()):
+                   objective: step_lib.Objective = step_lib.Objective(),
+                   partitioning_config: Optional[partitioning.PartitioningConfig] = None):
   """The train step, jitted with explicit shardings and donated state.
 
-  `step(trainable, opt_state, frozen, batch, step_number)`; the dropout key
-  is derived from the seed and the step number on device.
-  """
-  base_step = step_lib.make_train_step(model, optimizer, z_loss, use_dropout, objective)
+  `step(trainable, opt_state, frozen, batch, step_number, seed)`: the dropout
+  key is derived on device from the seed and the step number, both traced,
+  so runs that differ only in their seed share one compiled program.
 
+  Calls with equal arguments (linen modules, meshes, shardings and the
+  partitioning config compare by value, the modules' initializers left out;
+  the optimizer and the objective by identity or value) get the same jitted
+  function, so a second run of one
+  structure in a process (another seed, prompt initialization, backbone or
+  task with the same shapes) neither traces nor compiles again.
+  `partitioning_config` is part of that key because its logical-axis rules
+  shape the activations' sharding constraints when the step is traced.
+  Arguments that cannot be hashed (a wayward objective holds an array) get
+  a fresh function.
+  """
   if dropout_rng_impl not in ("threefry2x32", "rbg", "unsafe_rbg"):
     raise ValueError(f"dropout_rng_impl={dropout_rng_impl!r}; expected 'threefry2x32', "
                      "'rbg' or 'unsafe_rbg'")
+  args = (model, optimizer, float(z_loss), bool(use_dropout), mesh, trainable_shardings,
+          opt_shardings, frozen_shardings, dropout_rng_impl, objective)
+  key = (tree_lib.without_initializers(model), optimizer, float(z_loss), bool(use_dropout),
+         mesh, _tree_key(trainable_shardings), _tree_key(opt_shardings),
+         _tree_key(frozen_shardings), dropout_rng_impl, objective, partitioning_config)
+  return _TRAIN_STEPS.get(key, lambda: _train_step_jit(*args))
 
-  def step_fn(trainable, opt_state, frozen, batch, step):
+
+# A few, so that a process training many structures keeps few programs alive.
+_TRAIN_STEPS = tree_lib.SharedCache(maxsize=8)
+
+
+def _tree_key(tree: Any) -> tuple[Any, tuple[Any, ...]]:
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, tuple(leaves)
+
+
+def _train_step_jit(model, optimizer, z_loss, use_dropout, mesh, trainable_shardings,
+                    opt_shardings, frozen_shardings, dropout_rng_impl, objective):
+  base_step = step_lib.make_train_step(model, optimizer, z_loss, use_dropout, objective)
+
+  def step_fn(trainable, opt_state, frozen, batch, step, seed):
     return base_step(trainable, opt_state, frozen, batch,
                      jax.random.fold_in(jax.random.key(seed, impl=dropout_rng_impl), step))
 
@@ -289,7 +321,7 @@ def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, z_
   return jax.jit(
       step_fn,
       in_shardings=(trainable_shardings, opt_shardings, frozen_shardings,
-                    partitioning.batch_sharding(mesh), replicated),
+                    partitioning.batch_sharding(mesh), replicated, replicated),
       out_shardings=(trainable_shardings, opt_shardings, replicated),
       donate_argnums=(0, 1))
 

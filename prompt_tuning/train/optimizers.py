@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Union
 
 import optax
@@ -15,7 +16,22 @@ Schedule = Union[float, Callable[[Any], Any]]
 def prompt_tuning_adafactor(learning_rate: Schedule = 0.3, decay_rate: float = 0.8,
                             weight_decay_rate: float = 1e-5,
                             clipping_threshold: float = 1.0) -> optax.GradientTransformation:
-  """Lester et al. (2021): Adafactor, constant 0.3, decay 0.8, no parameter scaling, wd 1e-5."""
+  """Lester et al. (2021): Adafactor, constant 0.3, decay 0.8, no parameter scaling, wd 1e-5.
+
+  Equal arguments give the same transformation object (it is stateless), so
+  train steps built on it are shared by the runs of one process
+  (`train.loop.jit_train_step`).
+  """
+  try:
+    return _adafactor(learning_rate, decay_rate, weight_decay_rate, clipping_threshold)
+  except TypeError:  # an unhashable schedule
+    return _adafactor.__wrapped__(learning_rate, decay_rate, weight_decay_rate,
+                                  clipping_threshold)
+
+
+@functools.lru_cache(maxsize=16)
+def _adafactor(learning_rate: Schedule, decay_rate: float, weight_decay_rate: float,
+               clipping_threshold: float) -> optax.GradientTransformation:
   # Only the learning rate is injected (so it can be logged); adafactor
   # branches on its other numbers, which must stay static.
   static = ("min_dim_size_to_factor", "decay_rate", "decay_offset", "clipping_threshold",
