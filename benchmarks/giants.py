@@ -177,24 +177,33 @@ def specs(backbone, cfg):
 # --- parts ---------------------------------------------------------------------------
 
 
-def part_cost(make, rounds, batch_size=16):
-  """Trainable parameters and median train-step seconds, methods alternating."""
+def part_cost(make, rounds, batch_size=16, reader_ks=(1, 5, 20), segment_length=33):
+  """Trainable parameters and median train-step seconds, methods alternating.
+
+  The frozen reader is timed at each k of the reader part, on segments of the
+  reader part's length (33: the longest question + passage, EOS included).
+  """
   import jax
   import optax
   from prompt_tuning.runtime import setup as setup_lib
   from prompt_tuning.train import step as step_lib
   words = ["abcde", "hgfa", "cabd"] * batch_size
-  steps = {}
+  methods = {}
   for name, fn in make.items():
+    if name == "frozen reader":
+      methods.update({f"frozen reader k={k}": (functools.partial(fn, k), k) for k in reader_ks})
+    else:
+      methods[name] = (fn, 0)
+  steps = {}
+  for name, (fn, k) in methods.items():
     s = setup_lib.build(fn())
     opt = optax.adam(1e-3)
-    in_len = 5 * 40 if name == "frozen reader" else 16
-    if name == "frozen reader":
-      seg = np.zeros((5, 40), np.int32)
+    if k:
+      seg = np.zeros((k, segment_length), np.int32)
       seg[:, :6] = 7
-      b = batch_of([seg.reshape(-1)] * batch_size, words[:batch_size], in_len, 8)
+      b = batch_of([seg.reshape(-1)] * batch_size, words[:batch_size], k * segment_length, 8)
     else:
-      b = batch_of(words[:batch_size], words[:batch_size], in_len, 8)
+      b = batch_of(words[:batch_size], words[:batch_size], 16, 8)
     step = jax.jit(step_lib.make_train_step(s.model, opt))
     state = (s.trainable, opt.init(s.trainable))
     out = step(*state, s.frozen, b, jax.random.PRNGKey(0))
@@ -372,8 +381,8 @@ def markdown(res) -> str:
     for name, r in res["cost"].items():
       lines.append(f"| {name} | {r['trainable_params']:,} | {r['step_ms']:.1f} | "
                    f"{r['step_time_vs_prompt_tuning']:.2f}x |")
-    lines += ["", "The frozen reader's step reads 5 passages of 40 tokens (200 encoder "
-              "tokens), the others 16.", ""]
+    lines += ["", "The frozen reader's step at k reads k passages of 33 tokens (the reader "
+              "part's segments), the others 16 input tokens; batch 16.", ""]
 
   def row(name, r):
     return f"| {name} | {r['mean']:.1f} ± {r['sd']:.1f} | {', '.join(f'{v:.1f}' for v in r['values'])} |"
