@@ -362,8 +362,44 @@ def _spawn(*args) -> dict:
   return json.loads(out.stdout.split("RESULT ", 1)[1])
 
 
+def compare_xla_defaults(rounds: int, suffix: str) -> None:
+  """Our dropout-0 step with the binaries' CPU XLA defaults against jaxlib's own
+  (PROMPT_TUNING_XLA_DEFAULTS=0), alternating processes; writes
+  train_step_xla_defaults{suffix}.md / .json."""
+  info = cpu_info()
+  times = {"project defaults": [], "jaxlib defaults": []}
+  for _ in range(rounds):
+    for name, switch in (("project defaults", "1"), ("jaxlib defaults", "0")):
+      os.environ["PROMPT_TUNING_XLA_DEFAULTS"] = switch
+      result = _spawn("ours", 0.0, 8)
+      times[name].append(float(np.median(result["step_seconds"])))
+      print(name, f"{times[name][-1]:.3f}s", result["xla_flags"] or "(no XLA_FLAGS)", flush=True)
+  os.environ.pop("PROMPT_TUNING_XLA_DEFAULTS")
+  med = {k: float(np.median(v)) for k, v in times.items()}
+  out = dict(machine=info, step_seconds=times, median=med,
+             project_over_jaxlib_speed=med["jaxlib defaults"] / med["project defaults"])
+  stem = os.path.join(HERE, f"train_step_xla_defaults{suffix}")
+  json.dump(out, open(stem + ".json", "w"), indent=1)
+  lines = ["# Train step: the binaries' CPU XLA defaults against jaxlib's", "",
+           f"Machine: {describe_cpu(info)}. Our dropout-0 step of `train_step.py` (same weights, "
+           f"batch, prompt), one process per measurement, alternating, {rounds} rounds; each "
+           f"figure the median over rounds of a process's median of {TIMED} steps. Project "
+           "defaults: `prompt_tuning/cli/environment.py` CPU_XLA_FLAGS (YNNPACK dot fusions "
+           "off); jaxlib defaults: `PROMPT_TUNING_XLA_DEFAULTS=0`. Rerun: `python "
+           f"benchmarks/train_step.py {shlex.join(sys.argv[1:])}`.", "",
+           "| XLA settings | step s (median) | per round |", "| --- | --- | --- |"]
+  lines += [f"| {k} | {med[k]:.3f} | {', '.join(f'{x:.2f}' for x in v)} |"
+            for k, v in times.items()]
+  lines += ["", f"Project defaults run at {out['project_over_jaxlib_speed']:.2f}x the speed of "
+            "jaxlib's.", ""]
+  open(stem + ".md", "w").write("\n".join(lines))
+
+
 def main():
   parser = argparse.ArgumentParser()
+  parser.add_argument("--compare_xla_defaults", action="store_true",
+                      help="only our dropout-0 step, with the project's CPU XLA defaults and "
+                      "without; writes train_step_xla_defaults{suffix}.*")
   parser.add_argument("--child", nargs=3)
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--suffix", default="")
@@ -376,6 +412,9 @@ def main():
     ROWS = tuple((t, d, tuple(n for n in names if n != "ours_remat")) for t, d, names in ROWS)
   if args.child:
     child(args.child)
+    return
+  if args.compare_xla_defaults:
+    compare_xla_defaults(args.rounds, args.suffix)
     return
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   _our_params()  # Create the shared weights once.

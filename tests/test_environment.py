@@ -19,6 +19,16 @@ def test_xla_defaults_never_override_the_users_flags():
   assert environment.merged_xla_flags("--xla_a=dot", defaults) == "--xla_a=dot --xla_b=1"
 
 
+def test_the_cpu_defaults_can_be_turned_off(monkeypatch):
+  monkeypatch.setattr(environment, "quiet_logs", lambda: None)
+  for switch, expected in (("0", "--xla_dump_to=/d"),
+                           ("1", "--xla_dump_to=/d --xla_cpu_experimental_ynn_fusion_type=")):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/d")
+    monkeypatch.setenv("PROMPT_TUNING_XLA_DEFAULTS", switch)
+    environment.configure(compilation_cache=False, tensorflow=False)
+    assert os.environ["XLA_FLAGS"] == expected, switch
+
+
 _PROGRAM = """
 import sys, warnings
 from prompt_tuning.cli import environment

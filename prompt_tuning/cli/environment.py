@@ -8,7 +8,8 @@ imported: XLA reads its flags, and TensorFlow its log level, once at import.
   cores capped at AVX2 the prompt-tuning train step of T5 1.1 small ran
   about 1.2x faster that way, and on an AVX2-only AMD EPYC so did the
   quickstart's pretraining step (benchmarks/README.md, "XLA CPU options").
-  A flag the user already set in XLA_FLAGS wins.
+  A flag the user already set in XLA_FLAGS wins, and
+  PROMPT_TUNING_XLA_DEFAULTS=0 leaves jaxlib's own defaults in place.
 - Logs: TensorFlow's C++ INFO/WARNING lines are hidden unless the user set
   TF_CPP_MIN_LOG_LEVEL. On a host with no NVIDIA driver, TensorFlow is
   imported once with stderr captured and its CPU-machine noise ("Could not
@@ -131,7 +132,8 @@ def configure(compilation_cache: bool = True, tensorflow: bool = True) -> None:
     tensorflow: import TensorFlow now, with its CPU-machine noise filtered
       (the binaries read data through seqio, which imports it anyway).
   """
-  if _jaxlib_version() >= _MIN_JAXLIB_FOR_FLAGS:
+  if (_jaxlib_version() >= _MIN_JAXLIB_FOR_FLAGS
+      and os.environ.get("PROMPT_TUNING_XLA_DEFAULTS", "1") != "0"):
     os.environ["XLA_FLAGS"] = merged_xla_flags(os.environ.get("XLA_FLAGS", ""), CPU_XLA_FLAGS)
   quiet_logs()
   if tensorflow:
