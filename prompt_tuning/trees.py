@@ -3,6 +3,7 @@ and the check of loaded arrays against the ones a model expects."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any, Mapping
 
@@ -112,7 +113,6 @@ def without_initializers(module: Any) -> Any:
   applicable (a module may read its initializer in `setup`). Fields named
   `init` or `*_init` holding a callable count as initializers.
   """
-  import dataclasses
   import flax.linen as nn
   if not isinstance(module, nn.Module):
     return module

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import re
 from typing import Any, Iterator, Mapping
 
@@ -56,7 +55,7 @@ def _traced_abstract_params(model: nn.Module, kwargs: tuple[tuple[str, Any], ...
   return nn.unbox(boxed["params"]), nn.get_partition_spec(boxed["params"])
 
 
-_cached_abstract_params = functools.lru_cache(maxsize=32)(_traced_abstract_params)
+_ABSTRACT_PARAMS = tree_lib.SharedCache(maxsize=32)
 
 
 def abstract_params(model: nn.Module, **kwargs) -> tuple[Any, Any]:
@@ -69,10 +68,8 @@ def abstract_params(model: nn.Module, **kwargs) -> tuple[Any, Any]:
   get their own copy of the containers.
   """
   key = tuple(sorted(kwargs.items()))
-  try:
-    shapes, specs = _cached_abstract_params(model, key)
-  except TypeError:  # an unhashable field somewhere in the module tree
-    shapes, specs = _traced_abstract_params(model, key)
+  shapes, specs = _ABSTRACT_PARAMS.get((model, key),
+                                       lambda: _traced_abstract_params(model, key))
   copy = lambda tree: jax.tree.map(lambda x: x, tree)  # noqa: E731
   return copy(shapes), copy(specs)
 

@@ -91,19 +91,19 @@ def train_batches(task_name: str, feature_lengths: Mapping[str, int], batch_size
 PASSTHROUGH_FEATURES = ("task_index",)
 
 
-# (task object id, split) -> (the task, its features): reading them builds a
-# dataset per subtask, about a second for a synthetic mixture, on every train and
-# eval call. The task object is kept so that its id cannot be reused.
-_PASSTHROUGH_CACHE: dict[tuple[int, str], tuple[Any, tuple[str, ...]]] = {}
+# (task, split) -> its features: reading them builds a dataset per subtask, about
+# a second for a synthetic mixture, on every train and eval call. seqio tasks
+# hash by identity, and the key keeps the task alive.
+_PASSTHROUGH_CACHE: dict[tuple[Any, str], tuple[str, ...]] = {}
 
 
 def passthrough_features(task: Any, split: str) -> tuple[str, ...]:
   """The PASSTHROUGH_FEATURES every (sub)task of `task` produces on `split`
   (found once per task object and split)."""
-  key = (id(task), split)
-  if key not in _PASSTHROUGH_CACHE or _PASSTHROUGH_CACHE[key][0] is not task:
-    _PASSTHROUGH_CACHE[key] = (task, _find_passthrough_features(task, split))
-  return _PASSTHROUGH_CACHE[key][1]
+  key = (task, split)
+  if key not in _PASSTHROUGH_CACHE:
+    _PASSTHROUGH_CACHE[key] = _find_passthrough_features(task, split)
+  return _PASSTHROUGH_CACHE[key]
 
 
 def _find_passthrough_features(task: Any, split: str) -> tuple[str, ...]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Union
 
 import optax
 
 from prompt_tuning import registry
+from prompt_tuning import trees as tree_lib
 
 Schedule = Union[float, Callable[[Any], Any]]
 
@@ -22,14 +22,13 @@ def prompt_tuning_adafactor(learning_rate: Schedule = 0.3, decay_rate: float = 0
   train steps built on it are shared by the runs of one process
   (`train.loop.jit_train_step`).
   """
-  try:
-    return _adafactor(learning_rate, decay_rate, weight_decay_rate, clipping_threshold)
-  except TypeError:  # an unhashable schedule
-    return _adafactor.__wrapped__(learning_rate, decay_rate, weight_decay_rate,
-                                  clipping_threshold)
+  args = (learning_rate, decay_rate, weight_decay_rate, clipping_threshold)
+  return _ADAFACTORS.get(args, lambda: _adafactor(*args))  # an unhashable schedule: a new one
 
 
-@functools.lru_cache(maxsize=16)
+_ADAFACTORS = tree_lib.SharedCache(maxsize=16)
+
+
 def _adafactor(learning_rate: Schedule, decay_rate: float, weight_decay_rate: float,
                clipping_threshold: float) -> optax.GradientTransformation:
   # Only the learning rate is injected (so it can be logged); adafactor
