@@ -133,9 +133,11 @@ def without_initializers(module: Any) -> Any:
 class SharedCache:
   """The few most recently used values by key, each made on its first request.
 
-  For jitted functions shared by every call on an equal model: a second run
-  of one structure then neither traces nor compiles again, and the bound
-  keeps a process that builds many structures from holding every program.
+  For what is costly to make and the same for equal keys: jitted functions
+  shared by every call on an equal model (a second run of one structure then
+  neither traces nor compiles again), a model's abstract parameter shapes,
+  an optimizer object. The bound keeps a process that builds many
+  structures from holding every program.
   A key that cannot be hashed (an array in a module field) gets a fresh
   value that is not kept.
   """
