@@ -74,8 +74,10 @@ def describe_cpu(info: dict) -> str:
           f"{'yes' if info['avx512'] else 'no'}{cap}")
 
 
-def step_flops(batch=BATCH, input_len=INPUT_LEN, prompt_len=PROMPT_LEN, target_len=TARGET_LEN):
-  """FLOPs the prompt step needs: matmuls, forward + backward through activations.
+def step_flops_parts(batch=BATCH, input_len=INPUT_LEN, prompt_len=PROMPT_LEN,
+                     target_len=TARGET_LEN) -> dict:
+  """FLOPs the prompt step needs, by kind: weight matmuls (`weights`, logits
+  included) and attention's score and value matmuls (`attention`).
 
   Counted: every weight matmul once forward and once backward (the input
   gradient only; no weight gradient, the backbone is frozen); attention
@@ -92,9 +94,13 @@ def step_flops(batch=BATCH, input_len=INPUT_LEN, prompt_len=PROMPT_LEN, target_l
                             + m * 2 * H * nd)                          # cross k v over the encoder
   dec_a = LAYERS * 2 * b * N * (2 * t * t * D + 2 * t * m * D)
   logits = 2 * b * t * H * V
-  forward = enc_w + enc_a + dec_w + dec_a + logits
-  backward = enc_w + 2 * enc_a + dec_w + 2 * dec_a + logits
-  return float(forward + backward)
+  return dict(weights=float(2 * (enc_w + dec_w + logits)),  # forward + input gradient
+              attention=float(3 * (enc_a + dec_a)))          # forward + both operands' gradients
+
+
+def step_flops(**kwargs) -> float:
+  """All the matmul FLOPs the prompt step needs (`step_flops_parts`), forward + backward."""
+  return sum(step_flops_parts(**kwargs).values())
 
 
 def _batch(seed=0):
@@ -178,10 +184,15 @@ def _gpu_peak_mib_jax():
   return stats.get("peak_bytes_in_use", float("nan") * 2**20) / 2**20
 
 
-def run_ours(dropout: float, mask_bits: int, remat: bool = False,
-             rng_impl: str = "threefry2x32") -> dict:
-  """`remat`: scanned layers, rematerialized except the weight matmuls' outputs
-  (T5Config.scan_layers=True, remat_policy='minimal'); otherwise unrolled.
+def ours_step(dropout: float, mask_bits: int, remat: str = "",
+              rng_impl: str = "threefry2x32"):
+  """Loads the weights into our model and returns (step, jitted, args): `step(i)`
+  runs train step i to completion and returns its loss; `jitted` and `args(i)`
+  are the compiled function and its arguments (for cost analysis).
+
+  `remat`: a T5Config.remat_policy ('minimal': everything recomputed in the
+  backward pass except the weight matmuls' outputs; 'full': everything) with
+  scanned layers; empty: unrolled layers, nothing recomputed.
   `rng_impl`: JAX's PRNG for the dropout key (`train.dropout_rng_impl`):
   threefry2x32 (JAX's default) or rbg (T5X's fast choice); both draw exact
   32-bit words per element with `mask_bits=32`."""
@@ -198,10 +209,9 @@ def run_ours(dropout: float, mask_bits: int, remat: bool = False,
   from prompt_tuning import trees as tree_lib
   from prompt_tuning.train import optimizers
   from prompt_tuning.train import step as step_lib
-  mem = Memory()
   flat = _our_params()
   cfg = presets.preset("t5_1_1", "small", dropout_rate=dropout, dropout_mask_bits=mask_bits,
-                       scan_layers=remat, remat_policy="minimal" if remat else "none")
+                       scan_layers=bool(remat), remat_policy=remat or "none")
   if remat:
     flat = params_lib.stack_layers(flat, {"encoder": cfg.num_encoder_layers,
                                           "decoder": cfg.num_decoder_layers})
@@ -211,45 +221,67 @@ def run_ours(dropout: float, mask_bits: int, remat: bool = False,
   del flat  # Both sides drop the host copy once the framework holds the weights.
   jax.block_until_ready(frozen)
   prompt = initializers.random_uniform(0.5)(jax.random.PRNGKey(1), (PROMPT_LEN, H))
-  trainable = {"encoder_prompt": {"prompt": prompt}}
+  state = {"trainable": {"encoder_prompt": {"prompt": prompt}}}
   opt = optimizers.prompt_tuning_adafactor()
-  opt_state = opt.init(trainable)
+  state["opt"] = opt.init(state["trainable"])
   base = step_lib.make_train_step(model, opt, 1e-4, dropout > 0)
   key = jax.random.key(0, impl=rng_impl)
-  step = jax.jit(lambda t, o, f, b, i: base(t, o, f, b, jax.random.fold_in(key, i)),
-                 donate_argnums=(0, 1))
+  jitted = jax.jit(lambda t, o, f, b, i: base(t, o, f, b, jax.random.fold_in(key, i)),
+                   donate_argnums=(0, 1))
   enc, dec_in, tgt = _batch()
   batch = jax.device_put(dict(encoder_input_tokens=enc, decoder_input_tokens=dec_in,
                               decoder_target_tokens=tgt,
                               decoder_loss_weights=(tgt > 0).astype(np.float32)))
-  mem.loaded()
+
+  def args(i):
+    return state["trainable"], state["opt"], frozen, batch, np.int32(i)
+
+  def step(i):
+    state["trainable"], state["opt"], metrics = jitted(*args(i))
+    return float(jax.block_until_ready(metrics["loss"]))
+
+  return step, jitted, args
+
+
+def _timed_steps(step, mem) -> tuple[list, float]:
+  """WARMUP then TIMED steps; the step seconds of the timed ones and the last loss."""
   times = []
   for i in range(WARMUP + TIMED):
     if i == WARMUP:
       mem.warm()
     start = time.perf_counter()
-    trainable, opt_state, metrics = step(trainable, opt_state, frozen, batch, np.int32(i))
-    jax.block_until_ready(metrics["loss"])
+    loss = step(i)
     if i >= WARMUP:
       times.append(time.perf_counter() - start)
-  out = dict(step_seconds=times, loss=float(metrics["loss"]), **mem.done(),
+  return times, loss
+
+
+def run_ours(dropout: float, mask_bits: int, remat: str = "",
+             rng_impl: str = "threefry2x32") -> dict:
+  import jax
+  mem = Memory()
+  step, jitted, args = ours_step(dropout, mask_bits, remat, rng_impl)
+  mem.loaded()
+  times, loss = _timed_steps(step, mem)
+  out = dict(step_seconds=times, loss=loss, **mem.done(),
              device=str(jax.devices()[0].device_kind), jax=jax.__version__,
              gpu_peak_mib=_gpu_peak_mib_jax() if jax.default_backend() == "gpu" else None,
              xla_flags=os.environ.get("XLA_FLAGS", ""))
   if not remat and dropout == 0:  # XLA's own count, for reference.
-    cost = step.lower(trainable, opt_state, frozen, batch, np.int32(0)).compile().cost_analysis()
+    cost = jitted.lower(*args(0)).compile().cost_analysis()
     out["xla_cost_analysis_flops"] = float((cost[0] if isinstance(cost, (list, tuple))
                                             else cost)["flops"])
   return out
 
 
-def run_peft(dropout: float) -> dict:
+def peft_step(dropout: float):
+  """Loads the same weights into HF T5 + PEFT prompt tuning; returns `step(i)`,
+  which runs one training step (forward, backward, Adafactor) and returns its loss."""
   import torch
   import transformers
   from peft import PromptTuningConfig, TaskType, get_peft_model
   from prompt_tuning.readers import hf as hf_lib
   from prompt_tuning.models import presets
-  mem = Memory()
   dev = "cuda" if torch.cuda.is_available() else "cpu"
   torch.manual_seed(0)
   cfg = presets.preset("t5_1_1", "small")
@@ -280,21 +312,30 @@ def run_peft(dropout: float) -> dict:
   enc_t = torch.from_numpy(enc.astype(np.int64)).to(dev)
   tgt_t = torch.from_numpy(tgt.astype(np.int64)).to(dev)
   sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-  mem.loaded()
-  times = []
-  for i in range(WARMUP + TIMED):
-    if i == WARMUP:
-      mem.warm()
-    start = time.perf_counter()
+
+  def step(i):
+    del i
     loss = model(input_ids=enc_t, attention_mask=enc_t > 0, labels=tgt_t).loss
     loss.backward()
     opt.step()
     opt.zero_grad()
     sync()
-    if i >= WARMUP:
-      times.append(time.perf_counter() - start)
-  return dict(step_seconds=times, loss=float(loss), **mem.done(), device=dev,
-              gpu_peak_mib=torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None,
+    return float(loss)
+
+  return step
+
+
+def run_peft(dropout: float) -> dict:
+  import torch
+  import transformers
+  mem = Memory()
+  step = peft_step(dropout)
+  mem.loaded()
+  times, loss = _timed_steps(step, mem)
+  return dict(step_seconds=times, loss=loss, **mem.done(),
+              device="cuda" if torch.cuda.is_available() else "cpu",
+              gpu_peak_mib=torch.cuda.max_memory_allocated() / 2**20
+              if torch.cuda.is_available() else None,
               torch=torch.__version__, peft=__import__("peft").__version__,
               transformers=transformers.__version__, torch_threads=torch.get_num_threads())
 
@@ -333,12 +374,15 @@ def run_matmul(lib: str) -> dict:
 
 # (name, system, dropout, mask bits): the rows of the comparison.
 CONFIGS = (("ours", "ours", 0.0, 8), ("ours_remat", "ours_remat", 0.0, 8),
+           ("ours_remat_full", "ours_remat_full", 0.0, 8),
            ("peft", "peft", 0.0, 0),
            ("ours", "ours", 0.1, 32), ("ours_remat", "ours_remat", 0.1, 32),
+           ("ours_remat_full", "ours_remat_full", 0.1, 32),
            ("ours_rbg", "ours_rbg", 0.1, 32),
            ("ours_8bit", "ours", 0.1, 8), ("peft", "peft", 0.1, 0))
-ROWS = (("dropout 0", 0.0, ("ours", "ours_remat")),
-        ("dropout 0.1, exact 32-bit masks", 0.1, ("ours", "ours_remat", "ours_rbg")),
+ROWS = (("dropout 0", 0.0, ("ours", "ours_remat", "ours_remat_full")),
+        ("dropout 0.1, exact 32-bit masks", 0.1, ("ours", "ours_remat", "ours_remat_full",
+                                                  "ours_rbg")),
         ("dropout 0.1, our 8-bit masks", 0.1, ("ours_8bit",)))
 
 
@@ -349,7 +393,8 @@ def child(args) -> None:
   elif system.startswith("matmul_"):
     result = run_matmul(system[len("matmul_"):])
   else:
-    result = run_ours(float(dropout), int(bits), remat=system == "ours_remat",
+    remat = {"ours_remat": "minimal", "ours_remat_full": "full"}.get(system, "")
+    result = run_ours(float(dropout), int(bits), remat=remat,
                       rng_impl="rbg" if system == "ours_rbg" else "threefry2x32")
   print("RESULT " + json.dumps(result))
 
@@ -404,12 +449,20 @@ def main():
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--suffix", default="")
   parser.add_argument("--note", default="", help="a line for the markdown (e.g. the machine)")
-  parser.add_argument("--no_remat", action="store_true", help="leave out ours_remat (faster)")
+  parser.add_argument("--no_remat", action="store_true",
+                      help="leave out ours_remat and ours_remat_full (faster)")
+  parser.add_argument("--systems", default="",
+                      help="comma-separated: only these of ours, ours_remat, ours_remat_full, "
+                      "ours_rbg, ours_8bit (PEFT always runs)")
   args = parser.parse_args()
   global CONFIGS, ROWS
+  keep = set(args.systems.split(",")) if args.systems else {c[0] for c in CONFIGS}
   if args.no_remat:
-    CONFIGS = tuple(c for c in CONFIGS if c[0] != "ours_remat")
-    ROWS = tuple((t, d, tuple(n for n in names if n != "ours_remat")) for t, d, names in ROWS)
+    keep -= {"ours_remat", "ours_remat_full"}
+  keep.add("peft")
+  CONFIGS = tuple(c for c in CONFIGS if c[0] in keep)
+  ROWS = tuple((t, d, tuple(n for n in names if n in keep)) for t, d, names in ROWS)
+  ROWS = tuple(row for row in ROWS if row[2])
   if args.child:
     child(args.child)
     return
@@ -453,7 +506,8 @@ def main():
   summary = dict(cpu=info, load_average_per_round=loads, matmul_gflops=best_matmul,
                  matmul_gflops_all=matmul, best_matmul_gflops=peak,
                  analytic_step_gflop=flops / 1e9, rows={})
-  xla_flops = runs["ours@0.0"][0].get("xla_cost_analysis_flops")
+  ours_key = next(k for k in runs if k.startswith("ours"))  # "ours@0.0" when it ran
+  xla_flops = runs[ours_key][0].get("xla_cost_analysis_flops")
   if xla_flops:
     summary["xla_cost_analysis_gflop"] = xla_flops / 1e9
   for title, dropout, ours_names in ROWS:
@@ -467,11 +521,11 @@ def main():
       row[name] = s
     summary["rows"][title] = row
   first = lambda k: runs[k][0]  # noqa: E731
-  summary["versions"] = dict(jax=first("ours@0.0")["jax"], torch=first("peft@0.0")["torch"],
+  summary["versions"] = dict(jax=first(ours_key)["jax"], torch=first("peft@0.0")["torch"],
                              peft=first("peft@0.0")["peft"],
                              transformers=first("peft@0.0")["transformers"],
-                             xla_flags=first("ours@0.0")["xla_flags"],
-                             device=first("ours@0.0")["device"],
+                             xla_flags=first(ours_key)["xla_flags"],
+                             device=first(ours_key)["device"],
                              torch_device=first("peft@0.0")["device"],
                              torch_threads=first("peft@0.0")["torch_threads"])
   base = os.path.join(HERE, f"train_step{args.suffix}")
@@ -495,7 +549,8 @@ def main():
            f"Rerun: `python benchmarks/train_step.py {shlex.join(sys.argv[1:])}`.",
            "", "`ours`: unrolled layers, nothing recomputed. `ours_remat`: scanned layers, "
            "rematerialized except the weight matmuls' outputs (`scan_layers=True, "
-           "remat_policy='minimal'`). `ours_rbg`: `ours` with the dropout key drawn by JAX's "
+           "remat_policy='minimal'`). `ours_remat_full`: scanned layers, everything "
+           "rematerialized (`remat_policy='full'`): the least memory, the most recomputation. `ours_rbg`: `ours` with the dropout key drawn by JAX's "
            "rbg PRNG (`train.dropout_rng_impl='rbg'`, T5X's fast choice) instead of threefry; "
            "its masks are exact 32-bit draws too. Training peak RSS: the highest resident memory after the "
            "weights were loaded (compiling and running the steps); process peak: the whole "

@@ -80,7 +80,7 @@ def _quickstart(args) -> int:
   environment.configure()  # XLA CPU defaults, quiet TF/CUDA logs, compilation cache
   logging.basicConfig(level=logging.WARNING)
   from prompt_tuning import quickstart
-  pretrain = quickstart.PretrainConfig(size=args.size, seed=args.seed, steps=args.pretrain_steps)
+  pretrain = quickstart.quickstart_pretrain_config(args.size, args.seed, args.pretrain_steps)
   prompt = quickstart.PromptConfig(steps=args.prompt_steps, length=args.prompt_length)
   try:
     quickstart.run(cache_dir=args.cache_dir, pretrain_cfg=pretrain, prompt_cfg=prompt,
@@ -373,12 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="T5X checkpoint (folder or model dir) or HF folder")
     p.add_argument("--relative_attention_max_distance", type=int, default=None,
                    help="not stored in T5X checkpoints; default 128")
-  qs = sub.add_parser("quickstart", help="pretrain a small T5 (cached), prompt-tune a held-out "
+  qs = sub.add_parser("quickstart", help="pretrain a tiny T5 (cached), prompt-tune a held-out "
                       "task, print the accuracy table", allow_abbrev=False)
   qs.add_argument("--cache_dir", default=None, help="backbone cache (default "
                   "$PROMPT_TUNING_CACHE or ~/.cache/prompt_tuning)")
   qs.add_argument("--work_dir", default=None, help="prompt run folder (default: a temp dir)")
-  qs.add_argument("--size", default="small", choices=("tiny", "small"))
+  qs.add_argument("--size", default="tiny", choices=("tiny", "small"))
   qs.add_argument("--seed", type=int, default=0)
   qs.add_argument("--pretrain_steps", type=int, default=3000)
   qs.add_argument("--prompt_steps", type=int, default=400)
