@@ -457,6 +457,10 @@ def main():
   args = parser.parse_args()
   global CONFIGS, ROWS
   keep = set(args.systems.split(",")) if args.systems else {c[0] for c in CONFIGS}
+  unknown = keep - {c[0] for c in CONFIGS}
+  if unknown:
+    parser.error(f"unknown --systems {sorted(unknown)}; expected some of "
+                 f"{sorted({c[0] for c in CONFIGS} - {'peft'})}")
   if args.no_remat:
     keep -= {"ours_remat", "ours_remat_full"}
   keep.add("peft")
