@@ -12,16 +12,17 @@ system in its own process, the two alternating over the rounds:
 
 Categories: matmul (the weight matmuls, with whatever XLA fused into them),
 attention (the score and value matmuls: batched dots in XLA; in torch
-`bmm` or the fused scaled-dot-product kernels), layout (transposes and copies), reductions (softmax, RMS norms,
-the loss), elementwise (everything else: activations, masks, residuals,
-the optimizer's arithmetic), rng (dropout draws; none at dropout 0).
+`bmm` or the fused scaled-dot-product kernels), layout (transposes and
+copies), reductions (softmax, RMS norms, the loss), elementwise (everything
+else: activations, masks, residuals, the optimizer's arithmetic), rng
+(dropout draws; none at dropout 0).
 
 The op times are the time each op ran on the thread that ran it; XLA may
 run two independent thunks at once on two cores, so the ops can sum to more
 than the step. Figures per step, median over rounds of the mean over
-PROFILED steps. The rates are the analytic FLOPs of the step's weight matmuls and of its
-attention (`train_step.step_flops_parts`) over the time in those ops: how
-fast each system's GEMMs run inside the step.
+PROFILED steps. The rates are the analytic FLOPs of the step's weight
+matmuls and of its attention (`train_step.step_flops_parts`) over the time
+in those ops: how fast each system's GEMMs run inside the step.
 
 Run: python benchmarks/step_profile.py [--rounds 3] [--suffix _epyc_avx2]
 (needs the [interop] extra). Writes step_profile{suffix}.json and .md here.
@@ -38,6 +39,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -51,12 +53,21 @@ WARMUP, PROFILED = 2, 3
 CATEGORIES = ("matmul", "attention", "layout", "reductions", "elementwise", "rng", "other")
 
 
-def hlo_categories(hlo_text: str) -> dict:
-  """Category of each instruction name in a compiled HLO module's text.
+# HLO op kinds by category, heaviest first: a fusion takes the category of
+# the heaviest kind its called computations hold; "batched-dot" is a dot with
+# batch dimensions (attention's score and value matmuls).
+_HLO_CATEGORIES = (("attention", {"batched-dot"}),
+                   ("matmul", {"dot", "convolution"}),
+                   ("rng", {"rng", "rng-bit-generator", "threefry2x32"}),
+                   ("reductions", {"reduce", "reduce-window"}),
+                   ("layout", {"transpose", "copy"}))
+# Instructions that run no op of their own.
+_HLO_NO_OP = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast"}
 
-  A fusion's category is the heaviest kind of op its called computation
-  holds (a dot makes it a matmul, then rng, then a reduce, then a transpose
-  or copy)."""
+
+def hlo_categories(hlo_text: str) -> dict:
+  """Category of each instruction name in a compiled HLO module's text
+  (`_HLO_CATEGORIES`; anything else is elementwise)."""
   computations, current = {}, None
   for line in hlo_text.splitlines():
     head = re.match(r"\s*(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s+->\s+.*\{\s*$", line)
@@ -69,50 +80,37 @@ def hlo_categories(hlo_text: str) -> dict:
   def kind(line: str) -> str:
     op = re.search(r"=\s*\S+(?:\s*\{[^}]*\})?\s+([\w\-]+)\(", line)
     if op and op.group(1) == "dot" and "lhs_batch_dims" in line:
-      return "batched-dot"  # attention's score and value matmuls
+      return "batched-dot"
     return op.group(1) if op else ""
 
-  def computation_category(name: str, seen=()) -> str:
-    found = set()
-    for line in computations.get(name, ()):
-      k = kind(line)
-      found.add(k)
-      for callee in re.findall(r"calls=%?([\w.\-]+)", line):
-        if callee not in seen:
-          found.add(computation_category(callee, seen + (name,)))
-    for category, ops in (("attention", {"batched-dot"}),
-                          ("matmul", {"dot", "convolution"}),
-                          ("rng", {"rng", "rng-bit-generator", "threefry2x32"}),
-                          ("reductions", {"reduce", "reduce-window"}),
-                          ("layout", {"transpose", "copy"})):
-      if found & ops:
+  def category_of(kinds: set) -> str:
+    for category, ops in _HLO_CATEGORIES:
+      if kinds & ops:
         return category
     return "elementwise"
+
+  def kinds_in(name: str, seen=()) -> set:
+    """The op kinds of a computation and of the computations it calls."""
+    found = set()
+    for line in computations.get(name, ()):
+      found.add(kind(line))
+      for callee in re.findall(r"calls=%?([\w.\-]+)", line):
+        if callee not in seen:
+          found |= kinds_in(callee, seen + (name,))
+    return found
 
   categories = {}
   for lines in computations.values():
     for line in lines:
       name = re.match(r"\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=", line)
-      if not name:
-        continue
       k = kind(line)
+      if not name or k in _HLO_NO_OP:
+        continue
       if k == "fusion":
         callee = re.search(r"calls=%?([\w.\-]+)", line)
-        categories[name.group(1)] = computation_category(callee.group(1)) if callee else "other"
-      elif k in ("dot", "convolution"):
-        categories[name.group(1)] = "matmul"
-      elif k == "batched-dot":
-        categories[name.group(1)] = "attention"
-      elif k in ("transpose", "copy"):
-        categories[name.group(1)] = "layout"
-      elif k in ("reduce", "reduce-window"):
-        categories[name.group(1)] = "reductions"
-      elif k in ("rng-bit-generator", "rng"):
-        categories[name.group(1)] = "rng"
-      elif k in ("parameter", "constant", "get-tuple-element", "tuple", "bitcast"):
-        continue
+        categories[name.group(1)] = category_of(kinds_in(callee.group(1))) if callee else "other"
       else:
-        categories[name.group(1)] = "elementwise"
+        categories[name.group(1)] = category_of({k})
   return categories
 
 
@@ -125,7 +123,6 @@ def profile_ours() -> dict:
   for i in range(WARMUP):
     step(i)
   trace_dir = tempfile.mkdtemp(prefix="step_profile_")
-  import time
   start = time.perf_counter()
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
     for i in range(PROFILED):
@@ -177,7 +174,6 @@ def torch_category(name: str) -> str:
 
 
 def profile_peft() -> dict:
-  import time
   import torch
   step = train_step.peft_step(0.0)
   for i in range(WARMUP):

@@ -554,9 +554,11 @@ def main():
            "", "`ours`: unrolled layers, nothing recomputed. `ours_remat`: scanned layers, "
            "rematerialized except the weight matmuls' outputs (`scan_layers=True, "
            "remat_policy='minimal'`). `ours_remat_full`: scanned layers, everything "
-           "rematerialized (`remat_policy='full'`): the least memory, the most recomputation. `ours_rbg`: `ours` with the dropout key drawn by JAX's "
+           "rematerialized (`remat_policy='full'`): the least memory, the most "
+           "recomputation. `ours_rbg`: `ours` with the dropout key drawn by JAX's "
            "rbg PRNG (`train.dropout_rng_impl='rbg'`, T5X's fast choice) instead of threefry; "
-           "its masks are exact 32-bit draws too. Training peak RSS: the highest resident memory after the "
+           "its masks are exact 32-bit draws too. Training peak RSS: the highest resident "
+           "memory after the "
            "weights were loaded (compiling and running the steps); process peak: the whole "
            "process's. MFU: analytic model FLOPs / step time / best matmul rate below.", "",
            "| dropout | system | input tokens/s | ratio to PEFT | training peak RSS MiB | "
