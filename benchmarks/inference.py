@@ -25,9 +25,7 @@ Run: python benchmarks/inference.py [--rounds 5] [--suffix _gpu]
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -49,14 +47,7 @@ def _prompt():
 
 
 def _time(fn) -> list:
-  fn()  # compile / warm up
-  fn()
-  times = []
-  for _ in range(REPEATS):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return times
+  return train_step.time_calls(fn, REPEATS)
 
 
 def run_ours() -> dict:
@@ -180,11 +171,7 @@ def run_hf() -> dict:
 
 
 def _spawn(system: str) -> dict:
-  out = subprocess.run([sys.executable, __file__, "--child", system], capture_output=True,
-                       text=True, check=False)
-  if out.returncode:
-    raise RuntimeError(f"child {system} failed:\n{out.stderr[-3000:]}")
-  return json.loads(out.stdout.split("RESULT ", 1)[1])
+  return train_step.spawn_child(__file__, system)
 
 
 def main():

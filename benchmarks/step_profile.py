@@ -36,7 +36,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -200,11 +199,7 @@ def _spawn(system: str) -> dict:
   env = dict(os.environ)
   if system == "ours_jaxlib":  # jaxlib's own XLA defaults (YNNPACK dot fusions on).
     env["PROMPT_TUNING_XLA_DEFAULTS"] = "0"
-  out = subprocess.run([sys.executable, __file__, "--child", system], capture_output=True,
-                       text=True, check=False, env=env)
-  if out.returncode:
-    raise RuntimeError(f"child {system} failed:\n{out.stderr[-3000:]}")
-  return json.loads(out.stdout.split("RESULT ", 1)[1])
+  return train_step.spawn_child(__file__, system, env=env)
 
 
 def summarize(runs: dict) -> dict:

@@ -399,12 +399,30 @@ def child(args) -> None:
   print("RESULT " + json.dumps(result))
 
 
-def _spawn(*args) -> dict:
-  out = subprocess.run([sys.executable, __file__, "--child", *map(str, args)],
-                       capture_output=True, text=True, check=False)
+def time_calls(fn, repeats: int) -> list:
+  """Seconds of `repeats` calls of `fn`, after two untimed ones (compile, warm-up)."""
+  fn()
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def spawn_child(script: str, *args, env: dict | None = None) -> dict:
+  """Runs `script --child ARGS` in a fresh process; the JSON it printed after RESULT."""
+  out = subprocess.run([sys.executable, script, "--child", *map(str, args)],
+                       capture_output=True, text=True, check=False, env=env)
   if out.returncode:
-    raise RuntimeError(f"child {args} failed:\n{out.stderr[-3000:]}")
+    raise RuntimeError(f"child {args} of {os.path.basename(script)} failed:\n"
+                       f"{out.stderr[-3000:]}")
   return json.loads(out.stdout.split("RESULT ", 1)[1])
+
+
+def _spawn(*args) -> dict:
+  return spawn_child(__file__, *args)
 
 
 def compare_xla_defaults(rounds: int, suffix: str) -> None:

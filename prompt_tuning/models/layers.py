@@ -153,22 +153,81 @@ class Dropout(nn.Module):
   rate: float
   mask_bits: int = 8
 
-  @nn.compact
+  def keep_mask(self, shape: Sequence[int]) -> tuple[Array, float]:
+    """Which entries of an array of `shape` are kept, and the probability the
+    kept ones are divided by. Apart from the random stream it draws from,
+    `mask_bits=32` is Flax's Dropout: one Bernoulli draw per element. A rate
+    that keeps nothing gives an all-False mask (and 1, never a division by 0)."""
+    if self.mask_bits not in (8, 32):
+      raise ValueError(f"dropout mask_bits={self.mask_bits}; expected 8 or 32")
+    threshold = int(round((1.0 - self.rate) * 256))  # 8-bit: keep a byte below it.
+    keep_prob = 1.0 - self.rate if self.mask_bits == 32 else threshold / 256.0
+    if keep_prob <= 0:
+      return jnp.zeros(shape, bool), 1.0
+    if self.mask_bits == 32:
+      return jax.random.bernoulli(self.make_rng("dropout"), keep_prob, shape), keep_prob
+    if threshold >= 256:
+      return jnp.ones(shape, bool), 1.0
+    n = math.prod(shape)
+    words = jax.random.bits(self.make_rng("dropout"), ((n + 3) // 4,), jnp.uint32)
+    bytes_ = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[:n].reshape(shape)
+    return bytes_ < threshold, keep_prob
+
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     if deterministic or self.rate == 0:
       return x
-    if self.mask_bits == 32:
-      return nn.Dropout(self.rate)(x, deterministic=False)
-    if self.mask_bits != 8:
-      raise ValueError(f"dropout mask_bits={self.mask_bits}; expected 8 or 32")
-    threshold = int(round((1.0 - self.rate) * 256))
-    if threshold <= 0:
-      return jnp.zeros_like(x)
-    n = math.prod(x.shape)
-    words = jax.random.bits(self.make_rng("dropout"), ((n + 3) // 4,), jnp.uint32)
-    bytes_ = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[:n].reshape(x.shape)
-    keep = bytes_ < threshold if threshold < 256 else jnp.ones(x.shape, bool)
-    return jnp.where(keep, x / (threshold / 256.0), 0).astype(x.dtype)
+    keep, keep_prob = self.keep_mask(x.shape)
+    return jnp.where(keep, x / keep_prob, 0).astype(x.dtype)
+
+
+# `MultiHeadAttention.example_loop` applies where one example's scores [N, L, K]
+# have at least this many entries (1 MiB in float32; a decoding step's are far
+# smaller, and looping over them would cost more than it saves).
+EXAMPLE_LOOP_MIN_SCORES = 1 << 18
+
+
+def attend_one_example_at_a_time(q_BLND: Array, k: Array, v: Array, biases: Sequence[Array],
+                                 keep: Optional[tuple[Array, float]], head_major: bool,
+                                 logits_dtype: Any, dtype: Any) -> Array:
+  """softmax(q k^T + biases) v, as `MultiHeadAttention` computes it, in a loop
+  over the batch; the backward pass recomputes each example's scores.
+
+  On a CPU the batched form writes and rereads the [B, N, L, K] scores about
+  nine times (the dot, the bias sum, the max, the exponent, the sum, the
+  division, the second dot), each pass over a tensor larger than the cache
+  (24 MiB for T5-small's 8 x 356 tokens). One example's scores (3 MiB) stay
+  in cache across those passes: on a 2-core AVX2 EPYC one T5-small
+  attention layer (projections included) ran 1.76x as fast forward and 1.32x
+  forward plus backward (benchmarks/attention_loop_epyc_avx2.md), and no
+  [B, N, L, K] array is kept for the backward pass.
+
+  k, v: [B, K, N, D], or [B, N, K, D] when `head_major`; each of `biases`
+  broadcasts to [B, N, L, K]; `keep`: (kept mask [B, N, L, K], keep
+  probability) of the dropout on the attention weights, or None.
+  Returns [B, L, N, D].
+  """
+  keys = "nkd" if head_major else "knd"
+  terms = [term.reshape((1,) * (4 - term.ndim) + term.shape) for term in biases]
+  # Terms with a batch of 1 are closed over; the others are sliced per example.
+  batched = [term.shape[0] != 1 for term in terms]
+  shared_terms = [term[0] for term, sliced in zip(terms, batched) if not sliced]
+  keep_mask, keep_prob = keep if keep is not None else (None, 1.0)
+
+  def one_example(args):
+    q_LND, k_1, v_1, sliced_terms, keep_NLK = args
+    logits_NLK = jnp.einsum(f"lnd,{keys}->nlk", q_LND.astype(logits_dtype),
+                            k_1.astype(logits_dtype))
+    sliced, shared = iter(sliced_terms), iter(shared_terms)
+    for is_sliced in batched:  # In the batched form's order, for the same sums.
+      logits_NLK = logits_NLK + next(sliced if is_sliced else shared).astype(logits_dtype)
+    weights = jax.nn.softmax(logits_NLK, axis=-1).astype(dtype)
+    if keep_NLK is not None:
+      weights = jnp.where(keep_NLK, weights / keep_prob, 0).astype(dtype)
+    return jnp.einsum(f"nlk,{keys}->lnd", weights, v_1.astype(dtype))
+
+  return jax.lax.map(jax.checkpoint(one_example, prevent_cse=False),
+                     (q_BLND, k, v, tuple(t for t, sliced in zip(terms, batched) if sliced),
+                      keep_mask))
 
 
 class MultiHeadAttention(nn.Module):
@@ -177,11 +236,17 @@ class MultiHeadAttention(nn.Module):
   In decode mode the keys and values of the tokens seen so far live in the
   'cache' collection ([B, Lmax, N, D]); each call writes its T new positions
   at `decode_index` and attends over the whole cache.
+
+  `example_loop`: compute the scores, softmax and weighted values one example
+  at a time (see `attend_one_example_at_a_time`) when an example's scores
+  have at least EXAMPLE_LOOP_MIN_SCORES entries. Same values, a different
+  schedule: for CPUs.
   """
   num_heads: int
   head_dim: int
   dropout_rate: float = 0.0
   dropout_mask_bits: int = 8
+  example_loop: bool = False
   dtype: Any = jnp.float32
   weight_dtype: Any = jnp.float32
   float32_logits: bool = True
@@ -259,14 +324,26 @@ class MultiHeadAttention(nn.Module):
                      for term in biases)
 
     logits_dtype = jnp.float32 if self.float32_logits else self.dtype
-    keys = "bnkd" if head_major else "bknd"
-    logits_BNLK = jnp.einsum(f"blnd,{keys}->bnlk", q.astype(logits_dtype), k.astype(logits_dtype))
-    for term in biases:
-      logits_BNLK = logits_BNLK + term.astype(logits_dtype)
-    weights = jax.nn.softmax(logits_BNLK, axis=-1).astype(self.dtype)
+    drop = None
     if not deterministic and self.dropout_rate > 0:
-      weights = Dropout(self.dropout_rate, self.dropout_mask_bits)(weights, deterministic=False)
-    out = jnp.einsum(f"bnlk,{keys}->blnd", weights, v.astype(self.dtype)).reshape(b, l, n * d)
+      drop = Dropout(self.dropout_rate, self.dropout_mask_bits)
+    key_len = k.shape[2] if head_major else k.shape[1]
+    if (self.example_loop and n * l * key_len >= EXAMPLE_LOOP_MIN_SCORES
+        and k.shape[0] == v.shape[0] == b):
+      keep = drop.keep_mask((b, n, l, key_len)) if drop is not None else None
+      out = attend_one_example_at_a_time(q, k, v, biases, keep, head_major,
+                                         logits_dtype, self.dtype)
+    else:
+      keys = "bnkd" if head_major else "bknd"
+      logits_BNLK = jnp.einsum(f"blnd,{keys}->bnlk", q.astype(logits_dtype),
+                               k.astype(logits_dtype))
+      for term in biases:
+        logits_BNLK = logits_BNLK + term.astype(logits_dtype)
+      weights = jax.nn.softmax(logits_BNLK, axis=-1).astype(self.dtype)
+      if drop is not None:
+        weights = drop(weights, deterministic=False)
+      out = jnp.einsum(f"bnlk,{keys}->blnd", weights, v.astype(self.dtype))
+    out = out.reshape(b, l, n * d)
     return Dense(inputs_q_BLH.shape[-1], ("joined_kv", "embed"), kernel_init=kv_init,
                  dtype=self.dtype, weight_dtype=self.weight_dtype, name="out")(out)
 

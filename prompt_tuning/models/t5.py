@@ -85,6 +85,11 @@ class T5Config:
   # weight matmuls, i.e. dots without batch dimensions: attention scores and
   # elementwise results are recomputed).
   remat_policy: str = "none"
+  # Long-input attention one example at a time (layers.attend_one_example_at_a_time):
+  # the same values, faster and smaller on a CPU, slower on an accelerator.
+  # None: on where JAX's default backend is the CPU and this process sees one
+  # device (a loop over a batch sharded across devices would gather it).
+  attention_example_loop: Optional[bool] = None
 
   def __post_init__(self):
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
@@ -124,8 +129,15 @@ def _relpos(cfg: T5Config, bidirectional: bool, name: str) -> layers.RelativePos
 def _attention(cfg: T5Config, name: str) -> layers.MultiHeadAttention:
   return layers.MultiHeadAttention(
       num_heads=cfg.num_heads, head_dim=cfg.head_dim, dropout_rate=cfg.dropout_rate,
-      dropout_mask_bits=cfg.dropout_mask_bits,
+      dropout_mask_bits=cfg.dropout_mask_bits, example_loop=attention_example_loop(cfg),
       float32_logits=cfg.float32_attention_logits, name=name, **_common(cfg))
+
+
+def attention_example_loop(cfg: T5Config) -> bool:
+  """`cfg.attention_example_loop`, with None resolved for this process."""
+  if cfg.attention_example_loop is not None:
+    return cfg.attention_example_loop
+  return jax.default_backend() == "cpu" and jax.device_count() == 1
 
 
 def _norm(cfg: T5Config, name: str) -> layers.RMSNorm:
