@@ -118,17 +118,8 @@ def main():
   if args.child:
     print("RESULT " + json.dumps(run(args.child)))
     return
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  train_step._our_params()
-  info = train_step.cpu_info()
-  print("CPU:", train_step.describe_cpu(info), "| load average", info["load_average"], flush=True)
-  runs, loads = {s: [] for s in SETTINGS}, []
-  for _ in range(args.rounds):
-    for setting in SETTINGS:
-      r = _spawn(setting)
-      runs[setting].append(r)
-      print(setting, {k: round(r[k], 4) for k in MEASURES}, flush=True)
-    loads.append(os.getloadavg())
+  runs, loads, info = train_step.alternate_rounds(
+      SETTINGS, _spawn, args.rounds, lambda r: {k: round(r[k], 4) for k in MEASURES})
   med = {s: {k: float(np.median([r[k] for r in runs[s]])) for k in MEASURES} for s in SETTINGS}
   loop, batched = runs["loop"][0], runs["batched"][0]
   same = dict(

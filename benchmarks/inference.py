@@ -185,17 +185,9 @@ def main():
     result = run_ours() if args.child == "ours" else run_hf()
     print("RESULT " + json.dumps(result))
     return
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  train_step._our_params()
-  info = train_step.cpu_info()
-  print("CPU:", train_step.describe_cpu(info), "| load average", info["load_average"], flush=True)
-  runs, loads = {"ours": [], "hf": []}, []
-  for _ in range(args.rounds):
-    for system in ("ours", "hf"):
-      r = _spawn(system)
-      runs[system].append(r)
-      print(system, {k: round(float(np.median(r[k])), 3) for k in WORKLOADS}, flush=True)
-    loads.append(os.getloadavg())
+  runs, loads, info = train_step.alternate_rounds(
+      ("ours", "hf"), _spawn, args.rounds,
+      lambda r: {k: round(float(np.median(r[k])), 3) for k in WORKLOADS})
   med = lambda system, k: float(np.median([np.median(r[k]) for r in runs[system]]))  # noqa
   ours, hf = runs["ours"][0], runs["hf"][0]
   agree_greedy = float(np.mean(np.asarray(ours["greedy_tokens"]) == np.asarray(hf["greedy_tokens"])))

@@ -425,6 +425,24 @@ def _spawn(*args) -> dict:
   return spawn_child(__file__, *args)
 
 
+def alternate_rounds(systems, spawn, rounds: int, show) -> tuple[dict, list, dict]:
+  """Runs `spawn(system)` for every system in turn, `rounds` times (each a
+  fresh process), printing `show(result)` as it goes. Returns the results per
+  system, the load average after each round, and the CPU description."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  _our_params()  # Create the shared weights once, before any child reads them.
+  info = cpu_info()
+  print("CPU:", describe_cpu(info), "| load average", info["load_average"], flush=True)
+  runs, loads = {system: [] for system in systems}, []
+  for _ in range(rounds):
+    for system in systems:
+      result = spawn(system)
+      runs[system].append(result)
+      print(system, show(result), flush=True)
+    loads.append(os.getloadavg())
+  return runs, loads, info
+
+
 def compare_xla_defaults(rounds: int, suffix: str) -> None:
   """Our dropout-0 step with the binaries' CPU XLA defaults against jaxlib's own
   (PROMPT_TUNING_XLA_DEFAULTS=0), alternating processes; writes

@@ -264,6 +264,21 @@ def fill_cross_cache(model: nn.Module, params: Any, cache: Any, encoded: Array,
   return tree_lib.unflatten(flat)
 
 
+def _is_cross(name: str) -> bool:
+  return name.rsplit("/", 1)[-1].startswith("cross_")
+
+
+def cross_cache_entries(model: nn.Module, params: Any, encoded: Array, encoder_mask: Array,
+                        max_decode_length: int,
+                        prompt_features: Optional[dict] = None) -> dict[str, Array]:
+  """The filled cross-attention cache entries (flat names), one row per example."""
+  from prompt_tuning import trees as tree_lib
+  cache = init_cache(model, params, encoded.shape[0], max_decode_length, encoded.shape[1],
+                     prompt_features)
+  filled = fill_cross_cache(model, params, cache, encoded, encoder_mask, prompt_features)
+  return {n: v for n, v in tree_lib.flatten(filled).items() if _is_cross(n)}
+
+
 def generate(model: nn.Module, params: Any, encoder_input_tokens: Array,
              config: DecodingConfig = DecodingConfig(), rng: Optional[Array] = None,
              prompt_features: Optional[dict[str, Array]] = None) -> tuple[Array, Array]:
@@ -278,20 +293,24 @@ def generate(model: nn.Module, params: Any, encoder_input_tokens: Array,
   encoded, enc_mask = model.apply({"params": params}, encoder_input_tokens,
                                   prompt_features=prompt_features, method=model.encode)
   k = config.num_beams if config.method == "beam" else 1
+  if config.use_cache:
+    # The cross-attention keys and values are projected once per example, not
+    # per beam: a beam's queries read their example's row (see
+    # layers.MultiHeadAttention), so beam search projects and reads K times
+    # less than a cache of B*K rows.
+    cross = cross_cache_entries(model, params, encoded, enc_mask, length, prompt_features)
   if k > 1:
     encoded, enc_mask = expand_to_beams((encoded, enc_mask), k)
     prompt_features = expand_to_beams(prompt_features, k) if prompt_features else None
 
   if config.use_cache:
     from prompt_tuning import trees as tree_lib
-    cache = init_cache(model, params, b * k, length, encoded.shape[1], prompt_features)
-    cache = tree_lib.flatten(fill_cross_cache(model, params, cache, encoded, enc_mask,
-                                              prompt_features))
     # The cross-attention keys and values never change while decoding: they
     # stay out of the loop state (no per-step copy, no beam reordering), and
     # only the self-attention cache is carried.
-    cross = {n: v for n, v in cache.items() if n.rsplit("/", 1)[-1].startswith("cross_")}
-    cache = {n: v for n, v in cache.items() if n not in cross}
+    cache = {n: v for n, v in tree_lib.flatten(init_cache(
+        model, params, b * k, length, encoded.shape[1], prompt_features)).items()
+             if not _is_cross(n)}
 
     def tokens_to_logits(state: DecodeState):
       logits, mutated = model.apply(
@@ -345,9 +364,10 @@ def score_candidates(model: nn.Module, params: Any, encoder_input_tokens: Array,
 
   The input is encoded once, and each decoder layer projects the encoder
   output into cross-attention keys and values once; the C candidates then
-  share that projection (it is repeated in memory, not recomputed) and run
-  through the decoder together as B * C rows. `score` on each candidate in
-  turn would encode and project the input C times.
+  share that projection (read from one cache row per example, neither
+  recomputed nor copied) and run through the decoder together as B * C
+  rows. `score` on each candidate in turn would encode and project the
+  input C times.
 
   Args:
     encoder_input_tokens: [B, L].
@@ -364,14 +384,14 @@ def score_candidates(model: nn.Module, params: Any, encoder_input_tokens: Array,
   from prompt_tuning import trees as tree_lib
   encoded, enc_mask = model.apply({"params": params}, encoder_input_tokens,
                                   prompt_features=prompt_features, method=model.encode)
-  cache = init_cache(model, params, b, t, encoded.shape[1], prompt_features)
-  cache = tree_lib.flatten(fill_cross_cache(model, params, cache, encoded, enc_mask,
-                                            prompt_features))
-  # Every row of the cache gets C copies (batch is axis 0; scanned layers
-  # stack on axis 1, after the batch). The self-attention part is still zero.
-  cache = tree_lib.unflatten({n: jnp.repeat(v, c, axis=0) if v.ndim else v
-                              for n, v in cache.items()})
+  cross = cross_cache_entries(model, params, encoded, enc_mask, t, prompt_features)
   repeat = lambda x: jnp.repeat(x, c, axis=0)  # noqa: E731
+  # The cross-attention rows stay one per example (the candidates' queries
+  # read their example's row); the self-attention part, zeros, has B * C rows.
+  cache = tree_lib.flatten(init_cache(model, params, b * c, t, encoded.shape[1],
+                                      jax.tree.map(repeat, prompt_features)
+                                      if prompt_features else None))
+  cache = tree_lib.unflatten({**{n: v for n, v in cache.items() if not _is_cross(n)}, **cross})
   targets = candidates.reshape(b * c, t)
   feats = jax.tree.map(repeat, prompt_features) if prompt_features else None
   logits, _ = model.apply({"params": params, "cache": cache}, repeat(encoded), repeat(enc_mask),

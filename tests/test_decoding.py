@@ -212,3 +212,69 @@ def test_score_candidates_equals_scoring_each_candidate(scan):
   np.testing.assert_allclose(shared, each, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="expected"):
     decoding.score_candidates(model, params, enc, cands[:2])
+
+
+def _dot_inputs(jaxpr) -> list:
+  """The shapes of every dot_general's left operand, nested jaxprs included."""
+  shapes = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      shapes.append(tuple(eqn.invars[0].aval.shape))
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (list, tuple)) else (value,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          shapes += _dot_inputs(inner)
+  return shapes
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_beams_and_candidates_project_the_encoder_once_per_example(tiny, scan):
+  """Beam search and rank classification read one cross-attention cache row
+  per example: the encoder output is projected at B rows, never at B * K,
+  and the results equal decoding without a cache."""
+  _, _, enc = tiny
+  model = T5(TINY_CONFIG.replace(scan_layers=scan))
+  params = params_lib.init_params(model, jax.random.PRNGKey(2))
+  b, m = enc.shape
+  emb, beams = TINY_CONFIG.emb_dim, 4
+
+  def beam(use_cache):
+    cfg = decoding.DecodingConfig(method="beam", num_beams=beams, max_decode_length=7,
+                                  use_cache=use_cache)
+    return lambda p, x: decoding.generate(model, p, x, cfg)
+
+  cands = jnp.array([[20, 21, 1], [22, 1, 0], [7, 7, 1]])
+  for fn, rows in ((beam(True), b * beams),
+                   (lambda p, x: decoding.score_candidates(model, p, x, cands), b * 3)):
+    encoder_rows = [s[0] for s in _dot_inputs(jax.make_jaxpr(fn)(params, enc).jaxpr)
+                    if s[-2:] == (m, emb)]
+    assert b in encoder_rows and rows not in encoder_rows, encoder_rows
+  cached, uncached = beam(True)(params, enc), beam(False)(params, enc)
+  np.testing.assert_array_equal(cached[0], uncached[0])
+  np.testing.assert_allclose(cached[1], uncached[1], rtol=1e-4, atol=1e-4)
+
+
+def test_grouped_cross_attention_equals_a_repeated_cache():
+  """A cross-attention cache of R rows serving R * G query rows (G beams or
+  candidates each) gives what the cache repeated to R * G rows gives, with a
+  different mask for every query row."""
+  from prompt_tuning.models import layers
+  r, g, l, keys, n, d, h = 2, 3, 2, 5, 2, 4, 8
+  attention = layers.MultiHeadAttention(num_heads=n, head_dim=d)
+  x = jax.random.normal(jax.random.PRNGKey(0), (r * g, l, h))
+  params = attention.init(jax.random.PRNGKey(1), x, jnp.ones((r * g, keys, h)), None)["params"]
+  k, v = jax.random.normal(jax.random.PRNGKey(2), (2, r, n, keys, d))
+  visible = jax.random.bernoulli(jax.random.PRNGKey(3), 0.6, (r * g, l, keys))
+  bias = layers.mask_to_bias(visible.at[..., 0].set(True))
+
+  def attend(k, v):
+    cache = {"cross_key": k, "cross_value": v}
+    return attention.apply({"params": params, "cache": cache}, x, None, bias,
+                           cross_cache="use")
+  grouped = attend(k, v)
+  repeated = attend(jnp.repeat(k, g, axis=0), jnp.repeat(v, g, axis=0))
+  np.testing.assert_allclose(grouped, repeated, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(grouped[0], grouped[1])  # the masks differ within a group
+  with pytest.raises(ValueError, match="4 rows for 6 query rows; expected a divisor"):
+    attend(jnp.repeat(k, 2, axis=0), jnp.repeat(v, 2, axis=0))

@@ -230,6 +230,30 @@ def attend_one_example_at_a_time(q_BLND: Array, k: Array, v: Array, biases: Sequ
                       keep_mask))
 
 
+def _share_cross_cache(k: Array, v: Array, rows: int, grouped: bool) -> tuple[Array, Array]:
+  """The cross-attention cache [R, N, K, D] for `rows` query rows, each cache
+  row serving `rows / R` consecutive query rows (`expand_to_beams` order).
+  Kept at R rows when `grouped` (the attention groups the queries instead);
+  otherwise repeated to `rows` (per-row prefixes need their own keys)."""
+  if rows % k.shape[0]:
+    raise ValueError(f"The cross-attention cache has {k.shape[0]} rows for {rows} query rows; "
+                     "expected a divisor (one cache row per example, its beams or "
+                     "candidates next to each other)")
+  if grouped:
+    return k, v
+  groups = rows // k.shape[0]
+  return jnp.repeat(k, groups, axis=0), jnp.repeat(v, groups, axis=0)
+
+
+def _group_rows(term: Array, rows: int, length: int, groups: int) -> Array:
+  """An attention bias broadcastable to [rows, N, length, K] as
+  [rows / groups, N, groups * length, K], matching grouped queries."""
+  term = term.reshape((1,) * (4 - term.ndim) + term.shape)
+  term = jnp.broadcast_to(term, (rows, term.shape[1], length, term.shape[3]))
+  term = jnp.swapaxes(term.reshape(rows // groups, groups, *term.shape[1:]), 1, 2)
+  return term.reshape(rows // groups, term.shape[1], groups * length, term.shape[4])
+
+
 class MultiHeadAttention(nn.Module):
   """T5 attention: no 1/sqrt(D) at run time (it lives in the query init).
 
@@ -259,7 +283,10 @@ class MultiHeadAttention(nn.Module):
                kv_scale: Optional[tuple[Array, Array]] = None) -> Array:
     """`cross_cache` (cross-attention while decoding): "fill" projects the
     encoder output and keeps its keys and values in the cache; "use" reads
-    them instead of projecting again; "none" projects every call.
+    them instead of projecting again; "none" projects every call. A cache
+    of R rows serves R * G query rows, G consecutive rows per cache row
+    (beams, rank-classification candidates): their queries are attended
+    together, so the cache is neither projected nor read per beam.
 
     `prefix_kv`: (keys, values) [B or 1, P, N, D] prepended to the keys and
     values, visible to every query and without position bias (deep prompts,
@@ -285,6 +312,8 @@ class MultiHeadAttention(nn.Module):
     if cross_cache == "use":
       k = self.get_variable("cache", "cross_key")
       v = self.get_variable("cache", "cross_value")
+      if k.shape[0] != b:
+        k, v = _share_cross_cache(k, v, b, prefix_kv is None)
     else:
       k = proj(name="key", kernel_init=kv_init)(inputs_kv_BKH).reshape(b, -1, n, d)
       v = proj(name="value", kernel_init=kv_init)(inputs_kv_BKH).reshape(b, -1, n, d)
@@ -323,13 +352,19 @@ class MultiHeadAttention(nn.Module):
       biases = tuple(jnp.pad(term, ((0, 0),) * (term.ndim - 1) + ((p, 0),))
                      for term in biases)
 
+    # A cache of G times fewer rows than the queries (beams, candidates): row
+    # r of the cache serves query rows r*G .. r*G+G-1, as G times the queries.
+    groups = b // k.shape[0]
+    if groups > 1:
+      q = q.reshape(k.shape[0], groups * l, n, d)
+      biases = tuple(_group_rows(term, b, l, groups) for term in biases)
     logits_dtype = jnp.float32 if self.float32_logits else self.dtype
     drop = None
     if not deterministic and self.dropout_rate > 0:
       drop = Dropout(self.dropout_rate, self.dropout_mask_bits)
     key_len = k.shape[2] if head_major else k.shape[1]
     if (self.example_loop and n * l * key_len >= EXAMPLE_LOOP_MIN_SCORES
-        and k.shape[0] == v.shape[0] == b):
+        and k.shape[0] == v.shape[0] == b and groups == 1):
       keep = drop.keep_mask((b, n, l, key_len)) if drop is not None else None
       out = attend_one_example_at_a_time(q, k, v, biases, keep, head_major,
                                          logits_dtype, self.dtype)
@@ -343,7 +378,7 @@ class MultiHeadAttention(nn.Module):
       if drop is not None:
         weights = drop(weights, deterministic=False)
       out = jnp.einsum(f"bnlk,{keys}->blnd", weights, v.astype(self.dtype))
-    out = out.reshape(b, l, n * d)
+    out = out.reshape(b, l, n * d)  # Grouped queries return to their rows here.
     return Dense(inputs_q_BLH.shape[-1], ("joined_kv", "embed"), kernel_init=kv_init,
                  dtype=self.dtype, weight_dtype=self.weight_dtype, name="out")(out)
 
