@@ -8,16 +8,18 @@ no schedule of ours removes. This benchmark measures that bound in one run:
   defaults: T5 1.1-small's shapes (8 encoder and 8 decoder layers, batch 8,
   256 + 100 prompt positions in, 8 out, the 32128-way logits), every weight
   matmul of the step once forward and once backward into the activations,
-  the gradient taken into the prompt alone, exactly the `weights` FLOPs of
+  the gradient taken into the prompt alone: the `weights` FLOPs of
   `train_step.step_flops_parts`. Nothing else: no norms, no softmax, no
   loss beyond a mean of squares, no optimizer; attention is replaced by
   `q + mean(k + v)`, which keeps every projection on the gradient's path.
   Timed three ways: weights only; weights plus the real attention (the
-  encoder's through `layers.attend_one_example_at_a_time`, our CPU kernel;
-  the decoder's batched); and the encoder's weight matmuls forward only,
+  encoder's with a position bias as T5 has it, through
+  `layers.attend_one_example_at_a_time`, our CPU kernel; the decoder's
+  batched, without a bias); and the encoder's weight matmuls forward only,
   next to our real encoder forward (`T5.encode` with the prompt).
 - `torch`: the same skeleton in torch (weights only, and with
-  `scaled_dot_product_attention`), the prompt alone requiring a gradient.
+  `scaled_dot_product_attention`, the encoder's position bias its
+  `attn_mask`, as HF's T5 passes it), the prompt alone requiring a gradient.
 - `ours` / `peft`: `train_step.py`'s dropout-0 steps;
   `ours_decode` / `hf_decode`: `inference.py`'s greedy and beam calls.
 
@@ -76,6 +78,8 @@ def skeleton_weights(seed: int = 0) -> dict:
       dec=[{**attn(""), **attn("c"), **mlp()} for _ in range(LAYERS)],
       lm=w(H, V),
       prompt=rng.uniform(-0.5, 0.5, (train_step.PROMPT_LEN, H)).astype(np.float32),
+      # T5's relative position bias of the encoder's self-attention, [N, M, M].
+      position_bias=rng.randn(N, M, M).astype(np.float32),
       embedded=rng.randn(B, train_step.INPUT_LEN, H).astype(np.float32),
       decoder_embedded=rng.randn(B, T, H).astype(np.float32))
 
@@ -124,19 +128,20 @@ def run_xla() -> dict:
                               gelu=lambda x: jax.nn.gelu(x, approximate=True),
                               mean1=lambda x: jnp.mean(x, axis=1, keepdims=True))
 
+  w = jax.tree.map(jnp.asarray, skeleton_weights())
+  prompt, position_bias = w.pop("prompt"), w.pop("position_bias")
+
   def attention(ops, q, k, v, where):
     del ops
     q, k, v = _heads(q), _heads(k), _heads(v)
     if where == "encoder":  # Our CPU kernel, as the model runs it on one CPU device.
-      out = layers.attend_one_example_at_a_time(q, k, v, (), None, False, jnp.float32,
-                                                jnp.float32)
+      out = layers.attend_one_example_at_a_time(q, k, v, (position_bias,), None, False,
+                                                jnp.float32, jnp.float32)
     else:
       weights = jax.nn.softmax(jnp.einsum("blnd,bknd->bnlk", q, k), axis=-1)
       out = jnp.einsum("bnlk,bknd->blnd", weights, v)
     return out.reshape(q.shape[0], q.shape[1], N * D)
 
-  w = jax.tree.map(jnp.asarray, skeleton_weights())
-  prompt = w.pop("prompt")
   grad_weights = jax.jit(jax.grad(lambda p, w: step_loss(ops, w, p, no_attention)))
   grad_attention = jax.jit(jax.grad(lambda p, w: step_loss(ops, w, p, attention)))
   encoder_weights = jax.jit(lambda p, w: encoder(ops, w, p, no_attention))
@@ -157,8 +162,10 @@ def run_xla() -> dict:
       weights_attention=timed(lambda: grad_attention(prompt, w).block_until_ready()),
       encoder_forward_weights=timed(lambda: encoder_weights(prompt, w).block_until_ready()),
       our_encoder_forward=timed(lambda: encode(params, tokens).block_until_ready()))
-  g = np.asarray(grad_weights(prompt, w))
-  out.update(gradient_finite=bool(np.isfinite(g).all()), gradient_norm=float(np.linalg.norm(g)),
+  g, ga = np.asarray(grad_weights(prompt, w)), np.asarray(grad_attention(prompt, w))
+  out.update(gradient_finite=bool(np.isfinite(g).all() and np.isfinite(ga).all()),
+             gradient_norm=float(np.linalg.norm(g)),
+             gradient_norm_attention=float(np.linalg.norm(ga)),
              jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
   return out
 
@@ -173,9 +180,11 @@ def run_torch() -> dict:
                               mean1=lambda x: x.mean(dim=1, keepdim=True))
 
   def attention(ops, q, k, v, where):
-    del ops, where
+    del ops
     q, k, v = (_heads(t).transpose(1, 2) for t in (q, k, v))
-    out = fn.scaled_dot_product_attention(q, k, v, scale=1.0)  # T5: no 1/sqrt(D)
+    bias = position_bias[None] if where == "encoder" else None
+    out = fn.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                          scale=1.0)  # T5: no 1/sqrt(D)
     return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], N * D)
 
   def to_torch(tree):
@@ -186,7 +195,7 @@ def run_torch() -> dict:
     return torch.from_numpy(tree)
 
   w = to_torch(skeleton_weights())
-  prompt = w.pop("prompt").requires_grad_(True)
+  prompt, position_bias = w.pop("prompt").requires_grad_(True), w.pop("position_bias")
 
   def grad(attend):
     prompt.grad = None
@@ -200,8 +209,10 @@ def run_torch() -> dict:
              weights_attention=timed(lambda: grad(attention)))
   with torch.no_grad():
     out["encoder_forward_weights"] = timed(lambda: encoder(ops, w, prompt, no_attention))
-  g = grad(no_attention).numpy()
-  out.update(gradient_finite=bool(np.isfinite(g).all()), gradient_norm=float(np.linalg.norm(g)),
+  g, ga = grad(no_attention).numpy(), grad(attention).numpy()
+  out.update(gradient_finite=bool(np.isfinite(g).all() and np.isfinite(ga).all()),
+             gradient_norm=float(np.linalg.norm(g)),
+             gradient_norm_attention=float(np.linalg.norm(ga)),
              torch=torch.__version__, torch_threads=torch.get_num_threads())
   return out
 
@@ -243,7 +254,9 @@ def summarize(runs: dict) -> dict:
       target_step_seconds=peft_step / 1.2,
       gflops_needed_for_target=weights_gflop / (peft_step / 1.2),
       our_encoder_forward_seconds=our_encoder, decode=decode,
-      gradient_norms={lib: runs[lib][0]["gradient_norm"] for lib in ("xla", "torch")})
+      gradient_norms={lib: runs[lib][0]["gradient_norm"] for lib in ("xla", "torch")},
+      gradient_norms_attention={lib: runs[lib][0]["gradient_norm_attention"]
+                                for lib in ("xla", "torch")})
 
 
 def write_report(summary: dict, info: dict, loads: list, rounds: int, note: str, base: str,
@@ -265,7 +278,8 @@ def write_report(summary: dict, info: dict, loads: list, rounds: int, note: str,
       f"| its weight matmuls alone ({s['weights_gflop']:.0f} GFLOP, forward + input gradients) | "
       f"{x['weights']:.3f} ({s['skeleton_weights_gflops']['xla']:.0f} GFLOP/s) | "
       f"{t['weights']:.3f} ({s['skeleton_weights_gflops']['torch']:.0f} GFLOP/s) |",
-      f"| the weight matmuls and attention | {x['weights_attention']:.3f} | "
+      f"| the weight matmuls and attention (the encoder's with a position bias) | "
+      f"{x['weights_attention']:.3f} | "
       f"{t['weights_attention']:.3f} |",
       f"| the encoder's weight matmuls, forward only | {x['encoder_forward_weights']:.3f} | "
       f"{t['encoder_forward_weights']:.3f} |",
@@ -280,11 +294,14 @@ def write_report(summary: dict, info: dict, loads: list, rounds: int, note: str,
       "optimizer.",
       f"- PEFT's whole step takes {s['peft_step_over_torch_weights']:.2f}x the time of torch's "
       "weight matmuls alone. Both skeletons compute the same prompt gradient (norms "
-      f"{s['gradient_norms']['xla']:.6g} and {s['gradient_norms']['torch']:.6g}).",
+      f"{s['gradient_norms']['xla']:.6g} and {s['gradient_norms']['torch']:.6g}; with "
+      f"attention {s['gradient_norms_attention']['xla']:.6g} and "
+      f"{s['gradient_norms_attention']['torch']:.6g}).",
   ]
   for k, d in s["decode"].items():
     lines.append(
-        f"- {k}: ours {d['ours_seconds']:.3f} s, HF {d['hf_seconds']:.3f} s: **{d['ratio']:.2f}x**. "
+        f"- {k}: ours {d['ours_seconds']:.3f} s, HF {d['hf_seconds']:.3f} s: "
+        f"**{d['ratio']:.2f}x**. "
         f"With our encoder pass cut to its weight matmuls alone ({x['encoder_forward_weights']:.3f}"
         f" s instead of {s['our_encoder_forward_seconds']:.3f}), decoding unchanged: "
         f"{d['bound']:.2f}x (target 1.5x).")
