@@ -250,20 +250,6 @@ def init_cache(model: nn.Module, params: Any, batch_size: int, max_decode_length
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def fill_cross_cache(model: nn.Module, params: Any, cache: Any, encoded: Array,
-                     encoder_mask: Array, prompt_features: Optional[dict] = None) -> Any:
-  """Projects the encoder output once into every layer's cross-attention cache;
-  the rest of the cache (self-attention, position) is left as it was."""
-  from prompt_tuning import trees as tree_lib
-  start = jnp.zeros((encoded.shape[0], 1), jnp.int32)
-  _, mutated = model.apply({"params": params, "cache": cache}, encoded, encoder_mask, start,
-                           decode=True, cross_cache="fill", prompt_features=prompt_features,
-                           mutable=["cache"], method=model.decode)
-  flat, filled = tree_lib.flatten(cache), tree_lib.flatten(mutated["cache"])
-  flat.update({k: v for k, v in filled.items() if k.rsplit("/", 1)[-1].startswith("cross_")})
-  return tree_lib.unflatten(flat)
-
-
 def _is_cross(name: str) -> bool:
   return name.rsplit("/", 1)[-1].startswith("cross_")
 
@@ -271,12 +257,16 @@ def _is_cross(name: str) -> bool:
 def cross_cache_entries(model: nn.Module, params: Any, encoded: Array, encoder_mask: Array,
                         max_decode_length: int,
                         prompt_features: Optional[dict] = None) -> dict[str, Array]:
-  """The filled cross-attention cache entries (flat names), one row per example."""
+  """Projects the encoder output once into every layer's cross-attention
+  cache: those entries (flat names), one row per example."""
   from prompt_tuning import trees as tree_lib
   cache = init_cache(model, params, encoded.shape[0], max_decode_length, encoded.shape[1],
                      prompt_features)
-  filled = fill_cross_cache(model, params, cache, encoded, encoder_mask, prompt_features)
-  return {n: v for n, v in tree_lib.flatten(filled).items() if _is_cross(n)}
+  start = jnp.zeros((encoded.shape[0], 1), jnp.int32)
+  _, mutated = model.apply({"params": params, "cache": cache}, encoded, encoder_mask, start,
+                           decode=True, cross_cache="fill", prompt_features=prompt_features,
+                           mutable=["cache"], method=model.decode)
+  return {n: v for n, v in tree_lib.flatten(mutated["cache"]).items() if _is_cross(n)}
 
 
 def generate(model: nn.Module, params: Any, encoder_input_tokens: Array,
@@ -386,14 +376,12 @@ def score_candidates(model: nn.Module, params: Any, encoder_input_tokens: Array,
                                   prompt_features=prompt_features, method=model.encode)
   cross = cross_cache_entries(model, params, encoded, enc_mask, t, prompt_features)
   repeat = lambda x: jnp.repeat(x, c, axis=0)  # noqa: E731
+  feats = jax.tree.map(repeat, prompt_features) if prompt_features else None
   # The cross-attention rows stay one per example (the candidates' queries
   # read their example's row); the self-attention part, zeros, has B * C rows.
-  cache = tree_lib.flatten(init_cache(model, params, b * c, t, encoded.shape[1],
-                                      jax.tree.map(repeat, prompt_features)
-                                      if prompt_features else None))
+  cache = tree_lib.flatten(init_cache(model, params, b * c, t, encoded.shape[1], feats))
   cache = tree_lib.unflatten({**{n: v for n, v in cache.items() if not _is_cross(n)}, **cross})
   targets = candidates.reshape(b * c, t)
-  feats = jax.tree.map(repeat, prompt_features) if prompt_features else None
   logits, _ = model.apply({"params": params, "cache": cache}, repeat(encoded), repeat(enc_mask),
                           shift_right(targets), targets, decode=True, cross_cache="use",
                           prompt_features=feats, mutable=["cache"], method=model.decode)
