@@ -210,11 +210,11 @@ def _tasks(args) -> int:
 
 def _export_peft(args) -> int:
   from prompt_tuning.interop import peft as peft_interop
+  from prompt_tuning.readers import peft as peft_format
   config = peft_interop.export_peft(args.prompt, args.checkpoint, args.out,
                                     args.base_model_name_or_path,
                                     args.allow_backbone_mismatch, args.overwrite)
-  print(f"exported {args.prompt} -> {args.out}: PEFT {config['peft_type']} adapter, "
-        f"{config['num_virtual_tokens']} virtual tokens x {config['token_dim']}")
+  print(f"exported {args.prompt} -> {args.out}: {peft_format.describe(config)}")
   return 0
 
 
