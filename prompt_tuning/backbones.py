@@ -41,6 +41,7 @@ SIZES = tuple(presets.SYNTHETIC_SIZES)
 
 
 def backbone_config(size: str) -> T5Config:
+  """The T5Config of a synthetic backbone size (one of SIZES)."""
   from prompt_tuning.tasks import synthetic
   if size not in SIZES:
     raise ValueError(f"Unknown quickstart backbone size {size!r}; expected one of {sorted(SIZES)}")
@@ -84,11 +85,13 @@ def quickstart_pretrain_config(size: str = QUICKSTART_SIZE, seed: int = 0,
 
 
 def default_cache_dir() -> str:
+  """$PROMPT_TUNING_CACHE, else ~/.cache/prompt_tuning."""
   return os.environ.get("PROMPT_TUNING_CACHE",
                         os.path.join(os.path.expanduser("~"), ".cache", "prompt_tuning"))
 
 
 def backbone_path(cache_dir: str, cfg: PretrainConfig) -> str:
+  """The cached folder of `cfg`'s backbone, named by everything that changes its weights."""
   name = f"synthetic_{cfg.size}_seed{cfg.seed}_steps{cfg.steps}_bs{cfg.batch_size}"
   if cfg.mixture != "synthetic_pretrain":  # The quickstart's cached folders keep their names.
     name += f"_{cfg.mixture}"
