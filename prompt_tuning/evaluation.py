@@ -35,7 +35,7 @@ from prompt_tuning.runtime import partitioning
 from prompt_tuning.runtime import setup as model_setup
 from prompt_tuning.runtime import specs as specs_lib
 from prompt_tuning.runtime import validation
-from prompt_tuning.train import freezing
+from prompt_tuning.runtime import freezing
 
 Array = jax.Array
 

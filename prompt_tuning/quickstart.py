@@ -8,174 +8,25 @@
    with no instruction ("cabd" -> "dbac").
 3. Evaluate exact match on held-out words: no prompt, an untrained random
    prompt, the trained prompt.
+
+The backbones, their pretraining and exact match are the library's
+(`prompt_tuning.backbones`); this module is the demo around them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import time
 from typing import Any, Optional
 
-import jax
-import numpy as np
-import optax
-
-from prompt_tuning import evaluation
-from prompt_tuning.models import presets
-from prompt_tuning.models.t5 import T5, T5Config  # noqa: F401  (T5 re-exported for tests)
+from prompt_tuning import backbones
 from prompt_tuning.prompts import initializers, soft
-from prompt_tuning.runtime.specs import DataSpec, ModelSpec
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
-from prompt_tuning.train import freezing, loop
 from prompt_tuning.runtime import setup as model_setup
-
-log = logging.getLogger(__name__)
-
-# Backbones share the byte vocabulary; two sizes (and any seed) for recycling.
-SIZES = tuple(presets.SYNTHETIC_SIZES)
-
-
-def backbone_config(size: str) -> T5Config:
-  from prompt_tuning.tasks import synthetic
-  if size not in SIZES:
-    raise ValueError(f"Unknown quickstart backbone size {size!r}; expected one of {sorted(SIZES)}")
-  config = presets.preset("synthetic", size)
-  assert config.vocab_size == synthetic.VOCAB_ROWS, "presets and the synthetic tasks disagree"
-  return config
-
-
-@dataclasses.dataclass(frozen=True)
-class PretrainConfig:
-  size: str = "small"
-  seed: int = 0
-  steps: int = 3000
-  batch_size: int = 64
-  learning_rate: float = 1e-3
-  warmup_steps: int = 200
-  # The research suite pretrains on a wider mixture (prompt_tuning.tasks.research).
-  mixture: str = "synthetic_pretrain"
-  # Longer inputs for mixtures with longer examples (reading_pretrain: 32).
-  inputs_length: int = 16
-
-
-# The quickstart's own pretraining: the tiny backbone at a higher peak rate
-# reaches the small one's held-out result (100% exact match with the trained
-# prompt and with the instruction, 0% without a prompt) in about half the
-# time, which keeps the first run under five minutes on two AVX2 cores
-# (benchmarks/quickstart.md). Each size keeps the rate it was measured with.
-QUICKSTART_SIZE = "tiny"
-QUICKSTART_RATES = {"tiny": (2e-3, 100), "small": (1e-3, 200)}  # (peak rate, warmup steps)
-
-
-def quickstart_pretrain_config(size: str = QUICKSTART_SIZE, seed: int = 0,
-                               steps: int = 3000) -> PretrainConfig:
-  """The quickstart's pretraining for a backbone size, at that size's measured rate."""
-  if size not in QUICKSTART_RATES:
-    raise ValueError(f"Unknown quickstart backbone size {size!r}; expected one of "
-                     f"{sorted(QUICKSTART_RATES)}")
-  rate, warmup = QUICKSTART_RATES[size]
-  return PretrainConfig(size=size, seed=seed, steps=steps, learning_rate=rate,
-                        warmup_steps=warmup)
-
-
-def default_cache_dir() -> str:
-  return os.environ.get("PROMPT_TUNING_CACHE",
-                        os.path.join(os.path.expanduser("~"), ".cache", "prompt_tuning"))
-
-
-def backbone_path(cache_dir: str, cfg: PretrainConfig) -> str:
-  name = f"synthetic_{cfg.size}_seed{cfg.seed}_steps{cfg.steps}_bs{cfg.batch_size}"
-  if cfg.mixture != "synthetic_pretrain":  # The quickstart's cached folders keep their names.
-    name += f"_{cfg.mixture}"
-  if cfg.inputs_length != 16:  # synthetic.FEATURE_LENGTHS: older folders keep their names.
-    name += f"_in{cfg.inputs_length}"
-  defaults = PretrainConfig()
-  if cfg.learning_rate != defaults.learning_rate or cfg.warmup_steps != defaults.warmup_steps:
-    name += f"_lr{cfg.learning_rate:g}_wu{cfg.warmup_steps}"
-  return os.path.join(cache_dir, "backbones", name)
-
-
-class Interrupted(RuntimeError):
-  """A training stage stopped early (SIGTERM): nothing was exported or scored."""
-
-
-def require_finished(summary: dict[str, Any], steps: int, model_dir: str, what: str) -> None:
-  """Raises Interrupted unless `loop.train` reached `steps` (a preempted run saves its
-  checkpoint and returns early; exporting or scoring it would pass off a partly
-  trained model as finished)."""
-  if "preempted_at_step" in summary or summary.get("step", steps) < steps:
-    raise Interrupted(f"{what} stopped at step {summary.get('step')} of {steps} (SIGTERM); "
-                      f"nothing was exported. Run the same command again to resume from the "
-                      f"checkpoint in {model_dir}")
-
-
-def pretrain(cfg: PretrainConfig, cache_dir: Optional[str] = None,
-             progress: bool = True) -> str:
-  """Pretrains a backbone (or finds it cached); returns its T5X-layout checkpoint folder."""
-  import orbax.checkpoint as ocp
-  from prompt_tuning.tasks import synthetic
-  cache_dir = cache_dir or default_cache_dir()
-  out = backbone_path(cache_dir, cfg)
-  done = os.path.join(out, "DONE")
-  if os.path.exists(done):
-    log.info("Reusing cached backbone %s", out)
-    return out
-  work = out + ".training"
-  warmup = min(cfg.warmup_steps, cfg.steps // 2)
-  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup,
-                                                cfg.steps, cfg.learning_rate / 10)
-  model_config = backbone_config(cfg.size)
-  spec = ModelSpec(model_config, trainable_rules=freezing.FULL_FINETUNING_RULES)
-  summary = loop.train(model_dir=work, model=spec,
-                       data=DataSpec(cfg.mixture,
-                                     {**synthetic.FEATURE_LENGTHS, "inputs": cfg.inputs_length},
-                                     cfg.batch_size, seed=cfg.seed),
-                       train_steps=cfg.steps,
-                       optimizer=optax.chain(optax.clip_by_global_norm(1.0),
-                                             optax.adamw(schedule, weight_decay=1e-4)),
-                       seed=cfg.seed, checkpoint_period=cfg.steps, log_period=100,
-                       progress=progress)
-  require_finished(summary, cfg.steps, work, f"Pretraining the {cfg.size} backbone")
-  # Export the weights as a T5X-layout checkpoint that the readers load by name.
-  store = checkpoints_lib.CheckpointStore(work)
-  params = store.restore_trainable(model_setup.abstract(spec).trainable)
-  store.close()
-  ckpt_dir = os.path.join(out, f"checkpoint_{cfg.steps}")
-  if os.path.exists(ckpt_dir):  # A previous export died before DONE: redo it.
-    import shutil
-    shutil.rmtree(ckpt_dir)
-  ocp.PyTreeCheckpointer().save(ckpt_dir, {"target": jax.device_get(params),
-                                           "state": {"step": np.int32(cfg.steps)}})
-  with open(os.path.join(out, "config.json.txt"), "w") as f:
-    f.write(json.dumps(dataclasses.asdict(model_config), indent=1))
-  with open(done, "w") as f:
-    f.write(json.dumps(dataclasses.asdict(cfg)))
-  return out
-
-
-def exact_match_of(model_config: T5Config, backbone: str, prompt: Optional[soft.SoftPrompt],
-                   trainable: Optional[Any], task: str, split: str, num_examples: int,
-                   batch_size: int = 128) -> float:
-  """Exact match (%) of greedy decoding on a split, with the given prompt (or none)."""
-  from prompt_tuning import decoding
-  from prompt_tuning.tasks import synthetic
-  from prompt_tuning.runtime import data as data_lib
-  setup = model_setup.build(ModelSpec(model_config, backbone, prompt),
-                            require_trainable=False, init_trainable=trainable is None)
-  params = freezing.merge(trainable if trainable is not None else setup.trainable,
-                          setup.frozen)
-  task_obj = data_lib.get_task_or_mixture(task)
-  examples = data_lib.eval_examples(task, split, synthetic.FEATURE_LENGTHS, num_examples)
-  # Fewer examples than a batch: one batch of exactly them, not padded to `batch_size`.
-  preds = evaluation.predict(setup.model, params, examples,
-                             task_obj.output_features["targets"].vocabulary,
-                             synthetic.FEATURE_LENGTHS["inputs"],
-                             max(1, min(batch_size, len(examples))),
-                             decoding.DecodingConfig(max_decode_length=8))
-  return evaluation.compute_metrics(task_obj, examples, [p for p, _ in preds])["exact_match"]
+from prompt_tuning.runtime.specs import DataSpec, ModelSpec
+from prompt_tuning.train import loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,19 +38,19 @@ class PromptConfig:
 
 
 def run(cache_dir: Optional[str] = None,
-        pretrain_cfg: PretrainConfig = quickstart_pretrain_config(),
+        pretrain_cfg: backbones.PretrainConfig = backbones.quickstart_pretrain_config(),
         prompt_cfg: PromptConfig = PromptConfig(), eval_examples: int = 512,
         work_dir: Optional[str] = None, progress: bool = True) -> dict[str, Any]:
   """The quickstart; returns (and prints) the results table."""
   import tempfile
   from prompt_tuning.tasks import synthetic
   start = time.time()
-  cache_dir = cache_dir or default_cache_dir()
+  cache_dir = cache_dir or backbones.default_cache_dir()
   print(f"[1/3] Backbone: T5 '{pretrain_cfg.size}' pretrained on synthetic_pretrain "
         f"({pretrain_cfg.steps} steps), cached under {cache_dir}", flush=True)
-  backbone = pretrain(pretrain_cfg, cache_dir, progress)
+  backbone = backbones.pretrain(pretrain_cfg, cache_dir, progress)
   t_backbone = time.time() - start
-  model_config = backbone_config(pretrain_cfg.size)
+  model_config = backbones.backbone_config(pretrain_cfg.size)
   task = f"synthetic_{synthetic.HELD_OUT}_bare"
   work_dir = work_dir or tempfile.mkdtemp(prefix="quickstart_")
 
@@ -216,23 +67,23 @@ def run(cache_dir: Optional[str] = None,
                        data=DataSpec(task, synthetic.FEATURE_LENGTHS, prompt_cfg.batch_size),
                        train_steps=prompt_cfg.steps, checkpoint_period=prompt_cfg.steps,
                        log_period=50, seed=prompt_cfg.seed, progress=progress)
-  require_finished(summary, prompt_cfg.steps, model_dir, "Prompt tuning")
+  backbones.require_finished(summary, prompt_cfg.steps, model_dir, "Prompt tuning")
   store = checkpoints_lib.CheckpointStore(model_dir)
   trained = store.restore_trainable(model_setup.abstract(spec).trainable)
   store.close()
 
   print(f"[3/3] Evaluating exact match on {eval_examples} held-out words", flush=True)
+  def exact_match(prompt_module, trainable, task_name):
+    return backbones.exact_match_of(model_config, backbone, prompt_module, trainable,
+                                    task_name, "validation", eval_examples)
+
   rows = {
-      "no prompt": exact_match_of(model_config, backbone, None, None, task, "validation",
-                                  eval_examples),
-      "random prompt (untrained)": exact_match_of(
-          model_config, backbone, prompt(initializers.random_uniform(0.5)), None, task,
-          "validation", eval_examples),
-      "trained prompt": exact_match_of(model_config, backbone, prompt(sampled), trained, task,
-                                       "validation", eval_examples),
-      "with the instruction (reference)": exact_match_of(
-          model_config, backbone, None, None, f"synthetic_{synthetic.HELD_OUT}", "validation",
-          eval_examples),
+      "no prompt": exact_match(None, None, task),
+      "random prompt (untrained)": exact_match(prompt(initializers.random_uniform(0.5)), None,
+                                               task),
+      "trained prompt": exact_match(prompt(sampled), trained, task),
+      "with the instruction (reference)": exact_match(None, None,
+                                                      f"synthetic_{synthetic.HELD_OUT}"),
   }
   results = dict(rows=rows, backbone=backbone, prompt_model_dir=model_dir,
                  pretrain=dataclasses.asdict(pretrain_cfg), prompt=dataclasses.asdict(prompt_cfg),

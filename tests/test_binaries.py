@@ -230,7 +230,7 @@ def test_prompt_learns_on_a_tiny_model(tmp_path):
   from prompt_tuning.prompts import initializers, soft
   from prompt_tuning.runtime import checkpoints as checkpoints_lib
   from prompt_tuning.runtime import data as data_lib
-  from prompt_tuning.train import freezing
+  from prompt_tuning.runtime import freezing
   from prompt_tuning.runtime import setup as model_setup
   from prompt_tuning.train import step as step_lib
 

@@ -12,7 +12,7 @@ from prompt_tuning.models.t5 import T5, T5Config
 from prompt_tuning.prompts import input_dependent as idp
 from prompt_tuning.runtime import setup as setup_lib
 from prompt_tuning.runtime.specs import ModelSpec
-from prompt_tuning.train import freezing
+from prompt_tuning.runtime import freezing
 from tests.conftest import fixture_path
 from tests.giants_util import (CFG, digest, exported, run_binary, summary, toy_batch,
                                train_in_process)

@@ -14,7 +14,7 @@ from prompt_tuning.models.t5 import T5
 from prompt_tuning.prompts import recursive, soft
 from prompt_tuning.runtime import setup as setup_lib
 from prompt_tuning.runtime.specs import ModelSpec
-from prompt_tuning.train import freezing
+from prompt_tuning.runtime import freezing
 from prompt_tuning.train import step as step_lib
 from tests.giants_util import (CFG, exported, fixture_arrays, run_binary, summary, toy_batch,
                                train_in_process)

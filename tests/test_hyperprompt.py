@@ -13,7 +13,7 @@ from prompt_tuning.cli import gin as gin_lib
 from prompt_tuning.models import params as params_lib
 from prompt_tuning.models.t5 import T5, T5Config
 from prompt_tuning.prompts import deep, hyper
-from prompt_tuning.train import freezing
+from prompt_tuning.runtime import freezing
 
 CFG = T5Config(vocab_size=64, emb_dim=16, num_heads=2, num_encoder_layers=2,
                num_decoder_layers=3, head_dim=6, mlp_dim=32)

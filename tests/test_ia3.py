@@ -13,7 +13,7 @@ from prompt_tuning.models import params as params_lib
 from prompt_tuning.models.t5 import T5, T5Config
 from prompt_tuning.prompts import base as prompt_base
 from prompt_tuning.prompts import ia3, per_layer, soft
-from prompt_tuning.train import freezing
+from prompt_tuning.runtime import freezing
 from prompt_tuning.train import step as step_lib
 
 CFG = T5Config(vocab_size=64, emb_dim=16, num_heads=2, num_encoder_layers=2,

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from prompt_tuning import quickstart
+from prompt_tuning import backbones, quickstart
 
 
 def _preempted(steps_done):
@@ -19,28 +19,28 @@ def _preempted(steps_done):
 
 
 def test_preempted_pretraining_is_not_exported_or_marked_done(tmp_path, monkeypatch):
-  cfg = quickstart.PretrainConfig(size="tiny", steps=300)
-  monkeypatch.setattr(quickstart.loop, "train", _preempted(120))
-  with pytest.raises(quickstart.Interrupted, match=r"step 120 of 300.*resume"):
-    quickstart.pretrain(cfg, str(tmp_path), progress=False)
-  out = quickstart.backbone_path(str(tmp_path), cfg)
+  cfg = backbones.PretrainConfig(size="tiny", steps=300)
+  monkeypatch.setattr(backbones.loop, "train", _preempted(120))
+  with pytest.raises(backbones.Interrupted, match=r"step 120 of 300.*resume"):
+    backbones.pretrain(cfg, str(tmp_path), progress=False)
+  out = backbones.backbone_path(str(tmp_path), cfg)
   assert not os.path.exists(os.path.join(out, "DONE"))
   assert not os.path.exists(os.path.join(out, "checkpoint_300"))
 
 
 def test_require_finished_accepts_a_complete_run_and_refuses_a_short_one():
-  quickstart.require_finished({"step": 50, "start_step": 0}, 50, "/x", "stage")
-  with pytest.raises(quickstart.Interrupted, match="stage stopped at step 49 of 50"):
-    quickstart.require_finished({"step": 49, "start_step": 0}, 50, "/x", "stage")
-  with pytest.raises(quickstart.Interrupted):
-    quickstart.require_finished({"step": 50, "preempted_at_step": 50}, 50, "/x", "stage")
+  backbones.require_finished({"step": 50, "start_step": 0}, 50, "/x", "stage")
+  with pytest.raises(backbones.Interrupted, match="stage stopped at step 49 of 50"):
+    backbones.require_finished({"step": 49, "start_step": 0}, 50, "/x", "stage")
+  with pytest.raises(backbones.Interrupted):
+    backbones.require_finished({"step": 50, "preempted_at_step": 50}, 50, "/x", "stage")
 
 
 def test_quickstart_cli_exits_cleanly_when_interrupted(monkeypatch, capsys):
   from prompt_tuning.cli import main as cli
 
   def interrupted(**kwargs):
-    raise quickstart.Interrupted("Pretraining the tiny backbone stopped at step 3 of 9")
+    raise backbones.Interrupted("Pretraining the tiny backbone stopped at step 3 of 9")
   monkeypatch.setattr(quickstart, "run", interrupted)
   assert cli.main(["quickstart", "--size", "tiny"]) == 0
   assert "stopped at step 3 of 9" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from prompt_tuning.models import params as params_lib
 from prompt_tuning.models.t5 import T5, T5Config
 from prompt_tuning.prompts import hyper, input_dependent, multi_task
 from prompt_tuning import trees as tree_lib
-from prompt_tuning.train import freezing
+from prompt_tuning.runtime import freezing
 from prompt_tuning.train import step as step_lib
 from tests.conftest import files_digest, fixture_path
 from tests.test_attempt import write_sources

@@ -15,7 +15,8 @@ from prompt_tuning.models.t5 import T5, T5Config
 from prompt_tuning.prompts import initializers, soft
 from prompt_tuning import trees as tree_lib
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
-from prompt_tuning.train import freezing, optimizers
+from prompt_tuning.runtime import freezing
+from prompt_tuning.train import optimizers
 from prompt_tuning.train import step as step_lib
 from tests.conftest import TINY_CONFIG, fixture_path
 

@@ -8,16 +8,17 @@ import gin
 import numpy as np
 import pytest
 
-from prompt_tuning import quickstart, readers
+from prompt_tuning import backbones, quickstart, readers
 from prompt_tuning import trees as tree_lib
+from prompt_tuning.models.t5 import T5
 
 # Shortened from the defaults (the tiny backbone, 3000 pretraining steps at 2e-3 after
 # 100 warmup steps, then 400 prompt steps) to fit a test: 700 pretraining steps at a
 # higher peak rate (3e-3 after 50 warmup steps), then 200 prompt steps. Measured with
 # seeds 0 and 1:
 # trained prompt 99.2% and 84.4% vs 0% and 0%; instruction 99.2% and 100%.
-PRETRAIN = quickstart.PretrainConfig(size="tiny", steps=700, learning_rate=3e-3,
-                                     warmup_steps=50)
+PRETRAIN = backbones.PretrainConfig(size="tiny", steps=700, learning_rate=3e-3,
+                                    warmup_steps=50)
 PROMPT = quickstart.PromptConfig(steps=200)
 # Exact-match points (out of 100) by which the trained prompt must win; the
 # full quickstart wins by 100 (see benchmarks/quickstart.md).
@@ -49,8 +50,8 @@ def test_results_are_written_and_printed(results, capsys):
 
 def test_backbone_is_cached_and_reused(results, monkeypatch):
   cache = os.path.dirname(os.path.dirname(results["backbone"]))
-  monkeypatch.setattr(quickstart.loop, "train", lambda **kw: pytest.fail("retrained"))
-  assert quickstart.pretrain(PRETRAIN, cache) == results["backbone"]
+  monkeypatch.setattr(backbones.loop, "train", lambda **kw: pytest.fail("retrained"))
+  assert backbones.pretrain(PRETRAIN, cache) == results["backbone"]
 
 
 def test_training_run_loads_as_a_backbone(results):
@@ -58,7 +59,7 @@ def test_training_run_loads_as_a_backbone(results):
   # exported T5X-layout checkpoint hold the same weights.
   own = results["backbone"] + ".training"
   exported = results["backbone"]
-  model = quickstart.T5(quickstart.backbone_config(PRETRAIN.size))
+  model = T5(backbones.backbone_config(PRETRAIN.size))
   a = tree_lib.flatten(readers.load_params(own, model))
   b = tree_lib.flatten(readers.load_params(exported, model))
   assert set(a) == set(b)
@@ -69,9 +70,9 @@ def test_training_run_loads_as_a_backbone(results):
 def test_gin_pretraining_config_matches_the_quickstart():
   from prompt_tuning.cli import gin as gin_utils
   gin.clear_config()
-  for size in quickstart.SIZES:
+  for size in backbones.SIZES:
     assert gin_utils.model_config_from_gin([f"models/synthetic_{size}.gin"]) == (
-        quickstart.backbone_config(size))
+        backbones.backbone_config(size))
     gin.clear_config()
   gin_utils.parse_gin(["models/synthetic_tiny.gin", "runs/pretrain_synthetic.gin"],
                       ["MODEL_DIR = '/tmp/x'"])

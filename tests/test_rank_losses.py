@@ -27,7 +27,8 @@ from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import setup as model_setup
 from prompt_tuning.runtime.specs import DataSpec, ModelSpec
 from prompt_tuning.tasks import synthetic
-from prompt_tuning.train import freezing, loop, rank, rank_data
+from prompt_tuning.runtime import freezing
+from prompt_tuning.train import loop, rank, rank_data
 from prompt_tuning.train import step as step_lib
 from tests.conftest import TINY_CONFIG
 

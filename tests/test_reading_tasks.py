@@ -96,31 +96,31 @@ def test_open_book_questions_need_their_passage_and_only_guess_the_prior():
 
 
 def test_a_longer_input_length_gets_its_own_cached_backbone_and_old_names_stay():
-  from prompt_tuning import quickstart
-  old = quickstart.backbone_path("/c", quickstart.PretrainConfig())
+  from prompt_tuning import backbones
+  old = backbones.backbone_path("/c", backbones.PretrainConfig())
   assert old == "/c/backbones/synthetic_small_seed0_steps3000_bs64"
-  research = quickstart.PretrainConfig(steps=1500, mixture="research_pretrain")
-  assert quickstart.backbone_path("/c", research).endswith("_bs64_research_pretrain")
-  reader = quickstart.PretrainConfig(steps=2000, mixture="reading_pretrain",
+  research = backbones.PretrainConfig(steps=1500, mixture="research_pretrain")
+  assert backbones.backbone_path("/c", research).endswith("_bs64_research_pretrain")
+  reader = backbones.PretrainConfig(steps=2000, mixture="reading_pretrain",
                                      inputs_length=reading.FEATURE_LENGTHS["inputs"])
-  assert quickstart.backbone_path("/c", reader).endswith("steps2000_bs64_reading_pretrain_in32")
+  assert backbones.backbone_path("/c", reader).endswith("steps2000_bs64_reading_pretrain_in32")
 
 
 def test_the_quickstarts_backbone_has_its_sizes_rate_and_a_folder_of_its_own():
-  from prompt_tuning import quickstart
+  from prompt_tuning import backbones
   from prompt_tuning.cli import main as cli
-  tiny = quickstart.quickstart_pretrain_config()
+  tiny = backbones.quickstart_pretrain_config()
   assert (tiny.size, tiny.steps, tiny.learning_rate, tiny.warmup_steps) == ("tiny", 3000, 2e-3, 100)
-  small = quickstart.quickstart_pretrain_config("small", seed=1, steps=50)
+  small = backbones.quickstart_pretrain_config("small", seed=1, steps=50)
   assert (small.size, small.seed, small.steps, small.learning_rate, small.warmup_steps) == (
       "small", 1, 50, 1e-3, 200)
   # Another rate never reuses a backbone cached for the default one (and vice versa).
-  same_shape = quickstart.PretrainConfig(size="tiny", steps=3000)
-  assert quickstart.backbone_path("/c", tiny) != quickstart.backbone_path("/c", same_shape)
-  assert quickstart.backbone_path("/c", tiny).endswith("steps3000_bs64_lr0.002_wu100")
-  assert quickstart.backbone_path("/c", small) == "/c/backbones/synthetic_small_seed1_steps50_bs64"
+  same_shape = backbones.PretrainConfig(size="tiny", steps=3000)
+  assert backbones.backbone_path("/c", tiny) != backbones.backbone_path("/c", same_shape)
+  assert backbones.backbone_path("/c", tiny).endswith("steps3000_bs64_lr0.002_wu100")
+  assert backbones.backbone_path("/c", small) == "/c/backbones/synthetic_small_seed1_steps50_bs64"
   # The command's defaults are the tiny backbone's.
   args = cli.build_parser().parse_args(["quickstart"])
-  assert quickstart.quickstart_pretrain_config(args.size, args.seed, args.pretrain_steps) == tiny
+  assert backbones.quickstart_pretrain_config(args.size, args.seed, args.pretrain_steps) == tiny
   with pytest.raises(ValueError, match="medium"):
-    quickstart.quickstart_pretrain_config("medium")
+    backbones.quickstart_pretrain_config("medium")

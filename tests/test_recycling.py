@@ -110,12 +110,13 @@ def test_cli_reads_only_embedding_tables(tmp_path, monkeypatch, capsys):
 def test_harness_grid_and_report(tmp_path):
   """Mechanics of the harness on two random backbones (no pretraining)."""
   import orbax.checkpoint as ocp
-  from prompt_tuning import quickstart
+  from prompt_tuning import backbones as backbones_lib
   from prompt_tuning.models import params as params_lib
+  from prompt_tuning.models.t5 import T5
   backbones = []
   for seed in (0, 1):
     path = str(tmp_path / f"b{seed}")
-    params = params_lib.init_params(quickstart.T5(quickstart.backbone_config("tiny")),
+    params = params_lib.init_params(T5(backbones_lib.backbone_config("tiny")),
                                     jax.random.PRNGKey(seed))
     ocp.PyTreeCheckpointer().save(os.path.join(path, "checkpoint_0"),
                                   {"target": jax.device_get(params)})
@@ -152,11 +153,12 @@ def test_harness_counts_a_recycled_prompt_that_beats_the_best_baseline(tmp_path,
   and 0 otherwise, against baselines of at most 25. So a<->a_copy (2 of the 6 ordered
   pairs) succeed for both methods and every pair with `b` fails: 1/3 each.
   """
-  from prompt_tuning import quickstart
+  from prompt_tuning import backbones as backbones_lib
   from prompt_tuning.models import params as params_lib
-  cfg = quickstart.backbone_config("tiny")
-  params_a = params_lib.init_params(quickstart.T5(cfg), jax.random.PRNGKey(0))
-  params_b = params_lib.init_params(quickstart.T5(cfg), jax.random.PRNGKey(1))
+  from prompt_tuning.models.t5 import T5
+  cfg = backbones_lib.backbone_config("tiny")
+  params_a = params_lib.init_params(T5(cfg), jax.random.PRNGKey(0))
+  params_b = params_lib.init_params(T5(cfg), jax.random.PRNGKey(1))
   backbones = []
   for name, params in (("a", params_a), ("a_copy", params_a), ("b", params_b)):
     _save_backbone(str(tmp_path / name), params)

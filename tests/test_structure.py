@@ -12,14 +12,21 @@ from tests.conftest import REPO_ROOT
 
 PACKAGE = os.path.join(REPO_ROOT, "prompt_tuning")
 
-# Bottom to top. A module may import its own layer or lower ones, never higher.
+# Bottom to top. A module may import its own layer or lower ones, never higher;
+# and no two packages import each other, in one layer or across layers
+# (test_packages_import_one_way). The quickstart is a demo: it sits alone just
+# below the command-line edge, so no library module may import it.
 LAYERS = [
     {"trees", "registry", "layout"},
     {"models"},
     {"readers"},
     {"prompts"},
-    {"decoding", "runtime", "train", "tasks"},
-    {"evaluation", "precompile", "quickstart", "recycling", "retrieval", "serving", "interop"},
+    {"decoding", "runtime", "tasks"},
+    {"train"},
+    {"evaluation", "precompile", "retrieval", "serving", "interop"},
+    {"backbones"},
+    {"recycling"},
+    {"quickstart"},
     {"cli", "eval", "infer", "__main__"},
 ]
 
@@ -78,31 +85,77 @@ def _imports(module: str, path: str, known: set[str]) -> set[str]:
   return found
 
 
-def test_imports_run_one_way_and_have_no_cycles():
+def _graph() -> dict[str, set[str]]:
+  """'prompt_tuning.x.y' -> the package's modules it imports."""
   modules = _modules()
-  graph = {m: _imports(m, p, set(modules)) for m, p in modules.items()}
-  back = [f"{m} ({_layer(m)}) imports {d} ({_layer(d)})"
-          for m, deps in graph.items() if m != "prompt_tuning"
-          for d in deps if d != "prompt_tuning" and _layer(d) > _layer(m)]
-  assert not back, "imports from a lower layer to a higher one:\n" + "\n".join(sorted(back))
-  # No module-level cycle, deferred imports included: a cycle that works only
-  # because the use happens at call time is still a cycle.
+  return {m: _imports(m, p, set(modules)) for m, p in modules.items()}
+
+
+def _back_arrows(graph: dict[str, set[str]]) -> list[str]:
+  """Every import from a lower layer up to a higher one."""
+  return sorted(f"{m} ({_layer(m)}) imports {d} ({_layer(d)})"
+                for m, deps in graph.items() if m != "prompt_tuning"
+                for d in deps if d != "prompt_tuning" and _layer(d) > _layer(m))
+
+
+def _cycle(graph: dict[str, set[str]], related=lambda a, b: False) -> list[str]:
+  """One cycle of `graph` as [a, b, ..., a], or [] (arrows between `related` nodes skipped)."""
   state: dict[str, int] = {}
 
   def visit(m, stack):
     state[m] = 1
     for d in sorted(graph.get(m, ())):
-      if d.startswith(m + ".") or m.startswith(d + "."):
-        continue  # A package and its own modules.
+      if related(m, d):
+        continue
       if state.get(d) == 1:
-        raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(d):] + [d]))
+        return stack[stack.index(d):] + [d]
       if d not in state:
-        visit(d, stack + [d])
+        found = visit(d, stack + [d])
+        if found:
+          return found
     state[m] = 2
+    return []
 
   for m in sorted(graph):
     if m not in state:
-      visit(m, [m])
+      found = visit(m, [m])
+      if found:
+        return found
+  return []
+
+
+def _package(module: str) -> str:
+  """The top-level name a module belongs to; `python -m` shims belong to the edge."""
+  return "__main__" if module.endswith(".__main__") else module.split(".")[1]
+
+
+def _package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+  """Top-level name -> the other top-level names its modules import."""
+  out: dict[str, set[str]] = {}
+  for m, deps in graph.items():
+    if m == "prompt_tuning":
+      continue
+    out.setdefault(_package(m), set()).update(
+        _package(d) for d in deps if d != "prompt_tuning" and _package(d) != _package(m))
+  return out
+
+
+def test_imports_run_one_way_and_have_no_cycles():
+  graph = _graph()
+  back = _back_arrows(graph)
+  assert not back, "imports from a lower layer to a higher one:\n" + "\n".join(back)
+  # No module-level cycle, deferred imports included: a cycle that works only
+  # because the use happens at call time is still a cycle.
+  cycle = _cycle(graph, lambda m, d: d.startswith(m + ".") or m.startswith(d + "."))
+  assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def test_packages_import_one_way():
+  """Two packages that import each other are one package in two folders, even
+  when no single module cycle shows it (runtime/setup -> train/freezing while
+  train/loop -> runtime/setup was such a pair)."""
+  cycle = _cycle(_package_graph(_graph()))
+  assert not cycle, "packages import each other: " + " -> ".join(cycle)
 
 
 def test_the_layer_check_catches_a_back_arrow(tmp_path):
@@ -113,6 +166,26 @@ def test_the_layer_check_catches_a_back_arrow(tmp_path):
                   {"prompt_tuning.runtime", "prompt_tuning.runtime.setup"})
   assert "prompt_tuning.runtime.setup" in deps
   assert _layer("prompt_tuning.runtime.setup") > _layer("prompt_tuning.models.bad")
+
+
+def test_the_checks_catch_runtime_importing_train(tmp_path):
+  """runtime/setup.py used to import train/freezing: both checks report that arrow."""
+  fake = tmp_path / "x.py"
+  fake.write_text("from prompt_tuning.train import freezing\n")
+  graph = _graph()
+  graph["prompt_tuning.runtime.x"] = _imports(
+      "prompt_tuning.runtime.x", str(fake), set(graph) | {"prompt_tuning.train.freezing"})
+  assert [a for a in _back_arrows(graph)
+          if a.startswith("prompt_tuning.runtime.x ") and "prompt_tuning.train.freezing" in a]
+  cycle = _cycle(_package_graph(graph))
+  assert cycle and {"runtime", "train"} <= set(cycle), cycle
+
+
+def test_only_the_command_line_imports_the_demo():
+  """The quickstart's library half is `backbones`, which the library may use."""
+  demo = _layer("prompt_tuning.quickstart")
+  assert LAYERS[demo] == {"quickstart"} and demo == len(LAYERS) - 2
+  assert _layer("prompt_tuning.backbones") < _layer("prompt_tuning.recycling.harness") < demo
 
 
 _HELP_PROBE = """

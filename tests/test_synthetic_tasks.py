@@ -59,10 +59,10 @@ def test_pretraining_mixture_covers_every_task_with_instructions():
 
 
 def test_vocabulary_fits_the_backbones():
-  from prompt_tuning import quickstart
+  from prompt_tuning import backbones
   vocab = seqio.ByteVocabulary()
-  for size in quickstart.SIZES:
-    assert vocab.vocab_size <= quickstart.backbone_config(size).vocab_size
+  for size in backbones.SIZES:
+    assert vocab.vocab_size <= backbones.backbone_config(size).vocab_size
 
 
 def test_exact_match_metric():

@@ -79,13 +79,13 @@ def _quickstart(args) -> int:
   from prompt_tuning.cli import environment
   environment.configure()  # XLA CPU defaults, quiet TF/CUDA logs, compilation cache
   logging.basicConfig(level=logging.WARNING)
-  from prompt_tuning import quickstart
-  pretrain = quickstart.quickstart_pretrain_config(args.size, args.seed, args.pretrain_steps)
+  from prompt_tuning import backbones, quickstart
+  pretrain = backbones.quickstart_pretrain_config(args.size, args.seed, args.pretrain_steps)
   prompt = quickstart.PromptConfig(steps=args.prompt_steps, length=args.prompt_length)
   try:
     quickstart.run(cache_dir=args.cache_dir, pretrain_cfg=pretrain, prompt_cfg=prompt,
                    eval_examples=args.eval_examples, work_dir=args.work_dir)
-  except quickstart.Interrupted as e:  # SIGTERM: saved; the next run resumes.
+  except backbones.Interrupted as e:  # SIGTERM: saved; the next run resumes.
     print(e, file=sys.stderr)
   return 0
 
@@ -210,11 +210,11 @@ def _tasks(args) -> int:
 
 def _export_peft(args) -> int:
   from prompt_tuning.interop import peft as peft_interop
+  from prompt_tuning.readers import peft as peft_format
   config = peft_interop.export_peft(args.prompt, args.checkpoint, args.out,
                                     args.base_model_name_or_path,
                                     args.allow_backbone_mismatch, args.overwrite)
-  print(f"exported {args.prompt} -> {args.out}: PEFT {config['peft_type']} adapter, "
-        f"{config['num_virtual_tokens']} virtual tokens x {config['token_dim']}")
+  print(f"exported {args.prompt} -> {args.out}: {peft_format.describe(config)}")
   return 0
 
 

@@ -10,9 +10,10 @@ the embedded encoder input with an all-ones mask, as the prefix SoftPrompt
 does, and T5's relative positions run over prompt and input alike in both.
 The backbone may be a T5X checkpoint or a Hugging Face folder; the adapter
 belongs on the Hugging Face T5 with the same weights (the provenance
-fingerprint is the same for both). The folder format is in
-`prompt_tuning.readers.peft`; both commands check and write provenance
-sidecars (`prompt_tuning.prompts.provenance`).
+fingerprint is the same for both). This module is the commands' glue: the
+folder format (reading, writing, its checks) is `prompt_tuning.readers.peft`,
+and both commands check and write provenance sidecars
+(`prompt_tuning.prompts.provenance`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ def _check_width(prompt_PH: np.ndarray, source: str, width: int, checkpoint: str
                      "(a prompt for another model size; see `prompt-tuning recycle`)")
 
 
+def _checked_prompt(source: str, checkpoint: str, width: int,
+                    allow_backbone_mismatch: bool) -> tuple[str, np.ndarray]:
+  """(the backbone's fingerprint, the prompt of `source`) once its provenance and width fit."""
+  backbone = provenance.backbone_fingerprint(checkpoint)
+  prompt = provenance.load_prompt(source, backbone, checkpoint, allow_backbone_mismatch)
+  _check_width(prompt, source, width, checkpoint)
+  return backbone, prompt
+
+
 def _refuse_existing(path: str, overwrite: bool) -> None:
   if os.path.exists(path) and not overwrite and (not os.path.isdir(path) or os.listdir(path)):
     raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
@@ -47,16 +57,14 @@ def export_peft(prompt_path: str, checkpoint: str, out_dir: str,
   Args:
     prompt_path: the prompt; its provenance must name `checkpoint`'s backbone.
     checkpoint: the backbone it was trained on (T5X checkpoint or HF folder).
-    out_dir: the adapter folder (adapter_config.json, adapter_model.safetensors,
-      provenance.json).
+    out_dir: the adapter folder (`readers.peft`'s files plus a provenance sidecar).
     base_model_name_or_path: recorded for AutoPeftModel; default: the
       checkpoint's path when it is a Hugging Face folder.
   """
   _refuse_existing(out_dir, overwrite)
   config = readers.config_for(checkpoint)
-  backbone = provenance.backbone_fingerprint(checkpoint)
-  prompt = provenance.load_prompt(prompt_path, backbone, checkpoint, allow_backbone_mismatch)
-  _check_width(prompt, prompt_path, config.emb_dim, checkpoint)
+  backbone, prompt = _checked_prompt(prompt_path, checkpoint, config.emb_dim,
+                                     allow_backbone_mismatch)
   if base_model_name_or_path is None and readers.is_hf_folder(checkpoint):
     base_model_name_or_path = os.path.abspath(checkpoint)
   adapter = peft_format.write_adapter(out_dir, prompt, num_heads=config.num_heads,
@@ -80,13 +88,9 @@ def import_peft(adapter_dir: str, checkpoint: str, out_path: str,
   _refuse_existing(out_path, overwrite)
   config = readers.config_for(checkpoint)
   adapter_config = peft_format.read_config(adapter_dir)  # Another method: refused here.
-  if adapter_config["token_dim"] != config.emb_dim:
-    raise ValueError(f"{adapter_dir} is a PEFT prompt of width (token_dim) "
-                     f"{adapter_config['token_dim']}, but the backbone {checkpoint} has width "
-                     f"{config.emb_dim}: a prompt for another model size")
-  backbone = provenance.backbone_fingerprint(checkpoint)
-  prompt = provenance.load_prompt(adapter_dir, backbone, checkpoint, allow_backbone_mismatch)
-  _check_width(prompt, adapter_dir, config.emb_dim, checkpoint)
+  peft_format.require_width(adapter_dir, adapter_config, config.emb_dim, checkpoint)
+  backbone, prompt = _checked_prompt(adapter_dir, checkpoint, config.emb_dim,
+                                     allow_backbone_mismatch)
   tmp = out_path + ".tmp.npy"
   np.save(tmp, prompt, allow_pickle=False)
   os.replace(tmp, out_path)

@@ -15,8 +15,11 @@ them: this project's prefix soft prompt. With num_transformer_submodules=2
 (PEFT's default for seq2seq) the other P rows are a decoder-side block that
 PEFT 0.21's prompt tuning never uses; it is read past and written as 1.
 
-The writer sits beside the reader so the key and the field names are stated
-once. The `peft` package is needed only to load the folder in PyTorch.
+This module is the one place that knows the format (file names, config
+fields, the tensor's name): the reader, the writer and the checks between
+them. `prompt_tuning.interop.peft` (export-peft / import-peft), prompt
+provenance and serving call it. The `peft` package is needed only to load the
+folder in PyTorch.
 """
 
 from __future__ import annotations
@@ -62,6 +65,20 @@ def read_config(folder: str) -> dict[str, Any]:
     if not isinstance(config.get(field), int) or config[field] < 1:
       raise ValueError(f"{path}: {field}={config.get(field)!r}; expected a positive integer")
   return config
+
+
+def require_width(folder: str, config: dict[str, Any], width: int, backbone: str) -> None:
+  """Refuses an adapter (its `read_config`) whose prompt is not `width` wide."""
+  if config["token_dim"] != width:
+    raise ValueError(f"{folder} is a PEFT prompt of width (token_dim) {config['token_dim']}, "
+                     f"but the backbone {backbone} has width {width}: a prompt for another "
+                     "model size")
+
+
+def describe(config: dict[str, Any]) -> str:
+  """One line about an adapter, from its config: type, virtual tokens and width."""
+  return (f"PEFT {config['peft_type']} adapter, {config['num_virtual_tokens']} virtual tokens "
+          f"x {config['token_dim']}")
 
 
 def read_adapter(folder: str) -> tuple[np.ndarray, dict[str, Any]]:

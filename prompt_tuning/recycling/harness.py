@@ -7,8 +7,9 @@ baselines on that target: no prompt, and untrained prompts from random,
 sampled-vocabulary and class-label initialization. A recycled prompt
 succeeds when it beats the best of them. Results: JSON, markdown, PNG.
 
-The demonstration uses the quickstart's backbones and its held-out task
-(`synthetic_reverse_bare`, exact match on unseen words).
+The demonstration uses the synthetic backbones (`prompt_tuning.backbones`) and
+the quickstart's held-out task (`synthetic_reverse_bare`, exact match on
+unseen words).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from prompt_tuning.runtime.specs import DataSpec, ModelSpec
 from prompt_tuning import layout
-from prompt_tuning import quickstart
+from prompt_tuning import backbones as backbones_lib
 from prompt_tuning.prompts import initializers, soft
 from prompt_tuning.recycling import methods as methods_lib
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
@@ -53,15 +54,16 @@ def _em(backbone: Backbone, prompt: Optional[soft.SoftPrompt], examples: int) ->
   `SoftPrompt(length)`, so every prompt scored on a backbone size shares one
   compiled decoder (a module per initializer would compile its own).
   """
-  config = quickstart.backbone_config(backbone.size)
+  config = backbones_lib.backbone_config(backbone.size)
   if prompt is None:
-    return quickstart.exact_match_of(config, backbone.path, None, None, TASK, "validation",
-                                     examples)
+    return backbones_lib.exact_match_of(config, backbone.path, None, None, TASK, "validation",
+                                        examples)
   value = np.asarray(prompt.init(jax.random.PRNGKey(0), (prompt.length, config.emb_dim)),
                      np.float32)
-  return quickstart.exact_match_of(config, backbone.path, soft.SoftPrompt(length=prompt.length),
-                                   {"encoder_prompt": {"prompt": value}}, TASK, "validation",
-                                   examples)
+  return backbones_lib.exact_match_of(config, backbone.path,
+                                      soft.SoftPrompt(length=prompt.length),
+                                      {"encoder_prompt": {"prompt": value}}, TASK, "validation",
+                                      examples)
 
 
 def baselines(backbone: Backbone, length: int, examples: int, seed: int = 0) -> dict[str, float]:
@@ -84,7 +86,7 @@ def train_prompt(backbone: Backbone, seed: int, length: int, steps: int, work_di
   init = initializers.sampled_vocab(backbone.path, length, first_n=259, seed=seed)
   from prompt_tuning.tasks import synthetic
   loop.train(model_dir=model_dir,
-             model=ModelSpec(quickstart.backbone_config(backbone.size), backbone.path,
+             model=ModelSpec(backbones_lib.backbone_config(backbone.size), backbone.path,
                              _prompt(length, init)),
              data=DataSpec(TASK, synthetic.FEATURE_LENGTHS, 32, seed=seed),
              train_steps=steps, checkpoint_period=steps, seed=seed, progress=False)

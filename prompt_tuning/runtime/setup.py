@@ -25,7 +25,7 @@ from prompt_tuning.models.t5 import T5
 from prompt_tuning.prompts import base as prompt_base
 from prompt_tuning.runtime import partitioning
 from prompt_tuning.runtime.specs import ModelSpec
-from prompt_tuning.train import freezing
+from prompt_tuning.runtime import freezing
 
 
 @dataclasses.dataclass(frozen=True)

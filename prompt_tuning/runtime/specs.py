@@ -20,7 +20,7 @@ import flax.linen as nn
 from prompt_tuning import registry
 from prompt_tuning.models.t5 import T5, T5Config
 from prompt_tuning.prompts import base as prompt_base
-from prompt_tuning.train import freezing
+from prompt_tuning.runtime import freezing
 
 
 @registry.configurable

@@ -1,1 +1,1 @@
-"""Training: freezing, optimizers, the step, checkpoints, data and the loops."""
+"""Training: optimizers, the step and the loop (freezing, checkpoints and data are runtime's)."""

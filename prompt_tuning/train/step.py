@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from prompt_tuning.train import freezing
+from prompt_tuning.runtime import freezing
 from prompt_tuning.train import optimizers as optimizers_lib
 from prompt_tuning.train import rank as rank_lib
 from prompt_tuning.train import wayward as wayward_lib
