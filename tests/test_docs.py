@@ -149,9 +149,10 @@ def test_runnable_command_exits_0_and_says_what_it_should(command, tmp_path):
   jax_cache = os.path.join(environment.project_cache_dir(), "jax_cache")
   os.makedirs(jax_cache, exist_ok=True)
   os.symlink(jax_cache, tmp_path / "jax_cache")
-  env = dict(os.environ, CHECKPOINT=fixture_path("t5x_tiny_checkpoint", "checkpoint_3"),
-             PROMPT_TUNING_CACHE=str(tmp_path), TMPDIR=str(tmp_path),
+  env = dict(os.environ, PROMPT_TUNING_CACHE=str(tmp_path), TMPDIR=str(tmp_path),
              PYTHONPATH=REPO_ROOT, PT_PYTHON=sys.executable)
+  if "$CHECKPOINT" in command:  # Only these need the shared fixtures.
+    env["CHECKPOINT"] = fixture_path("t5x_tiny_checkpoint", "checkpoint_3")
   script = 'prompt-tuning() { "$PT_PYTHON" -m prompt_tuning.cli.main "$@"; }\n' + command
   result = subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
