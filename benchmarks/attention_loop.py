@@ -129,9 +129,7 @@ def main():
           np.asarray(loop["prompt_gradient"]) - np.asarray(batched["prompt_gradient"])))))
   summary = dict(cpu=info, load_average_per_round=loads, medians_seconds=med, same_values=same,
                  jax=loop["jax"], xla_flags=loop["xla_flags"])
-  print(report.write(f"attention_loop{args.suffix}",
-                     dict(summary=summary, runs=runs, rounds=args.rounds, note=args.note,
-                          argv=sys.argv[1:]), args.machine))
+  train_step.save("attention_loop", args, summary, runs)
 
 
 def markdown(result: dict) -> str:

@@ -209,9 +209,7 @@ def main():
                                device=ours["device"], torch=hf["torch"],
                                transformers=hf["transformers"], peft=hf["peft"],
                                torch_device=hf["device"], torch_threads=hf["torch_threads"]))
-  print(report.write(f"inference{args.suffix}",
-                     dict(summary=summary, runs=runs, rounds=args.rounds, note=args.note,
-                          argv=sys.argv[1:]), args.machine))
+  train_step.save("inference", args, summary, runs)
 
 
 def markdown(result: dict) -> str | None:

@@ -427,6 +427,14 @@ def alternate_rounds(systems, spawn, rounds: int, show) -> tuple[dict, list, dic
   return runs, loads, info
 
 
+def save(name: str, args, summary: dict, runs: dict) -> None:
+  """Files an alternating-rounds result as results/<machine>/{name}{suffix}.json with
+  what its table prints beside the figures (rounds, note, command line); shows the table."""
+  print(report.write(f"{name}{args.suffix}",
+                     dict(summary=summary, runs=runs, rounds=args.rounds, note=args.note,
+                          argv=sys.argv[1:]), args.machine))
+
+
 def rerun(script: str, argv) -> str:
   """The command line that made a result (its arguments as saved in the JSON)."""
   return shlex.join(["python", f"benchmarks/{script}", *argv])
@@ -561,9 +569,7 @@ def main():
                              device=first(ours_key)["device"],
                              torch_device=first("peft@0.0")["device"],
                              torch_threads=first("peft@0.0")["torch_threads"])
-  print(report.write(f"train_step{args.suffix}",
-                     dict(summary=summary, runs=runs, rounds=args.rounds, note=args.note,
-                          argv=sys.argv[1:]), args.machine))
+  save("train_step", args, summary, runs)
 
 
 def markdown(result: dict) -> str | None:

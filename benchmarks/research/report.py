@@ -111,10 +111,17 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], suite: Suite, out_dir: str) -> None:
+  """research_scale_and_length.png and research_recycling_and_methods.png in `out_dir`."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   from matplotlib.ticker import NullFormatter
+
+  def save(fig, name: str) -> None:
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, name), dpi=110)
+    plt.close(fig)
+
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   scale = aggregate(results["scale"], "task", "size", "method")
   backbone_params = results["backbone_parameters"]
@@ -138,9 +145,7 @@ def plot(results: dict[str, Any], suite: Suite, out_dir: str) -> None:
   axes[1].set_xscale("log")
   axes[1].set(xlabel="prompt length (tokens)", ylabel="score (%)",
               title=f"Prompt length ({suite.length_task}, {suite.sizes[0]})")
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "research_scale_and_length.png"), dpi=110)
-  plt.close(fig)
+  save(fig, "research_scale_and_length.png")
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   rec = results["recycling"]["summary"]
   names = list(rec)
@@ -161,7 +166,5 @@ def plot(results: dict[str, Any], suite: Suite, out_dir: str) -> None:
   axes[1].set_xscale("log")
   axes[1].set(xlabel="trainable parameters", ylabel="score (%)",
               title=f"Methods (circles: {suite.methods_task}; squares: {suite.multitask_task})")
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "research_recycling_and_methods.png"), dpi=110)
-  plt.close(fig)
+  save(fig, "research_recycling_and_methods.png")
 
