@@ -2,12 +2,12 @@
 
     python -m benchmarks.report              # rewrite every results/*/NAME.md from NAME.json
     python -m benchmarks.report --check      # exit 1 where a table differs from its JSON
-    python -m benchmarks.report results/amd-epyc-avx2/train_step.json   # only these
+    python -m benchmarks.report benchmarks/results/amd-epyc-avx2/train_step.json  # only it
 
 A result lives at `benchmarks/results/<machine>/NAME.json` (`machine.py`
-names the folder), its table next to it as NAME.md. Each script owns its JSON
-format and renders it with a `markdown(result)` function, listed below by the
-result's name; scripts save through `write`, and this tool rewrites the
+names the folder), its table next to it as NAME.md. Whatever writes a result
+owns its JSON format and renders it with a `markdown(result)` function, listed
+below by the result's name; scripts save through `write`, and this tool rewrites the
 tables of committed results from their JSON, so that a table cannot say what
 its JSON does not. A renderer returns None for a result it did not write (a
 file written by hand from a log); such markdown, and markdown with no
@@ -105,10 +105,12 @@ def write(name: str, result: dict[str, Any], machine_name: Optional[str] = None,
 
 
 def add_machine_flag(parser: argparse.ArgumentParser, accelerator: bool = True) -> None:
-  """`--machine`: the results folder, by default this machine's (`machine.slug`)."""
+  """`--machine`: the results folder, by default this machine's (`machine.slug`; a
+  script whose work never runs on a GPU passes `accelerator=False`)."""
+  where = "its GPU's, else its CPU's" if accelerator else "its CPU's"
   parser.add_argument("--machine", default=None,
                       help="results folder under benchmarks/results/ (default: this machine's, "
-                      f"e.g. {machine.slug(accelerator=accelerator)})")
+                      f"named after {where} model and ISA)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
