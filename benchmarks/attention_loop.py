@@ -17,22 +17,22 @@ rounds of a process's median of REPEATS timed calls after two warm-up calls.
 Both settings compute the same values (checked here on the encoder output
 and the prompt's gradient; tests/test_attention_loop.py checks it exactly).
 
-Run: python benchmarks/attention_loop.py [--rounds 3] [--suffix _epyc_avx2]
+Run: python benchmarks/attention_loop.py [--rounds 3]   (writes
+results/<machine>/attention_loop{suffix}.json and .md)
 """
 
 import argparse
 import json
 import os
-import shlex
 import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script, and as its own child processes
+  sys.path.insert(0, ROOT)
 
-import train_step  # noqa: E402  (weights, batch, CPU description)
+from benchmarks import machine, report, train_step  # noqa: E402  (weights, batch, timing)
 
 REPEATS = 7
 SETTINGS = ("loop", "batched")
@@ -112,7 +112,8 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--child", choices=SETTINGS)
   parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--suffix", default="")
+  parser.add_argument("--suffix", default="", help="ends the result's name")
+  report.add_machine_flag(parser)
   parser.add_argument("--note", default="")
   args = parser.parse_args()
   if args.child:
@@ -128,26 +129,31 @@ def main():
           np.asarray(loop["prompt_gradient"]) - np.asarray(batched["prompt_gradient"])))))
   summary = dict(cpu=info, load_average_per_round=loads, medians_seconds=med, same_values=same,
                  jax=loop["jax"], xla_flags=loop["xla_flags"])
-  base = os.path.join(HERE, f"attention_loop{args.suffix}")
-  with open(base + ".json", "w") as f:
-    json.dump(dict(summary=summary, runs=runs), f, indent=1)
+  train_step.save("attention_loop", args, summary, runs)
+
+
+def markdown(result: dict) -> str:
+  """attention_loop*.md from its JSON (`main`)."""
+  summary = result["summary"]
+  info, loads, med, same = (summary["cpu"], summary["load_average_per_round"],
+                            summary["medians_seconds"], summary["same_values"])
   names = dict(attention_forward="one attention layer, forward",
                attention_forward_backward="one attention layer, forward + backward",
                encoder_forward="encoder with the prompt, forward (inference)",
                encoder_forward_backward="encoder with the prompt, forward + backward "
                                         "into the prompt (training)")
   lines = ["# Attention one example at a time vs batched (CPU)", "",
-           f"Machine: {train_step.describe_cpu(info)}. Load average at start "
+           f"Machine: {machine.describe(info)}. Load average at start "
            f"{info['load_average'][0]:.1f}, per round "
            + ", ".join(f"{l[0]:.1f}" for l in loads) + ".",
-           *([args.note] if args.note else []), "",
+           *([result["note"]] if result["note"] else []), "",
            f"T5 1.1-small, the benchmarks' random weights, a {train_step.PROMPT_LEN}-token "
            f"prompt, batch {train_step.BATCH}, inputs {train_step.INPUT_LEN} tokens. "
-           f"Milliseconds: median over {args.rounds} alternating rounds (one process per "
+           f"Milliseconds: median over {result['rounds']} alternating rounds (one process per "
            f"setting and round) of the median of {REPEATS} timed calls after warm-up. "
            f"`loop`: `T5Config.attention_example_loop=True` (the default on one CPU device); "
-           f"`batched`: `False`. XLA flags: `{loop['xla_flags']}`; jax {loop['jax']}. "
-           f"Rerun: `python benchmarks/attention_loop.py {shlex.join(sys.argv[1:])}`.", "",
+           f"`batched`: `False`. XLA flags: `{summary['xla_flags']}`; jax {summary['jax']}. "
+           f"Rerun: `{train_step.rerun('attention_loop.py', result['argv'])}`.", "",
            "| measure | loop ms | batched ms | batched / loop |", "| --- | --- | --- | --- |"]
   for k in MEASURES:
     lines.append(f"| {names[k]} | {1e3 * med['loop'][k]:.1f} | {1e3 * med['batched'][k]:.1f} | "
@@ -155,9 +161,7 @@ def main():
   lines += ["", f"Same values: encoder output sums {same['encoder_output_sum'][0]:.6g} (loop) "
             f"and {same['encoder_output_sum'][1]:.6g} (batched); the prompt gradient's "
             f"first entries differ by at most {same['prompt_gradient_max_abs_diff']:.2g}.", ""]
-  with open(base + ".md", "w") as f:
-    f.write("\n".join(lines))
-  print("\n".join(lines))
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ spread over seeds):
    pass with a prompt vs textual recursion (prompt 1 is the one-pass prompt,
    prompt 2 trained on input + pass 1's answer) vs neural recursion.
 
-Run: python benchmarks/giants.py [--quick]  (writes giants.json and giants.md
-next to this file; --quick: fewer steps, seeds and examples, k up to 5).
+Run: python benchmarks/giants.py [--quick]  (writes results/<machine>/giants.json
+and giants.md; --quick: giants_quick.*, fewer steps, seeds and examples, k up to 5).
 --parts picks parts; --merge keeps the parts already in the JSON file (the
 file lists every command that wrote it); --reader_steps, --reader_lr,
 --reader_batch_size, --reader_ks and --reader_eval_examples set the reader
@@ -49,11 +49,12 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-from train_step import cpu_info  # noqa: E402  (one CPU report for every benchmark)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+from benchmarks import machine, report  # noqa: E402
+
 P = 8  # prompt length of every method
 
 
@@ -115,7 +116,7 @@ def exact_match(s, trainable, data, in_len, tgt_len, batch_size=32,
   """Exact match (%) of greedy decoding; appends the decoded texts to `predictions`."""
   import jax
   from prompt_tuning import decoding
-  from prompt_tuning.train import freezing
+  from prompt_tuning.runtime import freezing
   params = freezing.merge(trainable, s.frozen)
   cfg = decoding.DecodingConfig(max_decode_length=tgt_len, use_cache=False)
   gen = jax.jit(lambda p, x: decoding.generate(s.model, p, x, cfg)[0])
@@ -255,9 +256,9 @@ READING_STEPS = 2000  # pretraining steps of the reader's backbone (about 12 min
 def reading_backbone():
   """The quickstart's small backbone pretrained on `reading_pretrain` (the synthetic
   tasks plus copying a span, prompt_tuning.tasks.reading), trained once, then cached."""
-  from prompt_tuning import quickstart
+  from prompt_tuning import backbones
   from prompt_tuning.tasks import reading
-  return quickstart.pretrain(quickstart.PretrainConfig(
+  return backbones.pretrain(backbones.PretrainConfig(
       size="small", steps=READING_STEPS, mixture="reading_pretrain",
       inputs_length=reading.FEATURE_LENGTHS["inputs"]), progress=False)
 
@@ -450,7 +451,9 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--parts", default="cost,idpt,reader,recursion")
-  parser.add_argument("--out", default=HERE)
+  parser.add_argument("--out", default=None,
+                      help="folder of the results (default: results/<machine>/)")
+  report.add_machine_flag(parser)
   parser.add_argument("--merge", action="store_true",
                       help="keep the parts already in the JSON file and add those run now")
   parser.add_argument("--reader_steps", type=int, default=0, help="0: the mode's steps")
@@ -461,21 +464,23 @@ def main(argv=None):
   parser.add_argument("--reader_ks", default="", help="e.g. 1,5; empty: the mode's")
   parser.add_argument("--answers_ks", default="", help="reader_answers' k; empty: reader_ks")
   args = parser.parse_args(argv)
-  from prompt_tuning import quickstart
-  machine = cpu_info()
-  print(f"CPU: {machine['cpu_model']}, AVX-512: {'yes' if machine['avx512'] else 'no'}",
-        flush=True)
-  backbone = quickstart.pretrain(quickstart.PretrainConfig(size="small"), progress=False)
-  cfg = quickstart.backbone_config("small")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from prompt_tuning import backbones
+  info = machine.cpu_info()
+  print("CPU:", machine.describe(info), flush=True)
+  backbone = backbones.pretrain(backbones.PretrainConfig(size="small"), progress=False)
+  cfg = backbones.backbone_config("small")
   make = specs(backbone, cfg)
   q = args.quick
   settings = dict(steps=150 if q else 1000, seeds=3, eval_examples=64 if q else 256,
                   reader_ks=[1, 5] if q else [1, 5, 20], cost_rounds=5 if q else 20,
                   prompt_length=P)
-  res = dict(quick=q, machine=machine, settings=settings, notes="")
-  stem = os.path.join(args.out, "giants" + ("_quick" if q else ""))
+  res = dict(quick=q, machine=info, settings=settings, notes="")
+  out_dir = args.out or machine.results_dir(args.machine)
+  name = "giants" + ("_quick" if q else "")
+  stem = os.path.join(out_dir, name)
   if args.merge and os.path.exists(stem + ".json"):
-    res = {**json.load(open(stem + ".json")), "machine": machine}
+    res = {**json.load(open(stem + ".json")), "machine": info}
     settings = res["settings"] = {**settings, **res["settings"]}
 
   res["commands"] = res.get("commands", []) + [
@@ -483,8 +488,7 @@ def main(argv=None):
 
   def save():
     res["notes"] = notes(res, args.parts.split(","))
-    json.dump(res, open(stem + ".json", "w"), indent=1)
-    open(stem + ".md", "w").write(markdown(res))
+    report.write(name, res, out_dir=out_dir)
   parts = args.parts.split(",")
   if "cost" in parts:
     res["cost"] = part_cost(make, settings["cost_rounds"])

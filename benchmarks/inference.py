@@ -18,8 +18,9 @@ Each system runs in its own process (loading, compiling and warming up
 there), the systems alternate over the rounds, and each figure is the median
 over rounds of the median of REPEATS timed calls.
 
-Run: python benchmarks/inference.py [--rounds 5] [--suffix _gpu]
-(needs the [interop] extra). Writes inference{suffix}.json and .md here.
+Run: python benchmarks/inference.py [--rounds 5]
+(needs the [interop] extra). Writes results/<machine>/inference{suffix}.json
+and .md.
 """
 
 import argparse
@@ -29,11 +30,11 @@ import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script, and as its own child processes
+  sys.path.insert(0, ROOT)
 
-import train_step  # noqa: E402  (weights, batch, CPU description)
+from benchmarks import machine, report, train_step  # noqa: E402  (weights, batch, timing)
 
 BATCH, NEW_TOKENS, BEAMS, REPEATS = 8, 32, 4, 3
 PROMPT_LEN = train_step.PROMPT_LEN
@@ -178,7 +179,8 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--child")
   parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--suffix", default="")
+  parser.add_argument("--suffix", default="", help="ends the result's name")
+  report.add_machine_flag(parser)
   parser.add_argument("--note", default="")
   args = parser.parse_args()
   if args.child:
@@ -207,25 +209,32 @@ def main():
                                device=ours["device"], torch=hf["torch"],
                                transformers=hf["transformers"], peft=hf["peft"],
                                torch_device=hf["device"], torch_threads=hf["torch_threads"]))
-  base = os.path.join(HERE, f"inference{args.suffix}")
-  with open(base + ".json", "w") as f:
-    json.dump(dict(summary=summary, runs=runs), f, indent=1)
-  on_gpu = hf["device"] == "cuda"
-  v = summary["versions"]
+  train_step.save("inference", args, summary, runs)
+
+
+def markdown(result: dict) -> str | None:
+  """inference*.md from its JSON (`main`); None for a file not written by `main`
+  (the partial H100 run's, written by hand from its log)."""
+  if "summary" not in result:
+    return None
+  summary = result["summary"]
+  info, loads, rows, v = (summary["cpu"], summary["load_average_per_round"], summary["rows"],
+                          summary["versions"])
+  on_gpu = v["torch_device"] == "cuda"
   lines = [f"# Inference with a prompt-tuned model: this project vs HF PEFT "
            f"({'GPU' if on_gpu else 'CPU'})", "",
-           f"Machine: {train_step.describe_cpu(info)}"
+           f"Machine: {machine.describe(info)}"
            + (f"; JAX device {v['device']}, torch on CUDA" if on_gpu else "")
            + f". Load average at start {info['load_average'][0]:.1f}, per round "
            + ", ".join(f"{la[0]:.1f}" for la in loads) + ".",
-           *([args.note] if args.note else []), "",
+           *([result["note"]] if result["note"] else []), "",
            f"T5 1.1-small config, the same random weights and the same {PROMPT_LEN}-token soft "
            f"prompt on both sides; batch {BATCH}, inputs {train_step.INPUT_LEN} tokens. Medians over "
-           f"{args.rounds} alternating rounds (one process per system and round) of the median "
-           f"of {REPEATS} timed calls after warm-up. XLA flags: `{v['xla_flags'] or '(none)'}`; "
-           f"jax {v['jax']}, torch {v['torch']} ({v['torch_threads']} threads), transformers "
-           f"{v['transformers']}, peft {v['peft']}. Rerun: `python benchmarks/inference.py"
-           f"{' --suffix ' + args.suffix if args.suffix else ''}`.", "",
+           f"{result['rounds']} alternating rounds (one process per system and round) of the "
+           f"median of {REPEATS} timed calls after warm-up. XLA flags: "
+           f"`{v['xla_flags'] or '(none)'}`; jax {v['jax']}, torch {v['torch']} "
+           f"({v['torch_threads']} threads), transformers {v['transformers']}, peft {v['peft']}. "
+           f"Rerun: `{train_step.rerun('inference.py', result['argv'])}`.", "",
            "| workload | ours | HF PEFT | ratio | target |", "| --- | --- | --- | --- | --- |"]
   targets = dict(greedy=1.5, beam=1.5, rank=2.0)
   names = dict(greedy=f"greedy, {NEW_TOKENS} new tokens (tokens/s)",
@@ -239,11 +248,10 @@ def main():
   lines += [f"| rank classification, HF with its encoder output reused by hand (examples/s) | "
             f"{r['ours']:.1f} | {r['hf_encoder_reused']:.1f} | {r['ratio_to_hf_encoder_reused']:.2f}x |"
             " (a stronger baseline than HF's usual call) |", "",
-            f"Same model on both sides: {100 * agree_greedy:.1f}% of greedy tokens agree; rank "
-            f"scores differ by at most {rank_diff:.2g} (float32)."]
-  with open(base + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+            f"Same model on both sides: {100 * summary['greedy_token_agreement']:.1f}% of greedy "
+            f"tokens agree; rank scores differ by at most "
+            f"{summary['rank_score_max_abs_diff']:.2g} (float32)."]
+  return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -4,26 +4,19 @@ For each model size and mesh, compiles (from shapes only, nothing allocated)
 the prompt-tuning step and the full fine-tuning step of the same model and
 batch, and records per-device bytes of parameters, optimizer state and XLA
 temporaries. Run: python benchmarks/memory.py  (about a minute on 2 CPU
-cores; it makes its own virtual devices). Writes memory_results.json and
-memory.md next to this file.
+cores; it makes its own virtual devices). Writes
+results/<machine>/memory.json and memory.md.
 """
 
-import json
+import argparse
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=64")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
 
-import jax  # noqa: E402
-
-from prompt_tuning import precompile  # noqa: E402
-from prompt_tuning.models import presets  # noqa: E402
-from prompt_tuning.prompts import soft  # noqa: E402
-from prompt_tuning.runtime import partitioning  # noqa: E402
-from prompt_tuning.runtime.specs import DataSpec, ModelSpec  # noqa: E402
-from prompt_tuning.train import freezing  # noqa: E402
+from benchmarks import machine, report  # noqa: E402
 
 CASES = [
     # (name, family, size, overrides, mesh, batch)
@@ -36,7 +29,18 @@ CASES = [
 MIB = 2 ** 20
 
 
-def main():
+def measure() -> dict:
+  """Compiles every case's two steps; the rows, with the jax version and backend."""
+  # The virtual devices must be asked for before JAX starts.
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_force_host_platform_device_count=64")
+  import jax
+  from prompt_tuning import precompile
+  from prompt_tuning.models import presets
+  from prompt_tuning.prompts import soft
+  from prompt_tuning.runtime import freezing
+  from prompt_tuning.runtime import partitioning
+  from prompt_tuning.runtime.specs import DataSpec, ModelSpec
   rows = []
   for name, family, size, overrides, mesh, batch in CASES:
     cfg = presets.preset(family, size, **overrides)
@@ -54,12 +58,16 @@ def main():
                        temporaries_mib=b["temporaries"] / MIB,
                        flops_per_device=r["flops_per_device"]))
       print(rows[-1], flush=True)
-  here = os.path.dirname(os.path.abspath(__file__))
-  with open(os.path.join(here, "memory_results.json"), "w") as f:
-    json.dump(dict(rows=rows, jax=jax.__version__, backend=jax.default_backend()), f, indent=1)
+  return dict(rows=rows, jax=jax.__version__, backend=jax.default_backend(),
+              machine=machine.cpu_info())
+
+
+def markdown(result: dict) -> str:
+  """memory.md from its JSON (`measure`)."""
+  rows = result["rows"]
   lines = ["# Per-device memory of one train step (XLA memory analysis)", "",
            "Compiled from shapes only with `prompt_tuning.precompile` on "
-           f"{jax.default_backend().upper()} virtual devices; inputs 512 + prompt 100 tokens, "
+           f"{result['backend'].upper()} virtual devices; inputs 512 + prompt 100 tokens, "
            "targets 16; Adafactor. Rerun: `python benchmarks/memory.py`.", "",
            "| model | mesh | batch | method | params MiB | optimizer state MiB | "
            "temporaries MiB | FLOPs ratio vs full |",
@@ -76,8 +84,14 @@ def main():
             "here): the frozen backbone has none. Adafactor factors its second moments, so "
             "full fine-tuning's state is small too; the difference in FLOPs (about 0.7x) is "
             "the backbone weight gradients that prompt tuning never computes."]
-  with open(os.path.join(here, "memory.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  return "\n".join(lines) + "\n"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  report.add_machine_flag(parser)
+  args = parser.parse_args()
+  report.write("memory", measure(), args.machine)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ on which every method scored 98-100%, so it could not rank them, and was
 dropped.
 
 Run: python benchmarks/prompt_methods.py   (about 2 minutes on 2 cores)
-Writes prompt_methods.json and prompt_methods.md next to this file.
+Writes results/<machine>/prompt_methods.json and .md.
 """
 
 import argparse
@@ -21,11 +21,11 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
 
-from benchmarks.train_step import cpu_info, describe_cpu  # noqa: E402  (one CPU report)
+from benchmarks import machine, report  # noqa: E402
 
 PROMPT_LEN = 10
 # The quickstart's `small` backbone shape (random weights: speed only).
@@ -39,7 +39,8 @@ def throughput(cfg, rounds=5, steps=10, batch=32, input_len=64, num_prompts=8):
   from prompt_tuning.models import params as params_lib
   from prompt_tuning.models.t5 import T5, shift_right
   from prompt_tuning.prompts import multi_task, soft
-  from prompt_tuning.train import freezing, optimizers
+  from prompt_tuning.runtime import freezing
+  from prompt_tuning.train import optimizers
   from prompt_tuning.train import step as step_lib
   rng = np.random.RandomState(0)
   enc = rng.randint(3, 259, size=(batch, input_len)).astype(np.int32)
@@ -81,15 +82,14 @@ def throughput(cfg, rounds=5, steps=10, batch=32, input_len=64, num_prompts=8):
               mixed_over_single_throughput=single / mixed)
 
 
-def write(results):
-  with open(os.path.join(HERE, "prompt_methods.json"), "w") as f:
-    json.dump(results, f, indent=1)
+def markdown(results: dict) -> str:
+  """prompt_methods.md from its JSON (`main`)."""
   t = results["throughput"]
   lines = [
       "# Mixed-prompt batches",
       "",
       "Written by `python benchmarks/prompt_methods.py` (raw figures in "
-      f"`prompt_methods.json`) on {describe_cpu(results['machine'])}.",
+      f"`prompt_methods.json`) on {machine.describe(results['machine'])}.",
       "",
       "Accuracy and trainable parameters of every prompt method: see `research.md` (the "
       "research suite, whose held-out formats separate the methods).",
@@ -105,21 +105,23 @@ def write(results):
     lines.append(f"| {name} | {s * 1000:.1f} ms |")
   lines += ["", f"Mixed batch throughput: **{t['mixed_over_single_throughput']:.3f}x** the "
             "single-prompt batch (target: within 10%, i.e. at least 0.90x).", ""]
-  with open(os.path.join(HERE, "prompt_methods.md"), "w") as f:
-    f.write("\n".join(lines))
+  return "\n".join(lines)
 
 
 def main():
-  argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  report.add_machine_flag(parser)
+  args = parser.parse_args()
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import logging
   logging.basicConfig(level=logging.WARNING)
-  from prompt_tuning import quickstart
-  machine = cpu_info()
-  print(describe_cpu(machine), flush=True)
-  results = {"machine": machine,
-             "throughput": throughput(quickstart.backbone_config(BACKBONE_SIZE))}
+  from prompt_tuning import backbones
+  info = machine.cpu_info()
+  print(machine.describe(info), flush=True)
+  results = {"machine": info,
+             "throughput": throughput(backbones.backbone_config(BACKBONE_SIZE))}
   print(json.dumps(results["throughput"]), flush=True)
-  write(results)
+  report.write("prompt_methods", results, args.machine)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ own accounting of the compiled step (arguments + temporaries). The model-size
 rows also run in a fresh process each, for peak RSS.
 
 Run: python benchmarks/scaling.py   (about 10 minutes on 2 cores)
-Writes scaling.json and scaling.md next to this file.
+Writes results/<machine>/scaling.json and .md.
 """
 
+import argparse
 import json
 import os
 import resource
@@ -21,9 +22,11 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script, and as its own child processes
+  sys.path.insert(0, ROOT)
+
+from benchmarks import machine, report  # noqa: E402
 
 WARMUP, TIMED, TARGET_LEN = 2, 5, 8
 
@@ -35,7 +38,8 @@ def measure(size="small", batch=8, input_len=256, prompt_len=100, weight_dtype="
   from prompt_tuning.models import presets
   from prompt_tuning.models.t5 import T5, shift_right
   from prompt_tuning.prompts import initializers, soft
-  from prompt_tuning.train import freezing, optimizers
+  from prompt_tuning.runtime import freezing
+  from prompt_tuning.train import optimizers
   from prompt_tuning.train import step as step_lib
   cfg = presets.preset("t5_1_1", size, scan_layers=True, remat_policy="full",
                        weight_dtype=weight_dtype)
@@ -89,6 +93,10 @@ def main():
   if len(sys.argv) > 2 and sys.argv[1] == "--child":
     child(json.loads(sys.argv[2]))
     return
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  report.add_machine_flag(parser)
+  args = parser.parse_args()
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sweeps = {
       "prompt length": [dict(prompt_len=p) for p in (0, 20, 100, 200)],
       "input length": [dict(input_len=n) for n in (128, 256, 512, 1024)],
@@ -103,8 +111,12 @@ def main():
                            capture_output=True, text=True, check=True).stdout
       results[name].append(json.loads(out.split("RESULT ", 1)[1]))
       print(name, json.dumps(results[name][-1]), flush=True)
-  with open(os.path.join(HERE, "scaling.json"), "w") as f:
-    json.dump(results, f, indent=1)
+  results["machine"] = machine.cpu_info()
+  print(report.write("scaling", results, args.machine))
+
+
+def markdown(results: dict) -> str:
+  """scaling.md from its JSON (`main`): one table per sweep."""
   lines = ["# Train-step scaling (CPU, 2 cores)", "",
            "T5 1.1 with random weights, prompt tuning (Adafactor 0.3), dropout 0, targets 8; "
            "scanned layers with full rematerialization. Defaults: small, batch 8, inputs 256, "
@@ -112,6 +124,8 @@ def main():
            "compiled step; peak RSS of a fresh process per point. Rerun: "
            "`python benchmarks/scaling.py`.", ""]
   for name, rows in results.items():
+    if name == "machine":
+      continue
     lines += [f"## {name}", "",
               "| size | weights | batch | inputs | prompt | step | input tokens/s | "
               "arguments | temporaries | peak RSS |",
@@ -124,9 +138,7 @@ def main():
     lines.append("")
   lines.append("Prompt length 0 has nothing to train: its row is the loss alone (no backward "
                "pass), the floor that a prompt's backward pass adds to.")
-  with open(os.path.join(HERE, "scaling.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

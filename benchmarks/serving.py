@@ -22,13 +22,13 @@ Every response is checked against `prompt-tuning infer` (evaluation.infer,
 the function the binary runs) for the same prompt and input: same text,
 score within 1e-4.
 
-Run: python benchmarks/serving.py   (writes serving.json and serving.md here)
+Run: python benchmarks/serving.py   (writes results/<machine>/serving.json and
+.md; notes below report.NOTES_MARKER in an existing serving.md are kept)
 """
 
 import asyncio
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -39,40 +39,29 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+from benchmarks import machine, report  # noqa: E402
 
 NUM_PROMPTS, PROMPT_LENGTH, NUM_INPUTS, DECODE = 8, 10, 64, 8
 CONCURRENCY = (8, 16, 32)
 ROUNDS, REQUESTS, SECONDS = 3, 1000, 15.0
 MAX_WAIT_MS = 5.0
-NOTES_MARKER = "<!-- notes: kept when the script rewrites this file -->"
 MODES = {
     "batched": ["--batch_buckets=1,2,4,8,16,32", f"--max_wait_ms={MAX_WAIT_MS}"],
     "unbatched": ["--batch_buckets=1", "--max_wait_ms=0"],
 }
 
 
-def cpu_info() -> dict:
-  model, flags = platform.processor(), []
-  try:
-    with open("/proc/cpuinfo") as f:
-      lines = f.read().splitlines()
-    model = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")),
-                 model)
-    flags = next((l.split(":", 1)[1].split() for l in lines if l.startswith("flags")), [])
-  except OSError:
-    pass
-  return {"cpu": model, "avx512": "avx512f" in flags, "cores": os.cpu_count()}
-
-
 def backbone() -> str:
   """The quickstart's cached small backbone (built into benchmarks/.cache_serving if absent)."""
-  from prompt_tuning import quickstart
-  cfg = quickstart.PretrainConfig(size="small")
-  cached = quickstart.backbone_path(quickstart.default_cache_dir(), cfg)
+  from prompt_tuning import backbones
+  cfg = backbones.PretrainConfig(size="small")
+  cached = backbones.backbone_path(backbones.default_cache_dir(), cfg)
   if os.path.exists(os.path.join(cached, "DONE")):
     return cached
-  return quickstart.pretrain(cfg, os.path.join(HERE, ".cache_serving"), progress=False)
+  return backbones.pretrain(cfg, os.path.join(HERE, ".cache_serving"), progress=False)
 
 
 def make_prompts(path: str, folder: str) -> dict[str, np.ndarray]:
@@ -88,7 +77,7 @@ def make_prompts(path: str, folder: str) -> dict[str, np.ndarray]:
 
 def infer_references(path: str, prompts: dict[str, np.ndarray], work: str) -> dict:
   """{(prompt, input): (prediction, score)} from evaluation.infer, per prompt."""
-  from prompt_tuning import decoding, evaluation, quickstart
+  from prompt_tuning import backbones, decoding, evaluation
   from prompt_tuning.prompts import initializers, soft
   from prompt_tuning.runtime.specs import DataSpec, ModelSpec
   from prompt_tuning.tasks import synthetic
@@ -97,7 +86,7 @@ def infer_references(path: str, prompts: dict[str, np.ndarray], work: str) -> di
   for name, value in prompts.items():
     out = evaluation.infer(
         model_dir=os.path.join(work, name),
-        model=ModelSpec(quickstart.backbone_config("small"), path,
+        model=ModelSpec(backbones.backbone_config("small"), path,
                         soft.SoftPrompt(length=PROMPT_LENGTH,
                                         init=initializers.from_array(value))),
         data=DataSpec("synthetic_reverse_bare", synthetic.FEATURE_LENGTHS, 32,
@@ -206,7 +195,8 @@ def check(responses, refs) -> tuple[int, float]:
 
 
 def markdown(result: dict) -> str:
-  """serving.md from the results."""
+  """serving.md from its JSON (`main`); the hand-written notes that follow are kept
+  by `report`."""
   m = result["machine"]
   lines = [
       "# Serving: cross-task batching vs one request at a time",
@@ -221,7 +211,9 @@ def markdown(result: dict) -> str:
       f"{result['max_seconds_per_run']:.0f} s; the two servers alternate within each of "
       f"{result['rounds']} rounds (order flipped every round); medians.",
       "",
-      f"Machine: {m['cpu']}, {m['cores']} cores, AVX-512: {'yes' if m['avx512'] else 'no'} "
+      # "cpu": the name the first results used for the model.
+      f"Machine: {m.get('cpu_model', m.get('cpu'))}, {m['cores']} cores, AVX-512: "
+      f"{'yes' if m['avx512'] else 'no'} "
       "(AVX2 only); the client, both servers and the model share these cores, and the "
       "machine is shared with other jobs: load average "
       f"{m['load_average_at_start'][0]:.1f} at the start, {m['load_average_at_end'][0]:.1f} "
@@ -254,7 +246,7 @@ def markdown(result: dict) -> str:
             f"largest score difference {result['max_score_diff_vs_infer']:.1e} (float "
             "rounding from different batch and padding shapes). Servers exited with "
             f"{result['server_exit_codes']} after SIGTERM.", ""]
-  return "\n".join(lines)
+  return "\n".join(lines) + "\n"  # a blank line before any notes
 
 
 def main():
@@ -268,13 +260,13 @@ def main():
   parser.add_argument("--seconds", type=float, default=SECONDS)
   parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
   parser.add_argument("--no_write", action="store_true", help="print only (smoke runs)")
+  report.add_machine_flag(parser)
   args = parser.parse_args()
   ROUNDS, REQUESTS, SECONDS = args.rounds, args.requests, args.seconds
   CONCURRENCY = tuple(int(c) for c in args.concurrency.split(","))
-  info = cpu_info()
+  info = machine.cpu_info()
   info["load_average_at_start"] = os.getloadavg()
-  print(f"CPU: {info['cpu']} ({info['cores']} cores); AVX-512: "
-        f"{'yes' if info['avx512'] else 'no'}", flush=True)
+  print("CPU:", machine.describe(info), flush=True)
   work = tempfile.mkdtemp(prefix="serving_bench_")
   path = args.backbone or backbone()
   prompt_dir = os.path.join(work, "prompts")
@@ -367,17 +359,7 @@ def main():
       mismatches_vs_infer=mismatches, max_score_diff_vs_infer=worst,
       server_exit_codes=codes, runs=runs)
   if not args.no_write:
-    with open(os.path.join(HERE, "serving.json"), "w") as f:
-      json.dump(result, f, indent=1)
-    md_path = os.path.join(HERE, "serving.md")
-    notes = ""
-    if os.path.exists(md_path):  # Hand-written notes below the marker survive reruns.
-      with open(md_path) as f:
-        old = f.read()
-      if NOTES_MARKER in old:
-        notes = old[old.index(NOTES_MARKER):]
-    with open(md_path, "w") as f:
-      f.write(markdown(result) + "\n" + notes)
+    report.write("serving", result, args.machine)
   print(json.dumps(summary, indent=1))
   print(f"checked {result['responses_checked']} responses against infer: {mismatches} "
         f"mismatches, max score diff {worst:.2e}; server exit codes {codes}")

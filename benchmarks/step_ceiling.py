@@ -34,25 +34,26 @@ What the figures mean:
   the skeleton's encoder forward): the most we could lead if the encoder
   pass were its matmuls and nothing else, the decoding loop unchanged.
 
-Run: python benchmarks/step_ceiling.py [--rounds 3] [--suffix _epyc_avx2]
-(needs the [interop] extra). Writes step_ceiling{suffix}.json and .md here.
+Run: python benchmarks/step_ceiling.py [--rounds 3]
+(needs the [interop] extra). Writes results/<machine>/step_ceiling{suffix}.json
+and .md; `python -m benchmarks.report` rewrites the .md from the .json.
 """
 
 import argparse
 import json
 import os
-import shlex
 import sys
 import types
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:  # run as a script, and as its own child processes
+  sys.path.insert(0, ROOT)
 
-import inference  # noqa: E402
-import train_step  # noqa: E402  (shapes, weights, CPU description, timing)
+from benchmarks import inference, machine, report  # noqa: E402
+from benchmarks import train_step  # noqa: E402  (shapes, weights, timing)
 
 B, M, T = train_step.BATCH, train_step.INPUT_LEN + train_step.PROMPT_LEN, train_step.TARGET_LEN
 H, N, D, F, V, LAYERS = (train_step.H, train_step.N, train_step.D, train_step.F, train_step.V,
@@ -259,19 +260,21 @@ def summarize(runs: dict) -> dict:
                                 for lib in ("xla", "torch")})
 
 
-def write_report(summary: dict, info: dict, loads: list, rounds: int, note: str, base: str,
-                 argv: list):
-  s, sk = summary, summary["skeleton_seconds"]
+def markdown(result: dict) -> str:
+  """step_ceiling*.md from its JSON (`main`); the summary is recomputed from the
+  runs, so a table written by an older `summarize` is brought up to date."""
+  s = summarize(result["runs"])
+  info, loads, sk = result["cpu"], result["load_average_per_round"], s["skeleton_seconds"]
   x, t = sk["xla"], sk["torch"]
   lines = [
       "# The ceiling: how far ahead of PEFT the weight matmuls allow", "",
-      f"Machine: {train_step.describe_cpu(info)}. Load average at start "
+      f"Machine: {machine.describe(info)}. Load average at start "
       f"{info['load_average'][0]:.1f}, per round " + ", ".join(f"{la[0]:.1f}" for la in loads)
-      + ".", *([note] if note else []), "",
+      + ".", *([result["note"]] if result["note"] else []), "",
       f"T5 1.1-small shapes, batch {B}, {train_step.INPUT_LEN} + {train_step.PROMPT_LEN} "
-      f"positions in, {T} out. Medians over {rounds} alternating rounds, one process per system "
-      f"and round (see the docstring of `step_ceiling.py`). Rerun: `python "
-      f"benchmarks/step_ceiling.py {shlex.join(argv)}`.", "",
+      f"positions in, {T} out. Medians over {result['rounds']} alternating rounds, one process "
+      f"per system and round (see the docstring of `step_ceiling.py`). Rerun: "
+      f"`{train_step.rerun('step_ceiling.py', result['argv'])}`.", "",
       "| measure | XLA (ours) s | torch s |", "| --- | --- | --- |",
       f"| the train step (dropout 0, `train_step.py`): ours / PEFT | {s['ours_step_seconds']:.3f} "
       f"| {s['peft_step_seconds']:.3f} |",
@@ -305,29 +308,19 @@ def write_report(summary: dict, info: dict, loads: list, rounds: int, note: str,
         f"With our encoder pass cut to its weight matmuls alone ({x['encoder_forward_weights']:.3f}"
         f" s instead of {s['our_encoder_forward_seconds']:.3f}), decoding unchanged: "
         f"{d['bound']:.2f}x (target 1.5x).")
-  with open(base + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  return "\n".join(lines) + "\n"
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--child", choices=("xla", "torch"))
   parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--suffix", default="")
+  parser.add_argument("--suffix", default="", help="ends the result's name")
+  report.add_machine_flag(parser)
   parser.add_argument("--note", default="")
-  parser.add_argument("--report_only", action="store_true",
-                      help="rewrite step_ceiling{suffix}.md from its .json, measuring nothing")
   args = parser.parse_args()
   if args.child:
     print("RESULT " + json.dumps(run_xla() if args.child == "xla" else run_torch()))
-    return
-  base = os.path.join(HERE, f"step_ceiling{args.suffix}")
-  if args.report_only:
-    with open(base + ".json") as f:
-      saved = json.load(f)
-    write_report(summarize(saved["runs"]), saved["cpu"], saved["load_average_per_round"],
-                 saved["rounds"], saved["note"], base, saved["argv"])
     return
   shown = (*SKELETON_MEASURES, "our_encoder_forward", "step_seconds", "greedy", "beam")
   runs, loads, info = train_step.alternate_rounds(
@@ -336,12 +329,10 @@ def main():
   for system in ("xla", "torch"):
     if not all(r["gradient_finite"] for r in runs[system]):
       raise RuntimeError(f"the {system} skeleton's prompt gradient is not finite")
-  summary = summarize(runs)
-  argv = sys.argv[1:]
-  with open(base + ".json", "w") as f:
-    json.dump(dict(cpu=info, load_average_per_round=loads, rounds=args.rounds, note=args.note,
-                   argv=argv, summary=summary, runs=runs), f, indent=1)
-  write_report(summary, info, loads, args.rounds, args.note, base, argv)
+  print(report.write(f"step_ceiling{args.suffix}",
+                     dict(cpu=info, load_average_per_round=loads, rounds=args.rounds,
+                          note=args.note, argv=sys.argv[1:], summary=summarize(runs),
+                          runs=runs), args.machine))
 
 
 if __name__ == "__main__":

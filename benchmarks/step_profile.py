@@ -24,8 +24,9 @@ PROFILED steps. The rates are the analytic FLOPs of the step's weight
 matmuls and of its attention (`train_step.step_flops_parts`) over the time
 in those ops: how fast each system's GEMMs run inside the step.
 
-Run: python benchmarks/step_profile.py [--rounds 3] [--suffix _epyc_avx2]
-(needs the [interop] extra). Writes step_profile{suffix}.json and .md here.
+Run: python benchmarks/step_profile.py [--rounds 3]
+(needs the [interop] extra). Writes results/<machine>/step_profile{suffix}.json
+and .md; `python -m benchmarks.report` rewrites the .md from the .json.
 """
 
 import argparse
@@ -35,18 +36,17 @@ import gzip
 import json
 import os
 import re
-import shlex
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script, and as its own child processes
+  sys.path.insert(0, ROOT)
 
-import train_step  # noqa: E402  (the same step, weights and batch)
+from benchmarks import machine, report, train_step  # noqa: E402  (the same step and weights)
 
 WARMUP, PROFILED = 2, 3
 CATEGORIES = ("matmul", "attention", "layout", "reductions", "elementwise", "rng", "other")
@@ -224,22 +224,24 @@ def summarize(runs: dict) -> dict:
 ASYNC_ROWS = ("matmul", "attention")
 
 
-def write_report(out: dict, base: str) -> str:
-  """The markdown of one run (`out`: what main() writes to the JSON)."""
-  info, summary, parts = out["cpu"], out["summary"], train_step.step_flops_parts()
+def markdown(out: dict) -> str:
+  """step_profile*.md from its JSON (`main`); the summary is recomputed from the
+  runs, so a table written by an older `summarize` is brought up to date."""
+  info, summary, parts = out["cpu"], summarize(out["runs"]), train_step.step_flops_parts()
   ours, jaxlib, peft = (summary[s] for s in SYSTEMS)
 
   def ratio(a, b):
     return f"{a / b:.2f}x" if b else ""
 
   lines = ["# Where the train step's time goes: ours vs PEFT, per op", "",
-           f"Machine: {train_step.describe_cpu(info)}. Load average at start "
+           f"Machine: {machine.describe(info)}. Load average at start "
            f"{info['load_average'][0]:.1f}.", *([out["note"]] if out.get("note") else []), "",
            f"`train_step.py`'s dropout-0 step (T5 1.1 small, batch {train_step.BATCH}, "
            f"{train_step.INPUT_LEN} + {train_step.PROMPT_LEN} prompt tokens in, "
            f"{train_step.TARGET_LEN} out). Seconds per step, median over {out['rounds']} "
            f"alternating rounds (one process each) of the mean over {PROFILED} profiled steps "
-           f"(profiling slows every side's step; `train_step_*.md` has the unprofiled times). "
+           f"(profiling slows every side's step; `train_step*.md` in the same folder has the "
+           f"unprofiled times). "
            f"Ours: jax.profiler with XLA's per-thunk events, categories from the compiled HLO, "
            f"with the binaries' XLA defaults (`{out['xla_flags']}`) and with jaxlib's own "
            f"(`PROMPT_TUNING_XLA_DEFAULTS=0`: YNNPACK dot fusions on); PEFT: torch.profiler "
@@ -270,37 +272,22 @@ def write_report(out: dict, base: str) -> str:
   for system, title in zip(SYSTEMS, ("ours", "ours with jaxlib's defaults", "PEFT")):
     lines += [f"Heaviest ops, {title} (last round), seconds per step: " + ", ".join(
         f"`{n}` {t:.3f} ({c})" for n, t, c in summary[system]["top_ops"][:10]) + ".", ""]
-  text = "\n".join(lines) + "\n"
-  with open(base + ".md", "w") as f:
-    f.write(text)
-  return text
+  return "\n".join(lines) + "\n"
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--child")
   parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--suffix", default="")
+  parser.add_argument("--suffix", default="", help="ends the result's name")
+  report.add_machine_flag(parser)
   parser.add_argument("--note", default="")
-  parser.add_argument("--report_only", action="store_true",
-                      help="rewrite step_profile{suffix}.md from its JSON")
   args = parser.parse_args()
   if args.child:
     result = profile_peft() if args.child == "peft" else profile_ours()
     print("RESULT " + json.dumps(result))
     return
-  base = os.path.join(HERE, f"step_profile{args.suffix}")
-  if args.report_only:
-    with open(base + ".json") as f:
-      out = json.load(f)
-    out["summary"] = summarize(out["runs"])
-    print(write_report(out, base))
-    return
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  train_step._our_params()
-  info = train_step.cpu_info()
-  print("CPU:", train_step.describe_cpu(info), "| load average", info["load_average"],
-        flush=True)
+  info = train_step.start()
   runs = {system: [] for system in SYSTEMS}
   for _ in range(args.rounds):
     for system in runs:
@@ -310,10 +297,8 @@ def main():
   out = dict(cpu=info, summary=summarize(runs), runs=runs,
              analytic_step_gflop=train_step.step_flops() / 1e9,
              xla_flags=runs["ours"][0]["xla_flags"], rounds=args.rounds, note=args.note,
-             command="python benchmarks/step_profile.py " + shlex.join(sys.argv[1:]))
-  with open(base + ".json", "w") as f:
-    json.dump(out, f, indent=1)
-  print(write_report(out, base))
+             command=train_step.rerun("step_profile.py", sys.argv[1:]))
+  print(report.write(f"step_profile{args.suffix}", out, args.machine))
 
 
 if __name__ == "__main__":

@@ -20,16 +20,16 @@ activations, never into the frozen weights; `step_flops`), the same count for
 both systems, over the step time; then over the best dense float32 matmul
 rate measured in the same run with XLA, torch and numpy (each listed).
 
-Run: python benchmarks/train_step.py [--rounds 3] [--suffix _gpu]
-(needs the [interop] extra). Writes train_step{suffix}.json and .md here.
-On a GPU host our side runs on the GPU and PEFT on CUDA as well.
+Run: python benchmarks/train_step.py [--rounds 3] [--suffix _remat_full]
+(needs the [interop] extra). Writes results/<machine>/train_step{suffix}.json
+and .md (`machine.py` names the folder; `--machine` overrides it). On a GPU
+host our side runs on the GPU and PEFT on CUDA as well.
 """
 
 import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -39,39 +39,16 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:  # run as a script, and as its own child processes
+  sys.path.insert(0, ROOT)
+
+from benchmarks import machine, report  # noqa: E402
 
 BATCH, INPUT_LEN, PROMPT_LEN, TARGET_LEN = 8, 256, 100, 8
 WARMUP, TIMED = 3, 10
 # T5 1.1 small.
 H, N, D, F, V, LAYERS = 512, 6, 64, 1024, 32128, 8
-
-
-def cpu_info() -> dict:
-  """CPU model, AVX-512 yes/no, the ISA cap in effect, load average."""
-  model, flags = platform.processor() or "unknown", set()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name") and model in ("unknown", "x86_64", ""):
-          model = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-          flags = set(line.split(":", 1)[1].split())
-          break
-  except OSError:
-    pass
-  xla_flags = os.environ.get("XLA_FLAGS", "")
-  cap = [f for f in xla_flags.split() if "max_isa" in f]
-  return dict(cpu_model=model, avx512="avx512f" in flags, avx2="avx2" in flags,
-              cores=len(os.sched_getaffinity(0)), xla_isa_cap=cap[0] if cap else None,
-              aten_cpu_capability=os.environ.get("ATEN_CPU_CAPABILITY"),
-              load_average=os.getloadavg())
-
-
-def describe_cpu(info: dict) -> str:
-  cap = f", XLA capped at {info['xla_isa_cap'].split('=')[1]}" if info["xla_isa_cap"] else ""
-  return (f"{info['cpu_model']}, {info['cores']} cores, AVX-512: "
-          f"{'yes' if info['avx512'] else 'no'}{cap}")
 
 
 def step_flops_parts(batch=BATCH, input_len=INPUT_LEN, prompt_len=PROMPT_LEN,
@@ -425,14 +402,21 @@ def _spawn(*args) -> dict:
   return spawn_child(__file__, *args)
 
 
+def start() -> dict:
+  """Before the first child: the shared weights written once (no child races to
+  write them), the machine described and shown."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  _our_params()
+  info = machine.cpu_info()
+  print("CPU:", machine.describe(info), "| load average", info["load_average"], flush=True)
+  return info
+
+
 def alternate_rounds(systems, spawn, rounds: int, show) -> tuple[dict, list, dict]:
   """Runs `spawn(system)` for every system in turn, `rounds` times (each a
   fresh process), printing `show(result)` as it goes. Returns the results per
   system, the load average after each round, and the CPU description."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  _our_params()  # Create the shared weights once, before any child reads them.
-  info = cpu_info()
-  print("CPU:", describe_cpu(info), "| load average", info["load_average"], flush=True)
+  info = start()
   runs, loads = {system: [] for system in systems}, []
   for _ in range(rounds):
     for system in systems:
@@ -443,11 +427,24 @@ def alternate_rounds(systems, spawn, rounds: int, show) -> tuple[dict, list, dic
   return runs, loads, info
 
 
-def compare_xla_defaults(rounds: int, suffix: str) -> None:
+def save(name: str, args, summary: dict, runs: dict) -> None:
+  """Files an alternating-rounds result as results/<machine>/{name}{suffix}.json with
+  what its table prints beside the figures (rounds, note, command line); shows the table."""
+  print(report.write(f"{name}{args.suffix}",
+                     dict(summary=summary, runs=runs, rounds=args.rounds, note=args.note,
+                          argv=sys.argv[1:]), args.machine))
+
+
+def rerun(script: str, argv) -> str:
+  """The command line that made a result (its arguments as saved in the JSON)."""
+  return shlex.join(["python", f"benchmarks/{script}", *argv])
+
+
+def compare_xla_defaults(rounds: int, suffix: str, machine_name: str | None) -> None:
   """Our dropout-0 step with the binaries' CPU XLA defaults against jaxlib's own
   (PROMPT_TUNING_XLA_DEFAULTS=0), alternating processes; writes
-  train_step_xla_defaults{suffix}.md / .json."""
-  info = cpu_info()
+  results/<machine>/train_step_xla_defaults{suffix}.md / .json."""
+  info = machine.cpu_info()
   times = {"project defaults": [], "jaxlib defaults": []}
   for _ in range(rounds):
     for name, switch in (("project defaults", "1"), ("jaxlib defaults", "0")):
@@ -458,22 +455,27 @@ def compare_xla_defaults(rounds: int, suffix: str) -> None:
   os.environ.pop("PROMPT_TUNING_XLA_DEFAULTS")
   med = {k: float(np.median(v)) for k, v in times.items()}
   out = dict(machine=info, step_seconds=times, median=med,
-             project_over_jaxlib_speed=med["jaxlib defaults"] / med["project defaults"])
-  stem = os.path.join(HERE, f"train_step_xla_defaults{suffix}")
-  json.dump(out, open(stem + ".json", "w"), indent=1)
+             project_over_jaxlib_speed=med["jaxlib defaults"] / med["project defaults"],
+             rounds=rounds, argv=sys.argv[1:])
+  print(report.write(f"train_step_xla_defaults{suffix}", out, machine_name))
+
+
+def xla_defaults_markdown(out: dict) -> str:
+  """train_step_xla_defaults*.md from its JSON (`compare_xla_defaults`)."""
+  med = out["median"]
   lines = ["# Train step: the binaries' CPU XLA defaults against jaxlib's", "",
-           f"Machine: {describe_cpu(info)}. Our dropout-0 step of `train_step.py` (same weights, "
-           f"batch, prompt), one process per measurement, alternating, {rounds} rounds; each "
-           f"figure the median over rounds of a process's median of {TIMED} steps. Project "
-           "defaults: `prompt_tuning/cli/environment.py` CPU_XLA_FLAGS (YNNPACK dot fusions "
-           "off); jaxlib defaults: `PROMPT_TUNING_XLA_DEFAULTS=0`. Rerun: `python "
-           f"benchmarks/train_step.py {shlex.join(sys.argv[1:])}`.", "",
+           f"Machine: {machine.describe(out['machine'])}. Our dropout-0 step of `train_step.py` "
+           f"(same weights, batch, prompt), one process per measurement, alternating, "
+           f"{out['rounds']} rounds; each figure the median over rounds of a process's median "
+           f"of {TIMED} steps. Project defaults: `prompt_tuning/cli/environment.py` "
+           "CPU_XLA_FLAGS (YNNPACK dot fusions off); jaxlib defaults: "
+           f"`PROMPT_TUNING_XLA_DEFAULTS=0`. Rerun: `{rerun('train_step.py', out['argv'])}`.", "",
            "| XLA settings | step s (median) | per round |", "| --- | --- | --- |"]
   lines += [f"| {k} | {med[k]:.3f} | {', '.join(f'{x:.2f}' for x in v)} |"
-            for k, v in times.items()]
+            for k, v in out["step_seconds"].items()]
   lines += ["", f"Project defaults run at {out['project_over_jaxlib_speed']:.2f}x the speed of "
             "jaxlib's.", ""]
-  open(stem + ".md", "w").write("\n".join(lines))
+  return "\n".join(lines)
 
 
 def main():
@@ -483,7 +485,9 @@ def main():
                       "without; writes train_step_xla_defaults{suffix}.*")
   parser.add_argument("--child", nargs=3)
   parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--suffix", default="")
+  parser.add_argument("--suffix", default="",
+                      help="ends the result's name: train_step{suffix}.json (e.g. _remat_full)")
+  report.add_machine_flag(parser)
   parser.add_argument("--note", default="", help="a line for the markdown (e.g. the machine)")
   parser.add_argument("--no_remat", action="store_true",
                       help="leave out ours_remat and ours_remat_full (faster)")
@@ -507,12 +511,9 @@ def main():
     child(args.child)
     return
   if args.compare_xla_defaults:
-    compare_xla_defaults(args.rounds, args.suffix)
+    compare_xla_defaults(args.rounds, args.suffix, args.machine)
     return
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  _our_params()  # Create the shared weights once.
-  info = cpu_info()
-  print("CPU:", describe_cpu(info), "| load average", info["load_average"], flush=True)
+  info = start()
   runs, matmul, loads = {}, {}, [info["load_average"]]
   libs = ("xla", "torch", "numpy")
   for lib in libs:
@@ -568,25 +569,32 @@ def main():
                              device=first(ours_key)["device"],
                              torch_device=first("peft@0.0")["device"],
                              torch_threads=first("peft@0.0")["torch_threads"])
-  base = os.path.join(HERE, f"train_step{args.suffix}")
-  with open(base + ".json", "w") as f:
-    json.dump(dict(summary=summary, runs=runs), f, indent=1)
-  on_gpu = summary["versions"]["torch_device"] == "cuda"
+  save("train_step", args, summary, runs)
+
+
+def markdown(result: dict) -> str | None:
+  """train_step*.md from its JSON (`main`); None for a file not written by `main`
+  (the partial H100 run's, written by hand from its log)."""
+  if "summary" not in result:
+    return None
+  summary, rounds = result["summary"], result["rounds"]
+  info, loads, v = summary["cpu"], summary["load_average_per_round"], summary["versions"]
+  # The rows that ran, in their order: title -> our layouts (PEFT's row is "peft").
+  rows = {title: [n for n in row if n != "peft"] for title, row in summary["rows"].items()}
+  on_gpu = v["torch_device"] == "cuda"
   lines = [f"# Train step: prompt tuning here vs HF PEFT ({'GPU' if on_gpu else 'CPU'})", "",
-           f"Machine: {describe_cpu(info)}"
-           + (f"; JAX device {summary['versions']['device']}, torch on CUDA" if on_gpu else "")
+           f"Machine: {machine.describe(info)}"
+           + (f"; JAX device {v['device']}, torch on CUDA" if on_gpu else "")
            + f". Load average at start {info['load_average'][0]:.1f}, per round "
            + ", ".join(f"{la[0]:.1f}" for la in loads[1:]) + ".",
-           *([args.note] if args.note else []), "",
+           *([result["note"]] if result["note"] else []), "",
            f"T5 1.1-small config, the same random weights loaded the same way; batch {BATCH}, "
            f"inputs {INPUT_LEN} + {PROMPT_LEN}-token prompt, targets {TARGET_LEN}; Adafactor 0.3. "
-           f"Each number: median over {args.rounds} alternating rounds (one process each) of "
+           f"Each number: median over {rounds} alternating rounds (one process each) of "
            f"the median of {TIMED} timed steps after {WARMUP} warm-up. XLA flags: "
-           f"`{summary['versions']['xla_flags'] or '(none)'}`. Versions: jax "
-           f"{summary['versions']['jax']}, torch {summary['versions']['torch']} "
-           f"({summary['versions']['torch_threads']} threads), transformers "
-           f"{summary['versions']['transformers']}, peft {summary['versions']['peft']}. "
-           f"Rerun: `python benchmarks/train_step.py {shlex.join(sys.argv[1:])}`.",
+           f"`{v['xla_flags'] or '(none)'}`. Versions: jax {v['jax']}, torch {v['torch']} "
+           f"({v['torch_threads']} threads), transformers {v['transformers']}, peft "
+           f"{v['peft']}. Rerun: `{rerun('train_step.py', result['argv'])}`.",
            "", "`ours`: unrolled layers, nothing recomputed. `ours_remat`: scanned layers, "
            "rematerialized except the weight matmuls' outputs (`scan_layers=True, "
            "remat_policy='minimal'`). `ours_remat_full`: scanned layers, everything "
@@ -599,7 +607,7 @@ def main():
            "process's. MFU: analytic model FLOPs / step time / best matmul rate below.", "",
            "| dropout | system | input tokens/s | ratio to PEFT | training peak RSS MiB | "
            "RSS ratio | process peak MiB | MFU |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-  for title, _, ours_names in ROWS:
+  for title, ours_names in rows.items():
     row = summary["rows"][title]
     for name in (*ours_names, "peft"):
       r = row[name]
@@ -613,20 +621,19 @@ def main():
               "peak_bytes_in_use; PEFT: torch.cuda.max_memory_allocated); JAX runs float32 "
               "matmuls at full precision (`jax_default_matmul_precision='highest'`), as torch "
               "does by default:", ""]
-    for title, _, ours_names in ROWS:
+    for title, ours_names in rows.items():
       row = summary["rows"][title]
       lines.append(f"- {title}: " + ", ".join(f"{n} {row[n]['gpu_peak_mib']:.0f} MiB"
                                                for n in (*ours_names, "peft")))
-  lines += ["", f"Analytic FLOPs per step: {flops / 1e9:.0f} GFLOP (forward + backward through "
-            "activations, matmuls only; `step_flops`)"
-            + (f"; XLA's cost analysis of our compiled step counts {xla_flops / 1e9:.0f}." if
-               xla_flops else "."),
+  xla_gflop = summary.get("xla_cost_analysis_gflop")
+  lines += ["", f"Analytic FLOPs per step: {summary['analytic_step_gflop']:.0f} GFLOP (forward "
+            "+ backward through activations, matmuls only; `step_flops`)"
+            + (f"; XLA's cost analysis of our compiled step counts {xla_gflop:.0f}." if
+               xla_gflop else "."),
             "Best dense float32 2048^3 matmul in this run (each in its own process, before and "
             "after the rounds): " + ", ".join(f"{lib} {g:.0f} GFLOP/s" for lib, g in
-                                              best_matmul.items()) + "."]
-  with open(base + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+                                              summary["matmul_gflops"].items()) + "."]
+  return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

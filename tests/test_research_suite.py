@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from benchmarks import research
+from benchmarks.research import cli, config, stats
+from benchmarks.research import methods as research_methods
 from prompt_tuning.tasks import research as research_tasks
 
 
@@ -31,44 +32,45 @@ def test_research_tasks_are_what_their_names_say():
 def test_a_table_where_every_run_scores_the_same_fails_naming_the_task():
   rows = [dict(task="research_reverse_bare", size="tiny", method=m, seed=s, score=100.0)
           for m in ("a", "b") for s in (0, 1, 2)]
-  with pytest.raises(research.SuiteError, match="research_reverse_bare"):
-    research.check_separates(rows, "scale")
+  with pytest.raises(config.SuiteError, match="research_reverse_bare"):
+    stats.check_separates(rows, "scale")
   rows[0]["score"] = 99.0
-  research.check_separates(rows, "scale")  # One run differs: the figure can separate.
+  stats.check_separates(rows, "scale")  # One run differs: the figure can separate.
   # All equal but not 0 or 100 (e.g. chance on a balanced task) is reported, not refused.
-  research.check_separates([{**r, "score": 50.0} for r in rows], "scale")
+  stats.check_separates([{**r, "score": 50.0} for r in rows], "scale")
 
 
 def test_the_scale_claim_needs_a_fine_tuning_lead_to_close():
-  assert research.gap_verdict([5.0, 2.0, 1.0]) == "reproduced"
-  assert research.gap_verdict([-1.3, 1.8, 18.1]) == "not reproduced"  # the lead opens
+  assert stats.gap_verdict([5.0, 2.0, 1.0]) == "reproduced"
+  assert stats.gap_verdict([-1.3, 1.8, 18.1]) == "not reproduced"  # the lead opens
   # Prompt tuning ahead everywhere: a shrinking negative gap is not the paper's claim.
-  assert research.gap_verdict([-18.5, -15.9, -12.8]).startswith("not tested (no gap")
-  assert research.gap_verdict([3.0]) == "not tested (one size)"
+  assert stats.gap_verdict([-18.5, -15.9, -12.8]).startswith("not tested (no gap")
+  assert stats.gap_verdict([3.0]) == "not tested (one size)"
 
 
 def test_quick_run_writes_every_figure_with_three_seeds(tmp_path):
   out = tmp_path / "out"
-  assert research.main(["--quick", "--no_progress", "--out", str(out),
+  assert cli.main(["--quick", "--no_progress", "--out", str(out),
                         "--work_dir", str(tmp_path / "work")]) == 0
   results = json.loads((out / "research.json").read_text())
-  assert len(research.QUICK.seeds) >= 3
+  assert len(config.QUICK.seeds) >= 3
   # The full run uses 3 seeds everywhere; the quick one keeps 3 where the ensemble
   # needs them (scale) and one elsewhere.
-  assert len(research.FULL.seeds_of_methods) >= 3
-  for experiment, seeds in (("scale", research.QUICK.seeds),
-                            ("init", research.QUICK.seeds_of_methods),
-                            ("length", research.QUICK.seeds_of_methods)):
-    groups = research._aggregate(results[experiment], "method", "task", "size")  # pylint: disable=protected-access
+  assert len(config.FULL.seeds_of_methods) >= 3
+  for experiment, seeds in (("scale", config.QUICK.seeds),
+                            ("init", config.QUICK.seeds_of_methods),
+                            ("length", config.QUICK.seeds_of_methods)):
+    groups = stats.aggregate(results[experiment], "method", "task", "size")
     assert groups and all(g["seeds"] == len(seeds) for g in groups)
     for g in groups:
       assert 0.0 <= g["mean"] <= 100.0 and g["std"] >= 0.0
   # Prompt tuning trains a [P, H] prompt; fine-tuning trains the whole backbone.
   scale = {r["method"]: r["trainable_parameters"] for r in results["scale"]}
   width = 64  # the tiny backbone
-  assert scale[research.prompt_tuning(research.QUICK).name] == research.QUICK.prompt_length * width
-  assert scale[research.FINETUNE.name] == results["backbone_parameters"]["tiny"]
-  assert [r["members"] for r in results["ensemble"]] == [len(research.QUICK.seeds)]
+  prompt_name = research_methods.prompt_tuning(config.QUICK).name
+  assert scale[prompt_name] == config.QUICK.prompt_length * width
+  assert scale[research_methods.FINETUNE.name] == results["backbone_parameters"]["tiny"]
+  assert [r["members"] for r in results["ensemble"]] == [len(config.QUICK.seeds)]
   verdicts = {c["verdict"] for c in results["claims"]}
   assert verdicts <= {"reproduced", "not reproduced", "not tested (one size)",
                       "not tested (no gap: prompt tuning >= fine-tuning at every size)"}
@@ -79,7 +81,7 @@ def test_quick_run_writes_every_figure_with_three_seeds(tmp_path):
   # Every stage ran. ATTEMPT's trainable part is its target prompt plus the
   # attention sub-network (bias-free W_down and W_up, a layer norm's scale and
   # bias); the source prompts stay frozen.
-  q = research.QUICK
+  q = config.QUICK
   methods = {r["method"]: r for r in results["methods"]}
   attempt = next(r for name, r in methods.items() if name.startswith("ATTEMPT"))
   bottleneck = 100  # the paper's r
@@ -120,5 +122,5 @@ def test_linear_combination_is_the_linear_map_so_the_grid_leaves_it_out():
   prompt = rng.randn(10, 64)
   np.testing.assert_allclose(methods.fit_linear_combination(source, target)(prompt),
                              methods.fit_linear(source, target)(prompt), rtol=1e-4, atol=1e-4)
-  assert "linear_combination" not in research.FULL.recycle_methods
-  assert {"linear", "mlp"} <= set(research.FULL.recycle_methods)
+  assert "linear_combination" not in config.FULL.recycle_methods
+  assert {"linear", "mlp"} <= set(config.FULL.recycle_methods)

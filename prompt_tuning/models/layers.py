@@ -198,7 +198,7 @@ def attend_one_example_at_a_time(q_BLND: Array, k: Array, v: Array, biases: Sequ
   (24 MiB for T5-small's 8 x 356 tokens). One example's scores (3 MiB) stay
   in cache across those passes: on a 2-core AVX2 EPYC one T5-small
   attention layer (projections included) ran 1.76x as fast forward and 1.32x
-  forward plus backward (benchmarks/attention_loop_epyc_avx2.md), and no
+  forward plus backward (benchmarks/results/amd-epyc-avx2/attention_loop.md), and no
   [B, N, L, K] array is kept for the backward pass.
 
   k, v: [B, K, N, D], or [B, N, K, D] when `head_major`; each of `biases`

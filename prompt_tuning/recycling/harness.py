@@ -128,14 +128,19 @@ def run_grid(backbones: Sequence[Backbone], work_dir: str, prompt_seeds: Sequenc
 
 def write_report(results: dict[str, Any], out_dir: str, stem: str = "recycling") -> list[str]:
   """results -> <stem>_results.json, <stem>.md, <stem>.png."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
   os.makedirs(out_dir, exist_ok=True)
   paths = [os.path.join(out_dir, f"{stem}_results.json"), os.path.join(out_dir, f"{stem}.md"),
            os.path.join(out_dir, f"{stem}.png")]
   with open(paths[0], "w") as f:
     json.dump(results, f, indent=1)
+  with open(paths[1], "w") as f:
+    f.write(markdown(results))
+  plot(results, paths[2])
+  return paths
+
+
+def markdown(results: dict[str, Any]) -> str:
+  """The report's tables: success rate per method, baselines, every recycled prompt."""
   lines = [f"# Prompt recycling on `{results['task']}`", "",
            f"Exact match on {results['eval_examples']} unseen words. A recycled prompt "
            "succeeds when it beats the target's best baseline (no prompt; untrained random, "
@@ -165,8 +170,14 @@ def write_report(results: dict[str, Any], out_dir: str, stem: str = "recycling")
     lines.append(f"| {r['source']} | {r['target']} | {r['prompt_seed']} | {r['method']} | "
                  f"{r['source_exact_match']:.1f} | {r['recycled_exact_match']:.1f} | "
                  f"{r['best_baseline']:.1f} | {'yes' if r['success'] else 'no'} |")
-  with open(paths[1], "w") as f:
-    f.write("\n".join(lines) + "\n")
+  return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: str) -> None:
+  """Success rate per method, and each recycled prompt's exact match, as a PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   names = list(results["success_rate"])
   axes[0].bar(names, [100 * results["success_rate"][m] for m in names], color="tab:blue")
@@ -180,6 +191,5 @@ def write_report(results: dict[str, Any], out_dir: str, stem: str = "recycling")
   axes[1].set_ylabel("exact match on target (%)")
   axes[1].set_title("each recycled prompt")
   fig.tight_layout()
-  fig.savefig(paths[2], dpi=100)
+  fig.savefig(path, dpi=100)
   plt.close(fig)
-  return paths

@@ -1,0 +1,46 @@
+"""`python -m benchmarks.research [--quick]`: runs the suite and writes its report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from typing import Optional, Sequence
+
+from benchmarks import machine
+from benchmarks.research import config, experiments, report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.research",
+                                   description=__doc__.split("\n\n")[0],
+                                   epilog="See `benchmarks/research/__init__.py` for what the "
+                                   "suite runs and the claims it tests.")
+  parser.add_argument("--quick", action="store_true", help="a smoke run of every stage")
+  parser.add_argument("--out", default=None, help="where results go (default: "
+                      "benchmarks/results/<machine>/, or a temporary folder with --quick)")
+  parser.add_argument("--work_dir", default=None, help="run folders (cached between runs)")
+  parser.add_argument("--no_progress", action="store_true")
+  args = parser.parse_args(argv)
+  from prompt_tuning.cli import environment
+  environment.configure()
+  import logging
+  logging.basicConfig(level=logging.WARNING)
+  suite = config.QUICK if args.quick else config.FULL
+  out = args.out or (tempfile.mkdtemp(prefix="research_quick_") if args.quick
+                     else machine.results_dir())
+  work_dir = args.work_dir or os.path.join(
+      environment.project_cache_dir(), "research_quick" if args.quick else "research")
+  try:
+    results = experiments.run_suite(suite, work_dir, quick=args.quick,
+                                    show_progress=not args.no_progress)
+  except config.SuiteError as e:
+    print(f"research suite failed: {e}", file=sys.stderr)
+    return 1
+  report.write(results, suite, out)
+  for c in results["claims"]:
+    print(f"{c['verdict']:>15}  {c['claim']}: {c['numbers']}")
+  print(f"wrote {os.path.join(out, 'research.md')} ({results['seconds'] / 60:.1f} min)")
+  return 0
+
