@@ -68,7 +68,7 @@ class PretrainConfig:
 # reaches the small one's held-out result (100% exact match with the trained
 # prompt and with the instruction, 0% without a prompt) in about half the
 # time, which keeps the first run under five minutes on two AVX2 cores
-# (benchmarks/quickstart.md). Each size keeps the rate it was measured with.
+# (benchmarks/results/amd-epyc-avx2/quickstart.md). Each size keeps the rate it was measured with.
 QUICKSTART_SIZE = "tiny"
 QUICKSTART_RATES = {"tiny": (2e-3, 100), "small": (1e-3, 200)}  # (peak rate, warmup steps)
 
