@@ -26,7 +26,7 @@ class DamagedBackboneError(ValueError):
                      "Restore its files from where the checkpoint came from")
 
 
-def first_line(error: BaseException, limit: int = 200) -> str:
+def first_line(error: BaseException, limit: int = 400) -> str:
   """The first line of a library's error message, cut to `limit` characters.
 
   TensorStore's messages append the whole JSON spec after the reason.

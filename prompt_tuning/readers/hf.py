@@ -30,12 +30,12 @@ _NUMPY_DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "
 class SafetensorsFile:
   """One safetensors file, opened lazily: tensors are read one at a time."""
 
-  def __init__(self, path: str, expected: str = "a safetensors file whose header covers it"):
+  def __init__(self, path: str,
+               expected: str = "a whole safetensors file (its header's offsets cover its data)"):
     self.path = path
     self._dir = os.path.dirname(path)
     if not os.path.isfile(path):
-      raise DamagedBackboneError(self._dir, f"its data file {os.path.basename(path)} is missing",
-                                 expected)
+      raise DamagedBackboneError(self._dir, f"its data file {path} is missing", expected)
     try:
       self._file = safetensors.safe_open(path, framework="numpy")
       dtypes = {name: self._file.get_slice(name).get_dtype() for name in self._file.keys()}
@@ -204,8 +204,8 @@ class HFCheckpoint:
       raise FileNotFoundError(f"{self.dir} has no model.safetensors or "
                               "model.safetensors.index.json (.bin pickles are never loaded; "
                               f"convert them to safetensors); found {found}")
-    raise DamagedBackboneError(self.dir, f"its weights file model.safetensors is missing "
-                               f"(found {found})", "config.json plus model.safetensors, or "
+    raise DamagedBackboneError(self.dir, f"its weights file {single} is missing (found "
+                               f"{found})", "config.json plus model.safetensors, or "
                                "model.safetensors.index.json and the shards it lists")
 
   def _has_distinct_head(self) -> bool:

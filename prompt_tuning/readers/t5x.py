@@ -217,9 +217,10 @@ def find_checkpoint_dir(path: str) -> str:
       os.path.exists(os.path.join(path, e, m)) for m in _ORBAX_MARKERS)]
   if item_dirs:
     return os.path.abspath(path)
-  weights = [e for e in entries if e.endswith(".safetensors") or e.endswith(".safetensors.index.json")]
+  weights = [e for e in entries if e.endswith((".safetensors", ".safetensors.index.json"))]
   if weights:  # A Hugging Face folder that lost its config.
-    raise DamagedBackboneError(os.path.abspath(path), f"its config.json is missing (found "
+    raise DamagedBackboneError(os.path.abspath(path), f"its config file "
+                               f"{os.path.join(path, 'config.json')} is missing (found "
                                f"{sorted(entries)})", "a Hugging Face T5 config.json beside "
                                f"{weights[0]}")
   raise FileNotFoundError(f"No T5X checkpoint in {path}: expected a 'checkpoint' msgpack file, "
@@ -260,14 +261,17 @@ def check_ocdbt_files(ckpt_dir: str, item_dir: str) -> None:
   if not os.path.isfile(manifest):
     raise DamagedBackboneError(ckpt_dir, f"its OCDBT manifest {manifest} is missing", expected)
   base = ts.KvStore.open({"driver": "file", "path": item_dir.rstrip("/") + "/"}).result()
+  sizes: dict[str, Optional[int]] = {}  # Many values share one data file.
 
   def dump(location: Optional[str], what: str, array: Optional[str] = None) -> Any:
     if location is not None:
       path, needed = _ocdbt_file(item_dir, location)
-      if not os.path.isfile(path):
+      if path not in sizes:
+        sizes[path] = os.path.getsize(path) if os.path.isfile(path) else None
+      size = sizes[path]
+      if size is None:
         raise DamagedBackboneError(ckpt_dir, f"its data file {path} is missing",
                                    f"{what} in it ({needed} bytes)", array)
-      size = os.path.getsize(path)
       if size < needed:
         raise DamagedBackboneError(ckpt_dir, f"its data file {path} is truncated ({size} of "
                                    f"{needed} bytes)", f"{what} in its first {needed} bytes",

@@ -70,9 +70,11 @@ class CheckpointStore:
     self._manager = self._new_manager()
 
   def _new_manager(self) -> ocp.CheckpointManager:
+    # The folder is made by the first save, not here: a run that stops before
+    # its first step (or an eval that only reads) leaves no empty checkpoints/.
     return ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep,
-                                                             create=True))
+                                                             create=False))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -86,6 +88,7 @@ class CheckpointStore:
     if step in self._manager.all_steps():
       return
     meta = dict(step=int(step), data_position=int(data_position), **(extra or {}))
+    os.makedirs(self.directory, exist_ok=True)
     faults.maybe_fill_disk(step)
     try:
       with _held_back_orbax_errors() as held:
