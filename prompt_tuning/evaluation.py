@@ -30,8 +30,10 @@ from prompt_tuning.prompts import provenance
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import data as data_lib
 from prompt_tuning import layout
+from prompt_tuning.runtime import memory as memory_lib
 from prompt_tuning.runtime import metrics as metrics_lib
 from prompt_tuning.runtime import partitioning
+from prompt_tuning.runtime import preflight
 from prompt_tuning.runtime import setup as model_setup
 from prompt_tuning.runtime import specs as specs_lib
 from prompt_tuning.runtime import validation
@@ -233,7 +235,8 @@ def _predict_split(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_li
                    decoding_config: decoding.DecodingConfig,
                    class_labels: Optional[Sequence[str]], max_examples: Optional[int],
                    partitioning_config: partitioning.PartitioningConfig,
-                   ensemble_prompts: int, ensemble_method: str):
+                   ensemble_prompts: int, ensemble_method: str,
+                   memory_check: memory_lib.MemoryCheck = memory_lib.MemoryCheck()):
   """(task, examples, [(prediction, score)], step) for eval and infer alike."""
   validation.check_inference(  # Before the backbone is read.
       batch_size=data.batch_size, task_feature_lengths=data.feature_lengths,
@@ -245,6 +248,11 @@ def _predict_split(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_li
   if model.decoder_prompt is not None and decoding_config.use_cache:
     # The KV cache holds no decoder prompt: decode without it (slower, same result).
     decoding_config = dataclasses.replace(decoding_config, use_cache=False)
+  preflight.check_inference(  # Backbone files, MODEL_DIR's shapes, memory.
+      model_dir=model_dir, model=model, data=data, decoding_config=decoding_config,
+      class_labels=class_labels, checkpoint_step=checkpoint_step,
+      restore_checkpoint=restore_checkpoint, partitioning_config=partitioning_config,
+      memory_check=memory_check)
   setup, params, step = load_for_inference(model_dir, model, checkpoint_step,
                                            restore_checkpoint, partitioning_config)
   examples = data_lib.eval_examples(data.task, data.split, data.feature_lengths, max_examples)
@@ -267,7 +275,9 @@ def evaluate(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.Data
              partitioning_config: partitioning.PartitioningConfig = (
                  partitioning.PartitioningConfig()),
              ensemble_prompts: int = 0,
-             ensemble_method: str = "majority_vote") -> dict[str, Any]:
+             ensemble_method: str = "majority_vote",
+             memory_check: memory_lib.MemoryCheck = memory_lib.MemoryCheck()
+             ) -> dict[str, Any]:
   """Metrics of `data.split`; appended to MODEL_DIR/<output_name>/metrics.jsonl and TensorBoard.
 
   Args:
@@ -279,13 +289,15 @@ def evaluate(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.Data
     ensemble_prompts: N > 0 evaluates a PromptBank of N prompts as an
       ensemble combined by `ensemble_method`: "majority_vote" (Lester et al.
       2021, section 7; ties in `ensemble_rank`) or "mean_log_prob".
+    memory_check: a run whose estimated memory exceeds what is available is
+      refused before any work, unless `allow_oversubscribe` (ALLOW_OVERSUBSCRIBE).
   """
   task, examples, preds, step = _predict_split(
       model_dir=model_dir, model=model, data=data, checkpoint_step=checkpoint_step,
       restore_checkpoint=restore_checkpoint, decoding_config=decoding_config,
       class_labels=class_labels, max_examples=max_examples,
       partitioning_config=partitioning_config, ensemble_prompts=ensemble_prompts,
-      ensemble_method=ensemble_method)
+      ensemble_method=ensemble_method, memory_check=memory_check)
   metrics = compute_metrics(task, examples, [p for p, _ in preds],
                             scores=[s for _, s in preds])
   metrics["num_examples"] = len(examples)
@@ -316,7 +328,8 @@ def infer(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
           partitioning_config: partitioning.PartitioningConfig = (
               partitioning.PartitioningConfig()),
           ensemble_prompts: int = 0,
-          ensemble_method: str = "majority_vote") -> str:
+          ensemble_method: str = "majority_vote",
+          memory_check: memory_lib.MemoryCheck = memory_lib.MemoryCheck()) -> str:
   """Writes JSON Lines of {input, target, prediction, score}; returns the file's path.
 
   The arguments are `evaluate`'s.
@@ -326,7 +339,7 @@ def infer(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
       restore_checkpoint=restore_checkpoint, decoding_config=decoding_config,
       class_labels=class_labels, max_examples=max_examples,
       partitioning_config=partitioning_config, ensemble_prompts=ensemble_prompts,
-      ensemble_method=ensemble_method)
+      ensemble_method=ensemble_method, memory_check=memory_check)
   path = layout.infer_file(model_dir, data.task, data.split, step)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Optional, Sequence
 
@@ -116,8 +117,7 @@ def _run_gin(args: argparse.Namespace, bindings: list[str]) -> int:
     gin_utils.apply_task_vocabulary()
     result = gin_utils.run_configured(_GIN_BINARIES[args.command])
   except (OSError, ValueError, KeyError, FloatingPointError) as e:  # OSError: full disk, lock
-    print(f"prompt-tuning {args.command}: error: {e}", file=sys.stderr)
-    return 2
+    return _error(args.command, e)
   if args.command == "precompile":
     import json
     print(json.dumps(result, indent=1))
@@ -426,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  from prompt_tuning.runtime import background
+  # TensorStore's callbacks to an event loop Orbax closed after a failure
+  # print tracebacks from its threads, late or at exit: dropped from the start.
+  background.drop_closed_loop_callbacks()
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = build_parser()
   args, rest = parser.parse_known_args(argv)
@@ -455,8 +459,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "recycle": _recycle, "tasks": _tasks, "serve": _serve,
             "spot": _spot, **_INTEROP_COMMANDS}[args.command](args)
   except (FileNotFoundError, ValueError, KeyError, FileExistsError) as e:
-    print(f"prompt-tuning {args.command}: error: {e}", file=sys.stderr)
-    return 2
+    return _error(args.command, e)
+
+
+def _error(command: str, e: BaseException) -> int:
+  """Prints the one error line; the libraries' threads add nothing after it. Exit code 2."""
+  from prompt_tuning.runtime import background
+  # Gin appends "In call to configurable 'train' (<function ...>)" on a line of its own.
+  message = re.sub(r"\n\s*In call to configurable .*", "", str(e), flags=re.S)
+  print(f"prompt-tuning {command}: error: {message}", file=sys.stderr)
+  background.quiet_after_error()
+  return 2
 
 
 if __name__ == "__main__":

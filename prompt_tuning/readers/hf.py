@@ -20,6 +20,7 @@ import safetensors
 
 from prompt_tuning.models.t5 import T5Config
 from prompt_tuning import trees as tree_lib
+from prompt_tuning.readers.errors import DamagedBackboneError, first_line
 
 SUPPORTED_MODEL_TYPES = ("t5", "mt5", "umt5")
 # Safetensors dtypes numpy can hold (the 8-bit and smaller floats it cannot).
@@ -29,13 +30,18 @@ _NUMPY_DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "
 class SafetensorsFile:
   """One safetensors file, opened lazily: tensors are read one at a time."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str,
+               expected: str = "a whole safetensors file (its header's offsets cover its data)"):
     self.path = path
+    self._dir = os.path.dirname(path)
+    if not os.path.isfile(path):
+      raise DamagedBackboneError(self._dir, f"its data file {path} is missing", expected)
     try:
       self._file = safetensors.safe_open(path, framework="numpy")
       dtypes = {name: self._file.get_slice(name).get_dtype() for name in self._file.keys()}
-    except safetensors.SafetensorError as e:
-      raise ValueError(f"Corrupt safetensors file {path}: {e}") from e
+    except (safetensors.SafetensorError, OSError) as e:
+      raise DamagedBackboneError(self._dir, f"Corrupt safetensors file {path}: {first_line(e)}",
+                                 expected) from e
     for name, dtype in sorted(dtypes.items()):
       if dtype not in _NUMPY_DTYPES:
         raise ValueError(f"{path}: tensor {name} has unsupported dtype {dtype}; expected one "
@@ -49,7 +55,11 @@ class SafetensorsFile:
 
   def read(self, name: str) -> np.ndarray:
     # A copy: the tensor must not keep the mapped file alive or change with it.
-    return np.array(self._file.get_tensor(name), copy=True)
+    try:
+      return np.array(self._file.get_tensor(name), copy=True)
+    except Exception as e:  # pylint: disable=broad-except  (safetensors' and the OS's types)
+      raise DamagedBackboneError(self._dir, f"reading {self.path} failed: {first_line(e)}",
+                                 f"tensor {name} whole, as its header says", name) from e
 
 
 def check_architecture(hf_config: Mapping[str, Any], source: str) -> None:
@@ -158,7 +168,8 @@ class HFCheckpoint:
       try:
         self.hf_config = json.load(f)
       except json.JSONDecodeError as e:
-        raise ValueError(f"Corrupt {config_path}: {e}") from e
+        raise DamagedBackboneError(path, f"Corrupt {config_path}: {e}",
+                                   "a Hugging Face T5 config.json") from e
     check_architecture(self.hf_config, config_path)
     self._files = self._open_files()
     self.config = config_from_hf(self.hf_config, config_path,
@@ -170,19 +181,32 @@ class HFCheckpoint:
     index = os.path.join(self.dir, "model.safetensors.index.json")
     single = os.path.join(self.dir, "model.safetensors")
     if os.path.isfile(index):
-      with open(index) as f:
-        weight_map = json.load(f)["weight_map"]
-      opened = {fn: SafetensorsFile(os.path.join(self.dir, fn))
-                for fn in sorted(set(weight_map.values()))}
+      try:
+        with open(index) as f:
+          weight_map = dict(json.load(f)["weight_map"])
+      except (ValueError, KeyError, TypeError) as e:
+        raise DamagedBackboneError(self.dir, f"its index {index} is unreadable "
+                                   f"({type(e).__name__}: {first_line(e)})",
+                                   "JSON with a weight_map of tensor names to files") from e
+      shards = sorted(set(weight_map.values()))
+      opened = {}
+      for fn in shards:
+        count = sum(v == fn for v in weight_map.values())
+        opened[fn] = SafetensorsFile(os.path.join(self.dir, fn), expected=(
+            f"shard {fn} of the {len(shards)} that model.safetensors.index.json lists "
+            f"({count} tensors)"))
       return {name: opened[fn] for name, fn in weight_map.items()}
     if os.path.isfile(single):
       st = SafetensorsFile(single)
       return {name: st for name in st.keys()}
     found = sorted(os.listdir(self.dir))
-    hint = (" (.bin pickles are never loaded; convert them to safetensors)"
-            if any(f.endswith(".bin") for f in found) else "")
-    raise FileNotFoundError(f"{self.dir} has no model.safetensors or "
-                            f"model.safetensors.index.json{hint}; found {found}")
+    if any(f.endswith(".bin") for f in found):
+      raise FileNotFoundError(f"{self.dir} has no model.safetensors or "
+                              "model.safetensors.index.json (.bin pickles are never loaded; "
+                              f"convert them to safetensors); found {found}")
+    raise DamagedBackboneError(self.dir, f"its weights file {single} is missing (found "
+                               f"{found})", "config.json plus model.safetensors, or "
+                               "model.safetensors.index.json and the shards it lists")
 
   def _has_distinct_head(self) -> bool:
     if "lm_head.weight" not in self._files or "scale_decoder_outputs" in self.hf_config:

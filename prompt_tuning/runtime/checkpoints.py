@@ -8,7 +8,9 @@ Each committed step also gets a manifest (every file's size) under
 MODEL_DIR/checkpoint_manifests/, so that a truncated or deleted file is
 found, and named, before Orbax reads the step. A save that fails for lack of
 space raises DiskFullError after removing its partial folder; the previous
-step stays the latest.
+step stays the latest. A MODEL_DIR whose checkpoints another run wrote, with
+other shapes (another PROMPT_LENGTH, prompt method or model), is refused
+before anything is read or written (OtherRunError, `check_same_shapes`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 from typing import Any, Iterator, Optional
 
@@ -32,6 +33,7 @@ from prompt_tuning import trees as tree_lib
 from prompt_tuning.prompts import base as prompt_base
 from prompt_tuning.prompts import deep as deep_prompts
 from prompt_tuning.prompts import provenance
+from prompt_tuning.runtime import background
 from prompt_tuning.runtime import faults
 from prompt_tuning import layout
 MANIFESTS = "checkpoint_manifests"
@@ -52,6 +54,10 @@ class DamagedCheckpointError(ValueError):
   """A committed checkpoint whose files no longer match its manifest."""
 
 
+class OtherRunError(ValueError):
+  """MODEL_DIR's checkpoints hold parameters of other shapes than this run's."""
+
+
 class CheckpointStore:
   """MODEL_DIR/checkpoints/<step>/{trainable, opt_state, meta}, managed by Orbax."""
 
@@ -59,12 +65,16 @@ class CheckpointStore:
     self.model_dir = model_dir
     self.directory = layout.checkpoints_dir(model_dir)
     self.max_to_keep = max_to_keep
+    # A failed restore or save leaves TensorStore callbacks to a closed loop.
+    background.drop_closed_loop_callbacks()
     self._manager = self._new_manager()
 
   def _new_manager(self) -> ocp.CheckpointManager:
+    # The folder is made by the first save, not here: a run that stops before
+    # its first step (or an eval that only reads) leaves no empty checkpoints/.
     return ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep,
-                                                             create=True))
+                                                             create=False))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -78,8 +88,8 @@ class CheckpointStore:
     if step in self._manager.all_steps():
       return
     meta = dict(step=int(step), data_position=int(data_position), **(extra or {}))
+    os.makedirs(self.directory, exist_ok=True)
     faults.maybe_fill_disk(step)
-    _drop_closed_loop_callbacks()
     try:
       with _held_back_orbax_errors() as held:
         self._manager.save(step, args=ocp.args.Composite(
@@ -126,6 +136,7 @@ class CheckpointStore:
     if step not in self._manager.all_steps():
       raise FileNotFoundError(f"No checkpoint for step {step} in {self.directory}; "
                               f"saved steps: {self.all_steps()}")
+    check_same_shapes(self.model_dir, abstract_trainable, step)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         trainable=ocp.args.StandardRestore(abstract_trainable),
         opt_state=ocp.args.StandardRestore(abstract_opt_state),
@@ -138,6 +149,7 @@ class CheckpointStore:
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory} to evaluate")
     self._raise_if_damaged(step)
+    check_same_shapes(self.model_dir, abstract_trainable, step)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         trainable=ocp.args.StandardRestore(abstract_trainable)))
     return restored.trainable
@@ -286,6 +298,81 @@ class CheckpointStore:
     self._manager.close()
 
 
+def committed_steps(model_dir: str) -> list[int]:
+  """MODEL_DIR's committed checkpoint steps, read from the folder alone (nothing is created).
+
+  Orbax names a step being written `<step>.orbax-checkpoint-tmp-...`; only
+  plain numbers are committed.
+  """
+  directory = layout.checkpoints_dir(model_dir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def stored_shapes(model_dir: str, step: int) -> Optional[dict[str, tuple[int, ...]]]:
+  """{parameter: shape} of a step's trainable parameters, from Orbax's metadata alone;
+  None where the metadata cannot be read (a damaged step is reported by the restore)."""
+  path = os.path.join(layout.checkpoints_dir(model_dir), str(step), "trainable")
+  if not os.path.isfile(os.path.join(path, "_METADATA")):
+    return None
+  from etils import epath
+  # The item's own handler: a Checkpointer would look for step metadata here too.
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    tree = getattr(handler.metadata(epath.Path(path)), "tree", None)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  finally:
+    handler.close()
+  if not isinstance(tree, dict):
+    return None
+  return {k: tuple(getattr(v, "shape", ()) or ()) for k, v in tree_lib.flatten(tree).items()}
+
+
+def check_same_shapes(model_dir: str, abstract_trainable: Any,
+                      step: Optional[int] = None) -> None:
+  """Raises OtherRunError when MODEL_DIR's checkpoint (`step`, default the latest)
+  holds trainable parameters of other names or shapes than `abstract_trainable`.
+
+  Orbax's own refusal ("Requested shape ... is not compatible with the stored
+  shape ... set `strict=False` in `ArrayRestoreArgs`") names neither the
+  folder nor the setting, and advises something no user should do.
+  """
+  steps = committed_steps(model_dir)
+  step = steps[-1] if step is None and steps else step
+  if step is None:
+    return
+  stored = stored_shapes(model_dir, step)
+  if stored is None:
+    return
+  wanted = {k: tuple(getattr(v, "shape", None) or np.shape(v))
+            for k, v in tree_lib.flatten(abstract_trainable).items()}
+  differ = [f"{k} of shape {stored[k]} (this run's: {wanted[k]})" for k in sorted(wanted)
+            if k in stored and stored[k] != wanted[k]]
+  missing = sorted(set(wanted) - set(stored))
+  extra = sorted(set(stored) - set(wanted))
+  if not (differ or missing or extra):
+    return
+
+  def some(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+  parts = [some(differ)] if differ else []
+  if extra:
+    parts.append(f"{some(extra)}, which this run lacks")
+  if missing:
+    parts.append(f"no {some(missing)} (this run has)")
+  prompts = [k for k in sorted(wanted) if k in stored and stored[k] != wanted[k]
+             and prompt_base.PROMPT_PARAM.fullmatch(k) and len(stored[k]) == 2
+             and stored[k][1:] == wanted[k][1:]]
+  same = (f" (PROMPT_LENGTH={stored[prompts[0]][0]})" if prompts else "")
+  raise OtherRunError(
+      f"MODEL_DIR {model_dir} holds another run's checkpoints: its step {step} holds "
+      f"{'; '.join(parts)}. Nothing was changed. Use another MODEL_DIR for these settings, "
+      f"or the settings that wrote it{same} to resume or evaluate it")
+
+
 def _first_line(e: BaseException) -> str:
   text = str(e).strip().splitlines()
   return text[0] if text else type(e).__name__
@@ -354,25 +441,6 @@ class _DropFailedStep(logging.Filter):
     if self.step_path in record.getMessage():
       return False
     return not (record.exc_info and _is_no_space(record.exc_info[1]))
-
-
-def _drop_closed_loop_callbacks() -> None:
-  """TensorStore callbacks of a failed save may fire after Orbax closed their
-  event loop; they print "Event loop is closed" through sys.excepthook, a
-  traceback after the one-line error. Installed once, before saves."""
-  previous = sys.excepthook
-  if getattr(previous, "drops_closed_loop", False):
-    return
-
-  def hook(kind, value, tb):
-    # Only a callback called straight from TensorStore's C++ thread: its
-    # outermost Python frame is asyncio's call_soon_threadsafe.
-    if (kind is RuntimeError and "Event loop is closed" in str(value) and tb is not None
-        and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"):
-      return
-    previous(kind, value, tb)
-  hook.drops_closed_loop = True
-  sys.excepthook = hook
 
 
 @contextlib.contextmanager

@@ -14,6 +14,10 @@ another host, when the holder has not refreshed the file's mtime for
 `stale_after_s / 10`). A multi-host run shares one lock: process 0 takes it
 and tells the others whether it got it, so that every process starts, or
 every process stops.
+
+The lock creates MODEL_DIR when it is absent, and removes the folders it
+created on release while they are still empty: a run stopped by its setup
+(a damaged backbone, an unknown task) leaves no empty MODEL_DIR behind.
 """
 
 from __future__ import annotations
@@ -108,7 +112,8 @@ class RunLock:
     return None
 
   def acquire(self) -> "RunLock":
-    """Takes the lock or raises RunLockedError naming its holder."""
+    """Takes the lock (creating MODEL_DIR if needed) or raises RunLockedError naming its holder."""
+    self._created = _missing_folders(self.model_dir)
     os.makedirs(self.model_dir, exist_ok=True)
     record = dict(host=socket.gethostname(), pid=os.getpid(),
                   pid_start_ticks=_pid_start_ticks(os.getpid()),
@@ -173,6 +178,26 @@ class RunLock:
         os.remove(self.path)
       except FileNotFoundError:
         pass
+    # A run that stopped before writing anything leaves no folder behind:
+    # the folders the lock created go again while they are empty.
+    for folder in getattr(self, "_created", []):
+      try:
+        os.rmdir(folder)
+      except OSError:
+        break
+
+
+def _missing_folders(path: str) -> list[str]:
+  """The folders `os.makedirs(path)` would create, deepest first."""
+  missing = []
+  path = os.path.abspath(path)
+  while not os.path.exists(path):
+    missing.append(path)
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return missing
 
 
 class _NoLock:

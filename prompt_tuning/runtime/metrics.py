@@ -20,13 +20,15 @@ class MetricsWriter:
 
   def __init__(self, model_dir: str, name: str):
     self.dir = layout.metrics_dir(model_dir, name)
-    os.makedirs(self.dir, exist_ok=True)
     self._jsonl = os.path.join(self.dir, "metrics.jsonl")
-    import tensorflow as tf  # TensorBoard event files; TF is only used for data and logs.
-    self._tf = tf
-    self._writer = tf.summary.create_file_writer(self.dir)
+    self._writer = None  # Made by the first write: a run that stops before it writes nothing.
 
   def write(self, step: int, scalars: Mapping[str, Any], **extra) -> None:
+    if self._writer is None:
+      import tensorflow as tf  # TensorBoard event files; TF is only used for data and logs.
+      os.makedirs(self.dir, exist_ok=True)
+      self._tf = tf
+      self._writer = tf.summary.create_file_writer(self.dir)
     record = dict(step=int(step), **{k: jsonable(v) for k, v in scalars.items()}, **extra)
     with open(self._jsonl, "a") as f:
       f.write(json.dumps(record) + "\n")

@@ -115,6 +115,13 @@ def path_problems(initial_checkpoint_path: Optional[str], model_dir: Optional[st
       problems.append(f"MODEL_DIR must be a folder path; got {model_dir!r}")
     elif not model_dir.startswith(_REMOTE) and os.path.isfile(model_dir):
       problems.append(f"MODEL_DIR {model_dir} is a file; expected a folder")
+    elif not model_dir.startswith(_REMOTE):
+      parent = os.path.dirname(os.path.abspath(model_dir))
+      while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+      if os.path.isfile(parent):
+        problems.append(f"MODEL_DIR {model_dir} is under {parent}, a file; expected a folder "
+                        "path")
   return problems
 
 

@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   g.add_argument("--default_decode_length", type=int, default=32)
   g.add_argument("--max_beams", type=int, default=8)
   g.add_argument("--max_prompts", type=int, default=64, help="prompt bank capacity")
+  g.add_argument("--allow_oversubscribe", action="store_true",
+                 help="start even when the largest batch's estimated memory exceeds what is "
+                      "available (refused by default, before the backbone is read)")
   g.add_argument("--no_warmup", action="store_true",
                  help="compile on first use instead of at start-up")
   g.add_argument("--log_level", default="INFO")
@@ -93,6 +96,7 @@ def build(args) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa
   """Loads the backbone and prompts, compiles the programs; returns (engine, config)."""
   from prompt_tuning import decoding
   from prompt_tuning.prompts import provenance
+  from prompt_tuning.runtime import preflight
   from prompt_tuning.serving import engine as engine_lib
   from prompt_tuning.serving import server as server_lib
   files = prompt_files(args.prompt, args.prompt_dir)
@@ -115,6 +119,13 @@ def build(args) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa
   if args.max_batch_size:
     batch_buckets = tuple(b for b in batch_buckets if b < args.max_batch_size) + (
         args.max_batch_size,)
+  preflight.check_serve(  # The backbone's files and the largest batch's memory, before reading.
+      checkpoint=args.checkpoint, prompt_length=length, capacity=args.max_prompts,
+      batch_size=max(batch_buckets), input_length=max(args.length_buckets),
+      decode_length=args.max_decode_length, beams=args.max_beams,
+      target_length=max(args.target_buckets),
+      relative_attention_max_distance=args.relative_attention_max_distance,
+      allow_oversubscribe=args.allow_oversubscribe)
   model_config, params = engine_lib.load_backbone(args.checkpoint,
                                                   args.relative_attention_max_distance)
   backbone = provenance.params_fingerprint(model_config, params)  # The table just read.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any, Mapping, Optional
 
@@ -28,6 +27,8 @@ from prompt_tuning.runtime import data as data_lib
 from prompt_tuning.runtime import faults
 from prompt_tuning import layout
 from prompt_tuning.runtime import lock as lock_lib
+from prompt_tuning.runtime import memory as memory_lib
+from prompt_tuning.runtime import preflight
 from prompt_tuning.runtime import preemption
 from prompt_tuning.runtime import validation
 from prompt_tuning.runtime import metrics as metrics_lib
@@ -61,7 +62,8 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
           loss: Optional[rank_lib.RankLoss] = None,
           wayward: Optional[wayward_lib.Wayward] = None,
           partitioning_config: partitioning.PartitioningConfig = (
-              partitioning.PartitioningConfig())) -> dict[str, Any]:
+              partitioning.PartitioningConfig()),
+          memory_check: memory_lib.MemoryCheck = memory_lib.MemoryCheck()) -> dict[str, Any]:
   """Trains, resuming from MODEL_DIR's latest checkpoint if there is one.
 
   Args:
@@ -94,6 +96,8 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
       candidate alone.
     wayward: keep the prompt near an embedded text (train/wayward.py); its
       term is logged as wayward_loss next to task_loss.
+    memory_check: a run whose estimated memory exceeds what is available is
+      refused before any work, unless `allow_oversubscribe` (ALLOW_OVERSUBSCRIBE).
 
   Returns:
     a summary: final step, last logged metrics, checkpoint and backbone bytes.
@@ -107,11 +111,15 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
   validation.check_data_spec(data)
   if on_non_finite not in ("stop", "skip"):
     raise ValueError(f"on_non_finite={on_non_finite!r}; expected 'stop' or 'skip'")
-  os.makedirs(model_dir, exist_ok=True)
   optimizer = optimizer or optimizers.prompt_tuning_adafactor()
+  # Backbone files, MODEL_DIR's shapes, memory: before MODEL_DIR is created.
+  preflight.check_train(model_dir=model_dir, model=model, data=data, optimizer=optimizer,
+                        partitioning_config=partitioning_config, use_dropout=use_dropout,
+                        memory_check=memory_check)
 
-  # One writer per MODEL_DIR: the lock comes before the backbone is read or
-  # anything is written, and is released however the run ends.
+  # One writer per MODEL_DIR: the lock (which creates the folder) comes before
+  # the backbone is read or anything is written, and is released however the
+  # run ends.
   run_lock = lock_lib.acquire_for_run(model_dir)
   try:
     # Cheap checks first, then the model: abstract shapes, then the backbone read once.
