@@ -27,9 +27,10 @@ from prompt_tuning import evaluation
 from prompt_tuning.models import presets
 from prompt_tuning.models.t5 import T5, T5Config  # noqa: F401  (T5 re-exported for tests)
 from prompt_tuning.prompts import initializers, soft
-from prompt_tuning.runtime.specs import DataSpec, ModelSpec
+from prompt_tuning.runtime.specs import CheckpointSpec, DataSpec, InferenceSpec, ModelSpec
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.train import freezing, loop
+from prompt_tuning.train.specs import ReportSpec
 from prompt_tuning.runtime import setup as model_setup
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,8 @@ def pretrain(cfg: PretrainConfig, cache_dir: Optional[str] = None,
                        train_steps=cfg.steps,
                        optimizer=optax.chain(optax.clip_by_global_norm(1.0),
                                              optax.adamw(schedule, weight_decay=1e-4)),
-                       seed=cfg.seed, checkpoint_period=cfg.steps, log_period=100,
-                       progress=progress)
+                       seed=cfg.seed, checkpoint=CheckpointSpec(period=cfg.steps),
+                       report=ReportSpec(log_period=100, progress=progress))
   require_finished(summary, cfg.steps, work, f"Pretraining the {cfg.size} backbone")
   # Export the weights as a T5X-layout checkpoint that the readers load by name.
   store = checkpoints_lib.CheckpointStore(work)
@@ -174,7 +175,7 @@ def exact_match_of(model_config: T5Config, backbone: str, prompt: Optional[soft.
                              task_obj.output_features["targets"].vocabulary,
                              synthetic.FEATURE_LENGTHS["inputs"],
                              max(1, min(batch_size, len(examples))),
-                             decoding.DecodingConfig(max_decode_length=8))
+                             InferenceSpec(decoding=decoding.DecodingConfig(max_decode_length=8)))
   return evaluation.compute_metrics(task_obj, examples, [p for p, _ in preds])["exact_match"]
 
 
@@ -214,8 +215,9 @@ def run(cache_dir: Optional[str] = None,
   spec = ModelSpec(model_config, backbone, prompt(sampled))
   summary = loop.train(model_dir=model_dir, model=spec,
                        data=DataSpec(task, synthetic.FEATURE_LENGTHS, prompt_cfg.batch_size),
-                       train_steps=prompt_cfg.steps, checkpoint_period=prompt_cfg.steps,
-                       log_period=50, seed=prompt_cfg.seed, progress=progress)
+                       train_steps=prompt_cfg.steps,
+                       checkpoint=CheckpointSpec(period=prompt_cfg.steps), seed=prompt_cfg.seed,
+                       report=ReportSpec(log_period=50, progress=progress))
   require_finished(summary, prompt_cfg.steps, model_dir, "Prompt tuning")
   store = checkpoints_lib.CheckpointStore(model_dir)
   trained = store.restore_trainable(model_setup.abstract(spec).trainable)

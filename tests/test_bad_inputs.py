@@ -107,7 +107,7 @@ def test_unknown_gin_binding(run):
 
 
 def test_prompt_longer_than_the_input_budget(run):
-  line = run("--gin.train.max_encoder_length=12")
+  line = run("--gin.ChecksSpec.max_encoder_length=12")
   assert "Prompt length 4 + inputs length 16 = 20 exceeds" in line
 
 
