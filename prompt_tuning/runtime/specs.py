@@ -126,9 +126,6 @@ class CheckpointSpec:
   keep: Optional[int] = None
   restore_fallback: bool = False
 
-  def replace(self, **changes) -> "CheckpointSpec":
-    return dataclasses.replace(self, **changes)
-
 
 @registry.configurable
 @dataclasses.dataclass(frozen=True)
