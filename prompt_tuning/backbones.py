@@ -31,8 +31,9 @@ from prompt_tuning.prompts import soft
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import freezing
 from prompt_tuning.runtime import setup as model_setup
-from prompt_tuning.runtime.specs import DataSpec, ModelSpec
+from prompt_tuning.runtime.specs import CheckpointSpec, DataSpec, InferenceSpec, ModelSpec
 from prompt_tuning.train import loop
+from prompt_tuning.train.specs import ReportSpec
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,8 @@ def pretrain(cfg: PretrainConfig, cache_dir: Optional[str] = None,
                        train_steps=cfg.steps,
                        optimizer=optax.chain(optax.clip_by_global_norm(1.0),
                                              optax.adamw(schedule, weight_decay=1e-4)),
-                       seed=cfg.seed, checkpoint_period=cfg.steps, log_period=100,
-                       progress=progress)
+                       seed=cfg.seed, checkpoint=CheckpointSpec(period=cfg.steps),
+                       report=ReportSpec(log_period=100, progress=progress))
   require_finished(summary, cfg.steps, work, f"Pretraining the {cfg.size} backbone")
   # Export the weights as a T5X-layout checkpoint that the readers load by name.
   store = checkpoints_lib.CheckpointStore(work)
@@ -179,5 +180,5 @@ def exact_match_of(model_config: T5Config, backbone: str, prompt: Optional[soft.
                              task_obj.output_features["targets"].vocabulary,
                              synthetic.FEATURE_LENGTHS["inputs"],
                              max(1, min(batch_size, len(examples))),
-                             decoding.DecodingConfig(max_decode_length=8))
+                             InferenceSpec(decoding=decoding.DecodingConfig(max_decode_length=8)))
   return evaluation.compute_metrics(task_obj, examples, [p for p, _ in preds])["exact_match"]

@@ -29,15 +29,14 @@ from prompt_tuning import decoding
 from prompt_tuning.prompts import provenance
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import data as data_lib
+from prompt_tuning.runtime import freezing
 from prompt_tuning import layout
-from prompt_tuning.runtime import memory as memory_lib
 from prompt_tuning.runtime import metrics as metrics_lib
 from prompt_tuning.runtime import partitioning
 from prompt_tuning.runtime import preflight
 from prompt_tuning.runtime import setup as model_setup
 from prompt_tuning.runtime import specs as specs_lib
 from prompt_tuning.runtime import validation
-from prompt_tuning.runtime import freezing
 
 Array = jax.Array
 
@@ -45,29 +44,31 @@ log = logging.getLogger(__name__)
 
 
 def load_for_inference(model_dir: Optional[str], model: specs_lib.ModelSpec,
-                       checkpoint_step: Optional[int], restore_checkpoint: bool,
+                       inference: specs_lib.InferenceSpec = specs_lib.InferenceSpec(),
                        partitioning_config: partitioning.PartitioningConfig = (
                            partitioning.PartitioningConfig())
                        ) -> tuple[model_setup.Setup, Any, int]:
   """(setup, full params, step): prompts from MODEL_DIR's checkpoint, or as initialized.
 
-  Restoring, the prompt modules' initializers never run: the trainable part
-  stays abstract until the checkpoint fills it. With
-  `restore_checkpoint=False` (e.g. PROMPT_FILE with the from-file
-  initializer) the trainable parameters are exactly what the initializers give.
+  Restoring (`inference.restore`), the prompt modules' initializers never
+  run: the trainable part stays abstract until the checkpoint of
+  `inference.checkpoint_step` (None: the latest) fills it. With
+  `restore=False` (e.g. PROMPT_FILE with the from-file initializer) the
+  trainable parameters are exactly what the initializers give.
   """
   setup = model_setup.build(model, partitioning_config, require_trainable=False,
-                            init_trainable=not restore_checkpoint)
+                            init_trainable=not inference.restore)
   trainable, step = setup.trainable, 0
-  if restore_checkpoint and jax.tree.leaves(trainable):
+  if inference.restore and jax.tree.leaves(trainable):
     if not model_dir:
       raise ValueError("Restoring a checkpoint needs MODEL_DIR")
     store = checkpoints_lib.CheckpointStore(model_dir)
     try:
-      step = checkpoint_step if checkpoint_step is not None else store.latest_step()
+      step = (inference.checkpoint_step if inference.checkpoint_step is not None
+              else store.latest_step())
       if step is None:
         raise FileNotFoundError(f"No checkpoint under {store.directory}; train first, or pass "
-                                "a prompt file with restore_checkpoint=False")
+                                "a prompt file with RESTORE_CHECKPOINT=False")
       trainable = store.restore_trainable(setup.abstract.trainable, step)
     finally:
       store.close()
@@ -122,29 +123,30 @@ def compiled_functions(model: nn.Module, decoding_config: decoding.DecodingConfi
 
 def predict(model: nn.Module, params: Any, examples: Sequence[Mapping[str, Any]],
             vocabulary: Any, input_length: int, batch_size: int,
-            decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
-            class_labels: Optional[Sequence[str]] = None,
-            seed: int = 0, target_length: Optional[int] = None,
-            ensemble_prompts: int = 0,
-            ensemble_method: str = "majority_vote") -> list[tuple[str, float]]:
+            inference: specs_lib.InferenceSpec = specs_lib.InferenceSpec(),
+            seed: int = 0, target_length: Optional[int] = None) -> list[tuple[str, float]]:
   """(prediction text, score) per example, in order.
 
+  `inference` says how: its decoding config, class labels (rank
+  classification: score each label, predict the best) and ensemble; what it
+  says about restoring and how many examples is for the caller.
   With `target_length`, nothing is decoded: each example's own target is
   scored (the rank-classification task variants, one candidate per example),
   and the text returned is empty. Per-example features the prompt modules
   read (task_index) are passed along.
 
-  `ensemble_prompts=N` (a PromptBank of N prompts for one task): every batch
-  runs once per prompt; rank classification then picks by `ensemble_method`
-  ("majority_vote", the paper's, or "mean_log_prob"), decoding by majority
-  vote over the N decoded strings (`ensemble_vote`).
+  `inference.ensemble_prompts=N` (a PromptBank of N prompts for one task):
+  every batch runs once per prompt; rank classification then picks by
+  `ensemble_method` ("majority_vote", the paper's, or "mean_log_prob"),
+  decoding by majority vote over the N decoded strings (`ensemble_vote`).
   Partial last batches are padded to `batch_size` so that one compiled
   program serves every batch.
   """
-  n_ens = int(ensemble_prompts or 0)
+  class_labels, ensemble_method = inference.class_labels, inference.ensemble_method
+  n_ens = int(inference.ensemble_prompts or 0)
   feature_names = [] if n_ens else [
       f for f in data_lib.PASSTHROUGH_FEATURES if examples and f in examples[0]]
-  gen, score_fn, candidates_fn = compiled_functions(model, decoding_config)
+  gen, score_fn, candidates_fn = compiled_functions(model, inference.decoding)
   if class_labels:
     label_ids = [list(np.asarray(vocabulary.encode(label))) + [1] for label in class_labels]
     targets = np.zeros((len(label_ids), max(len(ids) for ids in label_ids)), np.int32)
@@ -231,79 +233,59 @@ def compute_metrics(task: Any, examples: Sequence[Mapping[str, Any]],
 
 
 def _predict_split(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpec,
-                   checkpoint_step: Optional[int], restore_checkpoint: bool,
-                   decoding_config: decoding.DecodingConfig,
-                   class_labels: Optional[Sequence[str]], max_examples: Optional[int],
-                   partitioning_config: partitioning.PartitioningConfig,
-                   ensemble_prompts: int, ensemble_method: str,
-                   memory_check: memory_lib.MemoryCheck = memory_lib.MemoryCheck()):
+                   inference: specs_lib.InferenceSpec,
+                   partitioning_config: partitioning.PartitioningConfig):
   """(task, examples, [(prediction, score)], step) for eval and infer alike."""
   validation.check_inference(  # Before the backbone is read.
       batch_size=data.batch_size, task_feature_lengths=data.feature_lengths,
-      decoding_config=decoding_config, max_examples=max_examples,
-      checkpoint_step=checkpoint_step, ensemble_prompts=ensemble_prompts)
+      inference=inference)
   validation.check_model_spec(model)  # Both prompts and the checkpoint path.
   task = data_lib.get_task_or_mixture(data.task)
   data_lib.check_vocabulary(task, model.config.vocab_size)
-  if model.decoder_prompt is not None and decoding_config.use_cache:
+  if model.decoder_prompt is not None and inference.decoding.use_cache:
     # The KV cache holds no decoder prompt: decode without it (slower, same result).
-    decoding_config = dataclasses.replace(decoding_config, use_cache=False)
+    inference = inference.replace(
+        decoding=dataclasses.replace(inference.decoding, use_cache=False))
   preflight.check_inference(  # Backbone files, MODEL_DIR's shapes, memory.
-      model_dir=model_dir, model=model, data=data, decoding_config=decoding_config,
-      class_labels=class_labels, checkpoint_step=checkpoint_step,
-      restore_checkpoint=restore_checkpoint, partitioning_config=partitioning_config,
-      memory_check=memory_check)
-  setup, params, step = load_for_inference(model_dir, model, checkpoint_step,
-                                           restore_checkpoint, partitioning_config)
-  examples = data_lib.eval_examples(data.task, data.split, data.feature_lengths, max_examples)
+      model_dir=model_dir, model=model, data=data, inference=inference,
+      partitioning_config=partitioning_config)
+  setup, params, step = load_for_inference(model_dir, model, inference, partitioning_config)
+  examples = data_lib.eval_examples(data.task, data.split, data.feature_lengths,
+                                    inference.max_examples)
   vocab = task.output_features["targets"].vocabulary
   target_length = data.feature_lengths.get("targets") if (
-      uses_scores(task) and not class_labels) else None
+      uses_scores(task) and not inference.class_labels) else None
   preds = predict(setup.model, params, examples, vocab, data.feature_lengths["inputs"],
-                  data.batch_size, decoding_config, class_labels, target_length=target_length,
-                  ensemble_prompts=ensemble_prompts, ensemble_method=ensemble_method)
+                  data.batch_size, inference, target_length=target_length)
   return task, examples, preds, step
 
 
 @registry.configurable
 def evaluate(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpec,
-             checkpoint_step: Optional[int] = None, restore_checkpoint: bool = True,
-             decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
-             class_labels: Optional[Sequence[str]] = None,
-             max_examples: Optional[int] = None,
+             inference: specs_lib.InferenceSpec = specs_lib.InferenceSpec(),
              output_name: str = "eval",
              partitioning_config: partitioning.PartitioningConfig = (
-                 partitioning.PartitioningConfig()),
-             ensemble_prompts: int = 0,
-             ensemble_method: str = "majority_vote",
-             memory_check: memory_lib.MemoryCheck = memory_lib.MemoryCheck()
-             ) -> dict[str, Any]:
+                 partitioning.PartitioningConfig())) -> dict[str, Any]:
   """Metrics of `data.split`; appended to MODEL_DIR/<output_name>/metrics.jsonl and TensorBoard.
 
   Args:
     model, data: what is evaluated, on what (the same specs as training).
-    checkpoint_step: the step to restore (default: the latest).
-    restore_checkpoint: False evaluates the prompts as their initializers
-      give them (a prompt file, or no prompt).
-    class_labels: rank classification: score each label, predict the best.
-    ensemble_prompts: N > 0 evaluates a PromptBank of N prompts as an
-      ensemble combined by `ensemble_method`: "majority_vote" (Lester et al.
-      2021, section 7; ties in `ensemble_rank`) or "mean_log_prob".
-    memory_check: a run whose estimated memory exceeds what is available is
-      refused before any work, unless `allow_oversubscribe` (ALLOW_OVERSUBSCRIBE).
+    inference: the checkpoint step to restore (default: the latest), or none
+      (`restore=False` evaluates the prompts as their initializers give them:
+      a prompt file, or no prompt); decoding, or rank classification over
+      class labels; how many examples; a PromptBank as an ensemble (Lester et
+      al. 2021, section 7; ties in `ensemble_rank`).
+    output_name: the folder under MODEL_DIR the metrics go to.
   """
   task, examples, preds, step = _predict_split(
-      model_dir=model_dir, model=model, data=data, checkpoint_step=checkpoint_step,
-      restore_checkpoint=restore_checkpoint, decoding_config=decoding_config,
-      class_labels=class_labels, max_examples=max_examples,
-      partitioning_config=partitioning_config, ensemble_prompts=ensemble_prompts,
-      ensemble_method=ensemble_method, memory_check=memory_check)
+      model_dir=model_dir, model=model, data=data, inference=inference,
+      partitioning_config=partitioning_config)
   metrics = compute_metrics(task, examples, [p for p, _ in preds],
                             scores=[s for _, s in preds])
   metrics["num_examples"] = len(examples)
   metrics_lib.MetricsWriter(model_dir, output_name).write(step, metrics, task=data.task,
                                                           split=data.split)
-  if restore_checkpoint and jax.process_index() == 0:
+  if inference.restore and jax.process_index() == 0:
     record_metrics(model_dir, step, f"{data.task}/{data.split}", metrics)
   log.info("%s %s step %d: %s", data.task, data.split, step, metrics)
   return dict(step=step, **metrics)
@@ -321,25 +303,16 @@ def record_metrics(model_dir: str, step: int, name: str, metrics: Mapping[str, f
 
 @registry.configurable
 def infer(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpec,
-          checkpoint_step: Optional[int] = None, restore_checkpoint: bool = True,
-          decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
-          class_labels: Optional[Sequence[str]] = None,
-          max_examples: Optional[int] = None,
+          inference: specs_lib.InferenceSpec = specs_lib.InferenceSpec(),
           partitioning_config: partitioning.PartitioningConfig = (
-              partitioning.PartitioningConfig()),
-          ensemble_prompts: int = 0,
-          ensemble_method: str = "majority_vote",
-          memory_check: memory_lib.MemoryCheck = memory_lib.MemoryCheck()) -> str:
+              partitioning.PartitioningConfig())) -> str:
   """Writes JSON Lines of {input, target, prediction, score}; returns the file's path.
 
   The arguments are `evaluate`'s.
   """
   _, examples, preds, step = _predict_split(
-      model_dir=model_dir, model=model, data=data, checkpoint_step=checkpoint_step,
-      restore_checkpoint=restore_checkpoint, decoding_config=decoding_config,
-      class_labels=class_labels, max_examples=max_examples,
-      partitioning_config=partitioning_config, ensemble_prompts=ensemble_prompts,
-      ensemble_method=ensemble_method, memory_check=memory_check)
+      model_dir=model_dir, model=model, data=data, inference=inference,
+      partitioning_config=partitioning_config)
   path = layout.infer_file(model_dir, data.task, data.split, step)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp"

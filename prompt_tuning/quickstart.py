@@ -25,8 +25,9 @@ from prompt_tuning import backbones
 from prompt_tuning.prompts import initializers, soft
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import setup as model_setup
-from prompt_tuning.runtime.specs import DataSpec, ModelSpec
+from prompt_tuning.runtime.specs import CheckpointSpec, DataSpec, ModelSpec
 from prompt_tuning.train import loop
+from prompt_tuning.train.specs import ReportSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +66,9 @@ def run(cache_dir: Optional[str] = None,
   spec = ModelSpec(model_config, backbone, prompt(sampled))
   summary = loop.train(model_dir=model_dir, model=spec,
                        data=DataSpec(task, synthetic.FEATURE_LENGTHS, prompt_cfg.batch_size),
-                       train_steps=prompt_cfg.steps, checkpoint_period=prompt_cfg.steps,
-                       log_period=50, seed=prompt_cfg.seed, progress=progress)
+                       train_steps=prompt_cfg.steps,
+                       checkpoint=CheckpointSpec(period=prompt_cfg.steps), seed=prompt_cfg.seed,
+                       report=ReportSpec(log_period=50, progress=progress))
   backbones.require_finished(summary, prompt_cfg.steps, model_dir, "Prompt tuning")
   store = checkpoints_lib.CheckpointStore(model_dir)
   trained = store.restore_trainable(model_setup.abstract(spec).trainable)

@@ -169,7 +169,7 @@ def ensemble_task(task: str, num_prompts: int, sampling: str = "full") -> str:
   """Registers a copy of `task` with a `task_index` in [0, N) per example; returns its name.
 
   For training an N-prompt PromptBank as an ensemble, then evaluated with
-  `ensemble_prompts=N` (every prompt on every example, majority vote).
+  `InferenceSpec.ensemble_prompts=N` (every prompt on every example, majority vote).
   sampling:
     "full" (`<task>_ensemble<N>`, the default, as in Lester et al. 2021,
       section 7): every example appears N times, once for each prompt, so

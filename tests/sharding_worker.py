@@ -27,7 +27,8 @@ def main(argv):
   import prompt_tuning.tasks  # noqa: F401
   from prompt_tuning.train import loop
   from prompt_tuning.runtime import partitioning
-  from prompt_tuning.runtime.specs import DataSpec, ModelSpec
+  from prompt_tuning.runtime.specs import CheckpointSpec, DataSpec, ModelSpec
+  from prompt_tuning.train.specs import ReportSpec
   from tests.test_sharding import MODEL_CONFIG
   results = {}
   for spec in meshes:
@@ -41,8 +42,9 @@ def main(argv):
     summary = loop.train(model_dir=model_dir, model=ModelSpec(MODEL_CONFIG, backbone, prompt),
                          data=DataSpec("synthetic_reverse_bare", {"inputs": 16, "targets": 8},
                                        8),
-                         train_steps=int(steps), checkpoint_period=int(steps), log_period=1,
-                         progress=False, partitioning_config=cfg)
+                         train_steps=int(steps), checkpoint=CheckpointSpec(period=int(steps)),
+                         report=ReportSpec(log_period=1, progress=False),
+                         partitioning_config=cfg)
     results[mesh] = dict(loss=summary["last_metrics"]["loss"], step=summary["step"],
                          start_step=summary["start_step"], devices=jax.device_count(),
                          processes=jax.process_count())

@@ -143,7 +143,7 @@ def _(root):
 @case("prompt_longer_than_the_input_budget")
 def _(root):
   return (_gin_argv(root, "prompt_longer_than_the_input_budget",
-                    "--gin.train.max_encoder_length=12"),
+                    "--gin.ChecksSpec.max_encoder_length=12"),
           ["Prompt length 4 + inputs length 16 = 20 exceeds"], None)
 
 

@@ -15,10 +15,11 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning.runtime.specs import DataSpec, ModelSpec
+from prompt_tuning.runtime.specs import CheckpointSpec, DataSpec, InferenceSpec, ModelSpec
 from prompt_tuning.cli import main as main_lib
 from prompt_tuning import trees as tree_lib
 from prompt_tuning.train import loop
+from prompt_tuning.train.specs import ReportSpec
 from tests import test_t5x_reader
 from tests.conftest import REPO_ROOT, TINY_T5X_CONFIG, fixture_path
 
@@ -68,7 +69,7 @@ def trained(workdir):
   """Train 4 steps, stop; resume to 6. Also an uninterrupted 6-step run."""
   run = str(workdir / "run")
   assert _run("train", run, "--gin.TRAIN_STEPS=4", "--gin.CHECKPOINT_PERIOD=2",
-              "--gin.train.frozen_digest=True") == 0
+              "--gin.ReportSpec.frozen_digest=True") == 0
   first = json.load(open(os.path.join(run, "train_summary.json")))
   assert _run("train", run, "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=2") == 0
   straight = str(workdir / "straight")
@@ -147,7 +148,7 @@ def _rank_accuracy_by_hand(run, labels, count):
   from prompt_tuning.runtime import data as data_lib
   lengths = {"inputs": 16, "targets": 4}
   spec = ModelSpec(TINY_T5X_CONFIG, fixture_path("t5x_tiny_checkpoint"), soft.SoftPrompt(4))
-  setup, params, _ = evaluation.load_for_inference(run, spec, None, True)
+  setup, params, _ = evaluation.load_for_inference(run, spec, InferenceSpec())
   examples = data_lib.eval_examples("pt_test_sentiment", "validation", lengths, count)
   vocab = seqio.get_mixture_or_task("pt_test_sentiment").output_features["targets"].vocabulary
   enc = np.zeros((len(examples), lengths["inputs"]), np.int32)
@@ -259,7 +260,7 @@ def test_prompt_learns_on_a_tiny_model(tmp_path):
   run = str(tmp_path / "run")
   loop.train(model_dir=run, model=ModelSpec(cfg, backbone, prompt()),
              data=DataSpec("pt_test_sentiment", lengths, 16), train_steps=150,
-             checkpoint_period=150, progress=False)
+             checkpoint=CheckpointSpec(period=150), report=ReportSpec(progress=False))
   store = checkpoints_lib.CheckpointStore(run)
   trained_prompt = store.restore_trainable(setup.abstract.trainable)
   store.close()

@@ -44,3 +44,38 @@ def test_bad_path_is_a_one_line_error(capsys, tmp_path):
   assert main_lib.main(["inspect", str(tmp_path / "missing")]) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("prompt-tuning inspect: error: Checkpoint not found") and "\n" not in err
+
+
+def test_the_binaries_take_grouped_specs_not_loose_values():
+  # T5X's habit (issue 30): a handful of objects, each bound once by a run file.
+  import inspect
+  from prompt_tuning import evaluation
+  from prompt_tuning.train import loop
+  limits = {loop.train: 12, evaluation.evaluate: 6, evaluation.infer: 6,
+            evaluation._predict_split: 6}
+  for fn, limit in limits.items():
+    assert len(inspect.signature(fn).parameters) <= limit, fn.__name__
+  for fn in (evaluation.evaluate, evaluation.infer, evaluation._predict_split):
+    assert "inference" in inspect.signature(fn).parameters
+  assert "checkpoint" in inspect.signature(loop.train).parameters
+
+
+def test_a_binding_moved_into_a_spec_is_refused_naming_its_new_name():
+  import gin
+  from prompt_tuning.cli import gin as gin_utils
+  assert gin_utils.MOVED_BINDINGS["train.checkpoint_period"] == "CheckpointSpec.period"
+  assert gin_utils.MOVED_BINDINGS["infer.decoding_config"] == "InferenceSpec.decoding"
+  try:
+    for old, new in gin_utils.MOVED_BINDINGS.items():
+      gin.clear_config()
+      with pytest.raises(ValueError) as refused:
+        gin_utils.parse_gin(bindings=[f"{old} = None"])
+      message = str(refused.value)
+      assert f"{old} is now {new}" in message and "\n" not in message, message
+      gin.clear_config()
+      gin_utils.parse_gin(bindings=[f"{new} = None"])  # The new name is a real parameter.
+    gin.clear_config()
+    with pytest.raises(ValueError, match="doesn't have a parameter named 'no_such_arg'"):
+      gin_utils.parse_gin(bindings=["train.no_such_arg = 3"])  # Others: gin's own message.
+  finally:
+    gin.clear_config()

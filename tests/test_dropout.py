@@ -11,8 +11,9 @@ import pytest
 
 from prompt_tuning.cli import main as main_lib
 from prompt_tuning.prompts import initializers, soft
-from prompt_tuning.runtime.specs import DataSpec, ModelSpec
+from prompt_tuning.runtime.specs import CheckpointSpec, DataSpec, ModelSpec
 from prompt_tuning.train import loop
+from prompt_tuning.train.specs import DropoutSpec, ReportSpec
 from tests.conftest import TINY_T5X_CONFIG, fixture_path
 from tests.test_binaries import TINY_MODEL_GIN
 
@@ -25,7 +26,7 @@ def test_the_switch_follows_the_rate_and_turning_it_off_is_logged(caplog):
   assert loop.dropout_enabled(without, None) is False
   with caplog.at_level(logging.WARNING, logger=loop.__name__):
     assert loop.dropout_enabled(with_rate, False) is False
-  assert "dropout_rate=0.1 but train.use_dropout=False" in caplog.text
+  assert "dropout_rate=0.1 but DropoutSpec.enabled=False" in caplog.text
   caplog.clear()
   with caplog.at_level(logging.WARNING, logger=loop.__name__):
     assert loop.dropout_enabled(without, True) is False
@@ -41,8 +42,8 @@ def _first_loss(model_dir, rate, seed, **kwargs):
                    soft.SoftPrompt(4, init=initializers.from_array(prompt_PH)))
   summary = loop.train(model_dir=str(model_dir), model=spec,
                        data=DataSpec("pt_test_sentiment", LENGTHS, 8, seed=0),
-                       train_steps=1, checkpoint_period=1, log_period=1, seed=seed,
-                       progress=False, **kwargs)
+                       train_steps=1, checkpoint=CheckpointSpec(period=1), seed=seed,
+                       report=ReportSpec(log_period=1, progress=False), **kwargs)
   return summary["last_metrics"]["loss"], summary["dropout_rate"]
 
 
@@ -56,7 +57,7 @@ def test_a_positive_rate_draws_masks_from_the_seed_and_zero_draws_none(tmp_path)
   assert rate_c == 0.0 and c == d
   assert c != a  # dropout did change the loss
   # An explicit False switches a positive rate off: no masks at all.
-  e, rate_e = _first_loss(tmp_path / "e", 0.3, seed=1, use_dropout=False)
+  e, rate_e = _first_loss(tmp_path / "e", 0.3, seed=1, dropout=DropoutSpec(enabled=False))
   assert rate_e == 0.0 and e == c
 
 

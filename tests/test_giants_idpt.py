@@ -80,7 +80,7 @@ def test_train_binary_on_a_mixture_without_task_index_keeps_the_backbone(tmp_pat
        "FrozenReadingPrompt.width = 8", "FrozenReadingPrompt.mlp_dim = 8"],
       "runs/prompt_finetune.gin", "--gin.MIXTURE_OR_TASK_NAME='synthetic_bare_multitask'",
       "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 8}", "--gin.BATCH_SIZE=8",
-      "--gin.TRAIN_STEPS=3", "--gin.CHECKPOINT_PERIOD=1", "--gin.train.frozen_digest=True",
+      "--gin.TRAIN_STEPS=3", "--gin.CHECKPOINT_PERIOD=1", "--gin.ReportSpec.frozen_digest=True",
       "--gin.train.optimizer=@optax.adam()", "--gin.optax.adam.learning_rate=0.05")
   assert code == 0
   run = tmp_path / "run"

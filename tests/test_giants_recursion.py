@@ -101,7 +101,7 @@ def _flags(steps):
   return ["--gin.MIXTURE_OR_TASK_NAME='synthetic_bare_multitask'",
           "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 8}", "--gin.BATCH_SIZE=4",
           f"--gin.TRAIN_STEPS={steps}", "--gin.CHECKPOINT_PERIOD=1",
-          "--gin.train.frozen_digest=True", "--gin.train.optimizer=@optax.adam()",
+          "--gin.ReportSpec.frozen_digest=True", "--gin.train.optimizer=@optax.adam()",
           "--gin.optax.adam.learning_rate=0.05"]
 
 
@@ -110,8 +110,7 @@ def _eval_and_infer(tmp_path, lines, *flags):
     assert run_binary(command, tmp_path, lines, run_file,
                       "--gin.MIXTURE_OR_TASK_NAME='synthetic_reverse_bare'",
                       "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 8}",
-                      "--gin.BATCH_SIZE=4", "--gin.evaluate.max_examples=4"
-                      if command == "eval" else "--gin.infer.max_examples=4",
+                      "--gin.BATCH_SIZE=4", "--gin.InferenceSpec.max_examples=4",
                       "--gin.DecodingConfig.max_decode_length=4", *flags) == 0
   metrics = [json.loads(x) for x in open(tmp_path / "run" / "eval" / "metrics.jsonl")]
   assert "exact_match" in metrics[-1]

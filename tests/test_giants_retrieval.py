@@ -138,7 +138,7 @@ def test_frozen_reader_through_train_eval_and_infer(tmp_path):
           "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 8}", "--gin.BATCH_SIZE=4"]
   code = run_binary("train", tmp_path, lines, "runs/prompt_finetune.gin", *task,
                     "--gin.TRAIN_STEPS=2", "--gin.CHECKPOINT_PERIOD=1",
-                    "--gin.train.frozen_digest=True", "--gin.train.optimizer=@optax.adam()",
+                    "--gin.ReportSpec.frozen_digest=True", "--gin.train.optimizer=@optax.adam()",
                     "--gin.optax.adam.learning_rate=0.05")
   assert code == 0
   run = tmp_path / "run"

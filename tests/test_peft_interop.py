@@ -42,7 +42,7 @@ from prompt_tuning.models.t5 import T5, shift_right  # noqa: E402
 from prompt_tuning.prompts import initializers, provenance, soft  # noqa: E402
 from prompt_tuning.readers import peft as peft_format  # noqa: E402
 from prompt_tuning.runtime import setup as model_setup  # noqa: E402
-from prompt_tuning.runtime.specs import ModelSpec  # noqa: E402
+from prompt_tuning.runtime.specs import InferenceSpec, ModelSpec  # noqa: E402
 from tests.test_hf_parity import COMMON, VOCAB, _make_hf_model  # noqa: E402
 
 P = 5
@@ -100,8 +100,8 @@ def _ours(folder, prompt_path, rows, **from_file):
   params = {**setup.trainable, **setup.frozen}
   preds = evaluation.predict(setup.model, params, [{"inputs": r} for r in rows], _Ids(),
                              input_length=12, batch_size=len(rows),
-                             decoding_config=decoding.DecodingConfig(
-                                 method="greedy", max_decode_length=DECODE))
+                             inference=InferenceSpec(decoding=decoding.DecodingConfig(
+                                 method="greedy", max_decode_length=DECODE)))
   return [[int(t) for t in text.split()] for text, _ in preds], setup.model, params
 
 

@@ -19,6 +19,7 @@ from prompt_tuning.models.t5 import T5, T5Config
 from prompt_tuning.prompts import hyper, input_dependent, multi_task
 from prompt_tuning import trees as tree_lib
 from prompt_tuning.runtime import freezing
+from prompt_tuning.runtime.specs import InferenceSpec
 from prompt_tuning.train import step as step_lib
 from tests.conftest import files_digest, fixture_path
 from tests.test_attempt import write_sources
@@ -183,8 +184,8 @@ def test_ensemble_predict_runs_every_prompt():
 
   examples = [{"inputs": np.asarray([5, 6, 1])}, {"inputs": np.asarray([7, 1])}]
   labels = ["a", "bb"]
-  got = evaluation.predict(model, params, examples, Vocab(), 6, 2, class_labels=labels,
-                           ensemble_prompts=3, ensemble_method="mean_log_prob")
+  got = evaluation.predict(model, params, examples, Vocab(), 6, 2, InferenceSpec(
+      class_labels=labels, ensemble_prompts=3, ensemble_method="mean_log_prob"))
   # Reference: each prompt's own scores, averaged.
   enc = _tokens([[5, 6, 1, 0, 0, 0], [7, 1, 0, 0, 0, 0]])
   per_prompt = []
@@ -196,9 +197,8 @@ def test_ensemble_predict_runs_every_prompt():
   mean = np.mean(per_prompt, axis=0)
   assert [p for p, _ in got] == [labels[i] for i in mean.argmax(-1)]
   np.testing.assert_allclose([s for _, s in got], mean.max(-1), rtol=1e-5)
-  decoded = evaluation.predict(model, params, examples, Vocab(), 6, 2,
-                               decoding.DecodingConfig(max_decode_length=3),
-                               ensemble_prompts=3)
+  decoded = evaluation.predict(model, params, examples, Vocab(), 6, 2, InferenceSpec(
+      decoding=decoding.DecodingConfig(max_decode_length=3), ensemble_prompts=3))
   assert len(decoded) == 2
 
 
@@ -235,7 +235,8 @@ def test_predict_reuses_compiled_functions_for_equal_models_and_reads_params_eac
   for scale in (0.0, 3.0):
     p = jax.tree.map(lambda x: x, params)
     p["encoder_prompt"]["prompt"] = scale * jax.random.normal(jax.random.PRNGKey(1), (2, H))
-    got = evaluation.predict(twin, p, examples, Vocab(), 6, 2, config, class_labels=labels)
+    got = evaluation.predict(twin, p, examples, Vocab(), 6, 2,
+                             InferenceSpec(decoding=config, class_labels=labels))
     want = np.stack([np.asarray(decoding.score(model, p, enc,
                                                jnp.asarray([[10 + len(lab), 1]] * 2)))
                      for lab in labels], axis=-1)
@@ -297,7 +298,7 @@ def test_only_the_methods_own_parameters_train(method, tmp_path):
         f"--gin.MODEL_DIR='{run}'", "--gin.MIXTURE_OR_TASK_NAME='synthetic_bare_multitask'",
         f"--gin.INITIAL_CHECKPOINT_PATH='{fixture_path('t5x_tiny_checkpoint')}'",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 8}", "--gin.BATCH_SIZE=8",
-        "--gin.TRAIN_STEPS=3", "--gin.CHECKPOINT_PERIOD=1", "--gin.train.frozen_digest=True",
+        "--gin.TRAIN_STEPS=3", "--gin.CHECKPOINT_PERIOD=1", "--gin.ReportSpec.frozen_digest=True",
         "--gin.train.optimizer=@optax.adam()", "--gin.optax.adam.learning_rate=0.05"])
   finally:
     gin.clear_config()
@@ -364,7 +365,7 @@ def test_prompt_ensemble_gin_trains_every_prompt_on_the_task_and_votes(tmp_path)
                           "--gin.MIXTURE_OR_TASK_NAME='synthetic_copy'",
                           "--gin.MAX_EVAL_EXAMPLES=8",
                           "--gin.DecodingConfig.max_decode_length=4"]) == 0
-    assert str(gin.query_parameter("evaluate.ensemble_prompts")) == "%NUM_PROMPTS"
+    assert str(gin.query_parameter("InferenceSpec.ensemble_prompts")) == "%NUM_PROMPTS"
     assert gin.query_parameter("%NUM_PROMPTS") == 3
     assert gin.query_parameter("%ENSEMBLE_METHOD") == "majority_vote"
     assert gin.query_parameter("%ENSEMBLE_SAMPLING") == "full"

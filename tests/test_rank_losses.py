@@ -30,6 +30,7 @@ from prompt_tuning.tasks import synthetic
 from prompt_tuning.runtime import freezing
 from prompt_tuning.train import loop, rank, rank_data
 from prompt_tuning.train import step as step_lib
+from prompt_tuning.train.specs import LossSpec, ReportSpec
 from tests.conftest import TINY_CONFIG
 
 # 4 examples, 3 candidates. Row 1 has two positives; row 2 none (not
@@ -153,7 +154,8 @@ def test_rank_loss_on_a_task_without_candidates_is_one_clear_error(tmp_path):
   with pytest.raises(ValueError, match=r"needs a rank-classification task .* synthetic_first has"):
     loop.train(model_dir=str(tmp_path / "run"), model=spec,
                data=DataSpec("synthetic_first", {"inputs": 16, "targets": 4}, 8),
-               train_steps=1, loss=rank.RankLoss(), progress=False)
+               train_steps=1, loss=LossSpec(rank=rank.RankLoss()),
+               report=ReportSpec(progress=False))
   with pytest.raises(ValueError, match="RankLoss needs a rank-classification batch"):
     step_lib.loss_fn({}, {}, None, {"encoder_input_tokens": jnp.zeros((1, 2), jnp.int32)},
                      None, 0.0, step_lib.Objective(rank_loss=rank.RankLoss()))
@@ -190,7 +192,7 @@ def test_training_with_the_rank_loss_raises_rank_accuracy(tmp_path, kind):
       "--gin.DataSpec.task='synthetic_first_rank'", f"--gin.DataSpec.feature_lengths={lengths}",
       "--gin.BATCH_SIZE=32", f"--gin.RANK_LOSS='{kind}'",
       "--gin.TRAIN_STEPS=90",
-      "--gin.optax.warmup_cosine_decay_schedule.warmup_steps=5", "--gin.train.log_period=20"])
+      "--gin.optax.warmup_cosine_decay_schedule.warmup_steps=5", "--gin.ReportSpec.log_period=20"])
   gin.clear_config()
   assert code == 0
   logs = [json.loads(line) for line in open(os.path.join(run, "train", "metrics.jsonl"))]

@@ -13,11 +13,12 @@ import numpy as np
 import optax
 import pytest
 
-from prompt_tuning.runtime.specs import DataSpec, ModelSpec
+from prompt_tuning.runtime.specs import CheckpointSpec, DataSpec, ModelSpec
 from prompt_tuning import trees as tree_lib
 from prompt_tuning.prompts import initializers, soft
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.train import loop
+from prompt_tuning.train.specs import ChecksSpec, ReportSpec
 from prompt_tuning.runtime import faults, setup as model_setup
 from tests.conftest import REPO_ROOT, TINY_T5X_CONFIG, files_digest, fixture_path
 from tests.test_binaries import TINY_MODEL_GIN
@@ -26,14 +27,15 @@ LENGTHS = {"inputs": 16, "targets": 4}
 PROMPT_NPY = "encoder_prompt.prompt.npy"
 
 
-def _train(model_dir, steps=6, seed=0, optimizer=None, **kwargs):
+def _train(model_dir, steps=6, seed=0, optimizer=None, report=ReportSpec(progress=False),
+           **kwargs):
   import tests.tiny_tasks  # noqa: F401
   ckpt = fixture_path("t5x_tiny_checkpoint")
   prompt = soft.SoftPrompt(length=4, init=initializers.sampled_vocab(ckpt, 4, seed=seed))
   return loop.train(model_dir=str(model_dir), model=ModelSpec(TINY_T5X_CONFIG, ckpt, prompt),
                     data=DataSpec("pt_test_sentiment", LENGTHS, 8, seed=seed),
-                    train_steps=steps, checkpoint_period=2, seed=seed,
-                    optimizer=optimizer, progress=False, **kwargs)
+                    train_steps=steps, checkpoint=CheckpointSpec(period=2), seed=seed,
+                    optimizer=optimizer, report=report, **kwargs)
 
 
 def _prompt(model_dir, step):
@@ -136,7 +138,7 @@ def test_non_finite_step_can_be_skipped(tmp_path, monkeypatch):
         batch = dict(batch, decoder_loss_weights=batch["decoder_loss_weights"] * np.nan)
       yield batch
   monkeypatch.setattr(loop.data_lib, "train_batches", poisoned)
-  summary = _train(tmp_path / "skip", steps=6, on_non_finite="skip")
+  summary = _train(tmp_path / "skip", steps=6, checks=ChecksSpec(on_non_finite="skip"))
   assert summary["skipped_steps"] == [3]
   final = _prompt(tmp_path / "skip", 6)
   assert np.all(np.isfinite(final))
@@ -172,7 +174,7 @@ def test_backbone_unchanged_by_train_eval_and_infer(tmp_path):
   ckpt = fixture_path("t5x_tiny_checkpoint")
   backbone_files = files_digest(ckpt)
   run = tmp_path / "run"
-  summary = _train(run, steps=2, frozen_digest=True)
+  summary = _train(run, steps=2, report=ReportSpec(progress=False, frozen_digest=True))
   assert files_digest(ckpt) == backbone_files
   setup = model_setup.build(ModelSpec(TINY_T5X_CONFIG, ckpt, soft.SoftPrompt(length=4)))
   assert summary["frozen_sha256"] == tree_lib.tree_digest(setup.frozen)

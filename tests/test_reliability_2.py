@@ -224,14 +224,56 @@ def test_every_binding_the_bundled_runs_make_is_read(main_in_process, monkeypatc
   # simply rejecting everything): stop right after it, at the task lookup.
   from prompt_tuning.cli import gin as gin_utils
   monkeypatch.setattr(gin_utils, "run_configured", lambda name: "checked")
-  for command, flag in (("train", "--gin.CHECKPOINT_PERIOD=2"),
-                        ("infer", "--gin.CHECKPOINT_STEP=None"),
-                        ("eval", "--gin.EVAL_SPLIT='validation'")):
-    code, err = main_in_process(flag, command=command)
+  for command, flags in (("train", ("--gin.CHECKPOINT_PERIOD=2", "--gin.CheckpointSpec.keep=3",
+                                     "--gin.LossSpec.z_loss=0.0", "--gin.DropoutSpec.enabled=False",
+                                     "--gin.ReportSpec.frozen_digest=True",
+                                     "--gin.ChecksSpec.on_non_finite='skip'")),
+                         ("infer", ("--gin.CHECKPOINT_STEP=None",
+                                    "--gin.InferenceSpec.max_examples=3")),
+                         ("eval", ("--gin.EVAL_SPLIT='validation'",
+                                   "--gin.InferenceSpec.ensemble_method='mean_log_prob'"))):
+    code, err = main_in_process(*flags, command=command)
     assert code == 0, (command, err[-2000:])
   # The same flag where nothing reads it (train has no CHECKPOINT_STEP) is refused.
   code, err = main_in_process("--gin.CHECKPOINT_STEP=3")
   assert code == 2 and "CHECKPOINT_STEP (--gin.CHECKPOINT_STEP=3) is not used" in err
+  # So is a spec the binary does not take, on the command line.
+  code, err = main_in_process("--gin.InferenceSpec.max_examples=3")
+  assert code == 2 and "InferenceSpec.max_examples (--gin.InferenceSpec.max_examples=3) " \
+      "is not used" in err
+  code, err = main_in_process("--gin.CheckpointSpec.keep=3", command="eval")
+  assert code == 2 and "CheckpointSpec.keep (--gin.CheckpointSpec.keep=3) is not used" in err
+
+
+def test_a_binding_from_before_the_specs_is_one_line_naming_the_new_one(main_in_process,
+                                                                        tmp_path):
+  code, err = main_in_process("--gin.train.checkpoint_period=2")
+  assert code == 2
+  assert "train.checkpoint_period is now CheckpointSpec.period" in _error_line(err)
+  user = tmp_path / "old_eval.gin"
+  user.write_text("evaluate.max_examples = 5\n")
+  code, err = main_in_process(f"--gin_file={user}", command="eval")
+  assert code == 2
+  line = _error_line(err)
+  assert "evaluate.max_examples is now InferenceSpec.max_examples" in line
+  assert "old_eval.gin" in line and "line 1" in line
+  assert not (tmp_path / "model_dir").exists()  # Nothing ran.
+
+
+def test_a_shared_user_file_may_bind_the_specs_of_other_binaries(main_in_process, tmp_path,
+                                                                 monkeypatch):
+  # T5X's habit: one gin file for train, eval and infer. What the other binaries'
+  # specs read is not a typo there, even though this run binds no such spec.
+  from prompt_tuning.cli import gin as gin_utils
+  monkeypatch.setattr(gin_utils, "run_configured", lambda name: "checked")
+  shared = tmp_path / "shared.gin"
+  shared.write_text("CheckpointSpec.keep = 3\nInferenceSpec.max_examples = 5\n")
+  for command in ("train", "eval", "infer"):
+    code, err = main_in_process(f"--gin_file={shared}", command=command)
+    assert code == 0, (command, err[-2000:])
+  shared.write_text("InferenceSpec.max_exampels = 5\n")  # A typo stays an error.
+  code, err = main_in_process(f"--gin_file={shared}", command="eval")
+  assert code == 2
 
 
 # --- 3. validation before work ------------------------------------------------------
@@ -333,11 +375,11 @@ def test_damaged_latest_checkpoint_is_named_then_fallback_resumes(workdir, strai
   line = _error_line(result.stderr)
   assert f"Checkpoint step 6 is damaged: {victim} is truncated ({size // 2} of {size} bytes)" \
          in line
-  assert "--gin.train.restore_fallback=True to resume from step 4" in line
+  assert "--gin.CheckpointSpec.restore_fallback=True to resume from step 4" in line
   assert _steps(run) == [2, 4, 6]  # Refusing changed nothing.
 
   result = _cli("train", run, "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=2",
-                "--gin.train.restore_fallback=True")
+                "--gin.CheckpointSpec.restore_fallback=True")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Checkpoint step 6 is damaged" in result.stderr
   assert "Resumed from step 4" in result.stderr

@@ -208,6 +208,7 @@ def _predict(files, served, prompt, inputs):
   from prompt_tuning import decoding, evaluation, readers
   from prompt_tuning.prompts import initializers, soft
   from prompt_tuning import trees as tree_lib
+  from prompt_tuning.runtime.specs import InferenceSpec
   engine = served["engine"]
   value = np.load(files["prompts"][prompt])
   model = T5(engine.model_config,
@@ -218,7 +219,8 @@ def _predict(files, served, prompt, inputs):
   examples = [{"inputs": np.asarray(engine.tokenize(x), np.int32)} for x in inputs]
   return evaluation.predict(model, tree_lib.unflatten(params), examples, engine.vocabulary,
                             input_length=16, batch_size=8,
-                            decoding_config=decoding.DecodingConfig(max_decode_length=DECODE))
+                            inference=InferenceSpec(
+                                decoding=decoding.DecodingConfig(max_decode_length=DECODE)))
 
 
 def test_mixed_prompt_batches_equal_single_prompt_results_and_infer(files, served):

@@ -14,8 +14,9 @@ from prompt_tuning import layout
 from prompt_tuning.prompts import initializers, soft
 from prompt_tuning.runtime import partitioning
 from prompt_tuning.runtime import setup as setup_lib
-from prompt_tuning.runtime.specs import DataSpec, ModelSpec
+from prompt_tuning.runtime.specs import CheckpointSpec, DataSpec, ModelSpec
 from prompt_tuning.train import loop, optimizers
+from prompt_tuning.train.specs import ReportSpec
 from tests.conftest import TINY_T5X_CONFIG, fixture_path
 
 LENGTHS = {"inputs": 16, "targets": 4}
@@ -56,7 +57,8 @@ def _train(model_dir, prompt_PH, seed, rate=0.1):
   import tests.tiny_tasks  # noqa: F401
   loop.train(model_dir=str(model_dir), model=_spec(prompt_PH, rate),
              data=DataSpec("pt_test_sentiment", LENGTHS, 8, seed=0), train_steps=3,
-             checkpoint_period=3, log_period=1, seed=seed, progress=False)
+             checkpoint=CheckpointSpec(period=3), seed=seed,
+             report=ReportSpec(log_period=1, progress=False))
   return np.load(layout.prompt_file(str(model_dir), 3))
 
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import prompt_tuning.tasks  # noqa: F401  (registers the tasks)
-from prompt_tuning.runtime.specs import DataSpec, ModelSpec
+from prompt_tuning.runtime.specs import DataSpec, InferenceSpec, ModelSpec
 from prompt_tuning.cli import main as main_lib
 from prompt_tuning.tasks import benchmarks, local_files, metrics, postprocessors, vocabularies
 from tests.conftest import fixture_path
@@ -360,7 +360,7 @@ def test_file_task_trains_a_prompt_end_to_end(tmp_path):
     gin.clear_config()
     assert main_lib.main(["train", "--gin_file=runs/prompt_finetune.gin", *common,
                           "--gin.TRAIN_STEPS=300", "--gin.CHECKPOINT_PERIOD=300",
-                          "--gin.train.log_period=50", "--gin.train.optimizer="
+                          "--gin.ReportSpec.log_period=50", "--gin.train.optimizer="
                           "@prompt_tuning_adafactor()"]) == 0
     gin.clear_config()
     assert main_lib.main(["eval", "--gin_file=runs/prompt_eval.gin", *common,
@@ -421,14 +421,15 @@ def test_rank_variant_scores_the_same_as_class_label_ranking(tmp_path, byte_voca
   ocp.PyTreeCheckpointer().save(os.path.join(backbone, "checkpoint_0"), {
       "target": jax.device_get(params_lib.init_params(T5(cfg), jax.random.PRNGKey(1)))})
   common = dict(model_dir=str(tmp_path / "run"),
-                model=ModelSpec(cfg, backbone, soft.SoftPrompt(length=3)),
-                restore_checkpoint=False)
+                model=ModelSpec(cfg, backbone, soft.SoftPrompt(length=3)))
+  no_restore = InferenceSpec(restore=False)
   data = DataSpec("", {"inputs": 48, "targets": 12}, 4, split="validation")
   with tfds.testing.mock_data(num_examples=10):
     ranked = evaluation.evaluate(
-        data=data.replace(task="taskless_glue_sst2_v002_positive_negative_rank"), **common)
+        data=data.replace(task="taskless_glue_sst2_v002_positive_negative_rank"),
+        inference=no_restore, **common)
     labels = evaluation.evaluate(
         data=data.replace(task="taskless_glue_sst2_v002_positive_negative"),
-        class_labels=["negative", "positive"], **common)
+        inference=no_restore.replace(class_labels=["negative", "positive"]), **common)
   assert ranked["num_examples"] == 20 and labels["num_examples"] == 10
   assert ranked["accuracy"] == pytest.approx(labels["accuracy"])

@@ -82,7 +82,7 @@ def test_wayward_text_longer_than_the_prompt_is_one_clear_error():
 def _train(workdir, name, *extra):
   run = str(workdir / name)
   code = test_binaries._run("train", run, "--gin_file=runs/wayward.gin", "--gin.TRAIN_STEPS=30",
-                            "--gin.CHECKPOINT_PERIOD=30", "--gin.train.log_period=10", *extra)
+                            "--gin.CHECKPOINT_PERIOD=30", "--gin.ReportSpec.log_period=10", *extra)
   return code, run
 
 

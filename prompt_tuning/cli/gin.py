@@ -11,12 +11,37 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from typing import Any, Iterator, Sequence
 
 import gin
 
 
 _REGISTERED = False
+
+# Bindings that moved into the grouped specs (CHANGELOG.md says how to move):
+# the old name fails with one line naming the new one.
+_INFERENCE_MOVES = dict(checkpoint_step="checkpoint_step", restore_checkpoint="restore",
+                        decoding_config="decoding", class_labels="class_labels",
+                        max_examples="max_examples", ensemble_prompts="ensemble_prompts",
+                        ensemble_method="ensemble_method")
+MOVED_BINDINGS = {
+    "train.checkpoint_period": "CheckpointSpec.period",
+    "train.keep_checkpoints": "CheckpointSpec.keep",
+    "train.restore_fallback": "CheckpointSpec.restore_fallback",
+    "train.z_loss": "LossSpec.z_loss",
+    "train.wayward": "LossSpec.wayward",
+    "train.use_dropout": "DropoutSpec.enabled",
+    "train.dropout_rng_impl": "DropoutSpec.rng_impl",
+    "train.log_period": "ReportSpec.log_period",
+    "train.progress": "ReportSpec.progress",
+    "train.frozen_digest": "ReportSpec.frozen_digest",
+    "train.on_non_finite": "ChecksSpec.on_non_finite",
+    "train.max_encoder_length": "ChecksSpec.max_encoder_length",
+    **{f"{binary}.{old}": f"InferenceSpec.{new}" for binary in ("evaluate", "infer")
+       for old, new in _INFERENCE_MOVES.items()},
+}
+_NO_SUCH_PARAMETER = re.compile(r"Configurable '(\w+)' doesn't have a parameter named '(\w+)'")
 
 
 def configs_dir() -> str:
@@ -137,7 +162,19 @@ def parse_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
   except OSError as e:  # An included file that cannot be found or read.
     raise FileNotFoundError(f"gin: {e}") from e
   except (ValueError, KeyError, SyntaxError, ImportError) as e:
-    raise ValueError(f"Bad gin configuration: {e}") from e
+    raise ValueError(f"Bad gin configuration: {_moved_binding(str(e)) or e}") from e
+
+
+def _moved_binding(message: str) -> str:
+  """One line naming the new binding, if gin refused one that moved into a spec."""
+  found = _NO_SUCH_PARAMETER.match(message)
+  old = found and f"{found.group(1)}.{found.group(2)}"
+  if old not in MOVED_BINDINGS:
+    return ""
+  where = message.splitlines()[1].strip() if "\n" in message else ""
+  where = where[:1].lower() + where[1:]
+  return (f"{old} is now {MOVED_BINDINGS[old]}: bind that instead (CHANGELOG.md, "
+          f"'Unreleased'){'; ' + where if where else ''}")
 
 
 @contextlib.contextmanager

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 ALLOW_UNUSED = "allow_unused"
 _MACRO = "gin.macro"
 _BINARIES = ("train", "evaluate", "infer", "precompile")
+# The binaries' grouped specs: what a shared gin file binds on them is read by
+# some binary even in a run whose files do not bind e.g. `train.checkpoint`.
+_SPECS = ("CheckpointSpec", "LossSpec", "DropoutSpec", "ReportSpec", "ChecksSpec",
+          "InferenceSpec")
 # Configurables the binaries call directly, not through the root's bindings.
 _ALWAYS_READ = ("TaskVocabularyConfig",)
 
@@ -83,7 +87,7 @@ def check_bindings(root: str, gin_files: Sequence[str], bindings: Sequence[str],
   # another binary reads, or a macro some binding refers to, is not a typo
   # there. Command-line flags stay strict: the binary itself must read them.
   used_by_any = set(used) | {(name, _MACRO) for name in _referenced_macros()}
-  for other in _BINARIES:
+  for other in _BINARIES + _SPECS:
     if other != root:
       used_by_any |= _reachable(other)[0]
   problems = []

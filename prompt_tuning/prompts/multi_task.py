@@ -110,7 +110,7 @@ class PromptBank(base.PromptModule):
   """N prompts [N, P, H]; each example uses the row its index feature names.
 
   Serves mixed-task batches (index = task) and prompt ensembles (N prompts
-  for one task, evaluated by prompt_tuning.evaluation with ensemble_prompts=N).
+  for one task, evaluated with InferenceSpec.ensemble_prompts=N).
   """
   num_prompts: int
   length: int

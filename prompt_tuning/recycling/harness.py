@@ -22,13 +22,14 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
-from prompt_tuning.runtime.specs import DataSpec, ModelSpec
+from prompt_tuning.runtime.specs import CheckpointSpec, DataSpec, ModelSpec
 from prompt_tuning import layout
 from prompt_tuning import backbones as backbones_lib
 from prompt_tuning.prompts import initializers, soft
 from prompt_tuning.recycling import methods as methods_lib
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.train import loop
+from prompt_tuning.train.specs import ReportSpec
 from prompt_tuning.runtime import setup as model_setup
 
 TASK = "synthetic_reverse_bare"
@@ -89,7 +90,8 @@ def train_prompt(backbone: Backbone, seed: int, length: int, steps: int, work_di
              model=ModelSpec(backbones_lib.backbone_config(backbone.size), backbone.path,
                              _prompt(length, init)),
              data=DataSpec(TASK, synthetic.FEATURE_LENGTHS, 32, seed=seed),
-             train_steps=steps, checkpoint_period=steps, seed=seed, progress=False)
+             train_steps=steps, checkpoint=CheckpointSpec(period=steps), seed=seed,
+             report=ReportSpec(progress=False))
   return layout.prompt_file(model_dir, steps)
 
 

@@ -217,9 +217,9 @@ class CheckpointStore:
         return latest
       previous = steps[-2] if len(steps) > 1 else None
       if not fallback:
-        hint = (f". Pass --gin.train.restore_fallback=True to resume from step {previous}, "
-                "the previous checkpoint (the damaged one is kept aside)" if previous is not None
-                else "; there is no earlier checkpoint to fall back to")
+        hint = (f". Pass --gin.CheckpointSpec.restore_fallback=True to resume from step "
+                f"{previous}, the previous checkpoint (the damaged one is kept aside)"
+                if previous is not None else "; there is no earlier checkpoint to fall back to")
         self._raise_if_damaged(latest, hint)
       if previous is None:
         self._raise_if_damaged(latest, "; there is no earlier checkpoint to fall back to")

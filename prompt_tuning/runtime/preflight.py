@@ -49,20 +49,18 @@ def check_train(*, model_dir: str, model: Any, data: Any, optimizer: Any,
   memory.check(estimate, memory_check, setup.mesh, "train step")
 
 
-def check_inference(*, model_dir: Optional[str], model: Any, data: Any, decoding_config: Any,
-                    class_labels: Optional[Sequence[str]] = None,
-                    checkpoint_step: Optional[int] = None, restore_checkpoint: bool = True,
-                    partitioning_config: Any = partitioning.PartitioningConfig(),
-                    memory_check: memory.MemoryCheck = memory.MemoryCheck()) -> None:
+def check_inference(*, model_dir: Optional[str], model: Any, data: Any, inference: Any,
+                    partitioning_config: Any = partitioning.PartitioningConfig()) -> None:
   """`evaluate`'s and `infer`'s checks, before the backbone or MODEL_DIR is read."""
   setup = model_setup.abstract(model, partitioning_config, require_trainable=False)
   check_backbone(model.checkpoint)
-  if restore_checkpoint and model_dir and jax.tree.leaves(setup.trainable):
+  decoding_config, checkpoint_step = inference.decoding, inference.checkpoint_step
+  if inference.restore and model_dir and jax.tree.leaves(setup.trainable):
     steps = checkpoints_lib.committed_steps(model_dir)
     directory = layout.checkpoints_dir(model_dir)
     if not steps:
       raise FileNotFoundError(f"No checkpoint under {directory}; train first, or pass a "
-                              "prompt file with restore_checkpoint=False")
+                              "prompt file with RESTORE_CHECKPOINT=False")
     if checkpoint_step is not None and checkpoint_step not in steps:
       raise FileNotFoundError(f"No checkpoint for step {checkpoint_step} in {directory}; "
                               f"saved steps: {steps}")
@@ -70,9 +68,9 @@ def check_inference(*, model_dir: Optional[str], model: Any, data: Any, decoding
   beams = decoding_config.num_beams if decoding_config.method == "beam" else 1
   estimate = memory.inference_estimate(
       setup, data.batch_size, data.feature_lengths["inputs"],
-      decoding_config.max_decode_length, beams, candidates=len(class_labels or ()) or 1,
+      decoding_config.max_decode_length, beams, candidates=len(inference.class_labels or ()) or 1,
       target_length=int(data.feature_lengths.get("targets", 0)))
-  memory.check(estimate, memory_check, setup.mesh, "evaluation")
+  memory.check(estimate, inference.memory, setup.mesh, "evaluation")
 
 
 def check_serve(*, checkpoint: str, prompt_length: int, capacity: int,

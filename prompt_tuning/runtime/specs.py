@@ -1,26 +1,33 @@
-"""The grouped configs every binary takes: what the model is, and what the data is.
+"""The grouped configs the binaries take: model, data, checkpoints, inference.
 
 T5X's habit: `train`, `evaluate`, `infer` and `precompile` each take a
 `ModelSpec`, a `DataSpec` and a `PartitioningConfig`, built once from gin, so
-the binaries cannot disagree on what the model is.
+the binaries cannot disagree on what the model is. `train` takes its
+checkpoint settings as a `CheckpointSpec`; `evaluate` and `infer` (and the
+research code, through `evaluation.predict`) take an `InferenceSpec`. A run
+file binds each spec once:
 
     ModelSpec.config = %MODEL_CONFIG
     ModelSpec.checkpoint = %INITIAL_CHECKPOINT_PATH
     ModelSpec.encoder_prompt = %ENCODER_PROMPT
     train.model = @ModelSpec()
+    train.checkpoint = @CheckpointSpec()
+    CheckpointSpec.period = %CHECKPOINT_PERIOD
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 
+from prompt_tuning import decoding as decoding_lib
 from prompt_tuning import registry
 from prompt_tuning.models.t5 import T5, T5Config
 from prompt_tuning.prompts import base as prompt_base
 from prompt_tuning.runtime import freezing
+from prompt_tuning.runtime import memory as memory_lib
 
 
 @registry.configurable
@@ -96,4 +103,60 @@ class DataSpec:
   seed: int = 0
 
   def replace(self, **changes) -> "DataSpec":
+    return dataclasses.replace(self, **changes)
+
+
+@registry.configurable
+@dataclasses.dataclass(frozen=True)
+class CheckpointSpec:
+  """How `train` saves and resumes: T5X's CheckpointConfig, for what changes.
+
+  A checkpoint holds the trainable parameters, their optimizer state, the step
+  and the data position (the frozen backbone is re-read from ModelSpec's
+  checkpoint). New settings join as fields with defaults, so a run file that
+  binds some of them keeps working.
+
+  Attributes:
+    period: save every `period` steps (CHECKPOINT_PERIOD), and at the last step.
+    keep: keep the newest `keep` checkpoints; None keeps them all.
+    restore_fallback: if the latest checkpoint is damaged (a file missing or
+      truncated), set it aside and resume from the previous good one instead
+      of stopping with the damaged file's name (needs `keep` of None or >= 2).
+  """
+  period: int = 1000
+  keep: Optional[int] = None
+  restore_fallback: bool = False
+
+
+@registry.configurable
+@dataclasses.dataclass(frozen=True)
+class InferenceSpec:
+  """What `evaluate` and `infer` restore and how they predict.
+
+  Attributes:
+    checkpoint_step: the step to restore (CHECKPOINT_STEP); None, the latest.
+    restore: restore MODEL_DIR's checkpoint (RESTORE_CHECKPOINT); False
+      predicts with the prompts as their initializers give them (a prompt
+      file, or no prompt).
+    decoding: how targets are decoded (DECODING_CONFIG).
+    class_labels: rank classification (RANK_CLASSIFICATION_LABELS): score
+      each label as the target and predict the best one, instead of decoding.
+    max_examples: read at most this many examples of the split.
+    ensemble_prompts: N > 0 runs a PromptBank of N prompts as an ensemble
+      (NUM_PROMPTS), combined by `ensemble_method`: "majority_vote" (Lester
+      et al. 2021, section 7) or "mean_log_prob".
+    memory: the memory check before any work (runtime/memory.py): a run
+      whose estimate exceeds what is available is refused, unless
+      `allow_oversubscribe` (ALLOW_OVERSUBSCRIBE).
+  """
+  checkpoint_step: Optional[int] = None
+  restore: bool = True
+  decoding: decoding_lib.DecodingConfig = decoding_lib.DecodingConfig()
+  class_labels: Optional[Sequence[str]] = None
+  max_examples: Optional[int] = None
+  ensemble_prompts: int = 0
+  ensemble_method: str = "majority_vote"
+  memory: memory_lib.MemoryCheck = memory_lib.MemoryCheck()
+
+  def replace(self, **changes) -> "InferenceSpec":
     return dataclasses.replace(self, **changes)

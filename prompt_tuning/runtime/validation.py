@@ -8,8 +8,9 @@ as the user wrote it (the T5X macro where there is one) and what is expected.
 
 Validators take plain values, or duck-typed spec objects with the field
 names of the binaries' grouped configs:
-ModelSpec(config, checkpoint, encoder_prompt, decoder_prompt, trainable_rules)
-and DataSpec(task, feature_lengths, split, batch_size, seed).
+ModelSpec(config, checkpoint, encoder_prompt, decoder_prompt, trainable_rules),
+DataSpec(task, feature_lengths, split, batch_size, seed), CheckpointSpec and
+InferenceSpec.
 """
 
 from __future__ import annotations
@@ -149,21 +150,24 @@ def check_data_spec(spec: Any) -> None:
 
 
 def check_train(*, model_dir: Any, train_steps: Any, batch_size: Any,
-                task_feature_lengths: Any, checkpoint_period: Any = 1000,
-                log_period: Any = 100, keep_checkpoints: Any = None,
-                initial_checkpoint_path: Optional[str] = None,
-                encoder_prompt: Any = None, decoder_prompt: Any = None,
-                restore_fallback: bool = False) -> None:
-  """Everything `train` can check before it reads a backbone."""
+                task_feature_lengths: Any, checkpoint: Any = None,
+                log_period: Any = 100, initial_checkpoint_path: Optional[str] = None,
+                encoder_prompt: Any = None, decoder_prompt: Any = None) -> None:
+  """Everything `train` can check before it reads a backbone.
+
+  `checkpoint` is a CheckpointSpec(period, keep, restore_fallback) object.
+  """
+  period = getattr(checkpoint, "period", 1000)
+  keep = getattr(checkpoint, "keep", None)
   problems = [positive_int("TRAIN_STEPS", train_steps), positive_int("BATCH_SIZE", batch_size),
-              positive_int("CHECKPOINT_PERIOD", checkpoint_period),
-              positive_int("train.log_period", log_period)]
-  if keep_checkpoints is not None:
-    problem = positive_int("train.keep_checkpoints", keep_checkpoints)
+              positive_int("CHECKPOINT_PERIOD", period),
+              positive_int("ReportSpec.log_period", log_period)]
+  if keep is not None:
+    problem = positive_int("CheckpointSpec.keep", keep)
     if problem:
       problems.append(problem)
-    elif restore_fallback and keep_checkpoints < 2:
-      problems.append(f"train.keep_checkpoints={keep_checkpoints} with restore_fallback=True: "
+    elif getattr(checkpoint, "restore_fallback", False) and keep < 2:
+      problems.append(f"CheckpointSpec.keep={keep} with restore_fallback=True: "
                       "at least 2 checkpoints must be kept to fall back to one")
   problems += feature_length_problems(task_feature_lengths)
   problems += prompt_problems(encoder_prompt, "encoder")
@@ -174,18 +178,25 @@ def check_train(*, model_dir: Any, train_steps: Any, batch_size: Any,
 
 def check_inference(*, batch_size: Any, task_feature_lengths: Any,
                     initial_checkpoint_path: Optional[str] = None, encoder_prompt: Any = None,
-                    decoding_config: Any = None, max_examples: Any = None,
-                    checkpoint_step: Any = None, ensemble_prompts: Any = 0) -> None:
-  """Everything `evaluate` and `infer` can check before they read a backbone."""
+                    inference: Any = None) -> None:
+  """Everything `evaluate` and `infer` can check before they read a backbone.
+
+  `inference` is an InferenceSpec(checkpoint_step, restore, decoding,
+  class_labels, max_examples, ensemble_prompts, ensemble_method) object.
+  """
+  max_examples = getattr(inference, "max_examples", None)
+  checkpoint_step = getattr(inference, "checkpoint_step", None)
+  ensemble_prompts = getattr(inference, "ensemble_prompts", 0)
   problems = [positive_int("BATCH_SIZE", batch_size)]
   problems += feature_length_problems(task_feature_lengths, required=("inputs",))
   problems += prompt_problems(encoder_prompt, "encoder")
-  problems += decoding_problems(decoding_config)
+  problems += decoding_problems(getattr(inference, "decoding", None))
   problems += path_problems(initial_checkpoint_path)
   if max_examples is not None:
-    problems.append(positive_int("MAX_EXAMPLES (max_examples)", max_examples))
+    problems.append(positive_int("MAX_EXAMPLES (InferenceSpec.max_examples)", max_examples))
   if checkpoint_step is not None and (not _is_int(checkpoint_step) or checkpoint_step < 0):
     problems.append(f"CHECKPOINT_STEP must be an integer >= 0 or None; got {checkpoint_step!r}")
   if ensemble_prompts and (not _is_int(ensemble_prompts) or ensemble_prompts < 0):
-    problems.append(f"ensemble_prompts must be an integer >= 0; got {ensemble_prompts!r}")
+    problems.append(f"InferenceSpec.ensemble_prompts must be an integer >= 0; "
+                    f"got {ensemble_prompts!r}")
   raise_if(problems)

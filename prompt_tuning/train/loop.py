@@ -1,10 +1,10 @@
 """The training loop, top to bottom: model, data, state, jitted step, checkpoints, logs.
 
-`train(model=ModelSpec, data=DataSpec, ...)` is the function the
-`prompt-tuning train` binary binds with gin (T5X's macros: MODEL_DIR,
-MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, TRAIN_STEPS, BATCH_SIZE,
-INITIAL_CHECKPOINT_PATH, ...). Prompt tuning and full fine-tuning are the
-same code; only the freezing rules differ.
+`train(model=ModelSpec, data=DataSpec, checkpoint=CheckpointSpec, ...)` is the
+function the `prompt-tuning train` binary binds with gin (T5X's macros:
+MODEL_DIR, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, TRAIN_STEPS, BATCH_SIZE,
+INITIAL_CHECKPOINT_PATH, CHECKPOINT_PERIOD, ...). Prompt tuning and full
+fine-tuning are the same code; only the freezing rules differ.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from prompt_tuning.runtime import data as data_lib
 from prompt_tuning.runtime import faults
 from prompt_tuning import layout
 from prompt_tuning.runtime import lock as lock_lib
-from prompt_tuning.runtime import memory as memory_lib
 from prompt_tuning.runtime import preflight
 from prompt_tuning.runtime import preemption
 from prompt_tuning.runtime import validation
@@ -36,8 +35,8 @@ from prompt_tuning.runtime import partitioning
 from prompt_tuning.runtime import setup as model_setup
 from prompt_tuning.runtime import specs as specs_lib
 from prompt_tuning.train import optimizers
-from prompt_tuning.train import rank as rank_lib
 from prompt_tuning.train import rank_data
+from prompt_tuning.train import specs as train_specs
 from prompt_tuning.train import step as step_lib
 from prompt_tuning.train import wayward as wayward_lib
 
@@ -51,71 +50,49 @@ class NonFiniteLossError(FloatingPointError):
 @registry.configurable
 def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpec,
           train_steps: int, optimizer: Optional[optax.GradientTransformation] = None,
-          z_loss: float = 1e-4, seed: int = 0,
-          checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = None,
-          log_period: int = 100, use_dropout: Optional[bool] = None,
-          dropout_rng_impl: str = "threefry2x32",
-          progress: bool = True, frozen_digest: bool = False,
-          on_non_finite: str = "stop",
-          max_encoder_length: Optional[int] = None,
-          restore_fallback: bool = False,
-          loss: Optional[rank_lib.RankLoss] = None,
-          wayward: Optional[wayward_lib.Wayward] = None,
+          seed: int = 0,
+          checkpoint: specs_lib.CheckpointSpec = specs_lib.CheckpointSpec(),
+          loss: train_specs.LossSpec = train_specs.LossSpec(),
+          dropout: train_specs.DropoutSpec = train_specs.DropoutSpec(),
+          report: train_specs.ReportSpec = train_specs.ReportSpec(),
+          checks: train_specs.ChecksSpec = train_specs.ChecksSpec(),
           partitioning_config: partitioning.PartitioningConfig = (
-              partitioning.PartitioningConfig()),
-          memory_check: memory_lib.MemoryCheck = memory_lib.MemoryCheck()) -> dict[str, Any]:
+              partitioning.PartitioningConfig())) -> dict[str, Any]:
   """Trains, resuming from MODEL_DIR's latest checkpoint if there is one.
 
   Args:
     model: the backbone, its checkpoint, the prompt modules and what trains.
     data: the task, feature lengths, split, global batch size and data seed.
+    train_steps: the step to train to (TRAIN_STEPS), counting resumed steps.
+    optimizer: None is the paper's Adafactor (`prompt_tuning_adafactor`).
     seed: the initializers' and dropout's seed.
-    use_dropout: None (default): dropout follows the model, on when
-      `T5Config.dropout_rate` > 0 (prompt_finetune.gin sets 0.1, T5X
-      fine-tuning's rate). False turns it off whatever the rate (logged as a
-      warning); True with a rate of 0 changes nothing.
-    frozen_digest: also record a SHA-256 of the frozen parameters as they are
-      at the end (an integrity check; it copies the backbone to the host).
-    on_non_finite: a step with a NaN/Inf loss or update changes nothing; then
-      "stop" raises NonFiniteLossError naming the step (the last good
-      checkpoint stays the latest), "skip" goes on and counts it.
-    dropout_rng_impl: JAX's PRNG for dropout masks: "threefry2x32" (JAX's
-      default), or "rbg" / "unsafe_rbg" (T5X's fast choice; much cheaper on
-      CPU and TPU, not bit-compatible with threefry).
-    max_encoder_length: if set, the encoder length budget: the prompt plus
-      TASK_FEATURE_LENGTHS['inputs'] must fit in it.
+    checkpoint: how often to save, how many to keep, and whether a damaged
+      latest checkpoint falls back to the previous one.
+    loss: token cross-entropy with z-loss, or a rank loss; the wayward term.
+    dropout: whether dropout follows the model's rate, and its PRNG.
+    report: the metrics' period, the progress bar, the frozen digest.
+    checks: what a non-finite step does; the encoder length budget.
     partitioning_config: the (data, model) mesh and logical-axis rules. Every
       process reads the same global batches and its devices take their rows,
       so results do not depend on the number of processes or devices.
-    restore_fallback: if the latest checkpoint is damaged (a file missing or
-      truncated), set it aside and resume from the previous good one instead
-      of stopping with the damaged file's name.
-    loss: None trains on target tokens (cross-entropy + z-loss); a RankLoss
-      trains on scored candidates (a _rank task's correct candidate against
-      the wrong ones). On a _rank task the token loss trains on the correct
-      candidate alone.
-    wayward: keep the prompt near an embedded text (train/wayward.py); its
-      term is logged as wayward_loss next to task_loss.
-    memory_check: a run whose estimated memory exceeds what is available is
-      refused before any work, unless `allow_oversubscribe` (ALLOW_OVERSUBSCRIBE).
 
   Returns:
     a summary: final step, last logged metrics, checkpoint and backbone bytes.
   """
+  if not isinstance(loss, train_specs.LossSpec):  # A run file from before LossSpec.
+    raise ValueError(f"train.loss takes @LossSpec(), not {type(loss).__name__}: bind "
+                     "train.loss = @LossSpec() and LossSpec.rank = @RankLoss()")
   validation.check_train(  # Before anything is read or written.
       model_dir=model_dir, train_steps=train_steps, batch_size=data.batch_size,
-      task_feature_lengths=data.feature_lengths, checkpoint_period=checkpoint_period,
-      log_period=log_period, keep_checkpoints=keep_checkpoints,
-      initial_checkpoint_path=model.checkpoint, encoder_prompt=model.encoder_prompt,
-      decoder_prompt=model.decoder_prompt, restore_fallback=restore_fallback)
+      task_feature_lengths=data.feature_lengths, checkpoint=checkpoint,
+      log_period=report.log_period, initial_checkpoint_path=model.checkpoint,
+      encoder_prompt=model.encoder_prompt, decoder_prompt=model.decoder_prompt)
   validation.check_data_spec(data)
-  if on_non_finite not in ("stop", "skip"):
-    raise ValueError(f"on_non_finite={on_non_finite!r}; expected 'stop' or 'skip'")
   optimizer = optimizer or optimizers.prompt_tuning_adafactor()
   # Backbone files, MODEL_DIR's shapes, memory: before MODEL_DIR is created.
   preflight.check_train(model_dir=model_dir, model=model, data=data, optimizer=optimizer,
-                        partitioning_config=partitioning_config, use_dropout=use_dropout,
-                        memory_check=memory_check)
+                        partitioning_config=partitioning_config, use_dropout=dropout.enabled,
+                        memory_check=checks.memory)
 
   # One writer per MODEL_DIR: the lock (which creates the folder) comes before
   # the backbone is read or anything is written, and is released however the
@@ -126,11 +103,12 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     task = data_lib.get_task_or_mixture(data.task)
     data_lib.check_vocabulary(task, model.config.vocab_size)
     rank_task = rank_data.is_rank_task(task, data.split)
-    if loss is not None and not rank_task:
-      raise ValueError(f"train.loss={loss} needs a rank-classification task (a _rank variant, "
-                       f"whose examples carry is_correct and rank_group); {data.task} has none")
+    if loss.rank is not None and not rank_task:
+      raise ValueError(f"LossSpec.rank={loss.rank} needs a rank-classification task (a _rank "
+                       f"variant, whose examples carry is_correct and rank_group); {data.task} "
+                       "has none")
     data_lib.check_prompt_budget(model.prompt_positions, data.feature_lengths,
-                                 max_encoder_length)
+                                 checks.max_encoder_length)
     mesh = partitioning.make_mesh(partitioning_config)
     if data.batch_size % mesh.shape["data"]:
       raise ValueError(f"BATCH_SIZE={data.batch_size} is not divisible by the "
@@ -146,10 +124,10 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     is_chief = jax.process_index() == 0
 
     # Resume.
-    store = checkpoints_lib.CheckpointStore(model_dir, keep_checkpoints)
+    store = checkpoints_lib.CheckpointStore(model_dir, checkpoint.keep)
     start_step, data_position = 0, 0
     restored = store.restore(tree_lib.abstract(trainable), tree_lib.abstract(opt_state),
-                             fallback=restore_fallback)
+                             fallback=checkpoint.restore_fallback)
     if restored is not None:
       trainable, opt_state, meta = restored
       start_step, data_position = int(meta["step"]), int(meta["data_position"])
@@ -158,19 +136,19 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
       if is_chief:
         checkpoints_lib.export_prompts(model_dir, start_step, trainable, **exported)
 
-    batches = _train_batches(data, data_position, rank_task, rank_loss=loss is not None)
+    batches = _train_batches(data, data_position, rank_task, rank_loss=loss.rank is not None)
     vocabulary = task.output_features["inputs"].vocabulary
-    objective = step_lib.Objective(rank_loss=loss, wayward=wayward_lib.resolve(
-        wayward, trainable, frozen, vocabulary) if wayward is not None else None)
-    dropout = dropout_enabled(model.config, use_dropout)
-    train_step = jit_train_step(setup.model, optimizer, z_loss, dropout, mesh,
+    objective = step_lib.Objective(rank_loss=loss.rank, wayward=wayward_lib.resolve(
+        loss.wayward, trainable, frozen, vocabulary) if loss.wayward is not None else None)
+    use_dropout = dropout_enabled(model.config, dropout.enabled)
+    train_step = jit_train_step(setup.model, optimizer, loss.z_loss, use_dropout, mesh,
                                 setup.trainable_shardings, opt_shardings,
-                                setup.frozen_shardings, dropout_rng_impl, objective,
+                                setup.frozen_shardings, dropout.rng_impl, objective,
                                 partitioning_config)
     writer = metrics_lib.MetricsWriter(model_dir, "train") if is_chief else None
     backbone_bytes = tree_lib.tree_bytes(frozen)
     summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes, skipped_steps=[],
-                                   dropout_rate=model.config.dropout_rate if dropout else 0.0)
+                                   dropout_rate=model.config.dropout_rate if use_dropout else 0.0)
 
     def save(step: int) -> None:
       store.save(step, trainable, opt_state, data_position=step,
@@ -188,7 +166,8 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     run_lock.release()
     raise
 
-  bar = _progress(progress and is_chief, start_step, train_steps)
+  bar = _progress(report.progress and is_chief, start_step, train_steps)
+  log_period, on_non_finite = report.log_period, checks.on_non_finite
   pending = None  # (step, metrics on device): fetched after the next dispatch
   window = dict(start=time.time(), steps=0, tokens=0.0)
   step = start_step
@@ -207,7 +186,7 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
       if pending is not None:
         _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite)
       pending = (step, metrics, input_tokens)
-      if step % checkpoint_period == 0 or step == train_steps:
+      if step % checkpoint.period == 0 or step == train_steps:
         _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite,
                      force=True)
         pending = None
@@ -231,7 +210,7 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     store.close()
     run_lock.release()
   summary.update(step=max(step, start_step), start_step=start_step)
-  if frozen_digest:
+  if report.frozen_digest:
     summary["frozen_sha256"] = tree_lib.tree_digest(frozen)
   if is_chief:
     with open(layout.train_summary(model_dir), "w") as f:
@@ -259,18 +238,18 @@ def _train_batches(data: specs_lib.DataSpec, start: int, rank_task: bool, rank_l
 def dropout_enabled(config: Any, use_dropout: Optional[bool]) -> bool:
   """Whether training draws dropout masks: the model's `dropout_rate` decides.
 
-  Only an explicit `use_dropout=False` turns a positive rate off, and that
-  is logged, so a configured rate is never ignored silently.
+  Only an explicit `use_dropout=False` (DropoutSpec.enabled) turns a positive
+  rate off, and that is logged, so a configured rate is never ignored silently.
   """
   rate = float(getattr(config, "dropout_rate", 0.0) or 0.0)
   if use_dropout is None:
     log.info("Dropout rate %g (T5Config.dropout_rate)", rate)
     return rate > 0
   if not use_dropout and rate > 0:
-    log.warning("T5Config.dropout_rate=%g but train.use_dropout=False: training WITHOUT "
+    log.warning("T5Config.dropout_rate=%g but DropoutSpec.enabled=False: training WITHOUT "
                 "dropout, as asked", rate)
   if use_dropout and rate == 0:
-    log.warning("train.use_dropout=True has no effect: T5Config.dropout_rate is 0")
+    log.warning("DropoutSpec.enabled=True has no effect: T5Config.dropout_rate is 0")
   return bool(use_dropout) and rate > 0
 
 
@@ -352,7 +331,8 @@ def _log_metrics(pending, writer: Optional[metrics_lib.MetricsWriter], window: d
     if on_non_finite == "stop":
       raise NonFiniteLossError(
           f"Non-finite {what} at step {step}; stopping. The last good checkpoint is kept; "
-          "pass on_non_finite='skip' (--gin.train.on_non_finite=\"'skip'\") to skip such steps")
+          "pass on_non_finite='skip' (--gin.ChecksSpec.on_non_finite=\"'skip'\") to skip such "
+          "steps")
     log.warning("Skipped step %d: non-finite %s", step, what)
     summary["skipped_steps"].append(step)
     return

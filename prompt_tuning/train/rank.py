@@ -39,7 +39,7 @@ LOSS_KINDS = ("cross_entropy", "perceptron")
 @registry.configurable
 @dataclasses.dataclass(frozen=True)
 class RankLoss:
-  """A loss over each example's scored candidates (gin: `train.loss = @RankLoss()`).
+  """A loss over each example's scored candidates (gin: `LossSpec.rank = @RankLoss()`).
 
   Attributes:
     kind: "cross_entropy": a softmax over the C candidate scores, the

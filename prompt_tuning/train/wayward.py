@@ -44,7 +44,7 @@ EMBEDDING_PARAM = "token_embedder/embedding"
 @registry.configurable
 @dataclasses.dataclass(frozen=True)
 class Wayward:
-  """The wayward term's settings (gin: `train.wayward = @Wayward()`).
+  """The wayward term's settings (gin: `LossSpec.wayward = @Wayward()`).
 
   Attributes:
     text: the discrete prompt p_d, tokenized with the task's input
