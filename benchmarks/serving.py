@@ -79,7 +79,7 @@ def infer_references(path: str, prompts: dict[str, np.ndarray], work: str) -> di
   """{(prompt, input): (prediction, score)} from evaluation.infer, per prompt."""
   from prompt_tuning import backbones, decoding, evaluation
   from prompt_tuning.prompts import initializers, soft
-  from prompt_tuning.runtime.specs import DataSpec, ModelSpec
+  from prompt_tuning.runtime.specs import DataSpec, InferenceSpec, ModelSpec
   from prompt_tuning.tasks import synthetic
   import prompt_tuning.tasks  # noqa: F401  (registers the synthetic tasks)
   refs = {}
@@ -91,9 +91,9 @@ def infer_references(path: str, prompts: dict[str, np.ndarray], work: str) -> di
                                         init=initializers.from_array(value))),
         data=DataSpec("synthetic_reverse_bare", synthetic.FEATURE_LENGTHS, 32,
                       split="validation"),
-        restore_checkpoint=False,
-        decoding_config=decoding.DecodingConfig(max_decode_length=DECODE),
-        max_examples=NUM_INPUTS)
+        inference=InferenceSpec(restore=False,
+                                decoding=decoding.DecodingConfig(max_decode_length=DECODE),
+                                max_examples=NUM_INPUTS))
     with open(out) as f:
       for line in f:
         row = json.loads(line)

@@ -52,6 +52,7 @@ def single_task_methods(suite: Suite, sources: Sequence[str]) -> list[Method]:
   """
   from prompt_tuning.prompts import attempt, deep, ia3, per_layer
   from prompt_tuning.train import wayward
+  from prompt_tuning.train.specs import LossSpec
   p = suite.prompt_length
 
   def sampled(path: str, seed: int):
@@ -73,7 +74,7 @@ def single_task_methods(suite: Suite, sources: Sequence[str]) -> list[Method]:
       # the seed library's default); the text is the pretraining instruction
       # of the composition's last skill.
       Method(f"wayward prompt tuning ({p} tokens, 'reverse: ')", sampled,
-             train_kwargs=lambda path: dict(wayward=wayward.Wayward(text="reverse: "))),
+             train_kwargs=lambda path: dict(loss=LossSpec(wayward=wayward.Wayward(text="reverse: ")))),
       # Asai et al. 2022: the paper's temperature d * e, bottleneck and
       # sampled-vocabulary target prompt.
       Method(f"ATTEMPT ({len(sources)} source prompts)",

@@ -79,6 +79,7 @@ def _validation(task: str, num: int) -> tuple:
 def _score_one(model, params, task: str, num: int, ensemble: int = 0) -> float:
   from prompt_tuning import decoding, evaluation
   from prompt_tuning.runtime import data as data_lib
+  from prompt_tuning.runtime.specs import InferenceSpec
   from prompt_tuning.tasks import research, synthetic
   task_obj = data_lib.get_task_or_mixture(task)
   examples = list(_validation(task, num))
@@ -86,9 +87,9 @@ def _score_one(model, params, task: str, num: int, ensemble: int = 0) -> float:
   preds = evaluation.predict(model, params, examples,
                              task_obj.output_features["targets"].vocabulary,
                              synthetic.FEATURE_LENGTHS["inputs"], 64,
-                             decoding.DecodingConfig(max_decode_length=8),
-                             class_labels=labels, ensemble_prompts=ensemble,
-                             ensemble_method="majority_vote")
+                             InferenceSpec(decoding=decoding.DecodingConfig(max_decode_length=8),
+                                           class_labels=labels, ensemble_prompts=ensemble,
+                                           ensemble_method="majority_vote"))
   return float(evaluation.compute_metrics(task_obj, examples,
                                           [p for p, _ in preds])["exact_match"])
 
@@ -131,10 +132,11 @@ def run(method: Method, task: str, size: str, seed: int, suite: Suite, work_dir:
   from prompt_tuning import backbones
   from prompt_tuning.runtime import checkpoints as checkpoints_lib
   from prompt_tuning.runtime import setup as setup_lib
-  from prompt_tuning.runtime.specs import DataSpec, ModelSpec
+  from prompt_tuning.runtime.specs import CheckpointSpec, DataSpec, ModelSpec
   from prompt_tuning.tasks import synthetic
   from prompt_tuning.runtime import freezing
   from prompt_tuning.train import loop
+  from prompt_tuning.train.specs import ReportSpec
   steps = steps or (suite.finetune_steps if method.rules == "finetune" else suite.steps)
   run_dir = run_dir_of(work_dir, method.name, task, size, seed, steps, backbone_seed)
   result_file = os.path.join(run_dir, "result.json")
@@ -152,8 +154,8 @@ def run(method: Method, task: str, size: str, seed: int, suite: Suite, work_dir:
                        data=DataSpec(task, synthetic.FEATURE_LENGTHS, suite.batch_size,
                                      seed=seed),
                        train_steps=steps, optimizer=_optimizer(method.optimizer), seed=seed,
-                       checkpoint_period=steps, keep_checkpoints=1,
-                       log_period=max(steps // 4, 1), progress=False, **extra)
+                       checkpoint=CheckpointSpec(period=steps, keep=1),
+                       report=ReportSpec(log_period=max(steps // 4, 1), progress=False), **extra)
   seconds = time.time() - start
   # A preempted run is resumed by the next suite run, never scored half-trained.
   backbones.require_finished(summary, steps, run_dir, f"{method.name} on {task}")
