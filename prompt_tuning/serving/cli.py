@@ -65,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   g.add_argument("--default_decode_length", type=int, default=32)
   g.add_argument("--max_beams", type=int, default=8)
   g.add_argument("--max_prompts", type=int, default=64, help="prompt bank capacity")
+  g.add_argument("--decode_rows", type=int, default=16,
+                 help="rows decoded at once by the continuous batcher (/v1/completions)")
+  g.add_argument("--backbone_name", default=None,
+                 help="the `model` naming the backbone without a prompt on the OpenAI-"
+                      "compatible routes (default: the checkpoint folder's name)")
   g.add_argument("--no_warmup", action="store_true",
                  help="compile on first use instead of at start-up")
   g.add_argument("--log_level", default="INFO")
@@ -89,6 +94,15 @@ def prompt_files(pairs: list[str], folder: Optional[str]) -> dict[str, str]:
   return out
 
 
+def backbone_name(checkpoint: str) -> str:
+  """The checkpoint's folder name (its parent's, for a T5X `checkpoint_N` step folder)."""
+  path = os.path.normpath(os.path.abspath(checkpoint))
+  name = os.path.basename(path)
+  if name.startswith("checkpoint_") and name[len("checkpoint_"):].isdigit():
+    name = os.path.basename(os.path.dirname(path))
+  return name
+
+
 def build(args) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa: F821
   """Loads the backbone and prompts, compiles the programs; returns (engine, config)."""
   from prompt_tuning import decoding
@@ -99,6 +113,10 @@ def build(args) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa
   prompts = {name: provenance.read_prompt(path) for name, path in files.items()}
   if len(prompts) > args.max_prompts:
     raise ValueError(f"{len(prompts)} prompts given but --max_prompts={args.max_prompts}")
+  backbone_model = args.backbone_name or backbone_name(args.checkpoint)
+  if backbone_model in prompts:
+    raise ValueError(f"A prompt is named {backbone_model!r}, the backbone's own name on the "
+                     "OpenAI-compatible routes; rename it or pass --backbone_name")
   shapes = {name: p.shape for name, p in prompts.items()}
   if len(set(shapes.values())) > 1:
     raise ValueError(f"Prompts served together must share one [P, H] shape; got {shapes}")
@@ -133,7 +151,8 @@ def build(args) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa
       max_queue_rows=max(args.max_queue_rows, engine.config.max_batch),
       max_inputs=args.max_inputs, max_candidates=args.max_candidates,
       max_decode_length=args.max_decode_length,
-      default_decode_length=args.default_decode_length, max_beams=args.max_beams)
+      default_decode_length=args.default_decode_length, max_beams=args.max_beams,
+      backbone_name=backbone_model, decode_rows=args.decode_rows)
   if not args.no_warmup:
     engine.warmup([decoding.DecodingConfig(max_decode_length=config.default_decode_length)])
   return engine, config

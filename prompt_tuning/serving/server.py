@@ -17,7 +17,9 @@ one line of JSON: {"error": {"code": ..., "message": ...}, "request_id": ...}.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import collections
 import contextlib
 import dataclasses
 import io
@@ -26,6 +28,7 @@ import logging
 import logging.handlers
 import queue
 import re
+import threading
 import time
 import uuid
 from typing import Any, Hashable, Literal, Optional, Sequence
@@ -39,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prompt_tuning import decoding
+from prompt_tuning.serving import continuous, openai_api
 from prompt_tuning.serving.batcher import Batcher, BatchStats, Work
 from prompt_tuning.serving.engine import Engine, ServingError, UnknownPrompt
 
@@ -63,6 +67,9 @@ class ServeConfig:
     default_decode_length: used when a request names none.
     max_beams: the largest `num_beams` accepted.
     max_body_bytes: request bodies beyond this get 413.
+    backbone_name: the `model` that names the backbone without a prompt on the
+      OpenAI-compatible routes.
+    decode_rows: rows the continuous batcher decodes at once (/v1/completions).
   """
   host: str = "127.0.0.1"
   port: int = 8000
@@ -74,6 +81,8 @@ class ServeConfig:
   default_decode_length: int = 32
   max_beams: int = 8
   max_body_bytes: int = 8 << 20
+  backbone_name: str = "backbone"
+  decode_rows: int = 16
 
   def __post_init__(self):
     if not 1 <= self.default_decode_length <= self.max_decode_length:
@@ -81,6 +90,8 @@ class ServeConfig:
                        f"expected 1..max_decode_length={self.max_decode_length}")
     if self.max_wait_ms < 0:
       raise ValueError(f"ServeConfig.max_wait_ms={self.max_wait_ms}; expected >= 0")
+    if self.decode_rows < 1:
+      raise ValueError(f"ServeConfig.decode_rows={self.decode_rows}; expected >= 1")
 
 
 # Request bodies. Unknown fields are refused so that a misspelt option is not
@@ -166,6 +177,47 @@ class Metrics:
                                   registry=r)
     self.prompts = prom.Gauge("pt_serve_prompts", "Prompts loaded", registry=r)
     self.compiled = prom.Gauge("pt_serve_compiled_programs", "Compiled programs", registry=r)
+    # Token-level figures of the continuous batcher (/v1/completions).
+    token_buckets = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
+    self.ttft = prom.Histogram(
+        "pt_serve_time_to_first_token_seconds", "From a completion's arrival to its first token",
+        registry=r, buckets=token_buckets)
+    self.inter_token = prom.Histogram(
+        "pt_serve_inter_token_latency_seconds", "Time between a completion's tokens",
+        registry=r, buckets=token_buckets)
+    self.running_rows = prom.Gauge("pt_serve_running_rows", "Rows decoding now", registry=r)
+    self.generated = prom.Counter("pt_serve_generated_tokens", "Tokens generated", registry=r)
+    self.tokens_per_second = prom.Gauge(
+        "pt_serve_tokens_per_second", f"Tokens generated per second, over the last "
+        f"{self.RATE_WINDOW_S:g} s", registry=r)
+    self.step_seconds = prom.Histogram(
+        "pt_serve_decode_step_seconds", "Device time per decoding step", registry=r,
+        buckets=token_buckets)
+    self._recent: collections.deque[tuple[float, int]] = collections.deque()
+    self._recent_lock = threading.Lock()
+
+  RATE_WINDOW_S = 10.0
+
+  def on_step(self, stats: continuous.StepStats) -> None:
+    """Called on the decode thread after each step."""
+    self.step_seconds.observe(stats.seconds)
+    self.generated.inc(stats.tokens)
+    with self._recent_lock:
+      self._recent.append((time.monotonic(), stats.tokens))
+
+  def on_finish(self, seq: continuous.Completion) -> None:
+    if seq.first_token_at is not None:
+      self.ttft.observe(seq.first_token_at - seq.submitted)
+    for gap in seq.gaps:
+      self.inter_token.observe(gap)
+
+  def token_rate(self) -> float:
+    """Tokens per second over the last RATE_WINDOW_S."""
+    now = time.monotonic()
+    with self._recent_lock:
+      while self._recent and self._recent[0][0] < now - self.RATE_WINDOW_S:
+        self._recent.popleft()
+      return sum(n for _, n in self._recent) / self.RATE_WINDOW_S
 
   def on_batch(self, stats: BatchStats) -> None:
     self.batch_rows.observe(stats.rows)
@@ -182,17 +234,18 @@ def make_runner(engine: Engine):
     bank, rows_of = engine.prompts.snapshot()
     results: list[Any] = [None] * len(items)
     live = []
+    prompted = len(group) < 3 or group[2]  # ("generate", dec, False): the backbone alone
     for i, w in enumerate(items):
-      if w.prompt in rows_of:
+      if not prompted or w.prompt in rows_of:
         live.append(i)
       else:  # Deleted while it waited.
         results[i] = UnknownPrompt(f"no prompt named {w.prompt!r} (it was deleted)")
     if not live:
       return results
-    index = [rows_of[items[i].prompt] for i in live for _ in items[i].rows]
+    index = [rows_of[items[i].prompt] if prompted else 0 for i in live for _ in items[i].rows]
     flat = [row for i in live for row in items[i].rows]
     if group[0] == "generate":
-      out = engine.generate(bank, index, flat, group[1])
+      out = engine.generate(bank, index, flat, group[1], prompted)
     else:
       out = list(engine.score(bank, index, [r[0] for r in flat], [r[1] for r in flat]))
     info = {"rows": len(flat), "requests": len(live),
@@ -206,7 +259,14 @@ def make_runner(engine: Engine):
   return run
 
 
-def _error(status: int, code: str, message: str, request_id: str) -> JSONResponse:
+# Routes whose errors take OpenAI's shape, so that OpenAI clients read them.
+OPENAI_ROUTES = ("/v1/completions", "/v1/models")
+
+
+def _error(status: int, code: str, message: str, request_id: str, path: str = "",
+           param: Optional[str] = None) -> JSONResponse:
+  if path.startswith(OPENAI_ROUTES):
+    return openai_api.openai_error(status, code, message, param)
   return JSONResponse({"error": {"code": code, "message": message}, "request_id": request_id},
                       status_code=status)
 
@@ -215,20 +275,26 @@ def _request_id(request: Request) -> str:
   return getattr(request.state, "request_id", "-")
 
 
+def _fail(request: Request, status: int, code: str, message: str,
+          param: Optional[str] = None) -> JSONResponse:
+  """The error response for this request's route (the catalogue's or OpenAI's shape)."""
+  return _error(status, code, message, _request_id(request), request.url.path, param)
+
+
 def _invalid_body(request: Request, errors: Sequence[Any]) -> JSONResponse:
   """415, 400 or 422 for a body that failed validation (pydantic's error list)."""
   kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
   if request.method == "POST" and kind not in ("application/json", ""):
-    return _error(415, "unsupported_media_type", f"the body is {kind}; send JSON with "
-                  "Content-Type: application/json", _request_id(request))
+    return _fail(request, 415, "unsupported_media_type", f"the body is {kind}; send JSON with "
+                 "Content-Type: application/json")
   if any(err.get("type") == "json_invalid" for err in errors):
-    return _error(400, "malformed_json", "the request body is not valid JSON",
-                  _request_id(request))
+    return _fail(request, 400, "malformed_json", "the request body is not valid JSON")
   first = errors[0] if errors else {}
   where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
   more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-  return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}{more}",
-                _request_id(request))
+  first_field = next((str(p) for p in first.get("loc", ()) if p != "body"), None)
+  return _fail(request, 422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}{more}",
+               first_field)
 
 
 async def _parse(request: Request, schema: type[BaseModel]) -> BaseModel:
@@ -292,7 +358,8 @@ class RequestContext:
     try:
       if length.isdigit() and int(length) > self.config.max_body_bytes:
         await _error(413, "body_too_large", f"request body of {int(length)} bytes; at most "
-                     f"{self.config.max_body_bytes}", request_id)(scope, receive, send_with_id)
+                     f"{self.config.max_body_bytes}", request_id, scope["path"])(
+                         scope, receive, send_with_id)
       else:
         await self.app(scope, receive, send_with_id)
     finally:
@@ -300,7 +367,7 @@ class RequestContext:
       endpoint = getattr(scope.get("route"), "path", "unmatched")
       self.metrics.requests.labels(endpoint, str(status)).inc()
       self.metrics.latency.labels(endpoint).observe(elapsed)
-      if endpoint not in ("/metrics", "/healthz") and log.isEnabledFor(logging.INFO):
+      if endpoint not in ("/metrics", "/healthz", "/livez") and log.isEnabledFor(logging.INFO):
         log.info("request", extra={"fields": {
             **state.get("log_fields", {}), "event": "request", "request_id": request_id,
             "method": scope["method"], "path": scope["path"], "status": status,
@@ -313,26 +380,37 @@ def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
   batcher = Batcher(make_runner(engine), engine.config.max_batch,
                     config.max_wait_ms / 1000.0, config.max_queue_rows,
                     on_batch=metrics.on_batch)
+  decoder = continuous.ContinuousBatcher(
+      continuous.StepPrograms(engine, config.decode_rows, config.max_decode_length),
+      engine.vocabulary, on_step=metrics.on_step, on_finish=metrics.on_finish,
+      max_queue=config.max_queue_rows)
 
   @contextlib.asynccontextmanager
   async def lifespan(app):
     batcher.start()
+    decoder.start()
     log.info("serving", extra={"fields": dict(
         event="start", prompts=engine.prompts.names(), compiled=engine.compile_count,
-        max_batch=engine.config.max_batch, max_wait_ms=config.max_wait_ms)})
+        max_batch=engine.config.max_batch, max_wait_ms=config.max_wait_ms,
+        decode_rows=config.decode_rows)})
     yield
-    log.info("draining", extra={"fields": dict(event="drain", queued_rows=batcher.queued_rows)})
+    log.info("draining", extra={"fields": dict(event="drain", queued_rows=batcher.queued_rows,
+                                               running_rows=decoder.running)})
     await batcher.stop()
+    # Streams still open were let finish by uvicorn before this point; the
+    # decode thread ends once its rows and queue are empty.
+    await asyncio.get_running_loop().run_in_executor(None, decoder.stop)
     log.info("stopped", extra={"fields": dict(event="stop")})
 
   app = FastAPI(title="prompt-tuning serve", lifespan=lifespan, docs_url=None, redoc_url=None)
   app.state.engine, app.state.batcher, app.state.metrics = engine, batcher, metrics
+  app.state.decoder = decoder
 
   app.add_middleware(RequestContext, config=config, metrics=metrics)
 
   @app.exception_handler(ServingError)
   async def serving_error(request: Request, e: ServingError):
-    return _error(e.status, e.code, str(e), _request_id(request))
+    return _fail(request, e.status, e.code, str(e), e.param)
 
   @app.exception_handler(RequestValidationError)
   async def invalid_request(request: Request, e: RequestValidationError):
@@ -345,14 +423,14 @@ def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
   @app.exception_handler(StarletteHTTPException)
   async def http_error(request: Request, e: StarletteHTTPException):
     code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-    return _error(e.status_code, code, str(e.detail), _request_id(request))
+    return _fail(request, e.status_code, code, str(e.detail))
 
   @app.exception_handler(Exception)
   async def internal_error(request: Request, e: Exception):
     log.error("internal error", exc_info=e, extra={"fields": dict(
         event="error", request_id=_request_id(request))})
-    return _error(500, "internal", f"{type(e).__name__} (see the server log under this "
-                  "request id)", _request_id(request))
+    return _fail(request, 500, "internal", f"{type(e).__name__} (see the server log under this "
+                 "request id)")
 
   def check_prompt(name: str) -> None:
     if name not in engine.prompts:
@@ -382,7 +460,7 @@ def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
     request.state.log_fields = dict(prompt=body.prompt, inputs=len(ids), decoding=dec.method)
     outputs, info = await batcher.submit(("generate", dec), body.prompt, ids)
     return _json({"request_id": _request_id(request), "prompt": body.prompt,
-                  "outputs": [{"text": t, "score": s} for t, s in outputs], "batch": info})
+                  "outputs": [{"text": t, "score": s} for t, s, *_ in outputs], "batch": info})
 
   @app.post("/v1/score")
   async def score(request: Request):
@@ -423,6 +501,9 @@ def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
     if not PROMPT_NAME.fullmatch(name):
       raise ServingError(f"prompt name {name!r}: expected 1-64 of A-Z a-z 0-9 _ . - "
                          "(starting with a letter or digit)", 422, "invalid_name")
+    if name == config.backbone_name:
+      raise ServingError(f"{name!r} is the backbone's own name (the `model` that means no "
+                         "prompt); choose another", 422, "invalid_name")
     body = await request.body()
     kind = request.headers.get("content-type", "").split(";")[0].strip()
     if kind in ("application/octet-stream", "application/x-npy"):
@@ -463,15 +544,20 @@ def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
   async def healthz(request: Request):
     return {"request_id": _request_id(request), "status": "ok",
             "prompts": len(engine.prompts.names()), "compiled_programs": engine.compile_count,
-            "queued_rows": batcher.queued_rows, "in_flight": batcher.in_flight}
+            "queued_rows": batcher.queued_rows, "in_flight": batcher.in_flight,
+            "running_rows": decoder.running}
 
   @app.get("/metrics")
   async def prometheus_metrics():
+    metrics.running_rows.set(decoder.running)
+    metrics.tokens_per_second.set(metrics.token_rate())
     metrics.queued_rows.set(batcher.queued_rows)
     metrics.prompts.set(len(engine.prompts.names()))
     metrics.compiled.set(engine.compile_count)
     return Response(prom.generate_latest(metrics.registry), media_type=prom.CONTENT_TYPE_LATEST)
 
+  openai_api.add_routes(app, openai_api.Completions(engine, config, batcher, decoder, metrics,
+                                                    _parse, _json))
   return app
 
 
