@@ -5,35 +5,64 @@ three prompts; the continuous batcher decodes 4 rows at a time.
 """
 
 import concurrent.futures
-import dataclasses
-import json
 import threading
 import time
 
 import httpx
+import jax
 import numpy as np
 import openai
 import pytest
 
-from tests.test_serving import (DECODE, WORDS, _args, _free_port, _Server, files)  # noqa: F401
+from prompt_tuning.models import params as params_lib
+from prompt_tuning.models.t5 import T5
+from tests.test_serving import CONFIG, DECODE, P, WORDS, _free_port, _Server
 
 ROWS = 4
 BODY_LIMIT = 4096
 
 
 @pytest.fixture(scope="module")
-def live(files):  # noqa: F811
-  from prompt_tuning.serving import cli, server
+def live():
+  """The server of test_serving.py's flags, its engine built in memory (reading the
+  checkpoint is test_serving.py's part), decoding ROWS rows at once."""
+  from prompt_tuning.serving import engine as engine_lib
+  from prompt_tuning.serving import server
+  params = params_lib.init_params(T5(CONFIG), jax.random.PRNGKey(0))
   # One batch bucket (the decode rows): fewer programs to compile.
-  args = _args(files, "--max_wait_ms=5", f"--decode_rows={ROWS}", f"--batch_buckets={ROWS}",
-               "--no_warmup")
-  engine, config = cli.build(args)
-  config = dataclasses.replace(config, max_body_bytes=BODY_LIMIT)
-  app = server.create_app(engine, config)
+  engine = engine_lib.Engine(CONFIG, params, P, engine_lib.load_vocabulary("byte"),
+                             engine_lib.EngineConfig(capacity=6, batch_buckets=(ROWS,),
+                                                     length_buckets=(16,), target_buckets=(8,)))
+  rng = np.random.RandomState(0)
+  prompts = {name: rng.uniform(-2, 2, (P, CONFIG.emb_dim)).astype(np.float32)
+             for name in ("copy", "sort", "count")}
+  for name, value in prompts.items():
+    engine.prompts.put(name, value)
+  config = server.ServeConfig(max_wait_ms=5, max_inputs=4, max_decode_length=16,
+                              default_decode_length=DECODE, max_beams=4,
+                              max_body_bytes=BODY_LIMIT, backbone_name="backbone",
+                              decode_rows=ROWS)
+  # Compiling in the background from start-up, as `prompt-tuning serve` does.
+  app = server.create_app(engine, config, warmup=True)
   srv = _Server(app, _free_port())
+  start = [httpx.get(srv.url + path) for path in ("/livez", "/healthz")]
+  deadline = time.time() + 300
+  while httpx.get(srv.url + "/healthz").status_code != 200:
+    assert time.time() < deadline, "never ready"
+    time.sleep(0.05)
   client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-  yield dict(url=srv.url, engine=engine, config=config, client=client, app=app, files=files)
+  yield dict(url=srv.url, engine=engine, config=config, client=client, app=app,
+             prompts=prompts, start=start)
   srv.stop()
+
+
+def test_alive_at_once_ready_once_the_first_programs_are_compiled(live):
+  livez, healthz = live["start"]
+  assert livez.status_code == 200 and livez.json()["status"] == "alive"
+  assert healthz.status_code == 503 and healthz.json()["status"] == "starting"
+  ready = httpx.get(live["url"] + "/healthz")
+  assert ready.status_code == 200 and ready.json()["status"] == "ok"
+  assert ready.json()["compiled_programs"] >= 3
 
 
 def _generate(url, prompt, inputs, **decoding):
@@ -44,8 +73,11 @@ def _generate(url, prompt, inputs, **decoding):
 
 
 def test_models_list_the_backbone_and_every_prompt(live):
-  client, config = live["client"], live["config"]
-  assert config.backbone_name == "backbone"  # the checkpoint folder's name
+  from prompt_tuning.serving import cli
+  client = live["client"]
+  # By default the backbone is named after its checkpoint's folder.
+  assert cli.backbone_name("/m/t5_small/checkpoint_1000") == "t5_small"
+  assert cli.backbone_name("/m/flan-t5-base/") == "flan-t5-base"
   models = client.models.list()
   assert [m.id for m in models.data] == ["backbone", "copy", "count", "sort"]
   assert all(m.object == "model" and m.owned_by == "prompt-tuning" for m in models.data)
@@ -236,7 +268,7 @@ def test_continuous_batching_equals_one_at_a_time(live):
                                rtol=1e-5, atol=1e-5)
   # Prompts are data: PUT, use and DELETE compile nothing new.
   compiled = engine.compile_count
-  value = np.load(live["files"]["prompts"]["sort"])
+  value = live["prompts"]["sort"]
   url = live["url"]
   assert httpx.put(url + "/v1/prompts/sort3", json={"values": value.tolist()}).status_code == 201
   again = client.completions.create(model="sort3", prompt=WORDS[1], max_tokens=8,
@@ -311,3 +343,4 @@ def test_metrics_and_log_fields_carry_token_timings(live):
   assert float(count[0].split()[-1]) >= 1
   rate = [line for line in text.splitlines() if line.startswith("pt_serve_tokens_per_second")]
   assert float(rate[0].split()[-1]) > 0
+

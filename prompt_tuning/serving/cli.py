@@ -1,11 +1,16 @@
-"""`prompt-tuning serve`: flags, start-up (load, warm), then uvicorn until SIGTERM.
+"""`prompt-tuning serve`: flags, start-up (load), then uvicorn until SIGTERM.
 
   prompt-tuning serve CHECKPOINT --prompt rte=/p/rte.npy [--prompt NAME=PATH ...]
       [--prompt_dir DIR] [--vocabulary byte|SPM.model] [--port 8000] ...
 
+The port opens as soon as the backbone and prompts are loaded: the programs
+compile on a background thread (the first requests' programs first; /healthz
+says ready once they are), through JAX's persistent compilation cache, so a
+restart reads them back instead of compiling again.
+
 uvicorn drains on SIGTERM/SIGINT: it stops accepting connections, lets
-in-flight requests finish (their batches run), then the app's shutdown
-stops the batcher and the process exits 0.
+in-flight requests finish (their batches run, their streams end), then the
+app's shutdown stops the batchers and the process exits 0.
 """
 
 from __future__ import annotations
@@ -71,7 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  help="the `model` naming the backbone without a prompt on the OpenAI-"
                       "compatible routes (default: the checkpoint folder's name)")
   g.add_argument("--no_warmup", action="store_true",
-                 help="compile on first use instead of at start-up")
+                 help="compile on first use instead of in the background from start-up")
+  g.add_argument("--compilation_cache_dir",
+                 default=os.path.join(os.path.expanduser("~"), ".cache", "prompt-tuning", "xla"),
+                 help="JAX's persistent compilation cache ('' turns it off)")
   g.add_argument("--log_level", default="INFO")
 
 
@@ -103,8 +111,10 @@ def backbone_name(checkpoint: str) -> str:
   return name
 
 
-def build(args) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa: F821
-  """Loads the backbone and prompts, compiles the programs; returns (engine, config)."""
+def build(args, warmup: bool = True
+          ) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa: F821
+  """Loads the backbone and prompts and (with `warmup`, unless --no_warmup) compiles the
+  whole-loop programs; returns (engine, config)."""
   from prompt_tuning import decoding
   from prompt_tuning.prompts import provenance
   from prompt_tuning.serving import engine as engine_lib
@@ -153,26 +163,31 @@ def build(args) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa
       max_decode_length=args.max_decode_length,
       default_decode_length=args.default_decode_length, max_beams=args.max_beams,
       backbone_name=backbone_model, decode_rows=args.decode_rows)
-  if not args.no_warmup:
+  if warmup and not args.no_warmup:
     engine.warmup([decoding.DecodingConfig(max_decode_length=config.default_decode_length)])
   return engine, config
 
 
 def run(args) -> int:
-  """Builds, warms, serves until SIGTERM/SIGINT; returns the exit code."""
+  """Loads, serves (compiling in the background) until SIGTERM/SIGINT; returns the exit code."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import logging
   import time
+  import jax
   import uvicorn
   from prompt_tuning.serving import server as server_lib
   server_lib.configure_logging(args.log_level)
   log = logging.getLogger("prompt_tuning.serving")
+  if args.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", args.compilation_cache_dir)
+    # Every program, however quick to compile: start-up compiles many.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   start = time.monotonic()
-  engine, config = build(args)
-  log.info("ready", extra={"fields": dict(
-      event="ready", startup_s=round(time.monotonic() - start, 1),
-      compiled=engine.compile_count, host=config.host, port=config.port)})
-  app = server_lib.create_app(engine, config)
+  engine, config = build(args, warmup=False)
+  log.info("loaded", extra={"fields": dict(
+      event="loaded", startup_s=round(time.monotonic() - start, 1),
+      prompts=engine.prompts.names(), host=config.host, port=config.port)})
+  app = server_lib.create_app(engine, config, warmup=not args.no_warmup)
   # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler
   # that was there before it started. That handler is this no-op, so a drained
   # shutdown exits 0 (what process managers read as a clean stop), not -15.

@@ -15,6 +15,7 @@ P prompt length, H model width.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from typing import Any, Callable, Hashable, Optional, Sequence
 
@@ -255,17 +256,25 @@ class Engine:
                         jax.ShapeDtypeStruct((b, t), jnp.int32),
                         jax.ShapeDtypeStruct((b,), jnp.int32))
 
-  def warmup(self, decoding_configs: Sequence[decoding.DecodingConfig] = (),
-             score: bool = True) -> int:
-    """Compiles every bucket for the given decoding options (and scoring); returns the count."""
+  def warmup_tasks(self, decoding_configs: Sequence[decoding.DecodingConfig] = (),
+                   score: bool = True) -> list[Callable[[], Any]]:
+    """One call per program `warmup` compiles, smallest shapes first."""
     c = self.config
+    tasks = []
     for b in c.batch_buckets:
       for l in c.length_buckets:
         for dec in decoding_configs:
-          self._generate_program(b, l, dec)
+          tasks.append(functools.partial(self._generate_program, b, l, dec))
         if score:
           for t in c.target_buckets:
-            self._score_program(b, l, t)
+            tasks.append(functools.partial(self._score_program, b, l, t))
+    return tasks
+
+  def warmup(self, decoding_configs: Sequence[decoding.DecodingConfig] = (),
+             score: bool = True) -> int:
+    """Compiles every bucket for the given decoding options (and scoring); returns the count."""
+    for task in self.warmup_tasks(decoding_configs, score):
+      task()
     return self.compile_count
 
   # Batches.

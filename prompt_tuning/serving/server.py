@@ -8,11 +8,16 @@
   GET    /v1/prompts         the loaded prompts, the bank's capacity and the prompt shape
   PUT    /v1/prompts/{name}  JSON {values: [[...]]} or a raw .npy body ([P, H])
   DELETE /v1/prompts/{name}
-  GET    /healthz, GET /metrics (Prometheus text format)
+  POST   /v1/completions     OpenAI-compatible (`model` names the prompt), streaming included
+  GET    /v1/models[/{id}]   the backbone and every prompt, as OpenAI lists models
+  GET    /healthz (ready: 503 until the first programs are compiled), GET /livez (alive),
+  GET    /metrics (Prometheus text format)
 
 Every response carries the request id (the X-Request-ID header, echoed or
 made up) in that header and, for JSON bodies, as `request_id`. Errors are
-one line of JSON: {"error": {"code": ..., "message": ...}, "request_id": ...}.
+one line of JSON: {"error": {"code": ..., "message": ...}, "request_id": ...};
+on the OpenAI-compatible routes, OpenAI's {"error": {"message", "type",
+"param", "code"}} with the same status codes (see openai_api.py).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import atexit
 import collections
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -228,6 +234,73 @@ class Metrics:
       self.queue_wait.observe(wait)
 
 
+class WarmUp:
+  """Compiles programs on a background thread while the server already listens.
+
+  The `first` programs are those the first requests need; /healthz says
+  ready once they are compiled. The `rest` follow, so that later shapes do
+  not compile while a request waits (any program a request needs sooner
+  compiles on first use).
+  """
+
+  def __init__(self, engine: Engine, first: Sequence[Any] = (), rest: Sequence[Any] = ()):
+    self.engine, self.first, self.rest = engine, list(first), list(rest)
+    self.ready = threading.Event()
+    self.error: Optional[BaseException] = None
+    self._stopping = threading.Event()
+    self._thread: Optional[threading.Thread] = None
+    if not self.first:
+      self.ready.set()
+
+  @property
+  def status(self) -> str:
+    return "failed" if self.error else ("ok" if self.ready.is_set() else "starting")
+
+  def start(self) -> None:
+    if self.first or self.rest:
+      self._thread = threading.Thread(target=self._run, name="warmup", daemon=True)
+      self._thread.start()
+
+  def stop(self) -> None:
+    """Compiles nothing more; waits for the program compiling now."""
+    self._stopping.set()
+    if self._thread is not None:
+      self._thread.join()
+
+  def _run(self) -> None:
+    start = time.monotonic()
+    try:
+      for i, task in enumerate(self.first + self.rest):
+        if self._stopping.is_set():
+          return
+        task()
+        if i + 1 == len(self.first):
+          self.ready.set()
+          log.info("ready", extra={"fields": dict(
+              event="ready", compiled=self.engine.compile_count,
+              warmup_s=round(time.monotonic() - start, 1))})
+      log.info("warm", extra={"fields": dict(event="warm", compiled=self.engine.compile_count,
+                                             warmup_s=round(time.monotonic() - start, 1))})
+    except Exception as e:  # pylint: disable=broad-except
+      self.error = e
+      log.exception("warm-up failed", extra={"fields": dict(event="warmup_failed")})
+
+
+def warmup_plan(engine: Engine, config: ServeConfig, programs: continuous.StepPrograms
+                ) -> WarmUp:
+  """The first requests' programs (a decoding step, admitting the fewest and shortest
+  rows, /v1/generate's smallest greedy batch), then every other shape."""
+  c = engine.config
+  dec = decoding.DecodingConfig(max_decode_length=config.default_decode_length)
+  smallest = programs.insert_buckets()[0]
+  first = [programs.step_program,
+           lambda: programs.insert_program(smallest, c.length_buckets[0], True),
+           lambda: engine._generate_program(c.batch_buckets[0], c.length_buckets[0], dec)]  # pylint: disable=protected-access
+  rest = [functools.partial(programs.insert_program, b, l, True)
+          for b in programs.insert_buckets() for l in c.length_buckets]
+  return WarmUp(engine, first, rest + engine.warmup_tasks([dec]))
+
+
 def make_runner(engine: Engine):
   """The batch function the Batcher calls on its worker thread."""
   def run(group: Hashable, items: Sequence[Work]) -> list[Any]:
@@ -374,8 +447,10 @@ class RequestContext:
             "latency_ms": round(1000 * elapsed, 2)}})
 
 
-def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
-  """The FastAPI app around a (warmed) engine."""
+def create_app(engine: Engine, config: ServeConfig = ServeConfig(),
+               warmup: bool = False) -> FastAPI:
+  """The FastAPI app around an engine; with `warmup`, it compiles the programs in the
+  background from start-up (/healthz says ready once the first requests' are)."""
   metrics = Metrics()
   batcher = Batcher(make_runner(engine), engine.config.max_batch,
                     config.max_wait_ms / 1000.0, config.max_queue_rows,
@@ -384,11 +459,13 @@ def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
       continuous.StepPrograms(engine, config.decode_rows, config.max_decode_length),
       engine.vocabulary, on_step=metrics.on_step, on_finish=metrics.on_finish,
       max_queue=config.max_queue_rows)
+  warm = warmup_plan(engine, config, decoder.programs) if warmup else WarmUp(engine)
 
   @contextlib.asynccontextmanager
   async def lifespan(app):
     batcher.start()
     decoder.start()
+    warm.start()
     log.info("serving", extra={"fields": dict(
         event="start", prompts=engine.prompts.names(), compiled=engine.compile_count,
         max_batch=engine.config.max_batch, max_wait_ms=config.max_wait_ms,
@@ -396,15 +473,17 @@ def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
     yield
     log.info("draining", extra={"fields": dict(event="drain", queued_rows=batcher.queued_rows,
                                                running_rows=decoder.running)})
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, warm.stop)
     await batcher.stop()
     # Streams still open were let finish by uvicorn before this point; the
     # decode thread ends once its rows and queue are empty.
-    await asyncio.get_running_loop().run_in_executor(None, decoder.stop)
+    await loop.run_in_executor(None, decoder.stop)
     log.info("stopped", extra={"fields": dict(event="stop")})
 
   app = FastAPI(title="prompt-tuning serve", lifespan=lifespan, docs_url=None, redoc_url=None)
   app.state.engine, app.state.batcher, app.state.metrics = engine, batcher, metrics
-  app.state.decoder = decoder
+  app.state.decoder, app.state.warmup = decoder, warm
 
   app.add_middleware(RequestContext, config=config, metrics=metrics)
 
@@ -542,10 +621,17 @@ def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
 
   @app.get("/healthz")
   async def healthz(request: Request):
-    return {"request_id": _request_id(request), "status": "ok",
-            "prompts": len(engine.prompts.names()), "compiled_programs": engine.compile_count,
-            "queued_rows": batcher.queued_rows, "in_flight": batcher.in_flight,
-            "running_rows": decoder.running}
+    """Ready: 200 once the first requests' programs are compiled, 503 before (or if that failed)."""
+    return JSONResponse({
+        "request_id": _request_id(request), "status": warm.status,
+        "prompts": len(engine.prompts.names()), "compiled_programs": engine.compile_count,
+        "queued_rows": batcher.queued_rows, "in_flight": batcher.in_flight,
+        "running_rows": decoder.running}, status_code=200 if warm.status == "ok" else 503)
+
+  @app.get("/livez")
+  async def livez(request: Request):
+    """Alive: the process answers (it may still be compiling)."""
+    return {"request_id": _request_id(request), "status": "alive"}
 
   @app.get("/metrics")
   async def prometheus_metrics():
