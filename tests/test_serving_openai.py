@@ -63,6 +63,10 @@ def test_alive_at_once_ready_once_the_first_programs_are_compiled(live):
   ready = httpx.get(live["url"] + "/healthz")
   assert ready.status_code == 200 and ready.json()["status"] == "ok"
   assert ready.json()["compiled_programs"] >= 3
+  deadline = time.time() + 300
+  while httpx.get(live["url"] + "/healthz").json()["warming"]:  # the rest, in the background
+    assert time.time() < deadline, "still compiling"
+    time.sleep(0.05)
 
 
 def _generate(url, prompt, inputs, **decoding):

@@ -256,6 +256,11 @@ class WarmUp:
   def status(self) -> str:
     return "failed" if self.error else ("ok" if self.ready.is_set() else "starting")
 
+  @property
+  def done(self) -> bool:
+    """Whether every program of the plan is compiled (or the plan ended)."""
+    return self._thread is None or not self._thread.is_alive()
+
   def start(self) -> None:
     if self.first or self.rest:
       self._thread = threading.Thread(target=self._run, name="warmup", daemon=True)
@@ -626,7 +631,8 @@ def create_app(engine: Engine, config: ServeConfig = ServeConfig(),
         "request_id": _request_id(request), "status": warm.status,
         "prompts": len(engine.prompts.names()), "compiled_programs": engine.compile_count,
         "queued_rows": batcher.queued_rows, "in_flight": batcher.in_flight,
-        "running_rows": decoder.running}, status_code=200 if warm.status == "ok" else 503)
+        "running_rows": decoder.running, "warming": not warm.done},
+        status_code=200 if warm.status == "ok" else 503)
 
   @app.get("/livez")
   async def livez(request: Request):
