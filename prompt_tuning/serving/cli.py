@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   g.add_argument("--max_prompts", type=int, default=64, help="prompt bank capacity")
   g.add_argument("--decode_rows", type=int, default=16,
                  help="rows decoded at once by the continuous batcher (/v1/completions)")
+  g.add_argument("--decode_steps", type=int, default=8,
+                 help="decoding steps per device call of the continuous batcher (requests "
+                      "join and leave between calls)")
   g.add_argument("--backbone_name", default=None,
                  help="the `model` naming the backbone without a prompt on the OpenAI-"
                       "compatible routes (default: the checkpoint folder's name)")
@@ -162,7 +165,8 @@ def build(args, warmup: bool = True
       max_inputs=args.max_inputs, max_candidates=args.max_candidates,
       max_decode_length=args.max_decode_length,
       default_decode_length=args.default_decode_length, max_beams=args.max_beams,
-      backbone_name=backbone_model, decode_rows=args.decode_rows)
+      backbone_name=backbone_model, decode_rows=args.decode_rows,
+      decode_steps=args.decode_steps)
   if warmup and not args.no_warmup:
     engine.warmup([decoding.DecodingConfig(max_decode_length=config.default_decode_length)])
   return engine, config
@@ -188,6 +192,10 @@ def run(args) -> int:
       event="loaded", startup_s=round(time.monotonic() - start, 1),
       prompts=engine.prompts.names(), host=config.host, port=config.port)})
   app = server_lib.create_app(engine, config, warmup=not args.no_warmup)
+  # The decode thread needs the GIL back at once after each step, while the
+  # event loop streams tokens: Python's default 5 ms switch interval would
+  # idle the device for up to that long per step.
+  sys.setswitchinterval(float(os.environ.get("PT_SERVE_SWITCH_INTERVAL_S", "0.0005")))
   # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler
   # that was there before it started. That handler is this no-op, so a drained
   # shutdown exits 0 (what process managers read as a clean stop), not -15.

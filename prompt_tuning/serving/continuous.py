@@ -104,10 +104,12 @@ def _filter_rows(logits_RV: jax.Array, top_k_R: jax.Array, top_p_R: jax.Array) -
 class StepPrograms:
   """The device side: R rows of decoder state, and the programs that admit and step them."""
 
-  def __init__(self, engine: Engine, rows: int, max_decode_length: int):
+  def __init__(self, engine: Engine, rows: int, max_decode_length: int,
+               steps_per_call: int = 1):
     self.engine = engine
     self.rows = rows
     self.length = max_decode_length
+    self.steps_per_call = steps_per_call
     self.plain = engine.plain_model  # the decoder, and the encoder without a prompt
     self.encoded_length = engine.prompts.shape[0] + engine.config.max_input_length
     params = tree_lib.unflatten(engine._frozen)  # pylint: disable=protected-access
@@ -162,6 +164,15 @@ class StepPrograms:
     top_logp, top_ids = jax.lax.top_k(logits_RV, TOP_LOGPROBS)
     return cache, token_R, logp_R, top_logp - logz_R[:, None], top_ids
 
+  def _steps_fn(self, frozen, cross, enc_mask_RM, cache, token_R, *settings):
+    """`steps_per_call` steps, each feeding the last token chosen: outputs [S, R, ...]."""
+    def one(carry, _):
+      cache, token_R = carry
+      cache, token_R, *out = self._step_fn(frozen, cross, enc_mask_RM, cache, token_R, *settings)
+      return (cache, token_R), (token_R, *out)
+    (cache, _), outs = jax.lax.scan(one, (cache, token_R), None, length=self.steps_per_call)
+    return (cache, *outs)
+
   def _insert_fn(self, prompted, frozen, bank, cross, enc_mask_RM, cache, tokens_bl, index_b,
                  slots_b):
     params = tree_lib.unflatten(frozen)
@@ -190,7 +201,8 @@ class StepPrograms:
     ints = jax.ShapeDtypeStruct((r,), jnp.int32)
     floats = jax.ShapeDtypeStruct((r,), jnp.float32)
     return self.engine.program(
-        ("step", r, self.length), lambda: self._step_fn, self.engine._frozen, self.cross,  # pylint: disable=protected-access
+        ("step", r, self.length, self.steps_per_call), lambda: self._steps_fn,
+        self.engine._frozen, self.cross,  # pylint: disable=protected-access
         self.enc_mask, self.cache, ints, floats, ints, floats, ints, ints, donate=(3,))
 
   def insert_program(self, b: int, l: int, prompted: bool) -> Callable:
@@ -228,7 +240,8 @@ class StepPrograms:
   def step(self, token_R: np.ndarray, temperature_R: np.ndarray, top_k_R: np.ndarray,
            top_p_R: np.ndarray, seed_R: np.ndarray, stream_R: np.ndarray
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One token for every row: (tokens, their log-probabilities, top log-probabilities, top ids)."""
+    """`steps_per_call` tokens for every row: (tokens [S, R], their log-probabilities
+    [S, R], top log-probabilities [S, R, 5], top ids [S, R, 5])."""
     program = self.step_program()
     self.cache, *out = program(self.engine._frozen, self.cross, self.enc_mask, self.cache,  # pylint: disable=protected-access
                                token_R, temperature_R, top_k_R, top_p_R, seed_R, stream_R)
@@ -237,7 +250,7 @@ class StepPrograms:
 
 @dataclasses.dataclass
 class StepStats:
-  """One decoding step, for metrics."""
+  """One decoding call (`steps_per_call` steps), for metrics."""
   rows: int             # rows that decoded
   tokens: int           # tokens delivered
   seconds: float
@@ -379,34 +392,42 @@ class ContinuousBatcher:
 
   def _step(self) -> None:
     start = time.monotonic()
-    token_R, logp_R, top_logp, top_ids = self.programs.step(
+    token_SR, logp_SR, top_logp, top_ids = self.programs.step(
         self._token, self._temperature, self._top_k, self._top_p, self._seed, self._stream)
     now = time.monotonic()
+    steps = token_SR.shape[0]
     rows, delivered = self.running, 0
     for i, seq in enumerate(self._slots):
       if seq is None:
         continue
-      if seq.cancelled:  # Its client left: the row is free from this step on.
-        self._slots[i] = None
-        continue
-      token = int(token_R[i])
-      self._token[i] = token
-      seq.output.append(token)
-      delivered += 1
-      if seq.last_token_at is not None:
-        seq.gaps.append(now - seq.last_token_at)
-      seq.first_token_at = seq.first_token_at or now
-      seq.last_token_at = now
-      entry = (token, float(logp_R[i]), list(zip(top_ids[i].tolist(), top_logp[i].tolist())))
-      seq.entries.append(entry)
-      event = self._advance(seq, token)
-      event.tokens = [entry]
-      if event.finish_reason is not None:
-        self._slots[i] = None
-        seq.finish_reason = event.finish_reason
-      seq.on_event(event)
-      if event.finish_reason is not None and self._on_finish is not None:
-        self._on_finish(seq)
+      self._token[i] = token_SR[-1, i]  # What the row's next call starts from.
+      # A call's tokens arrive together: each counts the call's time per step.
+      gap = (now - (seq.last_token_at or start)) / steps
+      for s in range(steps):
+        if seq.cancelled:  # Its client left: the row is free from here on.
+          self._slots[i] = None
+          break
+        token = int(token_SR[s, i])
+        seq.output.append(token)
+        delivered += 1
+        if seq.first_token_at is None:
+          seq.first_token_at = now
+        else:
+          seq.gaps.append(gap)
+        seq.last_token_at = now
+        entry = (token, float(logp_SR[s, i]),
+                 list(zip(top_ids[s, i].tolist(), top_logp[s, i].tolist())))
+        seq.entries.append(entry)
+        event = self._advance(seq, token)
+        event.tokens = [entry]
+        if event.finish_reason is not None:  # Later tokens of the call are dropped.
+          self._slots[i] = None
+          seq.finish_reason = event.finish_reason
+        seq.on_event(event)
+        if event.finish_reason is not None:
+          if self._on_finish is not None:
+            self._on_finish(seq)
+          break
     if self._on_step is not None:
       self._on_step(StepStats(rows=rows, tokens=delivered, seconds=time.monotonic() - start))
 

@@ -263,8 +263,7 @@ class Completions:
     """The request's log line gains its token timings."""
     ttft = [s.first_token_at - s.submitted for s in seqs if s.first_token_at]
     tokens = sum(len(s.output) for s in seqs)
-    gaps = [(s.last_token_at - s.first_token_at) / (len(s.output) - 1) for s in seqs
-            if s.first_token_at and len(s.output) > 1]
+    gaps = [gap for s in seqs for gap in s.gaps]
     span = max((s.last_token_at for s in seqs if s.last_token_at), default=None)
     start = min(s.submitted for s in seqs)
     fields = getattr(request.state, "log_fields", {})
