@@ -331,11 +331,6 @@ class ContinuousBatcher:
       self._pending.extend(seqs)
       self._cond.notify_all()
 
-  def wake(self) -> None:
-    """Lets the loop notice cancellations while it idles (it checks them every step anyway)."""
-    with self._cond:
-      self._cond.notify_all()
-
   # The decode thread.
 
   def _run(self) -> None:
