@@ -49,13 +49,16 @@ setup(
         # pydantic 2.13.4), uvicorn 0.54.0, prometheus-client 0.26.0.
         "serve": SERVE,
         # scikit-learn: the reference the metric tests compare against (seen: 1.9.1);
-        # httpx: the HTTP client of the serving tests and load test (seen: 0.28.1).
-        "test": ["pytest>=7", "pytest-xdist>=3", "scikit-learn>=1.0", "httpx>=0.25", *SERVE,
-                 *RETRIEVAL],
+        # httpx: the HTTP client of the serving tests and load test (seen: 0.28.1);
+        # openai: the official client the OpenAI-compatible routes are tested with
+        # (seen: 3.63.0).
+        "test": ["pytest>=7", "pytest-xdist>=3", "scikit-learn>=1.0", "httpx>=0.25",
+                 "openai>=1.0", *SERVE, *RETRIEVAL],
         # Frozen readers' BM25 retriever (prompt_tuning.retrieval). Seen working: bm25s 0.3.16.
         "retrieval": RETRIEVAL,
-        # The serving load test's HTTP client (benchmarks/serving.py; seen: aiohttp 3.14.5).
-        "bench": ["aiohttp>=3.9", "httpx>=0.25"],
+        # The serving load test's HTTP clients (benchmarks/serving.py; seen: aiohttp 3.14.5,
+        # openai 3.63.0, whose async client drives the OpenAI-compatible routes).
+        "bench": ["aiohttp>=3.9", "httpx>=0.25", "openai>=1.0"],
         # Seen working: torch 2.13.0 (CPU wheel), transformers 5.23.0, peft 0.21.2,
         # safetensors 0.8.0 (a core dependency). Install torch's CPU build first
         # (see .ci/run). PEFT adapters are written in PEFT 0.21's format.

@@ -23,7 +23,25 @@ the function the binary runs) for the same prompt and input: same text,
 score within 1e-4.
 
 Run: python benchmarks/serving.py   (writes results/<machine>/serving.json and
-.md; notes below report.NOTES_MARKER in an existing serving.md are kept)
+.md; notes below report.NOTES_MARKER in an existing serving.md are kept;
+`--workload=lengths` writes results/<machine>/serving_lengths.json)
+
+The `lengths` workload (`--workload=lengths`) compares the continuous batcher
+of /v1/completions with today's whole-loop batcher of /v1/generate on one
+server (decode rows 16, batch buckets 1..16), modes alternating in each round:
+every request draws its output length n between 4 and 64 tokens (greedy).
+
+  whole_loop          /v1/generate with max_decode_length 64 (one compiled
+                      loop; a batch ends with its longest row), aiohttp
+  continuous          /v1/completions, max_tokens n, streamed, aiohttp
+  continuous_openai   the same through the async `openai` client
+
+Every response is checked against the same request sent alone to /v1/generate
+before the load: the whole-loop text equals it, a completion's text is its
+prefix (equal when it ended with EOS). Reported: requests/s, generated
+tokens/s, p50/p99 latency, and the median time to the first streamed token.
+`--random_backbone` serves a randomly initialized backbone of the small shape
+(no pretraining; the figures are about the server, not the answers).
 """
 
 import asyncio
@@ -127,7 +145,9 @@ def wait_ready(proc, url: str, timeout: float = 900) -> None:
     if proc.poll() is not None:
       raise RuntimeError(f"server exited with {proc.returncode}")
     try:
-      if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+      r = httpx.get(url + "/healthz", timeout=2)
+      # Ready, and done compiling in the background (it would slow the timed runs).
+      if r.status_code == 200 and not r.json().get("warming"):
         return
     except httpx.TransportError:
       pass
@@ -249,6 +269,202 @@ def markdown(result: dict) -> str:
   return "\n".join(lines) + "\n"  # a blank line before any notes
 
 
+# The `lengths` workload.
+LENGTHS = (4, 64)
+LENGTH_MODES = ("whole_loop", "continuous", "continuous_openai")
+LENGTH_FLAGS = ["--batch_buckets=1,2,4,8,16", "--decode_rows=16", f"--max_wait_ms={MAX_WAIT_MS}",
+                f"--max_decode_length={LENGTHS[1]}", f"--default_decode_length={LENGTHS[1]}",
+                "--compilation_cache_dir="]
+
+
+def random_backbone(work: str) -> str:
+  """A randomly initialized backbone of the quickstart's small shape, as a T5X checkpoint."""
+  import jax
+  import orbax.checkpoint as ocp
+  from prompt_tuning import quickstart
+  from prompt_tuning.models import params as params_lib
+  from prompt_tuning.models.t5 import T5
+  path = os.path.join(work, "random_small")
+  params = params_lib.init_params(T5(quickstart.backbone_config("small")), jax.random.PRNGKey(0))
+  ocp.PyTreeCheckpointer().save(os.path.join(path, "checkpoint_0"),
+                                {"target": jax.device_get(params)})
+  return path
+
+
+async def load_lengths(url: str, mode: str, jobs: list[tuple[str, str, int]], clients: int,
+                       requests: int, seconds: float) -> dict:
+  """Closed loop over (prompt, input, n) jobs in one of LENGTH_MODES."""
+  import aiohttp
+  import openai
+  latencies, ttfts, responses, errors, tokens = [], [], [], 0, 0
+  next_job = 0
+  stop_at = time.monotonic() + seconds
+  connector = aiohttp.TCPConnector(limit=clients)
+  timeout = aiohttp.ClientTimeout(total=300)
+  client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
+                              timeout=300)
+  async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+    async def one(prompt, text, n):
+      """(status ok, text, tokens, time to first token or None)."""
+      t0 = time.monotonic()
+      if mode == "whole_loop":
+        async with session.post("/v1/generate", json={
+            "prompt": prompt, "inputs": [text],
+            "decoding": {"max_decode_length": LENGTHS[1]}}) as r:
+          body = await r.json()
+        if r.status != 200:
+          return False, None, 0, None
+        return True, (body["outputs"][0]["text"], None), n, None
+      first, parts, finish, count = None, [], None, 0
+      if mode == "continuous":
+        async with session.post("/v1/completions", json={
+            "model": prompt, "prompt": text, "max_tokens": n, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}) as r:
+          if r.status != 200:
+            return False, None, 0, None
+          async for line in r.content:
+            if not line.startswith(b"data: {"):
+              continue
+            chunk = json.loads(line[6:])
+            first = first or time.monotonic()
+            for c in chunk["choices"]:
+              parts.append(c["text"])
+              finish = c["finish_reason"] or finish
+            if chunk.get("usage"):
+              count = chunk["usage"]["completion_tokens"]
+      else:
+        stream = await client.completions.create(
+            model=prompt, prompt=text, max_tokens=n, temperature=0, stream=True,
+            stream_options={"include_usage": True})
+        async for chunk in stream:
+          first = first or time.monotonic()
+          for c in chunk.choices:
+            parts.append(c.text)
+            finish = c.finish_reason or finish
+          if chunk.usage:
+            count = chunk.usage.completion_tokens
+      return True, ("".join(parts), finish), count, first - t0 if first else None
+
+    async def worker():
+      nonlocal next_job, errors, tokens
+      while next_job < requests and time.monotonic() < stop_at:
+        prompt, text, n = jobs[next_job % len(jobs)]
+        next_job += 1
+        t0 = time.monotonic()
+        try:
+          ok, out, count, ttft = await one(prompt, text, n)
+        except Exception:  # pylint: disable=broad-except
+          ok, out, count, ttft = False, None, 0, None
+        latencies.append(time.monotonic() - t0)
+        if not ok:
+          errors += 1
+          continue
+        tokens += count
+        if ttft is not None:
+          ttfts.append(ttft)
+        responses.append((prompt, text, n, out))
+    start = time.monotonic()
+    await asyncio.gather(*[worker() for _ in range(clients)])
+    wall = time.monotonic() - start
+  await client.close()
+  lat = np.asarray(latencies)
+  return dict(requests=len(latencies), errors=errors, seconds=wall, rps=len(latencies) / wall,
+              tokens_per_s=tokens / wall, p50_ms=1000 * float(np.percentile(lat, 50)),
+              p99_ms=1000 * float(np.percentile(lat, 99)),
+              ttft_p50_ms=1000 * float(np.median(ttfts)) if ttfts else None,
+              ttft_p99_ms=1000 * float(np.percentile(ttfts, 99)) if ttfts else None,
+              responses=responses)
+
+
+def check_lengths(responses, refs) -> int:
+  """Mismatches against the requests sent alone (see the module docstring)."""
+  bad = 0
+  for prompt, text, _, (got, finish) in responses:
+    want = refs[(prompt, text)]
+    if finish is None:  # whole loop
+      bad += got != want
+    else:
+      bad += not want.startswith(got) or (finish == "stop" and got != want)
+  return bad
+
+
+def main_lengths(args, info: dict) -> None:
+  """The `lengths` workload (module docstring)."""
+  import httpx
+  work = tempfile.mkdtemp(prefix="serving_bench_")
+  path = random_backbone(work) if args.random_backbone else (args.backbone or backbone())
+  prompt_dir = os.path.join(work, "prompts")
+  os.makedirs(prompt_dir)
+  prompts = make_prompts(path, prompt_dir)
+  names = sorted(prompts)
+  rng = np.random.RandomState(0)
+  words = sorted({"".join(rng.choice(list("abcdefgh"), rng.randint(3, 13)))
+                  for _ in range(NUM_INPUTS)})
+  jobs = [(names[i % NUM_PROMPTS], words[(i * 7) % len(words)],
+           int(rng.randint(LENGTHS[0], LENGTHS[1] + 1))) for i in range(4096)]
+  t0 = time.time()
+  proc, url = start_server(path, prompt_dir, LENGTH_FLAGS, os.path.join(work, "lengths.log"))
+  wait_ready(proc, url)
+  print(f"server up in {time.time() - t0:.0f} s", flush=True)
+  runs, mismatches = [], 0
+  try:
+    refs = {}
+    for prompt, text, _ in jobs[:NUM_INPUTS * 2]:
+      if (prompt, text) not in refs:
+        refs[(prompt, text)] = httpx.post(url + "/v1/generate", timeout=300, json={
+            "prompt": prompt, "inputs": [text],
+            "decoding": {"max_decode_length": LENGTHS[1]}}).json()["outputs"][0]["text"]
+    jobs = [j for j in jobs if (j[0], j[1]) in refs]
+    for mode in LENGTH_MODES:  # One untimed pass each: compiles, caches, connections.
+      asyncio.run(load_lengths(url, mode, jobs, 16, 32, SECONDS))
+    for rnd in range(ROUNDS):
+      for clients in CONCURRENCY:
+        order = list(LENGTH_MODES) if (rnd + clients) % 2 == 0 else list(LENGTH_MODES)[::-1]
+        for mode in order:
+          result = asyncio.run(load_lengths(url, mode, jobs[rnd * 997:], clients, REQUESTS,
+                                            SECONDS))
+          bad = check_lengths(result.pop("responses"), refs)
+          mismatches += bad
+          result.update(mode=mode, clients=clients, round=rnd, mismatches=bad)
+          runs.append(result)
+          ttft = (f"TTFT p50 {result['ttft_p50_ms']:6.1f} ms" if result["ttft_p50_ms"]
+                  else "")
+          print(f"round {rnd} {mode:17s} C={clients:2d}: {result['rps']:6.1f} req/s "
+                f"{result['tokens_per_s']:7.0f} tok/s  p50 {result['p50_ms']:7.1f} ms  "
+                f"p99 {result['p99_ms']:7.1f} ms  {ttft}  ({result['requests']} req, "
+                f"{result['errors']} errors, {bad} mismatches)", flush=True)
+  finally:
+    proc.terminate()
+    code = proc.wait(120)
+  info["load_average_at_end"] = os.getloadavg()
+  summary = {}
+  for clients in CONCURRENCY:
+    row = {}
+    for mode in LENGTH_MODES:
+      mine = [r for r in runs if r["mode"] == mode and r["clients"] == clients]
+      row[mode] = {k: (float(np.median([r[k] for r in mine])) if mine[0][k] is not None
+                       else None)
+                   for k in ("rps", "tokens_per_s", "p50_ms", "p99_ms", "ttft_p50_ms",
+                             "ttft_p99_ms")}
+    row["throughput_ratio"] = row["continuous"]["rps"] / row["whole_loop"]["rps"]
+    summary[str(clients)] = row
+  result = dict(machine=info, workload="lengths", backbone=path,
+                random_backbone=args.random_backbone, prompts=NUM_PROMPTS,
+                prompt_length=PROMPT_LENGTH, lengths=LENGTHS, rounds=ROUNDS,
+                max_requests_per_run=REQUESTS, max_seconds_per_run=SECONDS,
+                server_flags=LENGTH_FLAGS, summary=summary, mismatches=mismatches,
+                responses_checked=sum(r["requests"] - r["errors"] for r in runs),
+                server_exit_code=code, runs=runs)
+  if not args.no_write:
+    out = report.path("serving_lengths", args.machine)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+      json.dump(result, f, indent=1)
+  print(json.dumps(summary, indent=1))
+  print(f"checked {result['responses_checked']} responses: {mismatches} mismatches; "
+        f"server exit code {code}")
+
+
 def main():
   import argparse
   global ROUNDS, REQUESTS, SECONDS, CONCURRENCY
@@ -261,12 +477,17 @@ def main():
   parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
   parser.add_argument("--no_write", action="store_true", help="print only (smoke runs)")
   report.add_machine_flag(parser)
+  parser.add_argument("--workload", choices=("cross_task", "lengths"), default="cross_task")
+  parser.add_argument("--random_backbone", action="store_true",
+                      help="lengths workload: a random backbone of the small shape")
   args = parser.parse_args()
   ROUNDS, REQUESTS, SECONDS = args.rounds, args.requests, args.seconds
   CONCURRENCY = tuple(int(c) for c in args.concurrency.split(","))
   info = machine.cpu_info()
   info["load_average_at_start"] = os.getloadavg()
   print("CPU:", machine.describe(info), flush=True)
+  if args.workload == "lengths":
+    return main_lengths(args, info)
   work = tempfile.mkdtemp(prefix="serving_bench_")
   path = args.backbone or backbone()
   prompt_dir = os.path.join(work, "prompts")

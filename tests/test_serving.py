@@ -316,13 +316,17 @@ def test_disconnecting_client_does_not_disturb_its_batch(served):
   assert httpx.get(url + "/healthz").json()["status"] == "ok"
 
 
-def test_sigterm_drains_in_flight_requests(files):
+def test_sigterm_drains_in_flight_requests(files, tmp_path):
   port = _free_port()
+  cache = tmp_path / "xla"
   cmd = [sys.executable, "-m", "prompt_tuning.cli.main", "serve", files["backbone"],
          "--relative_attention_max_distance=16", f"--port={port}",
          f"--prompt=copy={files['prompts']['copy']}",
          f"--prompt=sort={files['prompts']['sort']}", *SERVER_FLAGS,
-         "--no_warmup", "--max_wait_ms=1000"]
+         "--no_warmup", "--max_wait_ms=1000", f"--compilation_cache_dir={cache}",
+         # One decoding row and long completions: the stream below is still
+         # running when SIGTERM comes.
+         "--decode_rows=1", "--max_decode_length=128"]
   env = dict(os.environ, PYTHONPATH=REPO_ROOT)
   proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
@@ -332,22 +336,38 @@ def test_sigterm_drains_in_flight_requests(files):
     while True:
       assert proc.poll() is None, proc.communicate()[1][-3000:]
       try:
-        if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+        if httpx.get(url + "/livez", timeout=1).status_code == 200:
+          live_at = time.time()
           break
       except httpx.TransportError:
         pass
       assert time.time() < deadline, "serve did not come up"
-      time.sleep(0.2)
+      time.sleep(0.05)
+    assert httpx.get(url + "/healthz", timeout=10).status_code == 200  # --no_warmup: at once
+    started, lines, seen_at_sigterm = threading.Event(), [], []
+
+    def stream():
+      # Greedy never ends early here (the tiny model emits no EOS in 128 tokens).
+      with httpx.stream("POST", url + "/v1/completions", timeout=120, json=dict(
+          model="copy", prompt=WORDS[:4], max_tokens=128, temperature=0, stream=True)) as r:
+        for line in r.iter_lines():
+          if line:
+            lines.append(line)
+            started.set()
     jobs = [("copy", ["abc"]), ("sort", ["hello", "zz"]), ("copy", ["q"])]
-    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(len(jobs) + 1) as pool:
+      streaming = pool.submit(stream)
+      assert started.wait(120), streaming.exception() if streaming.done() else "no first chunk"
       futures = [pool.submit(_post, url, "/v1/generate", {"prompt": p, "inputs": x})
                  for p, x in jobs]
       # SIGTERM once all three are in flight (the first batch also compiles).
       while httpx.get(url + "/healthz", timeout=10).json()["in_flight"] < len(jobs):
         assert not any(f.done() for f in futures), "answered before SIGTERM"
         time.sleep(0.01)
+      seen_at_sigterm.append(len(lines))
       proc.send_signal(signal.SIGTERM)
       responses = [f.result() for f in futures]
+      streaming.result()
     assert [r.status_code for r in responses] == [200] * 3, [r.text for r in responses]
     assert [len(r.json()["outputs"]) for r in responses] == [1, 2, 1]
     _, err = proc.communicate(timeout=60)
@@ -357,12 +377,23 @@ def test_sigterm_drains_in_flight_requests(files):
       proc.kill()
   with pytest.raises(httpx.TransportError):
     httpx.get(url + "/healthz", timeout=1)
+  # The stream in flight at SIGTERM ran to its end: every choice, then [DONE].
+  assert seen_at_sigterm[0] < len(lines) and lines[-1] == "data: [DONE]"
+  chunks = [json.loads(line[6:]) for line in lines[:-1]]
+  finished = {c["choices"][0]["index"]: c["choices"][0]["finish_reason"] for c in chunks
+              if c["choices"][0]["finish_reason"]}
+  assert finished == {i: "length" for i in range(4)}
   # Structured logs: one JSON object per line, each request under its id.
   entries = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
   logged = {e.get("request_id") for e in entries if e.get("event") == "request"}
   assert {r.json()["request_id"] for r in responses} <= logged
   events = [e.get("event") for e in entries]
   assert events.index("drain") < events.index("stop")
+  # The port opened within seconds of the backbone being loaded, and the
+  # programs compiled went to the persistent cache for the next start.
+  loaded = next(e for e in entries if e.get("event") == "loaded")
+  assert live_at - loaded["ts"] < 15
+  assert os.listdir(cache)
 
 
 def test_sentencepiece_vocabulary_and_mismatch(files):

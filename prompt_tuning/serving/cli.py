@@ -1,11 +1,16 @@
-"""`prompt-tuning serve`: flags, start-up (load, warm), then uvicorn until SIGTERM.
+"""`prompt-tuning serve`: flags, start-up (load), then uvicorn until SIGTERM.
 
   prompt-tuning serve CHECKPOINT --prompt rte=/p/rte.npy [--prompt NAME=PATH ...]
       [--prompt_dir DIR] [--vocabulary byte|SPM.model] [--port 8000] ...
 
+The port opens as soon as the backbone and prompts are loaded: the programs
+compile on a background thread (the first requests' programs first; /healthz
+says ready once they are), through JAX's persistent compilation cache, so a
+restart reads them back instead of compiling again.
+
 uvicorn drains on SIGTERM/SIGINT: it stops accepting connections, lets
-in-flight requests finish (their batches run), then the app's shutdown
-stops the batcher and the process exits 0.
+in-flight requests finish (their batches run, their streams end), then the
+app's shutdown stops the batchers and the process exits 0.
 """
 
 from __future__ import annotations
@@ -68,8 +73,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   g.add_argument("--allow_oversubscribe", action="store_true",
                  help="start even when the largest batch's estimated memory exceeds what is "
                       "available (refused by default, before the backbone is read)")
+  g.add_argument("--decode_rows", type=int, default=16,
+                 help="rows decoded at once by the continuous batcher (/v1/completions)")
+  g.add_argument("--decode_steps", type=int, default=8,
+                 help="decoding steps per device call of the continuous batcher (requests "
+                      "join and leave between calls)")
+  g.add_argument("--backbone_name", default=None,
+                 help="the `model` naming the backbone without a prompt on the OpenAI-"
+                      "compatible routes (default: the checkpoint folder's name)")
   g.add_argument("--no_warmup", action="store_true",
-                 help="compile on first use instead of at start-up")
+                 help="compile on first use instead of in the background from start-up")
+  g.add_argument("--compilation_cache_dir",
+                 default=os.path.join(os.path.expanduser("~"), ".cache", "prompt-tuning", "xla"),
+                 help="JAX's persistent compilation cache ('' turns it off)")
   g.add_argument("--log_level", default="INFO")
 
 
@@ -92,8 +108,19 @@ def prompt_files(pairs: list[str], folder: Optional[str]) -> dict[str, str]:
   return out
 
 
-def build(args) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa: F821
-  """Loads the backbone and prompts, compiles the programs; returns (engine, config)."""
+def backbone_name(checkpoint: str) -> str:
+  """The checkpoint's folder name (its parent's, for a T5X `checkpoint_N` step folder)."""
+  path = os.path.normpath(os.path.abspath(checkpoint))
+  name = os.path.basename(path)
+  if name.startswith("checkpoint_") and name[len("checkpoint_"):].isdigit():
+    name = os.path.basename(os.path.dirname(path))
+  return name
+
+
+def build(args, warmup: bool = True
+          ) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa: F821
+  """Loads the backbone and prompts and (with `warmup`, unless --no_warmup) compiles the
+  whole-loop programs; returns (engine, config)."""
   from prompt_tuning import decoding
   from prompt_tuning.prompts import provenance
   from prompt_tuning.runtime import preflight
@@ -103,6 +130,10 @@ def build(args) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa
   prompts = {name: provenance.read_prompt(path) for name, path in files.items()}
   if len(prompts) > args.max_prompts:
     raise ValueError(f"{len(prompts)} prompts given but --max_prompts={args.max_prompts}")
+  backbone_model = args.backbone_name or backbone_name(args.checkpoint)
+  if backbone_model in prompts:
+    raise ValueError(f"A prompt is named {backbone_model!r}, the backbone's own name on the "
+                     "OpenAI-compatible routes; rename it or pass --backbone_name")
   shapes = {name: p.shape for name, p in prompts.items()}
   if len(set(shapes.values())) > 1:
     raise ValueError(f"Prompts served together must share one [P, H] shape; got {shapes}")
@@ -144,27 +175,38 @@ def build(args) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa
       max_queue_rows=max(args.max_queue_rows, engine.config.max_batch),
       max_inputs=args.max_inputs, max_candidates=args.max_candidates,
       max_decode_length=args.max_decode_length,
-      default_decode_length=args.default_decode_length, max_beams=args.max_beams)
-  if not args.no_warmup:
+      default_decode_length=args.default_decode_length, max_beams=args.max_beams,
+      backbone_name=backbone_model, decode_rows=args.decode_rows,
+      decode_steps=args.decode_steps)
+  if warmup and not args.no_warmup:
     engine.warmup([decoding.DecodingConfig(max_decode_length=config.default_decode_length)])
   return engine, config
 
 
 def run(args) -> int:
-  """Builds, warms, serves until SIGTERM/SIGINT; returns the exit code."""
+  """Loads, serves (compiling in the background) until SIGTERM/SIGINT; returns the exit code."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import logging
   import time
+  import jax
   import uvicorn
   from prompt_tuning.serving import server as server_lib
   server_lib.configure_logging(args.log_level)
   log = logging.getLogger("prompt_tuning.serving")
+  if args.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", args.compilation_cache_dir)
+    # Every program, however quick to compile: start-up compiles many.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   start = time.monotonic()
-  engine, config = build(args)
-  log.info("ready", extra={"fields": dict(
-      event="ready", startup_s=round(time.monotonic() - start, 1),
-      compiled=engine.compile_count, host=config.host, port=config.port)})
-  app = server_lib.create_app(engine, config)
+  engine, config = build(args, warmup=False)
+  log.info("loaded", extra={"fields": dict(
+      event="loaded", startup_s=round(time.monotonic() - start, 1),
+      prompts=engine.prompts.names(), host=config.host, port=config.port)})
+  app = server_lib.create_app(engine, config, warmup=not args.no_warmup)
+  # The decode thread needs the GIL back at once after each step, while the
+  # event loop streams tokens: Python's default 5 ms switch interval would
+  # idle the device for up to that long per step.
+  sys.setswitchinterval(float(os.environ.get("PT_SERVE_SWITCH_INTERVAL_S", "0.0005")))
   # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler
   # that was there before it started. That handler is this no-op, so a drained
   # shutdown exits 0 (what process managers read as a clean stop), not -15.

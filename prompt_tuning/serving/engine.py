@@ -15,6 +15,7 @@ P prompt length, H model width.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from typing import Any, Callable, Hashable, Optional, Sequence
 
@@ -35,10 +36,12 @@ class ServingError(Exception):
   status = 400
   code = "bad_request"
 
-  def __init__(self, message: str, status: Optional[int] = None, code: Optional[str] = None):
+  def __init__(self, message: str, status: Optional[int] = None, code: Optional[str] = None,
+               param: Optional[str] = None):
     super().__init__(message)
     self.status = status or self.status
     self.code = code or self.code
+    self.param = param  # The request field at fault, where one is (OpenAI's error shape).
 
 
 class UnknownPrompt(ServingError):
@@ -192,6 +195,7 @@ class Engine:
     self.model_config = model_config
     self.model = T5(model_config, encoder_prompt=multi_task.PromptBank(
         num_prompts=config.capacity, length=prompt_length))
+    self.plain_model = T5(model_config)  # The backbone alone (requests naming no prompt).
     self._bank_path = _bank_path(self.model)
     flat = {k: v for k, v in tree_lib.flatten(backbone_params).items() if k != self._bank_path}
     self._frozen = jax.device_put(flat)
@@ -216,22 +220,29 @@ class Engine:
   def _params(self, frozen: dict[str, Any], bank: jax.Array) -> Any:
     return tree_lib.unflatten({**frozen, self._bank_path: bank})
 
-  def _program(self, key: Hashable, build: Callable[[], Callable], *example_args) -> Callable:
+  def program(self, key: Hashable, build: Callable[[], Callable], *example_args,
+              donate: Sequence[int] = ()) -> Callable:
+    """The program compiled for `key` (built, lowered on `example_args` and compiled once)."""
     with self._compile_lock:
       if key not in self._compiled:
-        self._compiled[key] = jax.jit(build()).lower(*example_args).compile()
+        self._compiled[key] = jax.jit(build(), donate_argnums=tuple(donate)).lower(
+            *example_args).compile()
       return self._compiled[key]
 
-  def _generate_program(self, b: int, l: int, dec: decoding.DecodingConfig) -> Callable:
+  def _generate_program(self, b: int, l: int, dec: decoding.DecodingConfig,
+                        prompted: bool = True) -> Callable:
     def build():
       def fn(frozen, bank, tokens_BL, index_B, rng):
+        if not prompted:  # The backbone alone (the bank is an unused argument).
+          return decoding.generate(self.plain_model, tree_lib.unflatten(frozen), tokens_BL, dec,
+                                   rng=rng)
         return decoding.generate(self.model, self._params(frozen, bank), tokens_BL, dec,
                                  rng=rng, prompt_features={"task_index": index_B})
       return fn
     bank, _ = self.prompts.snapshot()
-    return self._program(("generate", b, l, dec), build, self._frozen, bank,
-                         jax.ShapeDtypeStruct((b, l), jnp.int32),
-                         jax.ShapeDtypeStruct((b,), jnp.int32), jax.random.PRNGKey(0))
+    key = ("generate", b, l, dec) if prompted else ("generate", b, l, dec, "no prompt")
+    return self.program(key, build, self._frozen, bank, jax.ShapeDtypeStruct((b, l), jnp.int32),
+                        jax.ShapeDtypeStruct((b,), jnp.int32), jax.random.PRNGKey(0))
 
   def _score_program(self, b: int, l: int, t: int) -> Callable:
     def build():
@@ -240,22 +251,30 @@ class Engine:
                               prompt_features={"task_index": index_B})
       return fn
     bank, _ = self.prompts.snapshot()
-    return self._program(("score", b, l, t), build, self._frozen, bank,
-                         jax.ShapeDtypeStruct((b, l), jnp.int32),
-                         jax.ShapeDtypeStruct((b, t), jnp.int32),
-                         jax.ShapeDtypeStruct((b,), jnp.int32))
+    return self.program(("score", b, l, t), build, self._frozen, bank,
+                        jax.ShapeDtypeStruct((b, l), jnp.int32),
+                        jax.ShapeDtypeStruct((b, t), jnp.int32),
+                        jax.ShapeDtypeStruct((b,), jnp.int32))
+
+  def warmup_tasks(self, decoding_configs: Sequence[decoding.DecodingConfig] = (),
+                   score: bool = True) -> list[Callable[[], Any]]:
+    """One call per program `warmup` compiles, smallest shapes first."""
+    c = self.config
+    tasks = []
+    for b in c.batch_buckets:
+      for l in c.length_buckets:
+        for dec in decoding_configs:
+          tasks.append(functools.partial(self._generate_program, b, l, dec))
+        if score:
+          for t in c.target_buckets:
+            tasks.append(functools.partial(self._score_program, b, l, t))
+    return tasks
 
   def warmup(self, decoding_configs: Sequence[decoding.DecodingConfig] = (),
              score: bool = True) -> int:
     """Compiles every bucket for the given decoding options (and scoring); returns the count."""
-    c = self.config
-    for b in c.batch_buckets:
-      for l in c.length_buckets:
-        for dec in decoding_configs:
-          self._generate_program(b, l, dec)
-        if score:
-          for t in c.target_buckets:
-            self._score_program(b, l, t)
+    for task in self.warmup_tasks(decoding_configs, score):
+      task()
     return self.compile_count
 
   # Batches.
@@ -268,20 +287,28 @@ class Engine:
     return out
 
   def generate(self, bank: jax.Array, index: Sequence[int], inputs: Sequence[Sequence[int]],
-               dec: decoding.DecodingConfig) -> list[tuple[str, float]]:
-    """(text, score) per row: rows are token lists with EOS, each with its bank row."""
+               dec: decoding.DecodingConfig, prompted: bool = True
+               ) -> list[tuple[str, float, int, bool]]:
+    """(text, score, tokens decoded, whether it ended with EOS) per row: rows are token
+    lists with EOS, each with its bank row (unless not `prompted`: then the backbone
+    decodes without a prompt)."""
     c = self.config
     b = bucket(len(inputs), c.batch_buckets, "batch of")
     l = bucket(max(len(r) for r in inputs), c.length_buckets, "input length")
-    program = self._generate_program(b, l, dec)
+    program = self._generate_program(b, l, dec, prompted)
     self._batches += 1
     rng = jax.random.fold_in(jax.random.PRNGKey(c.seed), self._batches)
     index_B = np.zeros((b,), np.int32)
     index_B[:len(index)] = index
     tokens, scores = program(self._frozen, bank, self._pad(inputs, b, l), index_B, rng)
     tokens, scores = np.asarray(tokens), np.asarray(scores)
-    return [(_decode_text(self.vocabulary, tokens[i]), float(scores[i]))
-            for i in range(len(inputs))]
+    out = []
+    for i in range(len(inputs)):
+      row = tokens[i].tolist()
+      ended = EOS_ID in row
+      out.append((_decode_text(self.vocabulary, tokens[i]), float(scores[i]),
+                  row.index(EOS_ID) + 1 if ended else len(row), ended))
+    return out
 
   def score(self, bank: jax.Array, index: Sequence[int], inputs: Sequence[Sequence[int]],
             targets: Sequence[Sequence[int]]) -> np.ndarray:

@@ -8,24 +8,33 @@
   GET    /v1/prompts         the loaded prompts, the bank's capacity and the prompt shape
   PUT    /v1/prompts/{name}  JSON {values: [[...]]} or a raw .npy body ([P, H])
   DELETE /v1/prompts/{name}
-  GET    /healthz, GET /metrics (Prometheus text format)
+  POST   /v1/completions     OpenAI-compatible (`model` names the prompt), streaming included
+  GET    /v1/models[/{id}]   the backbone and every prompt, as OpenAI lists models
+  GET    /healthz (ready: 503 until the first programs are compiled), GET /livez (alive),
+  GET    /metrics (Prometheus text format)
 
 Every response carries the request id (the X-Request-ID header, echoed or
 made up) in that header and, for JSON bodies, as `request_id`. Errors are
-one line of JSON: {"error": {"code": ..., "message": ...}, "request_id": ...}.
+one line of JSON: {"error": {"code": ..., "message": ...}, "request_id": ...};
+on the OpenAI-compatible routes, OpenAI's {"error": {"message", "type",
+"param", "code"}} with the same status codes (see openai_api.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import collections
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import logging
 import logging.handlers
 import queue
 import re
+import threading
 import time
 import uuid
 from typing import Any, Hashable, Literal, Optional, Sequence
@@ -39,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prompt_tuning import decoding
+from prompt_tuning.serving import continuous, openai_api
 from prompt_tuning.serving.batcher import Batcher, BatchStats, Work
 from prompt_tuning.serving.engine import Engine, ServingError, UnknownPrompt
 
@@ -63,6 +73,13 @@ class ServeConfig:
     default_decode_length: used when a request names none.
     max_beams: the largest `num_beams` accepted.
     max_body_bytes: request bodies beyond this get 413.
+    backbone_name: the `model` that names the backbone without a prompt on the
+      OpenAI-compatible routes.
+    decode_rows: rows the continuous batcher decodes at once (/v1/completions).
+    decode_steps: decoding steps per device call of the continuous batcher:
+      requests join and leave between calls, and a call's tokens stream
+      together. More steps per call spread the cost of a call (about twice a
+      step's on a 2-core CPU) over more tokens.
   """
   host: str = "127.0.0.1"
   port: int = 8000
@@ -74,6 +91,9 @@ class ServeConfig:
   default_decode_length: int = 32
   max_beams: int = 8
   max_body_bytes: int = 8 << 20
+  backbone_name: str = "backbone"
+  decode_rows: int = 16
+  decode_steps: int = 8
 
   def __post_init__(self):
     if not 1 <= self.default_decode_length <= self.max_decode_length:
@@ -81,6 +101,9 @@ class ServeConfig:
                        f"expected 1..max_decode_length={self.max_decode_length}")
     if self.max_wait_ms < 0:
       raise ValueError(f"ServeConfig.max_wait_ms={self.max_wait_ms}; expected >= 0")
+    if self.decode_rows < 1 or self.decode_steps < 1:
+      raise ValueError(f"ServeConfig.decode_rows={self.decode_rows}, decode_steps="
+                       f"{self.decode_steps}; expected >= 1")
 
 
 # Request bodies. Unknown fields are refused so that a misspelt option is not
@@ -166,6 +189,47 @@ class Metrics:
                                   registry=r)
     self.prompts = prom.Gauge("pt_serve_prompts", "Prompts loaded", registry=r)
     self.compiled = prom.Gauge("pt_serve_compiled_programs", "Compiled programs", registry=r)
+    # Token-level figures of the continuous batcher (/v1/completions).
+    token_buckets = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
+    self.ttft = prom.Histogram(
+        "pt_serve_time_to_first_token_seconds", "From a completion's arrival to its first token",
+        registry=r, buckets=token_buckets)
+    self.inter_token = prom.Histogram(
+        "pt_serve_inter_token_latency_seconds", "Time between a completion's tokens",
+        registry=r, buckets=token_buckets)
+    self.running_rows = prom.Gauge("pt_serve_running_rows", "Rows decoding now", registry=r)
+    self.generated = prom.Counter("pt_serve_generated_tokens", "Tokens generated", registry=r)
+    self.tokens_per_second = prom.Gauge(
+        "pt_serve_tokens_per_second", f"Tokens generated per second, over the last "
+        f"{self.RATE_WINDOW_S:g} s", registry=r)
+    self.step_seconds = prom.Histogram(
+        "pt_serve_decode_step_seconds", "Device time per decoding step", registry=r,
+        buckets=token_buckets)
+    self._recent: collections.deque[tuple[float, int]] = collections.deque()
+    self._recent_lock = threading.Lock()
+
+  RATE_WINDOW_S = 10.0
+
+  def on_step(self, stats: continuous.StepStats) -> None:
+    """Called on the decode thread after each step."""
+    self.step_seconds.observe(stats.seconds)
+    self.generated.inc(stats.tokens)
+    with self._recent_lock:
+      self._recent.append((time.monotonic(), stats.tokens))
+
+  def on_finish(self, seq: continuous.Completion) -> None:
+    if seq.first_token_at is not None:
+      self.ttft.observe(seq.first_token_at - seq.submitted)
+    for gap in seq.gaps:
+      self.inter_token.observe(gap)
+
+  def token_rate(self) -> float:
+    """Tokens per second over the last RATE_WINDOW_S."""
+    now = time.monotonic()
+    with self._recent_lock:
+      while self._recent and self._recent[0][0] < now - self.RATE_WINDOW_S:
+        self._recent.popleft()
+      return sum(n for _, n in self._recent) / self.RATE_WINDOW_S
 
   def on_batch(self, stats: BatchStats) -> None:
     self.batch_rows.observe(stats.rows)
@@ -176,23 +240,96 @@ class Metrics:
       self.queue_wait.observe(wait)
 
 
+class WarmUp:
+  """Compiles programs on a background thread while the server already listens.
+
+  The `first` programs are those the first requests need; /healthz says
+  ready once they are compiled. The `rest` follow, so that later shapes do
+  not compile while a request waits (any program a request needs sooner
+  compiles on first use).
+  """
+
+  def __init__(self, engine: Engine, first: Sequence[Any] = (), rest: Sequence[Any] = ()):
+    self.engine, self.first, self.rest = engine, list(first), list(rest)
+    self.ready = threading.Event()
+    self.error: Optional[BaseException] = None
+    self._stopping = threading.Event()
+    self._thread: Optional[threading.Thread] = None
+    if not self.first:
+      self.ready.set()
+
+  @property
+  def status(self) -> str:
+    return "failed" if self.error else ("ok" if self.ready.is_set() else "starting")
+
+  @property
+  def done(self) -> bool:
+    """Whether every program of the plan is compiled (or the plan ended)."""
+    return self._thread is None or not self._thread.is_alive()
+
+  def start(self) -> None:
+    if self.first or self.rest:
+      self._thread = threading.Thread(target=self._run, name="warmup", daemon=True)
+      self._thread.start()
+
+  def stop(self) -> None:
+    """Compiles nothing more; waits for the program compiling now."""
+    self._stopping.set()
+    if self._thread is not None:
+      self._thread.join()
+
+  def _run(self) -> None:
+    start = time.monotonic()
+    try:
+      for i, task in enumerate(self.first + self.rest):
+        if self._stopping.is_set():
+          return
+        task()
+        if i + 1 == len(self.first):
+          self.ready.set()
+          log.info("ready", extra={"fields": dict(
+              event="ready", compiled=self.engine.compile_count,
+              warmup_s=round(time.monotonic() - start, 1))})
+      log.info("warm", extra={"fields": dict(event="warm", compiled=self.engine.compile_count,
+                                             warmup_s=round(time.monotonic() - start, 1))})
+    except Exception as e:  # pylint: disable=broad-except
+      self.error = e
+      log.exception("warm-up failed", extra={"fields": dict(event="warmup_failed")})
+
+
+def warmup_plan(engine: Engine, config: ServeConfig, programs: continuous.StepPrograms
+                ) -> WarmUp:
+  """The first requests' programs (a decoding step, admitting the fewest and shortest
+  rows, /v1/generate's smallest greedy batch), then every other shape."""
+  c = engine.config
+  dec = decoding.DecodingConfig(max_decode_length=config.default_decode_length)
+  smallest = programs.insert_buckets()[0]
+  first = [programs.step_program,
+           lambda: programs.insert_program(smallest, c.length_buckets[0], True),
+           lambda: engine._generate_program(c.batch_buckets[0], c.length_buckets[0], dec)]  # pylint: disable=protected-access
+  rest = [functools.partial(programs.insert_program, b, l, True)
+          for b in programs.insert_buckets() for l in c.length_buckets]
+  return WarmUp(engine, first, rest + engine.warmup_tasks([dec]))
+
+
 def make_runner(engine: Engine):
   """The batch function the Batcher calls on its worker thread."""
   def run(group: Hashable, items: Sequence[Work]) -> list[Any]:
     bank, rows_of = engine.prompts.snapshot()
     results: list[Any] = [None] * len(items)
     live = []
+    prompted = len(group) < 3 or group[2]  # ("generate", dec, False): the backbone alone
     for i, w in enumerate(items):
-      if w.prompt in rows_of:
+      if not prompted or w.prompt in rows_of:
         live.append(i)
       else:  # Deleted while it waited.
         results[i] = UnknownPrompt(f"no prompt named {w.prompt!r} (it was deleted)")
     if not live:
       return results
-    index = [rows_of[items[i].prompt] for i in live for _ in items[i].rows]
+    index = [rows_of[items[i].prompt] if prompted else 0 for i in live for _ in items[i].rows]
     flat = [row for i in live for row in items[i].rows]
     if group[0] == "generate":
-      out = engine.generate(bank, index, flat, group[1])
+      out = engine.generate(bank, index, flat, group[1], prompted)
     else:
       out = list(engine.score(bank, index, [r[0] for r in flat], [r[1] for r in flat]))
     info = {"rows": len(flat), "requests": len(live),
@@ -206,7 +343,14 @@ def make_runner(engine: Engine):
   return run
 
 
-def _error(status: int, code: str, message: str, request_id: str) -> JSONResponse:
+# Routes whose errors take OpenAI's shape, so that OpenAI clients read them.
+OPENAI_ROUTES = ("/v1/completions", "/v1/models")
+
+
+def _error(status: int, code: str, message: str, request_id: str, path: str = "",
+           param: Optional[str] = None) -> JSONResponse:
+  if path.startswith(OPENAI_ROUTES):
+    return openai_api.openai_error(status, code, message, param)
   return JSONResponse({"error": {"code": code, "message": message}, "request_id": request_id},
                       status_code=status)
 
@@ -215,20 +359,26 @@ def _request_id(request: Request) -> str:
   return getattr(request.state, "request_id", "-")
 
 
+def _fail(request: Request, status: int, code: str, message: str,
+          param: Optional[str] = None) -> JSONResponse:
+  """The error response for this request's route (the catalogue's or OpenAI's shape)."""
+  return _error(status, code, message, _request_id(request), request.url.path, param)
+
+
 def _invalid_body(request: Request, errors: Sequence[Any]) -> JSONResponse:
   """415, 400 or 422 for a body that failed validation (pydantic's error list)."""
   kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
   if request.method == "POST" and kind not in ("application/json", ""):
-    return _error(415, "unsupported_media_type", f"the body is {kind}; send JSON with "
-                  "Content-Type: application/json", _request_id(request))
+    return _fail(request, 415, "unsupported_media_type", f"the body is {kind}; send JSON with "
+                 "Content-Type: application/json")
   if any(err.get("type") == "json_invalid" for err in errors):
-    return _error(400, "malformed_json", "the request body is not valid JSON",
-                  _request_id(request))
+    return _fail(request, 400, "malformed_json", "the request body is not valid JSON")
   first = errors[0] if errors else {}
   where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
   more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-  return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}{more}",
-                _request_id(request))
+  first_field = next((str(p) for p in first.get("loc", ()) if p != "body"), None)
+  return _fail(request, 422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}{more}",
+               first_field)
 
 
 async def _parse(request: Request, schema: type[BaseModel]) -> BaseModel:
@@ -292,7 +442,8 @@ class RequestContext:
     try:
       if length.isdigit() and int(length) > self.config.max_body_bytes:
         await _error(413, "body_too_large", f"request body of {int(length)} bytes; at most "
-                     f"{self.config.max_body_bytes}", request_id)(scope, receive, send_with_id)
+                     f"{self.config.max_body_bytes}", request_id, scope["path"])(
+                         scope, receive, send_with_id)
       else:
         await self.app(scope, receive, send_with_id)
     finally:
@@ -300,39 +451,57 @@ class RequestContext:
       endpoint = getattr(scope.get("route"), "path", "unmatched")
       self.metrics.requests.labels(endpoint, str(status)).inc()
       self.metrics.latency.labels(endpoint).observe(elapsed)
-      if endpoint not in ("/metrics", "/healthz") and log.isEnabledFor(logging.INFO):
+      if endpoint not in ("/metrics", "/healthz", "/livez") and log.isEnabledFor(logging.INFO):
         log.info("request", extra={"fields": {
             **state.get("log_fields", {}), "event": "request", "request_id": request_id,
             "method": scope["method"], "path": scope["path"], "status": status,
             "latency_ms": round(1000 * elapsed, 2)}})
 
 
-def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
-  """The FastAPI app around a (warmed) engine."""
+def create_app(engine: Engine, config: ServeConfig = ServeConfig(),
+               warmup: bool = False) -> FastAPI:
+  """The FastAPI app around an engine; with `warmup`, it compiles the programs in the
+  background from start-up (/healthz says ready once the first requests' are)."""
   metrics = Metrics()
   batcher = Batcher(make_runner(engine), engine.config.max_batch,
                     config.max_wait_ms / 1000.0, config.max_queue_rows,
                     on_batch=metrics.on_batch)
+  decoder = continuous.ContinuousBatcher(
+      continuous.StepPrograms(engine, config.decode_rows, config.max_decode_length,
+                              config.decode_steps),
+      engine.vocabulary, on_step=metrics.on_step, on_finish=metrics.on_finish,
+      max_queue=config.max_queue_rows)
+  warm = warmup_plan(engine, config, decoder.programs) if warmup else WarmUp(engine)
 
   @contextlib.asynccontextmanager
   async def lifespan(app):
     batcher.start()
+    decoder.start()
+    warm.start()
     log.info("serving", extra={"fields": dict(
         event="start", prompts=engine.prompts.names(), compiled=engine.compile_count,
-        max_batch=engine.config.max_batch, max_wait_ms=config.max_wait_ms)})
+        max_batch=engine.config.max_batch, max_wait_ms=config.max_wait_ms,
+        decode_rows=config.decode_rows)})
     yield
-    log.info("draining", extra={"fields": dict(event="drain", queued_rows=batcher.queued_rows)})
+    log.info("draining", extra={"fields": dict(event="drain", queued_rows=batcher.queued_rows,
+                                               running_rows=decoder.running)})
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, warm.stop)
     await batcher.stop()
+    # Streams still open were let finish by uvicorn before this point; the
+    # decode thread ends once its rows and queue are empty.
+    await loop.run_in_executor(None, decoder.stop)
     log.info("stopped", extra={"fields": dict(event="stop")})
 
   app = FastAPI(title="prompt-tuning serve", lifespan=lifespan, docs_url=None, redoc_url=None)
   app.state.engine, app.state.batcher, app.state.metrics = engine, batcher, metrics
+  app.state.decoder, app.state.warmup = decoder, warm
 
   app.add_middleware(RequestContext, config=config, metrics=metrics)
 
   @app.exception_handler(ServingError)
   async def serving_error(request: Request, e: ServingError):
-    return _error(e.status, e.code, str(e), _request_id(request))
+    return _fail(request, e.status, e.code, str(e), e.param)
 
   @app.exception_handler(RequestValidationError)
   async def invalid_request(request: Request, e: RequestValidationError):
@@ -345,14 +514,14 @@ def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
   @app.exception_handler(StarletteHTTPException)
   async def http_error(request: Request, e: StarletteHTTPException):
     code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-    return _error(e.status_code, code, str(e.detail), _request_id(request))
+    return _fail(request, e.status_code, code, str(e.detail))
 
   @app.exception_handler(Exception)
   async def internal_error(request: Request, e: Exception):
     log.error("internal error", exc_info=e, extra={"fields": dict(
         event="error", request_id=_request_id(request))})
-    return _error(500, "internal", f"{type(e).__name__} (see the server log under this "
-                  "request id)", _request_id(request))
+    return _fail(request, 500, "internal", f"{type(e).__name__} (see the server log under this "
+                 "request id)")
 
   def check_prompt(name: str) -> None:
     if name not in engine.prompts:
@@ -382,7 +551,7 @@ def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
     request.state.log_fields = dict(prompt=body.prompt, inputs=len(ids), decoding=dec.method)
     outputs, info = await batcher.submit(("generate", dec), body.prompt, ids)
     return _json({"request_id": _request_id(request), "prompt": body.prompt,
-                  "outputs": [{"text": t, "score": s} for t, s in outputs], "batch": info})
+                  "outputs": [{"text": t, "score": s} for t, s, *_ in outputs], "batch": info})
 
   @app.post("/v1/score")
   async def score(request: Request):
@@ -423,6 +592,9 @@ def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
     if not PROMPT_NAME.fullmatch(name):
       raise ServingError(f"prompt name {name!r}: expected 1-64 of A-Z a-z 0-9 _ . - "
                          "(starting with a letter or digit)", 422, "invalid_name")
+    if name == config.backbone_name:
+      raise ServingError(f"{name!r} is the backbone's own name (the `model` that means no "
+                         "prompt); choose another", 422, "invalid_name")
     body = await request.body()
     kind = request.headers.get("content-type", "").split(";")[0].strip()
     if kind in ("application/octet-stream", "application/x-npy"):
@@ -461,17 +633,30 @@ def create_app(engine: Engine, config: ServeConfig = ServeConfig()) -> FastAPI:
 
   @app.get("/healthz")
   async def healthz(request: Request):
-    return {"request_id": _request_id(request), "status": "ok",
-            "prompts": len(engine.prompts.names()), "compiled_programs": engine.compile_count,
-            "queued_rows": batcher.queued_rows, "in_flight": batcher.in_flight}
+    """Ready: 200 once the first requests' programs are compiled, 503 before (or if that failed)."""
+    return JSONResponse({
+        "request_id": _request_id(request), "status": warm.status,
+        "prompts": len(engine.prompts.names()), "compiled_programs": engine.compile_count,
+        "queued_rows": batcher.queued_rows, "in_flight": batcher.in_flight,
+        "running_rows": decoder.running, "warming": not warm.done},
+        status_code=200 if warm.status == "ok" else 503)
+
+  @app.get("/livez")
+  async def livez(request: Request):
+    """Alive: the process answers (it may still be compiling)."""
+    return {"request_id": _request_id(request), "status": "alive"}
 
   @app.get("/metrics")
   async def prometheus_metrics():
+    metrics.running_rows.set(decoder.running)
+    metrics.tokens_per_second.set(metrics.token_rate())
     metrics.queued_rows.set(batcher.queued_rows)
     metrics.prompts.set(len(engine.prompts.names()))
     metrics.compiled.set(engine.compile_count)
     return Response(prom.generate_latest(metrics.registry), media_type=prom.CONTENT_TYPE_LATEST)
 
+  openai_api.add_routes(app, openai_api.Completions(engine, config, batcher, decoder, metrics,
+                                                    _parse, _json))
   return app
 
 

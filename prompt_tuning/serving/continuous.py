@@ -1,0 +1,454 @@
+"""Continuous batching: decoding one step at a time over a fixed set of rows.
+
+The batcher in `batcher.py` runs a whole decode loop per batch: every row
+waits for the longest one, and a request that arrives mid-loop waits for the
+whole loop. Here the device holds R decoding rows, and one compiled program
+advances every row by one token. Between steps, new requests are encoded
+(each with its own prompt, the bank being an argument as everywhere in the
+server) and their cross-attention keys and values are written into free
+rows; a row that ends (EOS, a stop string, its token budget, its client
+gone) is free for the next request at once. Tokens reach their request as
+they are chosen, which is what streaming sends.
+
+The per-step call is the model's own cached decoder step (`T5.decode` with
+`decode=True`, as `decoding.generate` runs it), mapped over the rows with
+`jax.vmap`: the model keeps one decode position for the whole batch, and the
+map gives each row its own. The cross-attention cache has room for the
+prompt and the longest input (M positions); shorter encodings are padded and
+masked, so a row decodes as it would alone.
+
+Shape key: R rows, M encoded positions (P + the input budget), L decode
+positions, V vocabulary, b rows admitted together, l their input length.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import logging
+import threading
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning import decoding
+from prompt_tuning import trees as tree_lib
+from prompt_tuning.models.t5 import T5
+from prompt_tuning.serving.engine import EOS_ID, Engine, ServingError, UnknownPrompt, bucket
+
+log = logging.getLogger(__name__)
+
+TOP_LOGPROBS = 5  # alternatives computed per step (OpenAI's `logprobs` limit)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """How one row chooses its tokens: temperature 0 is greedy."""
+  temperature: float = 0.0
+  top_k: int = 0          # 0 keeps all
+  top_p: float = 1.0      # 1 keeps all
+  seed: int = 0           # with `stream_index`, the row's random stream
+  stream_index: int = 0
+
+
+@dataclasses.dataclass
+class Event:
+  """What a row sends its request after a step (or once, on an error)."""
+  text: str = ""                       # new text (stop strings cut, held back while one may start)
+  tokens: Sequence[tuple[int, float, Sequence[tuple[int, float]]]] = ()  # (id, logp, top)
+  finish_reason: Optional[str] = None  # "stop" or "length" on the last event
+  error: Optional[BaseException] = None
+
+
+@dataclasses.dataclass(eq=False)
+class Completion:
+  """One decoding row's request: its input, options, and what it has produced."""
+  inputs: Sequence[int]                # encoder ids, EOS included
+  prompt: Optional[str]                # bank prompt name; None: the backbone alone
+  max_tokens: int
+  sampling: Sampling = Sampling()
+  stop: Sequence[str] = ()
+  on_event: Callable[[Event], None] = lambda event: None  # called on the decode thread
+  cancelled: bool = False              # set by the request when its client leaves
+  submitted: float = dataclasses.field(default_factory=time.monotonic)
+  first_token_at: Optional[float] = None
+  last_token_at: Optional[float] = None
+  output: list[int] = dataclasses.field(default_factory=list)
+  entries: list[tuple[int, float, Sequence[tuple[int, float]]]] = dataclasses.field(
+      default_factory=list)            # (id, log-probability, top alternatives) per token
+  gaps: list[float] = dataclasses.field(default_factory=list)  # seconds between tokens
+  text: str = ""                       # text sent so far
+  finish_reason: Optional[str] = None
+
+
+def _filter_rows(logits_RV: jax.Array, top_k_R: jax.Array, top_p_R: jax.Array) -> jax.Array:
+  """`decoding`'s top-k then top-p filter, with each row's own k and p."""
+  v = logits_RV.shape[-1]
+  sorted_RV = -jnp.sort(-logits_RV, axis=-1)
+  kth = jnp.take_along_axis(sorted_RV, jnp.clip(top_k_R - 1, 0, v - 1)[:, None], axis=-1)
+  cut_k = (top_k_R[:, None] > 0) & (logits_RV < kth)
+  logits_RV = jnp.where(cut_k, decoding.NEG_INF, logits_RV)
+  sorted_RV = jnp.where((top_k_R[:, None] > 0) & (sorted_RV < kth), decoding.NEG_INF, sorted_RV)
+  probs = jax.nn.softmax(sorted_RV, axis=-1)
+  before = jnp.cumsum(probs, axis=-1) - probs
+  cutoff_index = jnp.sum(before < top_p_R[:, None], axis=-1, keepdims=True) - 1
+  cutoff = jnp.take_along_axis(sorted_RV, cutoff_index, axis=-1)
+  use_p = ((top_p_R > 0) & (top_p_R < 1))[:, None]
+  return jnp.where(use_p & (logits_RV < cutoff), decoding.NEG_INF, logits_RV)
+
+
+class StepPrograms:
+  """The device side: R rows of decoder state, and the programs that admit and step them."""
+
+  def __init__(self, engine: Engine, rows: int, max_decode_length: int,
+               steps_per_call: int = 1):
+    self.engine = engine
+    self.rows = rows
+    self.length = max_decode_length
+    self.steps_per_call = steps_per_call
+    self.plain = engine.plain_model  # the decoder, and the encoder without a prompt
+    self.encoded_length = engine.prompts.shape[0] + engine.config.max_input_length
+    params = tree_lib.unflatten(engine._frozen)  # pylint: disable=protected-access
+    template = jax.eval_shape(lambda: tree_lib.flatten(decoding.init_cache(
+        self.plain, params, 1, self.length, self.encoded_length)))
+    cross = {n for n in template if decoding._is_cross(n)}  # pylint: disable=protected-access
+    index = [n for n in template if n.endswith("decode_index")]
+    if len(index) != 1:
+      raise ValueError(f"Expected one decode_index in the decoder cache, found {index}")
+    self._index_name = index[0]
+    # Each leaf gains a leading row axis; vmap hands every row its [1, ...] slice.
+    zeros = lambda s: np.zeros((rows, *s.shape), s.dtype)  # noqa: E731
+    self.cross = jax.device_put({n: zeros(s) for n, s in template.items() if n in cross})
+    self.cache = jax.device_put({n: zeros(s) for n, s in template.items() if n not in cross})
+    self.enc_mask = jax.device_put(np.zeros((rows, self.encoded_length), bool))
+
+  # Programs (compiled once per shape; the bank and every row's settings are arguments).
+
+  def _step_fn(self, frozen, cross, enc_mask_RM, cache, token_R, temperature_R, top_k_R, top_p_R,
+               seed_R, stream_R):
+    params = tree_lib.unflatten(frozen)
+    cfg = self.engine.model_config
+    position_R = cache[self._index_name]
+
+    def one_row(cache_row, cross_row, mask_M, token):
+      encoded = jnp.zeros((1, self.encoded_length, cfg.emb_dim), cfg.activation_dtype)
+      logits, mutated = self.plain.apply(
+          {"params": params, "cache": tree_lib.unflatten({**cache_row, **cross_row})}, encoded,
+          mask_M[None], token[None, None], decode=True, cross_cache="use", mutable=["cache"],
+          method=T5.decode)
+      new = tree_lib.flatten(mutated["cache"])
+      return logits[0, 0], {n: new[n] for n in cache_row}
+
+    logits_RV, cache = jax.vmap(one_row)(cache, cross, enc_mask_RM, token_R)
+    logits_RV = logits_RV.astype(jnp.float32)
+    greedy_R = jnp.argmax(logits_RV, axis=-1).astype(jnp.int32)
+    sampling_R = temperature_R > 0
+
+    def sample(_):
+      keys = jax.vmap(lambda s, i, p: jax.random.fold_in(jax.random.fold_in(
+          jax.random.PRNGKey(s), i), p))(seed_R, stream_R, position_R)
+      scaled = logits_RV / jnp.where(sampling_R, temperature_R, 1.0)[:, None]
+      filtered = _filter_rows(scaled, top_k_R, top_p_R)
+      drawn = jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
+      return jnp.where(sampling_R, drawn, greedy_R)
+
+    token_R = jax.lax.cond(jnp.any(sampling_R), sample, lambda _: greedy_R, None)
+    # Log-probabilities under the model's own distribution (unfiltered,
+    # untempered), as `decoding.temperature_sample` scores.
+    logz_R = jax.nn.logsumexp(logits_RV, axis=-1)
+    logp_R = jnp.take_along_axis(logits_RV, token_R[:, None], axis=-1)[:, 0] - logz_R
+    top_logp, top_ids = jax.lax.top_k(logits_RV, TOP_LOGPROBS)
+    return cache, token_R, logp_R, top_logp - logz_R[:, None], top_ids
+
+  def _steps_fn(self, frozen, cross, enc_mask_RM, cache, token_R, *settings):
+    """`steps_per_call` steps, each feeding the last token chosen: outputs [S, R, ...]."""
+    def one(carry, _):
+      cache, token_R = carry
+      cache, token_R, *out = self._step_fn(frozen, cross, enc_mask_RM, cache, token_R, *settings)
+      return (cache, token_R), (token_R, *out)
+    (cache, _), outs = jax.lax.scan(one, (cache, token_R), None, length=self.steps_per_call)
+    return (cache, *outs)
+
+  def _insert_fn(self, prompted, frozen, bank, cross, enc_mask_RM, cache, tokens_bl, index_b,
+                 slots_b):
+    params = tree_lib.unflatten(frozen)
+    if prompted:
+      model = self.engine.model
+      encoded, mask = model.apply({"params": self.engine._params(frozen, bank)},  # pylint: disable=protected-access
+                                  tokens_bl, prompt_features={"task_index": index_b},
+                                  method=T5.encode)
+    else:
+      encoded, mask = self.plain.apply({"params": params}, tokens_bl, method=T5.encode)
+    entries = decoding.cross_cache_entries(self.plain, params, encoded, mask, self.length)
+    pad = self.encoded_length - encoded.shape[1]
+    cross = dict(cross)
+    for name, value in entries.items():  # [b, N, K, D] -> rows [b, 1, N, M, D]
+      value = jnp.pad(value, ((0, 0), (0, 0), (0, pad), (0, 0)))[:, None]
+      cross[name] = cross[name].at[slots_b].set(value.astype(cross[name].dtype), mode="drop")
+    enc_mask_RM = enc_mask_RM.at[slots_b].set(jnp.pad(mask, ((0, 0), (0, pad))), mode="drop")
+    cache = dict(cache)
+    # The row restarts at position 0; what the last occupant cached beyond
+    # the current position is masked, and overwritten as the row proceeds.
+    cache[self._index_name] = cache[self._index_name].at[slots_b].set(0, mode="drop")
+    return cross, enc_mask_RM, cache
+
+  def step_program(self) -> Callable:
+    r = self.rows
+    ints = jax.ShapeDtypeStruct((r,), jnp.int32)
+    floats = jax.ShapeDtypeStruct((r,), jnp.float32)
+    return self.engine.program(
+        ("step", r, self.length, self.steps_per_call), lambda: self._steps_fn,
+        self.engine._frozen, self.cross,  # pylint: disable=protected-access
+        self.enc_mask, self.cache, ints, floats, ints, floats, ints, ints, donate=(3,))
+
+  def insert_program(self, b: int, l: int, prompted: bool) -> Callable:
+    bank, _ = self.engine.prompts.snapshot()
+    ints = jax.ShapeDtypeStruct((b,), jnp.int32)
+    return self.engine.program(
+        ("insert", self.rows, self.length, b, l, prompted),
+        lambda: (lambda *args: self._insert_fn(prompted, *args)), self.engine._frozen, bank,  # pylint: disable=protected-access
+        self.cross, self.enc_mask, self.cache, jax.ShapeDtypeStruct((b, l), jnp.int32), ints,
+        ints, donate=(2, 3, 4))
+
+  def insert_buckets(self) -> tuple[int, ...]:
+    """Row counts admitted together: the engine's batch buckets up to R, and R."""
+    return tuple(sorted({b for b in self.engine.config.batch_buckets if b < self.rows}
+                        | {self.rows}))
+
+  def insert(self, bank: jax.Array, slots: Sequence[int], inputs: Sequence[Sequence[int]],
+             index: Sequence[int], prompted: bool) -> None:
+    """Encodes `inputs` (with bank rows `index`, if `prompted`) into rows `slots`."""
+    c = self.engine.config
+    b = bucket(len(inputs), self.insert_buckets(), "admitted rows")
+    l = bucket(max(len(x) for x in inputs), c.length_buckets, "input length")
+    tokens = np.zeros((b, l), np.int32)
+    for i, ids in enumerate(inputs):
+      tokens[i, :len(ids)] = ids
+    index_b = np.zeros((b,), np.int32)
+    index_b[:len(index)] = index
+    slots_b = np.full((b,), self.rows, np.int32)  # padding rows write nowhere (mode="drop")
+    slots_b[:len(slots)] = slots
+    program = self.insert_program(b, l, prompted)
+    self.cross, self.enc_mask, self.cache = program(
+        self.engine._frozen, bank, self.cross, self.enc_mask, self.cache, tokens, index_b,  # pylint: disable=protected-access
+        slots_b)
+
+  def step(self, token_R: np.ndarray, temperature_R: np.ndarray, top_k_R: np.ndarray,
+           top_p_R: np.ndarray, seed_R: np.ndarray, stream_R: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`steps_per_call` tokens for every row: (tokens [S, R], their log-probabilities
+    [S, R], top log-probabilities [S, R, 5], top ids [S, R, 5])."""
+    program = self.step_program()
+    self.cache, *out = program(self.engine._frozen, self.cross, self.enc_mask, self.cache,  # pylint: disable=protected-access
+                               token_R, temperature_R, top_k_R, top_p_R, seed_R, stream_R)
+    return tuple(np.asarray(x) for x in out)
+
+
+@dataclasses.dataclass
+class StepStats:
+  """One decoding call (`steps_per_call` steps), for metrics."""
+  rows: int             # rows that decoded
+  tokens: int           # tokens delivered
+  seconds: float
+
+
+class ContinuousBatcher:
+  """The host side: a thread that admits requests into free rows and steps them.
+
+  Args:
+    programs: the device state and programs.
+    vocabulary: turns each row's ids into text (stop strings are matched on it).
+    on_step: called on the decode thread after every step.
+    on_finish: called on the decode thread when a sequence finishes (not when
+      it is cancelled).
+  """
+
+  def __init__(self, programs: StepPrograms, vocabulary: Any,
+               on_step: Optional[Callable[[StepStats], None]] = None,
+               on_finish: Optional[Callable[[Completion], None]] = None,
+               max_queue: int = 1024):
+    self.programs = programs
+    self.vocabulary = vocabulary
+    self.max_queue = max_queue
+    self._on_step = on_step
+    self._on_finish = on_finish
+    r = programs.rows
+    self._slots: list[Optional[Completion]] = [None] * r
+    self._pending: collections.deque[Completion] = collections.deque()
+    self._cond = threading.Condition()
+    self._closing = False
+    self._thread: Optional[threading.Thread] = None
+    self._seeds = itertools.count(1)
+    # Host copies of each row's settings, sent with every step.
+    self._token = np.zeros((r,), np.int32)
+    self._temperature = np.zeros((r,), np.float32)
+    self._top_k = np.zeros((r,), np.int32)
+    self._top_p = np.ones((r,), np.float32)
+    self._seed = np.zeros((r,), np.int32)
+    self._stream = np.zeros((r,), np.int32)
+
+  @property
+  def rows(self) -> int:
+    return self.programs.rows
+
+  @property
+  def running(self) -> int:
+    """Rows decoding now."""
+    return sum(s is not None for s in self._slots)
+
+  @property
+  def queued(self) -> int:
+    return len(self._pending)
+
+  def next_seed(self) -> int:
+    """A seed for a request that named none (a fresh stream for each)."""
+    return next(self._seeds) & 0x7FFFFFFF
+
+  def start(self) -> None:
+    self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
+    self._thread.start()
+
+  def stop(self) -> None:
+    """Finishes every queued and running sequence, then stops the thread."""
+    with self._cond:
+      self._closing = True
+      self._cond.notify_all()
+    if self._thread is not None:
+      self._thread.join()
+
+  def submit(self, seqs: Sequence[Completion]) -> None:
+    """Queues sequences (one request's, admitted in order); events follow on `on_event`."""
+    with self._cond:
+      if self._closing:
+        raise ServingError("the server is shutting down", 503, "shutting_down")
+      if len(self._pending) + len(seqs) > self.max_queue:
+        raise ServingError(f"the queue is full ({self.max_queue} sequences); retry later", 503,
+                           "overloaded")
+      self._pending.extend(seqs)
+      self._cond.notify_all()
+
+  # The decode thread.
+
+  def _run(self) -> None:
+    while True:
+      with self._cond:
+        while not self._closing and not self._pending and not self.running:
+          self._cond.wait()
+        if self._closing and not self._pending and not self.running:
+          return
+        admitted = []
+        free = [i for i, s in enumerate(self._slots) if s is None]
+        while self._pending and free:
+          seq = self._pending.popleft()
+          if not seq.cancelled:
+            admitted.append((free.pop(0), seq))
+      try:
+        if admitted:
+          self._admit(admitted)
+        if self.running:
+          self._step()
+      except Exception as e:  # pylint: disable=broad-except
+        log.exception("decode step failed")
+        for i, seq in enumerate(self._slots):
+          if seq is not None:
+            self._slots[i] = None
+            seq.on_event(Event(error=e))
+
+  def _admit(self, admitted: list[tuple[int, Completion]]) -> None:
+    bank, rows_of = self.programs.engine.prompts.snapshot()
+    groups: dict[tuple[bool, int], list[tuple[int, Completion]]] = {}
+    lengths = self.programs.engine.config.length_buckets
+    for slot, seq in admitted:
+      if seq.prompt is not None and seq.prompt not in rows_of:  # Deleted while it waited.
+        seq.on_event(Event(error=UnknownPrompt(f"no prompt named {seq.prompt!r} (it was "
+                                               "deleted)")))
+        continue
+      key = (seq.prompt is not None, bucket(len(seq.inputs), lengths, "input length"))
+      groups.setdefault(key, []).append((slot, seq))
+    most = self.programs.insert_buckets()[-1]
+    for (prompted, _), members in groups.items():
+      for start in range(0, len(members), most):
+        part = members[start:start + most]
+        self.programs.insert(bank, [s for s, _ in part], [q.inputs for _, q in part],
+                             [rows_of[q.prompt] if prompted else 0 for _, q in part], prompted)
+        for slot, seq in part:
+          self._slots[slot] = seq
+          sampling = seq.sampling
+          self._token[slot] = 0  # the decoder's start token
+          self._temperature[slot] = sampling.temperature
+          self._top_k[slot] = sampling.top_k
+          self._top_p[slot] = sampling.top_p
+          self._seed[slot] = sampling.seed & 0x7FFFFFFF
+          self._stream[slot] = sampling.stream_index
+
+  def _step(self) -> None:
+    start = time.monotonic()
+    token_SR, logp_SR, top_logp, top_ids = self.programs.step(
+        self._token, self._temperature, self._top_k, self._top_p, self._seed, self._stream)
+    now = time.monotonic()
+    steps = token_SR.shape[0]
+    rows, delivered = self.running, 0
+    for i, seq in enumerate(self._slots):
+      if seq is None:
+        continue
+      self._token[i] = token_SR[-1, i]  # What the row's next call starts from.
+      # A call's tokens arrive together: each counts the call's time per step.
+      gap = (now - (seq.last_token_at or start)) / steps
+      for s in range(steps):
+        if seq.cancelled:  # Its client left: the row is free from here on.
+          self._slots[i] = None
+          break
+        token = int(token_SR[s, i])
+        seq.output.append(token)
+        delivered += 1
+        if seq.first_token_at is None:
+          seq.first_token_at = now
+        else:
+          seq.gaps.append(gap)
+        seq.last_token_at = now
+        entry = (token, float(logp_SR[s, i]),
+                 list(zip(top_ids[s, i].tolist(), top_logp[s, i].tolist())))
+        seq.entries.append(entry)
+        event = self._advance(seq, token)
+        event.tokens = [entry]
+        if event.finish_reason is not None:  # Later tokens of the call are dropped.
+          self._slots[i] = None
+          seq.finish_reason = event.finish_reason
+        seq.on_event(event)
+        if event.finish_reason is not None:
+          if self._on_finish is not None:
+            self._on_finish(seq)
+          break
+    if self._on_step is not None:
+      self._on_step(StepStats(rows=rows, tokens=delivered, seconds=time.monotonic() - start))
+
+  def _advance(self, seq: Completion, token: int) -> Event:
+    """The text the new token adds, and whether the sequence has ended."""
+    ids = seq.output[:-1] if token == EOS_ID else seq.output
+    text = self.vocabulary.decode(ids)
+    finish = None
+    if token == EOS_ID:
+      finish = "stop"
+    cut = min((i for i in (text.find(s) for s in seq.stop) if i >= 0), default=-1)
+    if cut >= 0:
+      text, finish = text[:cut], "stop"
+    if finish is None and len(seq.output) >= seq.max_tokens:
+      finish = "length"
+    if finish is None and seq.stop:
+      # Hold back what may be the start of a stop string.
+      hold = max(len(s) for s in seq.stop) - 1
+      text = text[:len(text) - hold] if hold else text
+    if finish is not None:
+      delta = text[len(seq.text):] if text.startswith(seq.text) else ""
+      seq.text = text  # The whole text, even where decoding more ids changed earlier text.
+      return Event(text=delta, finish_reason=finish)
+    if not text.startswith(seq.text):
+      # Decoding more ids changed earlier text (SentencePiece joins): wait until it settles.
+      return Event()
+    delta = text[len(seq.text):]
+    seq.text = text
+    return Event(text=delta)
