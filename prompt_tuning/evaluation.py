@@ -45,17 +45,19 @@ log = logging.getLogger(__name__)
 def load_for_inference(model_dir: Optional[str], model: specs_lib.ModelSpec,
                        checkpoint_step: Optional[int], restore_checkpoint: bool,
                        partitioning_config: partitioning.PartitioningConfig = (
-                           partitioning.PartitioningConfig())
+                           partitioning.PartitioningConfig()),
+                       vocabulary: Optional[Any] = None
                        ) -> tuple[model_setup.Setup, Any, int]:
   """(setup, full params, step): prompts from MODEL_DIR's checkpoint, or as initialized.
 
   Restoring, the prompt modules' initializers never run: the trainable part
   stays abstract until the checkpoint fills it. With
   `restore_checkpoint=False` (e.g. PROMPT_FILE with the from-file
-  initializer) the trainable parameters are exactly what the initializers give.
+  initializer) the trainable parameters are exactly what the initializers give
+  (those that embed text tokenize with `vocabulary`, the task's input one).
   """
   setup = model_setup.build(model, partitioning_config, require_trainable=False,
-                            init_trainable=not restore_checkpoint)
+                            init_trainable=not restore_checkpoint, vocabulary=vocabulary)
   trainable, step = setup.trainable, 0
   if restore_checkpoint and jax.tree.leaves(trainable):
     if not model_dir:
@@ -246,7 +248,8 @@ def _predict_split(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_li
     # The KV cache holds no decoder prompt: decode without it (slower, same result).
     decoding_config = dataclasses.replace(decoding_config, use_cache=False)
   setup, params, step = load_for_inference(model_dir, model, checkpoint_step,
-                                           restore_checkpoint, partitioning_config)
+                                           restore_checkpoint, partitioning_config,
+                                           data_lib.input_vocabulary(task))
   examples = data_lib.eval_examples(data.task, data.split, data.feature_lengths, max_examples)
   vocab = task.output_features["targets"].vocabulary
   target_length = data.feature_lengths.get("targets") if (
