@@ -270,7 +270,7 @@ def test_prompt_learns_on_a_tiny_model(tmp_path):
 
 def test_each_checkpoint_array_is_read_once_and_restores_run_no_initializer(workdir, monkeypatch):
   """Two-phase setup: train reads every backbone array once (the sampled-vocabulary
-  initializer is served the embedding table already read); eval/infer restoring a
+  initializer is handed the embedding table already read); eval/infer restoring a
   checkpoint read it once and run no initializer; the abstract phase reads nothing."""
   from prompt_tuning import readers
   from prompt_tuning.prompts import initializers, soft
