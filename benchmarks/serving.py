@@ -87,7 +87,7 @@ def make_prompts(path: str, folder: str) -> dict[str, np.ndarray]:
   import jax
   prompts = {}
   for k in range(NUM_PROMPTS):
-    init = initializers.sampled_vocab(path, PROMPT_LENGTH, first_n=259, seed=k)
+    init = initializers.sampled_vocab(embeddings=path, first_n=259, seed=k)
     prompts[f"p{k}"] = np.asarray(init(jax.random.PRNGKey(k), (PROMPT_LENGTH, 128)))
     np.save(os.path.join(folder, f"p{k}.npy"), prompts[f"p{k}"])
   return prompts

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 def load_for_inference(model_dir: Optional[str], model: specs_lib.ModelSpec,
                        inference: specs_lib.InferenceSpec = specs_lib.InferenceSpec(),
                        partitioning_config: partitioning.PartitioningConfig = (
-                           partitioning.PartitioningConfig())
+                           partitioning.PartitioningConfig()),
+                       vocabulary: Optional[Any] = None
                        ) -> tuple[model_setup.Setup, Any, int]:
   """(setup, full params, step): prompts from MODEL_DIR's checkpoint, or as initialized.
 
@@ -54,10 +55,11 @@ def load_for_inference(model_dir: Optional[str], model: specs_lib.ModelSpec,
   run: the trainable part stays abstract until the checkpoint of
   `inference.checkpoint_step` (None: the latest) fills it. With
   `restore=False` (e.g. PROMPT_FILE with the from-file initializer) the
-  trainable parameters are exactly what the initializers give.
+  trainable parameters are exactly what the initializers give (those that
+  embed text tokenize with `vocabulary`, the task's input one).
   """
   setup = model_setup.build(model, partitioning_config, require_trainable=False,
-                            init_trainable=not inference.restore)
+                            init_trainable=not inference.restore, vocabulary=vocabulary)
   trainable, step = setup.trainable, 0
   if inference.restore and jax.tree.leaves(trainable):
     if not model_dir:
@@ -249,7 +251,8 @@ def _predict_split(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_li
   preflight.check_inference(  # Backbone files, MODEL_DIR's shapes, memory.
       model_dir=model_dir, model=model, data=data, inference=inference,
       partitioning_config=partitioning_config)
-  setup, params, step = load_for_inference(model_dir, model, inference, partitioning_config)
+  setup, params, step = load_for_inference(model_dir, model, inference, partitioning_config,
+                                           data_lib.input_vocabulary(task))
   examples = data_lib.eval_examples(data.task, data.split, data.feature_lengths,
                                     inference.max_examples)
   vocab = task.output_features["targets"].vocabulary

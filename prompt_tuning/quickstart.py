@@ -58,8 +58,7 @@ def run(cache_dir: Optional[str] = None,
   def prompt(init):
     return soft.SoftPrompt(length=prompt_cfg.length, init=init)
 
-  sampled = initializers.sampled_vocab(backbone, prompt_cfg.length, first_n=259,
-                                       seed=prompt_cfg.seed)
+  sampled = initializers.sampled_vocab(first_n=259, seed=prompt_cfg.seed)
   print(f"[2/3] Prompt tuning a {prompt_cfg.length}-token prompt on {task} "
         f"({prompt_cfg.steps} steps; the backbone is frozen)", flush=True)
   model_dir = os.path.join(work_dir, "prompt")

@@ -60,7 +60,7 @@ def main(argv):
 def prompt_module(backbone):
   """The prompt every run trains: 4 positions of sampled vocabulary."""
   from prompt_tuning.prompts import initializers, soft
-  return soft.SoftPrompt(length=4, init=initializers.sampled_vocab(backbone, 4, first_n=259))
+  return soft.SoftPrompt(length=4, init=initializers.sampled_vocab(first_n=259))
 
 
 if __name__ == "__main__":

@@ -244,7 +244,7 @@ def test_prompt_learns_on_a_tiny_model(tmp_path):
   lengths = {"inputs": 16, "targets": 4}
 
   def prompt():
-    return soft.SoftPrompt(length=8, init=initializers.sampled_vocab(backbone, 8))
+    return soft.SoftPrompt(length=8, init=initializers.sampled_vocab())
 
   def validation_loss(trainable, setup):
     eval_step = jax.jit(step_lib.make_eval_step(setup.model))
@@ -271,7 +271,7 @@ def test_prompt_learns_on_a_tiny_model(tmp_path):
 
 def test_each_checkpoint_array_is_read_once_and_restores_run_no_initializer(workdir, monkeypatch):
   """Two-phase setup: train reads every backbone array once (the sampled-vocabulary
-  initializer is served the embedding table already read); eval/infer restoring a
+  initializer is handed the embedding table already read); eval/infer restoring a
   checkpoint read it once and run no initializer; the abstract phase reads nothing."""
   from prompt_tuning import readers
   from prompt_tuning.prompts import initializers, soft
@@ -301,7 +301,7 @@ def test_each_checkpoint_array_is_read_once_and_restores_run_no_initializer(work
     counts = reads()
     assert {name for _, name in counts} == names and set(counts.values()) == {1}
     assert sampled == [], f"{command} ran the prompt initializer while restoring"
-  spec = ModelSpec(TINY_T5X_CONFIG, ckpt, soft.SoftPrompt(4, init=initializers.sampled_vocab(ckpt, 4)))
+  spec = ModelSpec(TINY_T5X_CONFIG, ckpt, soft.SoftPrompt(4, init=initializers.sampled_vocab()))
   abstract = model_setup.abstract(spec)
   assert reads() == {} and sampled == []
   assert abstract.trainable["encoder_prompt"]["prompt"].shape == (4, 4)

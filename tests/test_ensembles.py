@@ -94,7 +94,7 @@ def test_every_member_trains_on_the_full_task_unless_bagging_is_asked():
 
 def _bank_at_init(seed, num_prompts=4, length=3):
   ckpt = fixture_path("t5x_tiny_checkpoint")
-  init = initializers.sampled_vocab(ckpt, length)
+  init = initializers.sampled_vocab()
   spec = ModelSpec(TINY_T5X_CONFIG, ckpt, multi_task.PromptBank(num_prompts, length, init=init))
   return np.asarray(model_setup.build(spec, seed=seed).trainable["encoder_prompt"]["prompts"])
 

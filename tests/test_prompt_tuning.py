@@ -12,7 +12,7 @@ from prompt_tuning.models.t5 import shift_right
 from prompt_tuning.models import params as params_lib
 from prompt_tuning.models import presets
 from prompt_tuning.models.t5 import T5, T5Config
-from prompt_tuning.prompts import initializers, soft
+from prompt_tuning.prompts import base, initializers, soft
 from prompt_tuning import trees as tree_lib
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import freezing
@@ -82,20 +82,25 @@ def test_random_uniform_range():
 def test_sampled_vocab_takes_rows_of_the_first_n():
   table = np.load(fixture_path("tiny_embeddings_32128x4.npy"))
   key = jax.random.PRNGKey(0)
-  value = np.asarray(initializers.sampled_vocab(fixture_path("tiny_embeddings_32128x4.npy"),
-                                                length=20, first_n=50)(key, (20, 4)))
+  value = np.asarray(initializers.sampled_vocab(
+      embeddings=fixture_path("tiny_embeddings_32128x4.npy"), first_n=50)(key, (20, 4)))
   matches = [np.flatnonzero((table == row).all(axis=1)) for row in value]
   assert all(len(m) >= 1 and m.min() < 50 for m in matches)
   # Without replacement while the population allows it (the seed library's rule).
   assert len({m.min() for m in matches}) == 20
-  # The same from the checkpoint itself (the default source: the backbone).
-  from_ckpt = initializers.sampled_vocab(fixture_path("t5x_tiny_checkpoint"), 20, 50)(key, (20, 4))
+  # The same from the checkpoint itself, and from the table the setup hands over
+  # (the default source: the backbone's).
+  from_ckpt = initializers.sampled_vocab(embeddings=fixture_path("t5x_tiny_checkpoint"),
+                                         first_n=50)(key, (20, 4))
   np.testing.assert_array_equal(value, from_ckpt)
+  handed = initializers.sampled_vocab(first_n=50)(key, (20, 4),
+                                                  context=base.InitContext(embeddings=table))
+  np.testing.assert_array_equal(value, handed)
   # Checked when the initializer runs (it reads the table only then).
   with pytest.raises(ValueError, match="first_n=40000"):
-    initializers.sampled_vocab(table, 5, first_n=40000)(key, (5, 4))
+    initializers.sampled_vocab(embeddings=table, first_n=40000)(key, (5, 4))
   with pytest.raises(ValueError, match="first_n=0 must be at least 1"):
-    initializers.sampled_vocab(table, 5, first_n=0)
+    initializers.sampled_vocab(embeddings=table, first_n=0)
 
 
 def _token_ids(table, prompt):
@@ -107,9 +112,8 @@ def test_sampled_vocab_rows_follow_the_run_seed_and_differ_across_a_bank():
   """Issue 15 point 5: the rows come from the initializer's key (the run's seed), inside a
   jitted init as well as eagerly; a prompt bank's members draw different rows; an explicit
   seed pins them."""
-  from prompt_tuning.prompts import base
   table = np.random.RandomState(0).randn(300, 4).astype(np.float32)
-  init = initializers.sampled_vocab(table, 6, first_n=200)
+  init = initializers.sampled_vocab(embeddings=table, first_n=200)
   ids = {seed: _token_ids(table, init(jax.random.PRNGKey(seed), (6, 4))) for seed in range(4)}
   assert all(max(v) < 200 for v in ids.values())
   assert len({tuple(v) for v in ids.values()}) == 4, ids  # four seeds, four draws
@@ -123,14 +127,14 @@ def test_sampled_vocab_rows_follow_the_run_seed_and_differ_across_a_bank():
   members = [tuple(_token_ids(table, bank[i])) for i in range(3)]
   assert len(set(members)) == 3, members
   # An explicit seed ignores the key.
-  pinned = initializers.sampled_vocab(table, 6, first_n=200, seed=7)
+  pinned = initializers.sampled_vocab(embeddings=table, first_n=200, seed=7)
   np.testing.assert_array_equal(pinned(jax.random.PRNGKey(0), (6, 4)),
                                 pinned(jax.random.PRNGKey(1), (6, 4)))
   # The class-label and string initializers' sampled tail follows the key too.
   class Vocab:
     def encode(self, text):
       return [3]
-  labels = initializers.class_labels(table, Vocab(), ["x"], 6)
+  labels = initializers.class_labels(["x"], embeddings=table, vocabulary=Vocab())
   tails = {tuple(_token_ids(table, labels(jax.random.PRNGKey(s), (6, 4))[1:])) for s in range(3)}
   assert len(tails) == 3
 
@@ -139,7 +143,7 @@ def test_class_labels_average_their_subtokens_then_fallback():
   table = np.load(fixture_path("tiny_embeddings_32128x4.npy"))
   vocab = _spm()
   labels = ["positive", "not_entailment"]
-  init = initializers.class_labels(table, vocab, labels, length=5,
+  init = initializers.class_labels(labels, embeddings=table, vocabulary=vocab,
                                    fallback=initializers.random_uniform(0.01))
   value = np.asarray(init(jax.random.PRNGKey(0), (5, 4)))
   for i, label in enumerate(labels):
@@ -149,13 +153,14 @@ def test_class_labels_average_their_subtokens_then_fallback():
   assert len(vocab.encode("not_entailment")) > 1  # a real multi-token average
   assert np.abs(value[2:]).max() <= 0.01
   with pytest.raises(ValueError, match="do not fit a prompt of length 1"):
-    initializers.class_labels(table, vocab, labels, length=1)
+    initializers.class_labels(labels, embeddings=table, vocabulary=vocab)(
+        jax.random.PRNGKey(0), (1, 4))
 
 
 def test_from_string_uses_the_text_tokens():
   table = np.load(fixture_path("tiny_embeddings_32128x4.npy"))
-  value = np.asarray(initializers.from_string(table, _spm(), "The movie was great!", 8)(
-      jax.random.PRNGKey(0), (8, 4)))
+  value = np.asarray(initializers.from_string("The movie was great!", embeddings=table,
+                                              vocabulary=_spm())(jax.random.PRNGKey(0), (8, 4)))
   np.testing.assert_array_equal(value[:5], table[[37, 1974, 47, 248, 55]])
 
 

@@ -31,7 +31,7 @@ def _train(model_dir, steps=6, seed=0, optimizer=None, report=ReportSpec(progres
            **kwargs):
   import tests.tiny_tasks  # noqa: F401
   ckpt = fixture_path("t5x_tiny_checkpoint")
-  prompt = soft.SoftPrompt(length=4, init=initializers.sampled_vocab(ckpt, 4, seed=seed))
+  prompt = soft.SoftPrompt(length=4, init=initializers.sampled_vocab(seed=seed))
   return loop.train(model_dir=str(model_dir), model=ModelSpec(TINY_T5X_CONFIG, ckpt, prompt),
                     data=DataSpec("pt_test_sentiment", LENGTHS, 8, seed=seed),
                     train_steps=steps, checkpoint=CheckpointSpec(period=2), seed=seed,

@@ -367,7 +367,7 @@ def test_file_task_trains_a_prompt_end_to_end(tmp_path):
                           "--gin.MAX_EVAL_EXAMPLES=16",
                           "--gin.DecodingConfig.max_decode_length=12"]) == 0
     # The loss on held-out data fell.
-    prompt = soft.SoftPrompt(length=8, init=initializers.sampled_vocab(backbone, 8, first_n=256))
+    prompt = soft.SoftPrompt(length=8, init=initializers.sampled_vocab(first_n=256))
     setup = model_setup.build(ModelSpec(cfg, backbone, prompt))
     store = checkpoints_lib.CheckpointStore(run)
     trained = store.restore_trainable(setup.abstract.trainable)

@@ -21,7 +21,7 @@ def soft_prompt(length: int, init: str = "sampled_vocab") -> Callable[[str, int]
       return soft.SoftPrompt(length, init=_seeded_sampled(path, length, seed))
     if init == "class_labels":
       return soft.SoftPrompt(length, init=initializers.class_labels(
-          path, seqio.ByteVocabulary(), research.CLASS_LABELS, length, seed=seed))
+          research.CLASS_LABELS, embeddings=path, vocabulary=seqio.ByteVocabulary(), seed=seed))
     raise ValueError(f"Unknown init {init!r}")
   return build
 
@@ -88,7 +88,8 @@ def _seeded_sampled(path: str, length: int, seed: int):
   """Sampled-vocabulary init with the run's seed; rows 3..258 are the byte
   vocabulary's real tokens (0-2: pad, EOS, UNK)."""
   from prompt_tuning.prompts import initializers
-  return initializers.sampled_vocab(path, length, first_n=259, seed=seed)
+  del length  # The prompt's shape says it.
+  return initializers.sampled_vocab(embeddings=path, first_n=259, seed=seed)
 
 
 def multi_task_methods(suite: Suite, num_tasks: int, width: int,

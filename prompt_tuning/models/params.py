@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import re
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -26,32 +24,9 @@ def init_variables(model: nn.Module, rng: jax.Array, batch: int = 1, enc_len: in
   return model.init(rng, enc, dec, dec, **kwargs)
 
 
-_SHAPES_ONLY = contextvars.ContextVar("shapes_only", default=False)
-
-
-def shapes_only() -> bool:
-  """True while `abstract_params` traces: initializers need return only the shape.
-
-  Initializers that read data (an embedding table, a file) check it and skip
-  the read, so the abstract phase does no I/O.
-  """
-  return _SHAPES_ONLY.get()
-
-
-@contextlib.contextmanager
-def _shapes_only() -> Iterator[None]:
-  token = _SHAPES_ONLY.set(True)
-  try:
-    yield
-  finally:
-    _SHAPES_ONLY.reset(token)
-
-
 def _traced_abstract_params(model: nn.Module, kwargs: tuple[tuple[str, Any], ...]
                             ) -> tuple[Any, Any]:
-  with _shapes_only():
-    boxed = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0),
-                                                  **dict(kwargs)))
+  boxed = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), **dict(kwargs)))
   return nn.unbox(boxed["params"]), nn.get_partition_spec(boxed["params"])
 
 
@@ -60,6 +35,11 @@ _ABSTRACT_PARAMS = tree_lib.SharedCache(maxsize=32)
 
 def abstract_params(model: nn.Module, **kwargs) -> tuple[Any, Any]:
   """(ShapeDtypeStruct tree, logical PartitionSpec tree) without allocating anything.
+
+  Nothing is computed, so nothing needs reading: a model's prompt modules
+  hold no init context until the setup initializes them, and without one the
+  initializers that read (from a table or a file) return stand-ins of their
+  shape (see prompt_tuning.prompts.initializers).
 
   Tracing a model's init is the slow part of setting it up, and one setup asks
   for the shapes more than once (the setup, then the checkpoint reader), so

@@ -92,9 +92,10 @@ class AttemptPrompt(base.PromptModule):
     temperature: the softmax temperature T; None (default) is the paper's
       d * e (d the model width, e = exp(1)).
     bottleneck: r, the size W_down projects to (the paper's 100).
-    embeddings: the backbone's embedding table (a checkpoint path, `.npy`
-      file or [V, H] array) the target prompt's tokens are sampled from; the
-      gin file binds INITIAL_CHECKPOINT_PATH.
+    embeddings: the table the target prompt's tokens are sampled from: None
+      (default) for the backbone's, which the setup hands the module (its
+      `init_context`); or another (a checkpoint path, `.npy` file or [V, H]
+      array).
     first_n: sample the target's tokens among the first N ids (5,000).
     init: an explicit initializer for the target prompt ([P, H] per task),
       instead of sampled vocabulary.
@@ -118,12 +119,8 @@ class AttemptPrompt(base.PromptModule):
   def _target_init(self) -> Callable[..., Array]:
     if self.init is not None:
       return self.init
-    if self.embeddings is None:
-      raise ValueError("AttemptPrompt initializes its target prompt from sampled vocabulary, "
-                       "as the paper does: set `embeddings` (the backbone checkpoint, e.g. "
-                       "INITIAL_CHECKPOINT_PATH, or a [V, H] table), or pass `init`")
     from prompt_tuning.prompts import initializers
-    return initializers.sampled_vocab(self.embeddings, self.num_positions, self.first_n)
+    return initializers.sampled_vocab(embeddings=self.embeddings, first_n=self.first_n)
 
   def setup(self):
     if self.num_tasks is not None and self.num_tasks < 1:

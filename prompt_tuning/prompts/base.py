@@ -17,6 +17,12 @@ budgets are checked without running it. Parameters are made with `param`
 need the backbone's sizes declare a `model_config` field left None; the model
 spec fills it (`for_model`), so gin binds the model config once.
 
+What an initializer starts from (the backbone's embedding table, the task's
+vocabulary) is an argument: the setup puts an `InitContext` on every prompt
+module (`with_init_context`) and `param` hands it to each initializer that
+takes one (a keyword-only `context` parameter). A model without one (the
+abstract setup phase, `jax.eval_shape` of its init) hands none.
+
 Shape key: B batch, L input length, P prompt length, H model width, N rows
 of a table (tasks or prompts).
 """
@@ -24,6 +30,7 @@ of a table (tasks or prompts).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -41,6 +48,32 @@ PROMPT_PARAM_PATTERN = r"(encoder|decoder)_prompt/.*"
 PROMPT_PARAM = re.compile(r"(^|.*/)" + PROMPT_PARAM_PATTERN)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class InitContext:
+  """What prompt initializers may start from, handed over by the model's setup.
+
+  `runtime.setup.materialize` builds one from the arrays it has just read and
+  puts it on the prompt modules; the initializers that take a `context`
+  (prompts.initializers: sampled vocabulary, class labels, a string) use it.
+  Compared and hashed by identity (it holds a table), so a module holding
+  one stays hashable.
+
+  Attributes:
+    embeddings: the backbone's embedding table [V, H] (a host array), or None
+      when the model has no checkpoint.
+    vocabulary: the task's input vocabulary (anything with
+      `encode(str) -> ids`), for initializers that embed text; or None.
+    checkpoint: the backbone's checkpoint path (named in errors and
+      provenance checks), or None.
+    config: the backbone's T5Config (with `embeddings`, its provenance
+      fingerprint), or None.
+  """
+  embeddings: Any = None
+  vocabulary: Any = None
+  checkpoint: Optional[str] = None
+  config: Any = None
+
+
 class PromptModule(nn.Module):
   """Base of the prompt modules: the fields they share, keyword-only.
 
@@ -49,11 +82,14 @@ class PromptModule(nn.Module):
       "suffix", see `join_prompt`); per-layer prompts ignore it.
     dtype: the prompt parameters' dtype (kept float32 when the backbone is
       stored in bfloat16).
+    init_context: what the initializers may start from (`InitContext`); the
+      setup fills it when it initializes parameters (`with_init_context`).
   Subclasses define `num_positions` and `__call__` (see the module docstring).
   """
   _: dataclasses.KW_ONLY
   combine: str = "prefix"
   dtype: Any = jnp.float32
+  init_context: Optional[InitContext] = None
 
 
 def num_positions(module: Optional[nn.Module]) -> int:
@@ -66,9 +102,10 @@ def num_positions(module: Optional[nn.Module]) -> int:
   return int(module.num_positions)
 
 
-def for_model(module: Optional[nn.Module], model_config: Any) -> Optional[nn.Module]:
-  """`module` with its `model_config` field filled in, if it has one left unset,
-  and so for the modules it holds (a combined or masked prompt's parts)."""
+def _rebuild(module: Optional[nn.Module], own_changes: Callable[[nn.Module], dict]
+             ) -> Optional[nn.Module]:
+  """`module` cloned with `own_changes(m)` applied to it and to every module it
+  holds (a combined or masked prompt's parts), innermost first."""
   if module is None:
     return None
   changes = {}
@@ -77,13 +114,43 @@ def for_model(module: Optional[nn.Module], model_config: Any) -> Optional[nn.Mod
       continue
     value = getattr(module, field.name, None)
     if isinstance(value, nn.Module):
-      changes[field.name] = for_model(value, model_config)
+      changes[field.name] = _rebuild(value, own_changes)
     elif isinstance(value, (tuple, list)) and value and all(
         isinstance(v, nn.Module) for v in value):
-      changes[field.name] = tuple(for_model(v, model_config) for v in value)
-  if getattr(module, "model_config", False) is None:
-    changes["model_config"] = model_config
+      changes[field.name] = tuple(_rebuild(v, own_changes) for v in value)
+  changes.update(own_changes(module))
   return module.clone(**changes) if changes else module
+
+
+def for_model(module: Optional[nn.Module], model_config: Any) -> Optional[nn.Module]:
+  """`module` with its `model_config` field filled in, if it has one left unset,
+  and so for the modules it holds (a combined or masked prompt's parts)."""
+  return _rebuild(module, lambda m: {"model_config": model_config}
+                  if getattr(m, "model_config", False) is None else {})
+
+
+def with_init_context(module: Optional[nn.Module], context: Optional[InitContext]
+                      ) -> Optional[nn.Module]:
+  """`module`, and the prompt modules it holds, with `init_context` set to `context`."""
+  return _rebuild(module, lambda m: {"init_context": context}
+                  if isinstance(m, PromptModule) else {})
+
+
+def takes_context(init: Callable[..., Array]) -> bool:
+  """Whether an initializer takes the init context (a keyword-only `context`)."""
+  try:
+    parameter = inspect.signature(init).parameters.get("context")
+  except (TypeError, ValueError):  # Not introspectable: a plain initializer.
+    return False
+  return parameter is not None and parameter.kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def call_init(init: Callable[..., Array], rng: Array, shape: Sequence[int], dtype: Any,
+              context: Optional[InitContext]) -> Array:
+  """`init(rng, shape, dtype)`, handing `context` on to an initializer that takes it."""
+  if context is not None and takes_context(init):
+    return init(rng, shape, dtype, context=context)
+  return init(rng, shape, dtype)
 
 
 def param(module: nn.Module, name: str, shape: Sequence[int], axes: Sequence[str],
@@ -93,7 +160,8 @@ def param(module: nn.Module, name: str, shape: Sequence[int], axes: Sequence[str
   Flax checks an existing parameter's shape during `apply` by tracing its
   initializer; outside `init` the initializer is therefore replaced by zeros
   of the shape, so initializers that read data (an embedding table, a file)
-  run only when a parameter is really initialized.
+  run only when a parameter is really initialized. An initializer that takes
+  a `context` gets the module's `init_context`.
   """
   if len(axes) != len(shape):
     raise ValueError(f"{name}: {len(axes)} axis names {tuple(axes)} for shape {tuple(shape)}")
@@ -101,7 +169,7 @@ def param(module: nn.Module, name: str, shape: Sequence[int], axes: Sequence[str
   def init_or_shape(rng, shape, dtype=jnp.float32):
     if not module.is_initializing():
       return jnp.zeros(shape, dtype)
-    return init(rng, shape, dtype)
+    return call_init(init, rng, shape, dtype, getattr(module, "init_context", None))
   return module.param(name, nn.with_logical_partitioning(init_or_shape, tuple(axes)),
                       tuple(shape), dtype)
 
@@ -159,8 +227,9 @@ def take_rows(table: Array, index_B: Array) -> Array:
 
 
 def stacked(init: Callable[..., Array]) -> Callable[..., Array]:
-  """An initializer for [N, P, H] that calls a [P, H] initializer once per row."""
-  def init_fn(rng, shape, dtype=jnp.float32):
+  """An initializer for [N, P, H] that calls a [P, H] initializer once per row,
+  each with its own key (and the same context)."""
+  def init_fn(rng, shape, dtype=jnp.float32, *, context: Optional[InitContext] = None):
     rngs = jax.random.split(rng, shape[0])
-    return jnp.stack([init(r, tuple(shape[1:]), dtype) for r in rngs])
+    return jnp.stack([call_init(init, r, tuple(shape[1:]), dtype, context) for r in rngs])
   return init_fn

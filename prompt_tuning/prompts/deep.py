@@ -41,7 +41,8 @@ import numpy as np
 
 from prompt_tuning import registry
 from prompt_tuning.models.t5 import T5Config
-from prompt_tuning.prompts import per_layer
+from prompt_tuning.prompts import initializers, per_layer
+from prompt_tuning.prompts.base import InitContext
 from prompt_tuning.prompts.per_layer import ATTENTION_KINDS
 
 Array = jax.Array
@@ -79,9 +80,11 @@ def fold_reparameterized(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _from_dir(directory: str, name: str):
-  """An initializer reading the one exported file `*.<name>.npy` in `directory`."""
-  def init(rng, shape, dtype=jnp.float32):
-    del rng
+  """An initializer reading the one exported file `*.<name>.npy` in `directory`
+  (when it really runs: not while only shapes are traced)."""
+  def init(rng, shape, dtype=jnp.float32, *, context: Optional[InitContext] = None):
+    if initializers.tracing_shape(rng, context):
+      return initializers.stand_in(shape, dtype, f"DeepPrompt.init_dir={directory!r}")
     found = sorted(glob.glob(os.path.join(directory, f"*.{name}.npy")))
     if len(found) != 1:
       raise ValueError(f"DeepPrompt.init_dir={directory!r}: expected one file *.{name}.npy, "

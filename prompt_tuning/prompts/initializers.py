@@ -1,12 +1,20 @@
 """Prompt initializers from Lester et al. (2021) and the original library.
 
-Each factory returns a Flax initializer `(rng, shape, dtype) -> [P, H]`.
-Data-dependent ones do their host work (reading the embedding table or a
-file) the first time the initializer really runs, so only a [P, H] array,
-never the table, enters the compiled init; while shapes are traced (the
-abstract setup phase) and when a prompt is restored from a checkpoint, they
-read nothing. Sampled rows are drawn with the initializer's key, so they
-follow the run's seed.
+Each factory returns a Flax initializer `(rng, shape, dtype) -> [P, H]`; P and
+H are the shape's, so the prompt length is bound once, on the module. Those
+that start from the backbone also take `context`, a `base.InitContext` with
+its embedding table [V, H] and the task's vocabulary: the setup
+(`runtime.setup.materialize`) builds it from the arrays it has just read and
+the prompt modules hand it on (`base.param`). An explicit `embeddings` (another
+checkpoint, a `.npy` file or an array) is used instead of the context's table.
+
+Initializers that read (a table from a path, a prompt file) read only when
+they really run: handed a context (the setup's init) or called eagerly.
+Traced without a context (`jax.eval_shape` of a model's init: the abstract
+setup phase) they read nothing and return a stand-in of the right shape that
+fails if it is ever computed. Only a [P, H] array, never the table, enters
+the compiled init: sampled rows are drawn with the initializer's key (so they
+follow the run's seed) and gathered on the host.
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import registry
-from prompt_tuning.models import params as params_lib
+from prompt_tuning.prompts import base
 from prompt_tuning.prompts import provenance
+from prompt_tuning.prompts.base import InitContext
 from prompt_tuning.prompts.provenance import load_npy  # noqa: F401  (re-export)
 
 Initializer = Callable[..., jax.Array]
@@ -32,32 +41,97 @@ def load_embeddings(source: str) -> np.ndarray:
     table = load_npy(source)
   else:
     from prompt_tuning import readers  # Only this source needs the readers.
-    table = readers.read_array(source, "token_embedder/embedding")
+    table = readers.read_array(source, provenance.EMBEDDING)
   if table.ndim != 2:
     raise ValueError(f"Embedding table from {source} has shape {table.shape}; expected [V, H]")
   return np.asarray(table, np.float32)
 
 
-def _table(embeddings: str | np.ndarray) -> np.ndarray:
-  """An embedding table given directly or by its source (see `load_embeddings`)."""
-  return load_embeddings(embeddings) if isinstance(embeddings, str) else np.asarray(embeddings)
+def tracing_shape(rng: Any, context: Optional[InitContext]) -> bool:
+  """Whether an initializer that reads is only traced for its shape: traced
+  with no context (`jax.eval_shape` of the model's init). It must not read."""
+  return context is None and isinstance(rng, jax.core.Tracer)
 
 
-def _fixed(value_PH: Callable[[], np.ndarray] | np.ndarray, what: str) -> Initializer:
-  """An initializer returning a given [P, H] value, or one computed on first real use."""
-  cache: list[np.ndarray] = [] if callable(value_PH) else [np.asarray(value_PH)]
+def stand_in(shape: Sequence[int], dtype: Any, what: str) -> jax.Array:
+  """The value of an initializer traced for its shape only: computing it is an error."""
+  def fail():
+    raise ValueError(f"{what} was computed without an init context: initialize the model "
+                     "through runtime.setup (which hands the prompt modules one), or call the "
+                     "initializer with context=InitContext(...)")
+  return jax.pure_callback(fail, jax.ShapeDtypeStruct(tuple(shape), dtype))
 
-  def init(rng, shape, dtype=jnp.float32):
-    del rng
-    if params_lib.shapes_only():
-      return jnp.zeros(shape, dtype)
-    if not cache:
-      cache.append(np.asarray(value_PH()))
-    if tuple(shape) != cache[0].shape:
-      raise ValueError(f"{what} has shape {cache[0].shape} but the prompt parameter has shape "
-                       f"{tuple(shape)} ([prompt length, model width])")
-    return jnp.asarray(cache[0], dtype)
+
+def _same_checkpoint(path: str, other: Optional[str]) -> bool:
+  return other is not None and os.path.realpath(path) == os.path.realpath(other)
+
+
+def _table_for(embeddings: str | np.ndarray | None, context: Optional[InitContext], rng: Any,
+               read: list, what: str) -> Optional[np.ndarray]:
+  """The table an initializer starts from; None while only its shape is traced.
+
+  `embeddings` given in memory is used as is; given as a path it is read
+  (once per initializer, kept in `read`), unless it names the checkpoint
+  whose table the context already holds. Otherwise the context's table.
+  """
+  if embeddings is not None and not isinstance(embeddings, str):
+    return np.asarray(embeddings)
+  if tracing_shape(rng, context):
+    return None
+  if isinstance(embeddings, str):
+    if (context is not None and context.embeddings is not None
+        and _same_checkpoint(embeddings, context.checkpoint)):
+      return np.asarray(context.embeddings)
+    if not read:
+      read.append(load_embeddings(embeddings))
+    return read[0]
+  if context is None or context.embeddings is None:
+    why = ("this model has no checkpoint (ModelSpec.checkpoint is None)" if context is not None
+           else "it was called without an init context")
+    raise ValueError(f"{what} starts from the backbone's embedding table, but {why}: the setup "
+                     "(runtime.setup) hands the prompt modules the table it reads, or set "
+                     "`embeddings` (a checkpoint, a .npy file or a [V, H] array)")
+  return np.asarray(context.embeddings)
+
+
+def _vocabulary_for(vocabulary: Any, context: Optional[InitContext], what: str) -> Any:
+  """The explicit vocabulary, else the context's (the task's)."""
+  if vocabulary is not None:
+    return vocabulary
+  if context is not None and context.vocabulary is not None:
+    return context.vocabulary
+  raise ValueError(f"{what} tokenizes text, but has no vocabulary: train / eval / infer hand "
+                   "the prompt modules the task's input vocabulary (runtime.setup.materialize's "
+                   "`vocabulary`), or set `vocabulary`")
+
+
+def _check_width(table: np.ndarray, shape: Sequence[int], what: str) -> None:
+  if len(shape) != 2 or table.shape[1] != shape[1]:
+    raise ValueError(f"{what}: the embedding table has width {table.shape[1]} but the prompt "
+                     f"parameter has shape {tuple(shape)} ([prompt length, model width])")
+
+
+def _fixed(read: Callable[[Optional[InitContext]], np.ndarray], what: str) -> Initializer:
+  """An initializer returning the [P, H] value `read(context)` gives, read on first real use.
+
+  The value is kept for later calls with the same context (a prompt bank's rows).
+  """
+  kept: list[tuple[Optional[InitContext], np.ndarray]] = []
+
+  def init(rng, shape, dtype=jnp.float32, *, context: Optional[InitContext] = None):
+    if not kept or kept[0][0] is not context:
+      if tracing_shape(rng, context):
+        return stand_in(shape, dtype, what)
+      kept[:] = [(context, np.asarray(read(context)))]
+    return _checked(kept[0][1], shape, dtype, what)
   return init
+
+
+def _checked(value: np.ndarray, shape: Sequence[int], dtype: Any, what: str) -> jax.Array:
+  if tuple(shape) != value.shape:
+    raise ValueError(f"{what} has shape {value.shape} but the prompt parameter has shape "
+                     f"{tuple(shape)} ([prompt length, model width])")
+  return jnp.asarray(value, dtype)
 
 
 @registry.configurable(module="prompt_init")
@@ -101,8 +175,8 @@ def _sample_rows(population: np.ndarray, count: int, rng: Optional[jax.Array],
 
 
 @registry.configurable(module="prompt_init")
-def sampled_vocab(embeddings: str | np.ndarray, length: int, first_n: Optional[int] = 5000,
-                  seed: Optional[int] = None) -> Initializer:
+def sampled_vocab(*, embeddings: str | np.ndarray | None = None,
+                  first_n: Optional[int] = 5000, seed: Optional[int] = None) -> Initializer:
   """Each prompt position is the embedding of a random token among the first N.
 
   The paper samples from the 5,000 most common tokens; T5's SentencePiece ids
@@ -113,21 +187,25 @@ def sampled_vocab(embeddings: str | np.ndarray, length: int, first_n: Optional[i
   members of a prompt bank (`base.stacked` gives each its own key). An
   explicit `seed` pins the rows instead, whatever the run's seed (every
   member of a bank then starts from the same rows).
+
+  Args:
+    embeddings: None (default) samples the backbone's table, from the init
+      context; or another table: a checkpoint path, a `.npy` file or a
+      [V, H] array.
+    first_n: sample among the first N ids (None: all).
+    seed: pins the draw (see above).
   """
   if first_n is not None and first_n < 1:
     raise ValueError(f"first_n={first_n} must be at least 1")
-  population: list[np.ndarray] = []
+  read: list[np.ndarray] = []
 
-  def init(rng, shape, dtype=jnp.float32):
-    if params_lib.shapes_only():
-      return jnp.zeros(shape, dtype)
-    if not population:  # Read once; only the first N rows are kept.
-      population.append(np.array(_rows_among(_table(embeddings), first_n), np.float32))
-    if tuple(shape) != (length, population[0].shape[1]):
-      raise ValueError(f"sampled-vocabulary prompt has shape {(length, population[0].shape[1])}"
-                       f" but the prompt parameter has shape {tuple(shape)} ([prompt length, "
-                       "model width])")
-    return _sample_rows(population[0], length, rng, seed).astype(dtype)
+  def init(rng, shape, dtype=jnp.float32, *, context: Optional[InitContext] = None):
+    table = _table_for(embeddings, context, rng, read, "sampled_vocab")
+    if table is None:
+      return stand_in(shape, dtype, "sampled-vocabulary prompt")
+    population = _rows_among(table, first_n)
+    _check_width(table, shape, "sampled-vocabulary prompt")
+    return _sample_rows(population, shape[0], rng, seed).astype(dtype)
   return init
 
 
@@ -137,75 +215,90 @@ def _encode(vocabulary: Any, text: str) -> list[int]:
 
 
 @registry.configurable(module="prompt_init")
-def class_labels(embeddings: str | np.ndarray, vocabulary: Any, labels: Sequence[str],
-                 length: int, fallback: Optional[Initializer] = None,
+def class_labels(labels: Sequence[str], *, embeddings: str | np.ndarray | None = None,
+                 vocabulary: Any = None, fallback: Optional[Initializer] = None,
                  seed: Optional[int] = None) -> Initializer:
   """The first positions are the labels' embeddings (each the mean of its sub-tokens).
 
   Remaining positions come from `fallback` (sampled vocabulary by default).
-  `vocabulary` is anything with `encode(str) -> ids` (a seqio vocabulary).
-  """
-  if len(labels) > length:
-    raise ValueError(f"{len(labels)} class labels do not fit a prompt of length {length}")
 
-  def head(table: np.ndarray) -> np.ndarray:
+  Args:
+    labels: the class labels, one prompt position each.
+    embeddings: None (default) for the backbone's table (the init context);
+      or another table, as in `sampled_vocab`.
+    vocabulary: None (default) tokenizes with the task's input vocabulary
+      (the init context); or anything with `encode(str) -> ids`.
+    fallback: the initializer of the remaining positions.
+    seed: pins the default fallback's draw (as in `sampled_vocab`).
+  """
+  labels = tuple(labels)
+
+  def head(table: np.ndarray, vocab: Any, length: int) -> np.ndarray:
+    if len(labels) > length:
+      raise ValueError(f"{len(labels)} class labels do not fit a prompt of length {length}")
     rows = []
     for label in labels:
-      ids = _encode(vocabulary, label)
+      ids = _encode(vocab, label)
       if not ids:
         raise ValueError(f"Class label {label!r} encodes to no tokens")
       if max(ids) >= table.shape[0]:
         raise ValueError(f"Class label {label!r} has token id {max(ids)} beyond the "
                          f"{table.shape[0]}-row embedding table")
-      rows.append(table[ids].mean(axis=0))
-    return np.stack(rows) if rows else np.zeros((0, table.shape[1]), table.dtype)
-  return _with_fallback(embeddings, head, length - len(labels), fallback, seed,
-                        "class-label prompt")
+      rows.append(np.asarray(table[ids], np.float32).mean(axis=0))
+    return np.stack(rows) if rows else np.zeros((0, table.shape[1]), np.float32)
+  return _with_fallback(embeddings, vocabulary, head, fallback, seed, "class-label prompt")
 
 
 @registry.configurable(module="prompt_init")
-def from_string(embeddings: str | np.ndarray, vocabulary: Any, text: str, length: int,
-                fallback: Optional[Initializer] = None, seed: Optional[int] = None
-                ) -> Initializer:
-  """The first positions are the token embeddings of `text`; the rest from `fallback`."""
-  ids = _encode(vocabulary, text)[:length]
-  return _with_fallback(embeddings, lambda table: table[ids], length - len(ids), fallback,
-                        seed, "string prompt")
+def from_string(text: str, *, embeddings: str | np.ndarray | None = None,
+                vocabulary: Any = None, fallback: Optional[Initializer] = None,
+                seed: Optional[int] = None) -> Initializer:
+  """The first positions are the token embeddings of `text`; the rest from `fallback`.
+
+  `embeddings`, `vocabulary`, `fallback` and `seed` as in `class_labels`; a
+  text longer than the prompt is cut to its length.
+  """
+  def head(table: np.ndarray, vocab: Any, length: int) -> np.ndarray:
+    return np.asarray(table[_encode(vocab, text)[:length]], np.float32)
+  return _with_fallback(embeddings, vocabulary, head, fallback, seed, "string prompt")
 
 
-def _with_fallback(embeddings: str | np.ndarray, head_fn: Callable[[np.ndarray], np.ndarray],
-                   rest: int, fallback: Optional[Initializer], seed: Optional[int],
+def _with_fallback(embeddings: str | np.ndarray | None, vocabulary: Any,
+                   head_fn: Callable[[np.ndarray, Any, int], np.ndarray],
+                   fallback: Optional[Initializer], seed: Optional[int],
                    what: str) -> Initializer:
-  """The rows `head_fn(table)` first, then `rest` rows from `fallback`.
+  """The rows `head_fn(table, vocabulary, length)` first, the rest from `fallback`.
 
   The default fallback is sampled vocabulary among the first 5,000 ids (or
   all, for smaller tables), drawn with the run's rng unless `seed` pins it
   (as in `sampled_vocab`).
   """
-  head: list[np.ndarray] = []
+  read: list[np.ndarray] = []
 
-  def init(rng, shape, dtype=jnp.float32):
+  def init(rng, shape, dtype=jnp.float32, *, context: Optional[InitContext] = None):
+    table = _table_for(embeddings, context, rng, read, what)
+    if table is None:
+      return stand_in(shape, dtype, what)
+    _check_width(table, shape, what)
     p, h = shape
-    if params_lib.shapes_only():
-      return jnp.zeros(shape, dtype)
-    if not head:
-      table = _table(embeddings)
-      head.append(np.asarray(head_fn(table)))
-      if rest and fallback is None:
-        head.append(np.array(table[:min(5000, table.shape[0])], np.float32))
-    if head[0].shape[1] != h:
-      raise ValueError(f"{what}: embeddings have width {head[0].shape[1]}, the prompt {h}")
+    head = head_fn(table, _vocabulary_for(vocabulary, context, what), p)
+    rest = p - head.shape[0]
     if rest == 0:
-      return jnp.asarray(head[0], dtype)
-    tail = (_sample_rows(head[1], rest, rng, seed).astype(dtype) if fallback is None
-            else fallback(rng, (p - head[0].shape[0], h), dtype))
-    return jnp.concatenate([jnp.asarray(head[0], dtype), tail], axis=0)
+      return jnp.asarray(head, dtype)
+    tail = (_sample_rows(table[:min(5000, table.shape[0])], rest, rng, seed).astype(dtype)
+            if fallback is None else base.call_init(fallback, rng, (rest, h), dtype, context))
+    return jnp.concatenate([jnp.asarray(head, dtype), tail], axis=0)
   return init
 
 
 def from_array(value_PH: np.ndarray) -> Initializer:
-  """A prompt given as an array (e.g. a recycled one)."""
-  return _fixed(np.asarray(value_PH, np.float32), "prompt array")
+  """A prompt given as an array (e.g. a recycled one): nothing to read."""
+  value = np.asarray(value_PH, np.float32)
+
+  def init(rng, shape, dtype=jnp.float32):
+    del rng
+    return _checked(value, shape, dtype, "prompt array")
+  return init
 
 
 @registry.configurable(module="prompt_init")
@@ -215,16 +308,23 @@ def from_file(path: str, backbone: Optional[str] = None,
 
   Args:
     path: the prompt file or folder.
-    backbone: the checkpoint the prompt is loaded onto (from_file.gin binds
-      INITIAL_CHECKPOINT_PATH); the prompt's provenance sidecar must name it
-      (see `provenance.check`).
+    backbone: the checkpoint the prompt is loaded onto, which the prompt's
+      provenance sidecar must name (see `provenance.check`). None (default)
+      is the model's own backbone: its fingerprint comes from the init
+      context's table, already in memory.
     allow_backbone_mismatch: load a prompt of another backbone anyway.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"Prompt file not found: {path}")
 
-  def read() -> np.ndarray:
-    return provenance.load_prompt(path, checkpoint=backbone,
+  def read(context: Optional[InitContext]) -> np.ndarray:
+    fingerprint, checkpoint = None, backbone
+    if (context is not None and context.embeddings is not None and context.config is not None
+        and (backbone is None or _same_checkpoint(backbone, context.checkpoint))):
+      # Computed only if there is a sidecar to check.
+      fingerprint = lambda: provenance.fingerprint(context.config, context.embeddings)  # noqa: E731
+      checkpoint = context.checkpoint
+    return provenance.load_prompt(path, backbone=fingerprint, checkpoint=checkpoint,
                                   allow_mismatch=allow_backbone_mismatch)
   return _fixed(read, f"Prompt file {path}")
 
@@ -244,5 +344,5 @@ def spot(library: str, probe: str, top_k: int = 1, metric: str = "average") -> I
     raise ValueError(f"top_k={top_k} must be at least 1")
   if metric not in spot_lib.METRICS:
     raise ValueError(f"Unknown SPoT similarity {metric!r}; expected one of {spot_lib.METRICS}")
-  return _fixed(lambda: spot_lib.transfer(library, probe, top_k, metric)[0],
+  return _fixed(lambda context: spot_lib.transfer(library, probe, top_k, metric)[0],
                 f"SPoT prompt from {library}")

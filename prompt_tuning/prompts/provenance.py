@@ -22,7 +22,8 @@ float32 model and its bfloat16 copy, share one fingerprint; another
 pretraining run, or the same model fine-tuned, does not. The table is the one
 array hashed (measured on a shared 2-core AMD EPYC, median of 3: 0.2 s for
 32128 x 768, 1.4 s for 32128 x 4096), and it is the copy the binaries read
-anyway (see `readers.serving_loaded`).
+anyway: the from-file initializer hashes the table the setup hands it
+(`prompts.base.InitContext`) instead of reading it again.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import ml_dtypes
 import numpy as np
@@ -77,10 +78,9 @@ def fingerprint(config: Any, embedding_VH: Any) -> str:
 
 
 def backbone_fingerprint(checkpoint: str) -> str:
-  """The fingerprint of a T5X checkpoint or HF folder (its config and embedding table).
+  """The fingerprint of a T5X checkpoint or HF folder: reads its config and embedding table.
 
-  Inside the setup's `readers.serving_loaded` the table is the copy already
-  read for the model, so this reads no array twice.
+  Where the table is already in memory, `fingerprint(config, table)` reads nothing.
   """
   from prompt_tuning import readers
   return fingerprint(readers.config_for(checkpoint), readers.read_array(checkpoint, EMBEDDING))
@@ -181,7 +181,8 @@ def add_metrics(prompt_path: str, name: str, metrics: Mapping[str, Any]) -> bool
   return True
 
 
-def check(prompt_path: str, prompt_PH: Any, backbone: Optional[str] = None,
+def check(prompt_path: str, prompt_PH: Any,
+          backbone: Optional[str | Callable[[], str]] = None,
           checkpoint: Optional[str] = None, allow_mismatch: bool = False
           ) -> Optional[dict[str, Any]]:
   """Raises BackboneMismatchError unless the prompt's sidecar names `backbone`.
@@ -189,8 +190,9 @@ def check(prompt_path: str, prompt_PH: Any, backbone: Optional[str] = None,
   Args:
     prompt_path: the prompt file or folder (its sidecar is found from it).
     prompt_PH: the prompt as read, to tell a stale sidecar from its own.
-    backbone: the fingerprint of the backbone it is loaded onto; None
-      computes it from `checkpoint` (only when there is a sidecar to check).
+    backbone: the fingerprint of the backbone it is loaded onto, or a
+      function computing it; None computes it from `checkpoint`. Either is
+      computed only when there is a sidecar to check.
     checkpoint: that backbone's path, named in the error. With neither, the
       check is skipped with a warning.
     allow_mismatch: log the mismatch instead of raising.
@@ -207,7 +209,9 @@ def check(prompt_path: str, prompt_PH: Any, backbone: Optional[str] = None,
     log.warning("%s does not hold the prompt its sidecar %s describes (the file was replaced?):"
                 " its backbone is not checked", prompt_path, sidecar_path(prompt_path))
     return None
-  if backbone is None and checkpoint:
+  if callable(backbone):
+    backbone = backbone()
+  elif backbone is None and checkpoint:
     backbone = backbone_fingerprint(checkpoint)
   if backbone is None:
     log.warning("%s: no backbone given, so its provenance is not checked", prompt_path)
@@ -240,14 +244,16 @@ def read_prompt(path: str) -> np.ndarray:
   return value
 
 
-def load_prompt(path: str, backbone: Optional[str] = None, checkpoint: Optional[str] = None,
+def load_prompt(path: str, backbone: Optional[str | Callable[[], str]] = None,
+                checkpoint: Optional[str] = None,
                 allow_mismatch: bool = False) -> np.ndarray:
   """A prompt from a `.npy` file or a PEFT adapter folder, its provenance checked.
 
   Args:
     path: a `.npy` prompt ([P, H]) or a PEFT prompt-tuning adapter folder.
-    backbone: the fingerprint of the backbone it is for (see `fingerprint`);
-      None computes it from `checkpoint` when there is a sidecar to check.
+    backbone: the fingerprint of the backbone it is for (see `fingerprint`),
+      or a function computing it; None computes it from `checkpoint`. Either
+      is computed only when there is a sidecar to check.
     checkpoint: the backbone's T5X checkpoint or HF folder.
     allow_mismatch: load a prompt of another backbone anyway (logged).
   """

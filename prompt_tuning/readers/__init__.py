@@ -10,9 +10,8 @@ cached per path, and `ARRAY_READS` counts every array read, by (folder, name).
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import numpy as np
@@ -27,8 +26,6 @@ from prompt_tuning.trees import CheckpointMismatchError  # noqa: F401  (re-expor
 # (checkpoint folder, parameter name) -> times read in this process.
 ARRAY_READS: collections.Counter = collections.Counter()
 _OPENED: dict[tuple[str, float], Any] = {}
-# (checkpoint folder, name) -> an array already read, while `serving_loaded` is open.
-_SERVED: dict[tuple[str, str], Any] = {}
 
 
 def is_hf_folder(path: str) -> bool:
@@ -63,29 +60,7 @@ def _read(ckpt: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
 
 def read_array(path: str, name: str) -> np.ndarray:
   """One parameter (e.g. 'token_embedder/embedding') of either format, nothing else."""
-  ckpt = open_checkpoint(path)
-  served = _SERVED.get((getattr(ckpt, "dir", path), name))
-  return np.asarray(served) if served is not None else _read(ckpt, [name])[name]
-
-
-@contextlib.contextmanager
-def serving_loaded(path: Optional[str], arrays: Mapping[str, Any]) -> Iterator[None]:
-  """While open, `read_array(path, name)` returns `arrays[name]` instead of reading it.
-
-  The setup reads the backbone once; initializers that need one of its
-  arrays (the embedding table) get that copy.
-  """
-  if not path or not arrays:
-    yield
-    return
-  source = getattr(open_checkpoint(path), "dir", path)
-  keys = [(source, name) for name in arrays]
-  _SERVED.update({(source, name): value for name, value in arrays.items()})
-  try:
-    yield
-  finally:
-    for key in keys:
-      _SERVED.pop(key, None)
+  return _read(open_checkpoint(path), [name])[name]
 
 
 def load_params(path: str, model: nn.Module, allow_missing: Sequence[str] = (),

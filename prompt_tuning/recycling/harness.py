@@ -75,16 +75,17 @@ def baselines(backbone: Backbone, length: int, examples: int, seed: int = 0) -> 
       "no prompt": _em(backbone, None, examples),
       "random": _em(backbone, _prompt(length, initializers.random_uniform(0.5)), examples),
       "sampled vocab": _em(backbone, _prompt(length, initializers.sampled_vocab(
-          backbone.path, length, first_n=259, seed=seed)), examples),
+          embeddings=backbone.path, first_n=259, seed=seed)), examples),
       "class labels": _em(backbone, _prompt(length, initializers.class_labels(
-          backbone.path, vocab, list(synthetic.ALPHABET), length, seed=seed)), examples),
+          list(synthetic.ALPHABET), embeddings=backbone.path, vocabulary=vocab, seed=seed)),
+          examples),
   }
 
 
 def train_prompt(backbone: Backbone, seed: int, length: int, steps: int, work_dir: str) -> str:
   """Trains a prompt on the source backbone; returns its exported .npy."""
   model_dir = os.path.join(work_dir, f"{backbone.name}_seed{seed}")
-  init = initializers.sampled_vocab(backbone.path, length, first_n=259, seed=seed)
+  init = initializers.sampled_vocab(first_n=259, seed=seed)  # The backbone's own table.
   from prompt_tuning.tasks import synthetic
   loop.train(model_dir=model_dir,
              model=ModelSpec(backbones_lib.backbone_config(backbone.size), backbone.path,

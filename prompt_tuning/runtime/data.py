@@ -35,6 +35,12 @@ def check_vocabulary(task: Any, vocab_size: int) -> None:
                        f"the model's embedding table has {vocab_size} rows")
 
 
+def input_vocabulary(task: Any) -> Optional[Any]:
+  """The vocabulary of the task's encoder inputs (None for a task without 'inputs')."""
+  feature = task.output_features.get("inputs")
+  return feature.vocabulary if feature is not None else None
+
+
 def check_prompt_budget(prompt_positions: int, feature_lengths: Mapping[str, int],
                         max_encoder_length: Optional[int]) -> None:
   """The prompt plus the inputs must fit the encoder budget `max_encoder_length`.

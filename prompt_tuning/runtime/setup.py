@@ -6,8 +6,10 @@
 2. `materialize(abstract_setup)`: reads each backbone array from the
    checkpoint once and places it (every host reads, each device keeps its
    slice); parameters the checkpoint cannot hold (the prompt modules') are
-   initialized inside a jitted init whose unused outputs XLA drops. With
-   `init_trainable=False` (eval and infer restoring a checkpoint) the
+   initialized inside a jitted init whose unused outputs XLA drops. The
+   prompt modules get what their initializers start from as an argument,
+   an `InitContext` (the embedding table just read, the task's vocabulary).
+   With `init_trainable=False` (eval and infer restoring a checkpoint) the
    trainable part stays abstract, a restore target, and no initializer runs.
 """
 
@@ -23,6 +25,7 @@ from prompt_tuning import trees as tree_lib
 from prompt_tuning.models import params as params_lib
 from prompt_tuning.models.t5 import T5
 from prompt_tuning.prompts import base as prompt_base
+from prompt_tuning.prompts import provenance
 from prompt_tuning.runtime import partitioning
 from prompt_tuning.runtime.specs import ModelSpec
 from prompt_tuning.runtime import freezing
@@ -103,13 +106,22 @@ def _frozen_prompt_parts(model: Any, flat: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
-def materialize(setup: AbstractSetup, seed: int = 0, init_trainable: bool = True) -> Setup:
+def _with_init_context(model: T5, context: prompt_base.InitContext) -> T5:
+  return model.clone(
+      encoder_prompt=prompt_base.with_init_context(model.encoder_prompt, context),
+      decoder_prompt=prompt_base.with_init_context(model.decoder_prompt, context))
+
+
+def materialize(setup: AbstractSetup, seed: int = 0, init_trainable: bool = True,
+                vocabulary: Optional[Any] = None) -> Setup:
   """Phase 2: the backbone read once from its checkpoint, the rest initialized.
 
   Args:
     seed: the initializers' seed.
     init_trainable: False leaves the trainable parameters the checkpoint
       lacks abstract (for a restore to fill) and runs no initializer for them.
+    vocabulary: the task's input vocabulary, for initializers that embed
+      text (class labels, a string).
   """
   flat = tree_lib.flatten(freezing.merge(setup.trainable, setup.frozen))
   path = setup.spec.checkpoint
@@ -122,14 +134,19 @@ def materialize(setup: AbstractSetup, seed: int = 0, init_trainable: bool = True
   missing = sorted(k for k in flat if k not in host)
   to_init = [k for k in missing if init_trainable or not setup.mask[k]]
   if to_init:
+    # Initializers that start from the backbone (sampled vocabulary, class
+    # labels) get the table just read; a host array, so only the rows they
+    # take enter the compiled init.
+    context = prompt_base.InitContext(embeddings=host.get(provenance.EMBEDDING),
+                                      vocabulary=vocabulary, checkpoint=path,
+                                      config=setup.spec.config)
+    model = _with_init_context(setup.model, context)
+
     def init_missing(rng):
-      flat_init = tree_lib.flatten(params_lib.init_params(setup.model, rng))
+      flat_init = tree_lib.flatten(params_lib.init_params(model, rng))
       return {k: flat_init[k] for k in to_init}
-    # Initializers that read the backbone (sampled vocabulary, class labels)
-    # are served the arrays just read instead of reading them again.
-    with readers.serving_loaded(path, host):
-      loaded.update(jax.jit(init_missing, out_shardings={k: flat[k].sharding for k in to_init})(
-          jax.random.PRNGKey(seed)))
+    loaded.update(jax.jit(init_missing, out_shardings={k: flat[k].sharding for k in to_init})(
+        jax.random.PRNGKey(seed)))
   for k, value in host.items():
     loaded[k] = partitioning.host_to_global(value, flat[k].sharding)
   host.clear()
@@ -142,7 +159,8 @@ def materialize(setup: AbstractSetup, seed: int = 0, init_trainable: bool = True
 
 def build(spec: ModelSpec, partitioning_config: partitioning.PartitioningConfig = (
     partitioning.PartitioningConfig()), mesh: Optional[Any] = None, seed: int = 0,
-          require_trainable: bool = True, init_trainable: bool = True) -> Setup:
+          require_trainable: bool = True, init_trainable: bool = True,
+          vocabulary: Optional[Any] = None) -> Setup:
   """Both phases."""
   return materialize(abstract(spec, partitioning_config, mesh, require_trainable), seed,
-                     init_trainable)
+                     init_trainable, vocabulary)

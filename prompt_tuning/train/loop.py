@@ -113,7 +113,8 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     if data.batch_size % mesh.shape["data"]:
       raise ValueError(f"BATCH_SIZE={data.batch_size} is not divisible by the "
                        f"{mesh.shape['data']} data-parallel replicas of the mesh")
-    setup = model_setup.build(model, partitioning_config, mesh, seed=seed)
+    setup = model_setup.build(model, partitioning_config, mesh, seed=seed,
+                              vocabulary=data_lib.input_vocabulary(task))
     trainable, frozen = setup.trainable, setup.frozen
     # Every process joins the gather of a sharded table; the chief writes sidecars.
     exported = dict(backbone=provenance.params_fingerprint(model.config, frozen),
