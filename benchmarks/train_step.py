@@ -170,7 +170,7 @@ def ours_step(dropout: float, mask_bits: int, remat: str = "",
   `remat`: a T5Config.remat_policy ('minimal': everything recomputed in the
   backward pass except the weight matmuls' outputs; 'full': everything) with
   scanned layers; empty: unrolled layers, nothing recomputed.
-  `rng_impl`: JAX's PRNG for the dropout key (`train.dropout_rng_impl`):
+  `rng_impl`: JAX's PRNG for the dropout key (`DropoutSpec.rng_impl`):
   threefry2x32 (JAX's default) or rbg (T5X's fast choice); both draw exact
   32-bit words per element with `mask_bits=32`."""
   from prompt_tuning.cli import environment
@@ -600,7 +600,7 @@ def markdown(result: dict) -> str | None:
            "remat_policy='minimal'`). `ours_remat_full`: scanned layers, everything "
            "rematerialized (`remat_policy='full'`): the least memory, the most "
            "recomputation. `ours_rbg`: `ours` with the dropout key drawn by JAX's "
-           "rbg PRNG (`train.dropout_rng_impl='rbg'`, T5X's fast choice) instead of threefry; "
+           "rbg PRNG (`DropoutSpec.rng_impl='rbg'`, T5X's fast choice) instead of threefry; "
            "its masks are exact 32-bit draws too. Training peak RSS: the highest resident "
            "memory after the "
            "weights were loaded (compiling and running the steps); process peak: the whole "
