@@ -388,6 +388,15 @@ def check_lengths(responses, refs) -> int:
   return bad
 
 
+def _summary(runs: list, modes: tuple, keys: tuple) -> dict:
+  """{clients: {mode: each key's median over that mode's runs}} (None where unmeasured)."""
+  def medians(mode, clients):
+    mine = [r for r in runs if r["mode"] == mode and r["clients"] == clients]
+    return {k: (float(np.median([r[k] for r in mine])) if mine[0][k] is not None else None)
+            for k in keys}
+  return {str(c): {mode: medians(mode, c) for mode in modes} for c in CONCURRENCY}
+
+
 def main_lengths(args, info: dict) -> None:
   """The `lengths` workload (module docstring)."""
   import httpx
@@ -437,17 +446,10 @@ def main_lengths(args, info: dict) -> None:
     proc.terminate()
     code = proc.wait(120)
   info["load_average_at_end"] = os.getloadavg()
-  summary = {}
-  for clients in CONCURRENCY:
-    row = {}
-    for mode in LENGTH_MODES:
-      mine = [r for r in runs if r["mode"] == mode and r["clients"] == clients]
-      row[mode] = {k: (float(np.median([r[k] for r in mine])) if mine[0][k] is not None
-                       else None)
-                   for k in ("rps", "tokens_per_s", "p50_ms", "p99_ms", "ttft_p50_ms",
-                             "ttft_p99_ms")}
+  summary = _summary(runs, LENGTH_MODES, ("rps", "tokens_per_s", "p50_ms", "p99_ms",
+                                          "ttft_p50_ms", "ttft_p99_ms"))
+  for row in summary.values():
     row["throughput_ratio"] = row["continuous"]["rps"] / row["whole_loop"]["rps"]
-    summary[str(clients)] = row
   result = dict(machine=info, workload="lengths", backbone=path,
                 random_backbone=args.random_backbone, prompts=NUM_PROMPTS,
                 prompt_length=PROMPT_LENGTH, lengths=LENGTHS, rounds=ROUNDS,
@@ -556,22 +558,17 @@ def main():
     codes = {mode: proc.wait(60) for mode, (proc, _) in servers.items()}
 
   info["load_average_at_end"] = os.getloadavg()
-  summary = {}
+  summary = _summary(runs, MODES, ("rps", "p50_ms", "p99_ms", "mean_batch_rows",
+                                   "mean_batch_prompts", "mean_batch_ms", "device_busy",
+                                   "mean_queue_wait_ms"))
   for clients in CONCURRENCY:
-    row = {}
-    for mode in MODES:
-      mine = [r for r in runs if r["mode"] == mode and r["clients"] == clients]
-      row[mode] = {k: float(np.median([r[k] for r in mine]))
-                   for k in ("rps", "p50_ms", "p99_ms", "mean_batch_rows",
-                             "mean_batch_prompts", "mean_batch_ms", "device_busy",
-                             "mean_queue_wait_ms")}
+    row = summary[str(clients)]
     ratios = [b["rps"] / u["rps"] for b, u in zip(
         [r for r in runs if r["mode"] == "batched" and r["clients"] == clients],
         [r for r in runs if r["mode"] == "unbatched" and r["clients"] == clients])]
     row["throughput_ratio"] = float(np.median(ratios))
     row["p99_budget_ms"] = 2 * row["unbatched"]["p50_ms"] + MAX_WAIT_MS
     row["p99_within_budget"] = row["batched"]["p99_ms"] < row["p99_budget_ms"]
-    summary[str(clients)] = row
   result = dict(
       machine=info, backbone=path, prompts=NUM_PROMPTS, prompt_length=PROMPT_LENGTH,
       decode_length=DECODE, rounds=ROUNDS, max_requests_per_run=REQUESTS,
