@@ -65,3 +65,115 @@ def files_digest(path: str, suffix: str = "") -> str:
       with open(os.path.join(root, name), "rb") as f:
         h.update(os.path.relpath(os.path.join(root, name), path).encode() + b"\0" + f.read())
   return h.hexdigest()
+
+
+# --- the binary in a fresh process, on the T5X fixture ---------------------------------
+# Shared by the tests that meet the binaries as a user does (locks, argument checks,
+# preemption, damaged checkpoints, infer's output).
+
+CLI_LENGTHS = "{'inputs': 16, 'targets': 4}"
+PROMPT_NPY = "encoder_prompt.prompt.npy"
+
+
+def cli_argv(command: str, model_dir, model_gin, *extra) -> list[str]:
+  """`prompt-tuning COMMAND`'s arguments for pt_test_sentiment on the T5X fixture."""
+  run_file = {"train": "runs/prompt_finetune.gin", "infer": "runs/prompt_infer.gin",
+              "eval": "runs/prompt_eval.gin"}[command]
+  return [command, f"--gin_file={model_gin}", f"--gin_file={run_file}",
+          f"--gin.MODEL_DIR='{model_dir}'", "--gin.MIXTURE_OR_TASK_NAME='pt_test_sentiment'",
+          f"--gin.INITIAL_CHECKPOINT_PATH='{fixture_path('t5x_tiny_checkpoint')}'",
+          f"--gin.TASK_FEATURE_LENGTHS={CLI_LENGTHS}", "--gin.BATCH_SIZE=8", *extra]
+
+
+def cli_env(**faults_set) -> dict[str, str]:
+  """The environment for a fresh binary: no fault injected unless named here."""
+  from prompt_tuning.runtime import faults
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+  for name in (faults.ENV, faults.DISK_FULL_ENV, faults.SIGTERM_ENV):
+    env.pop(name, None)
+  env.update({k: str(v) for k, v in faults_set.items()})
+  return env
+
+
+def run_cli(command: str, model_dir, *extra, model_gin=None, env=None, timeout=600):
+  """Runs the binary in a fresh process; returns the CompletedProcess. The model gin
+  defaults to tiny_model.gin beside MODEL_DIR (the `workdir` fixture writes one)."""
+  import subprocess
+  import sys
+  model_gin = model_gin or os.path.join(os.path.dirname(model_dir), "tiny_model.gin")
+  return subprocess.run(
+      [sys.executable, "-m", "prompt_tuning.cli.main",
+       *cli_argv(command, model_dir, model_gin, *extra)],
+      cwd=REPO_ROOT, env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def error_line(stderr: str) -> str:
+  """The binary's one error line (exactly one, and no traceback)."""
+  lines = [line for line in stderr.splitlines() if line.startswith("prompt-tuning")]
+  assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+  return lines[0]
+
+
+def exported_prompt(model_dir, step: int):
+  """The encoder prompt a run exported at a step."""
+  import numpy as np
+  return np.load(os.path.join(model_dir, "prompts", f"step_{step}", PROMPT_NPY))
+
+
+def checkpoint_steps(model_dir) -> list[int]:
+  """The steps of MODEL_DIR's checkpoints, as the library sees them."""
+  from prompt_tuning.runtime import checkpoints as checkpoints_lib
+  store = checkpoints_lib.CheckpointStore(str(model_dir))
+  try:
+    return store.all_steps()
+  finally:
+    store.close()
+
+
+def leftovers(root) -> list[str]:
+  """Temporary folders or files anywhere under root."""
+  return [os.path.join(d, n) for d, dirs, files in os.walk(root) for n in dirs + files
+          if "tmp" in n and "orbax" in n or n.endswith(".tmp")]
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+  """A folder with tiny_model.gin (the T5X fixture's model and the test tasks), for
+  runs of `run_cli`; each test uses its own subfolder."""
+  from tests.test_binaries import TINY_MODEL_GIN
+  fixture_path("t5_spm.model")
+  root = tmp_path_factory.mktemp("binary_runs")
+  (root / "tiny_model.gin").write_text(TINY_MODEL_GIN)
+  return root
+
+
+@pytest.fixture(scope="session")
+def straight(workdir):
+  """An uninterrupted 6-step run, checkpoints every 2 steps (the reference); tests that
+  change a run copy it first."""
+  run = str(workdir / "straight")
+  result = run_cli("train", run, "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return run
+
+
+@pytest.fixture
+def main_in_process(workdir, tmp_path, capsys, monkeypatch):
+  """Runs main() in-process with the backbone reader made to fail if it is reached."""
+  import gin
+  from prompt_tuning import readers
+  from prompt_tuning.cli import main as main_lib
+
+  def must_not_read(*args, **kwargs):
+    raise AssertionError("the backbone was read before the arguments were checked")
+  monkeypatch.setattr(readers, "load_params", must_not_read)
+
+  def _run(*extra, command="train", model_gin=str(workdir / "tiny_model.gin")):
+    gin.clear_config()
+    capsys.readouterr()
+    steps = ["--gin.TRAIN_STEPS=2"] if command == "train" else []
+    code = main_lib.main(cli_argv(command, str(tmp_path / "model_dir"), model_gin, *steps,
+                                  *extra))
+    gin.clear_config()
+    return code, capsys.readouterr().err
+  return _run
