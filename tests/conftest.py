@@ -6,6 +6,7 @@ instead when PT_REQUIRE_FIXTURES=1 (CI sets it).
 """
 
 import os
+import shutil
 
 import jax
 import pytest
@@ -148,13 +149,30 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def straight(workdir):
+def straight(workdir, tmp_path_factory):
   """An uninterrupted 6-step run, checkpoints every 2 steps (the reference); tests that
-  change a run copy it first."""
-  run = str(workdir / "straight")
-  result = run_cli("train", run, "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=2")
-  assert result.returncode == 0, result.stderr[-3000:]
-  return run
+  change a run, or run a binary on it, copy it first.
+
+  Under pytest-xdist the workers share one such run: the first to need it trains it
+  in the session's common temporary folder while the others wait on a file lock
+  (a binary start costs more than the training).
+  """
+  import fcntl
+  if "PYTEST_XDIST_WORKER" not in os.environ:  # Not under xdist: one process, one run.
+    root = workdir
+  else:
+    root = tmp_path_factory.getbasetemp().parent / "shared_binary_runs"
+    root.mkdir(exist_ok=True)
+  run, done = root / "straight", root / "straight.done"
+  with open(root / "straight.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
+    if not done.exists():
+      (root / "tiny_model.gin").write_text((workdir / "tiny_model.gin").read_text())
+      shutil.rmtree(run, ignore_errors=True)  # What a failed attempt left.
+      result = run_cli("train", str(run), "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=2")
+      assert result.returncode == 0, result.stderr[-3000:]
+      done.touch()
+  return str(run)
 
 
 @pytest.fixture

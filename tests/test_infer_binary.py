@@ -1,6 +1,7 @@
 """The infer binary's output: quiet by default, and no prompt initializer run for a prompt
 it restores."""
 
+import shutil
 import subprocess
 import sys
 
@@ -12,14 +13,18 @@ from tests.conftest import REPO_ROOT, cli_env, run_cli
 
 # --- quiet by default ------------------------------------------------------------
 
-def test_infer_is_quiet_by_default_and_verbose_on_request(workdir, straight):
-  quiet = run_cli("infer", straight, "--gin.MAX_INFER_EXAMPLES=4")
+def test_infer_is_quiet_by_default_and_verbose_on_request(workdir, straight, tmp_path):
+  run = str(tmp_path / "run")  # Infer writes into MODEL_DIR: the shared run stays as it is.
+  shutil.copytree(straight, run)
+  model_gin = str(workdir / "tiny_model.gin")
+  quiet = run_cli("infer", run, "--gin.MAX_INFER_EXAMPLES=4", model_gin=model_gin)
   assert quiet.returncode == 0, quiet.stderr[-3000:]
   assert quiet.stdout.strip().endswith(".jsonl")
   orbax_lines = [line for line in quiet.stderr.splitlines() if "[process=0]" in line
                  or " INFO " in line and "orbax" in line.lower()]
   assert orbax_lines == []
-  verbose = run_cli("infer", straight, "--gin.MAX_INFER_EXAMPLES=4", "--verbose")
+  verbose = run_cli("infer", run, "--gin.MAX_INFER_EXAMPLES=4", "--verbose",
+                    model_gin=model_gin)
   assert verbose.returncode == 0, verbose.stderr[-3000:]
   assert sum("[process=0]" in line for line in verbose.stderr.splitlines()) >= 3
   assert len(quiet.stderr.splitlines()) < len(verbose.stderr.splitlines()) // 2
