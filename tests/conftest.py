@@ -195,3 +195,29 @@ def main_in_process(workdir, tmp_path, capsys, monkeypatch):
     gin.clear_config()
     return code, capsys.readouterr().err
   return _run
+
+
+@pytest.fixture
+def cli_in_process(capfd):
+  """Runs the binary's `main()` in this process with `run_cli`'s arguments, and returns
+  a CompletedProcess of its exit code and what it printed (caught at the file
+  descriptors). It saves a fresh interpreter's start (the imports cost more than a
+  tiny run) where a check needs no process of its own: no signal, no fault injected,
+  no log line asserted (logging is configured once per process).
+  """
+  import subprocess
+  import gin
+  from prompt_tuning.cli import main as main_lib
+
+  def _run(command, model_dir, *extra, model_gin=None):
+    model_gin = model_gin or os.path.join(os.path.dirname(model_dir), "tiny_model.gin")
+    argv = cli_argv(command, model_dir, model_gin, *extra)
+    gin.clear_config()
+    capfd.readouterr()
+    try:
+      code = main_lib.main(argv)
+    finally:
+      gin.clear_config()
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)
+  return _run

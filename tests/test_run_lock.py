@@ -15,7 +15,7 @@ from tests.conftest import (PROMPT_NPY, REPO_ROOT, checkpoint_steps, cli_argv, c
                             error_line, run_cli)
 
 
-def test_second_trainer_on_one_model_dir_exits_2_naming_the_first(workdir):
+def test_second_trainer_on_one_model_dir_exits_2_naming_the_first(workdir, cli_in_process):
   run = str(workdir / "shared_dir")
   # A long first run; it is stopped by SIGTERM at the end of the test.
   first = subprocess.Popen(
@@ -32,7 +32,9 @@ def test_second_trainer_on_one_model_dir_exits_2_naming_the_first(workdir):
     holder = json.load(open(lock_path))
     assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
 
-    second = run_cli("train", run, "--gin.TRAIN_STEPS=1000000", "--gin.CHECKPOINT_PERIOD=1000000")
+    # The second trainer runs in this process: its refusal prints one line, no log.
+    second = cli_in_process("train", run, "--gin.TRAIN_STEPS=1000000",
+                            "--gin.CHECKPOINT_PERIOD=1000000")
     assert second.returncode == 2
     line = error_line(second.stderr)
     assert f"MODEL_DIR {run} is in use by another run" in line
