@@ -148,31 +148,72 @@ def workdir(tmp_path_factory):
   return root
 
 
-@pytest.fixture(scope="session")
-def straight(workdir, tmp_path_factory):
-  """An uninterrupted 6-step run, checkpoints every 2 steps (the reference); tests that
-  change a run, or run a binary on it, copy it first.
+def built_once(workdir, tmp_path_factory, name: str, build) -> str:
+  """The folder `name` that `build(folder)` fills, built once per session.
 
-  Under pytest-xdist the workers share one such run: the first to need it trains it
-  in the session's common temporary folder while the others wait on a file lock
-  (a binary start costs more than the training).
+  Under pytest-xdist the workers share it: the first to need it builds it in the
+  session's common temporary folder while the others wait on a file lock (a binary
+  start costs more than a tiny run). The folder holds a copy of tiny_model.gin, so
+  `run_cli` finds it beside a run made there.
   """
   import fcntl
-  if "PYTEST_XDIST_WORKER" not in os.environ:  # Not under xdist: one process, one run.
+  if "PYTEST_XDIST_WORKER" not in os.environ:  # Not under xdist: one process, one build.
     root = workdir
   else:
     root = tmp_path_factory.getbasetemp().parent / "shared_binary_runs"
     root.mkdir(exist_ok=True)
-  run, done = root / "straight", root / "straight.done"
-  with open(root / "straight.lock", "w") as lock:
+  folder, done = root / name, root / f"{name}.done"
+  with open(root / f"{name}.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
     if not done.exists():
       (root / "tiny_model.gin").write_text((workdir / "tiny_model.gin").read_text())
-      shutil.rmtree(run, ignore_errors=True)  # What a failed attempt left.
-      result = run_cli("train", str(run), "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=2")
-      assert result.returncode == 0, result.stderr[-3000:]
+      shutil.rmtree(folder, ignore_errors=True)  # What a failed attempt left.
+      build(str(folder))
       done.touch()
-  return str(run)
+  return str(folder)
+
+
+@pytest.fixture(scope="session")
+def straight(workdir, tmp_path_factory):
+  """An uninterrupted 6-step run, checkpoints every 2 steps (the reference); tests that
+  change a run, or run a binary on it, copy it first. One per session (`built_once`)."""
+  def build(run):
+    result = run_cli("train", run, "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+  return built_once(workdir, tmp_path_factory, "straight", build)
+
+
+@pytest.fixture(scope="session")
+def stale_lock_run(workdir, tmp_path_factory):
+  """A 1-step training over a lock left by a process that no longer runs, with an unused
+  binding allowed (--gin.TRAIN_STEPZ=3 --gin.allow_unused=True): one binary start
+  serves the test of the lock's takeover and that of allow_unused, which both read its
+  log lines. Returns (MODEL_DIR, the dead pid, the CompletedProcess)."""
+  import json
+  import socket
+  import subprocess
+  from prompt_tuning.runtime import lock as lock_lib
+
+  def build(folder):
+    run = os.path.join(folder, "run")
+    os.makedirs(run)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # A pid that no longer runs.
+    with open(os.path.join(run, lock_lib.LOCK_NAME), "w") as f:
+      json.dump(dict(host=socket.gethostname(), pid=gone.pid, started="yesterday",
+                     token="old"), f)
+    result = run_cli("train", run, "--gin.TRAIN_STEPS=1", "--gin.TRAIN_STEPZ=3",
+                     "--gin.allow_unused=True", model_gin=str(workdir / "tiny_model.gin"))
+    with open(os.path.join(folder, "result.json"), "w") as f:
+      json.dump(dict(args=result.args, returncode=result.returncode, stdout=result.stdout,
+                     stderr=result.stderr, pid=gone.pid), f)
+
+  folder = built_once(workdir, tmp_path_factory, "stale_lock", build)
+  with open(os.path.join(folder, "result.json")) as f:
+    saved = json.load(f)
+  result = subprocess.CompletedProcess(saved["args"], saved["returncode"], saved["stdout"],
+                                       saved["stderr"])
+  return os.path.join(folder, "run"), saved["pid"], result
 
 
 @pytest.fixture

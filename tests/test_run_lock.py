@@ -12,7 +12,7 @@ import pytest
 
 from prompt_tuning.runtime import lock as lock_lib
 from tests.conftest import (PROMPT_NPY, REPO_ROOT, checkpoint_steps, cli_argv, cli_env,
-                            error_line, run_cli)
+                            error_line)
 
 
 def test_second_trainer_on_one_model_dir_exits_2_naming_the_first(workdir, cli_in_process):
@@ -53,18 +53,12 @@ def test_second_trainer_on_one_model_dir_exits_2_naming_the_first(workdir, cli_i
   assert not os.path.exists(os.path.join(run, lock_lib.LOCK_NAME))  # Released on exit.
 
 
-def test_lock_of_a_dead_process_is_taken_over_with_a_warning(workdir):
-  run = workdir / "stale_lock"
-  run.mkdir()
-  gone = subprocess.Popen(["true"])
-  gone.wait()  # A pid that no longer runs.
-  (run / lock_lib.LOCK_NAME).write_text(json.dumps(
-      dict(host=socket.gethostname(), pid=gone.pid, started="yesterday", token="old")))
-  result = run_cli("train", str(run), "--gin.TRAIN_STEPS=1")
+def test_lock_of_a_dead_process_is_taken_over_with_a_warning(stale_lock_run):
+  run, gone_pid, result = stale_lock_run  # A 1-step training over a dead process's lock.
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Took over the lock" in result.stderr
-  assert f"pid {gone.pid} is no longer running" in result.stderr
-  assert not (run / lock_lib.LOCK_NAME).exists()
+  assert f"pid {gone_pid} is no longer running" in result.stderr
+  assert not os.path.exists(os.path.join(run, lock_lib.LOCK_NAME))
 
 
 def test_lock_of_another_host_is_kept_until_it_goes_stale(tmp_path):
