@@ -14,7 +14,7 @@ from prompt_tuning.runtime import setup as setup_lib
 from prompt_tuning.runtime.specs import ModelSpec
 from prompt_tuning.runtime import freezing
 from tests.conftest import fixture_path
-from tests.giants_util import (CFG, digest, exported, run_binary, summary, toy_batch,
+from tests.toy_runs import (CFG, digest, exported, run_binary, summary, toy_batch,
                                train_in_process)
 from tests.test_binaries import t5x_fixture_digest
 

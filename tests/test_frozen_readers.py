@@ -13,7 +13,7 @@ from prompt_tuning.retrieval import bm25, reader, store, tasks
 from prompt_tuning.runtime import setup as setup_lib
 from prompt_tuning.runtime.specs import ModelSpec
 from prompt_tuning.runtime import freezing
-from tests.giants_util import CFG, exported, run_binary, summary, toy_batch, train_in_process
+from tests.toy_runs import CFG, exported, run_binary, summary, toy_batch, train_in_process
 from tests.test_binaries import t5x_fixture_digest
 
 pytest.importorskip("bm25s")

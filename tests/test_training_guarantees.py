@@ -1,4 +1,5 @@
-"""Reliability: determinism, kill-anywhere resume, non-finite steps, integrity, no pickle."""
+"""Training guarantees: determinism, kill-anywhere resume, non-finite steps, integrity,
+no pickle."""
 
 import json
 import os

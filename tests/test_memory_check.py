@@ -1,33 +1,25 @@
-"""Reliability, round three (issue 32): what the bad-input catalog cannot show by itself.
+"""The memory check before any work (issue 32): what the bad-input catalog cannot show.
 
-The catalog (tests/test_bad_inputs.py) runs every refusal through the binary:
-damaged backbones of each form, runs that cannot fit, another run's
-MODEL_DIR. Here: that a run which fits passes the memory check and that
-ALLOW_OVERSUBSCRIBE lets a big one through; the decision and the estimate on
-their own (with a small made-up "available" instead of allocating); the
-library's restore refusing another run's shapes; no false alarm from a
-superseded OCDBT file; and the lock leaving no empty MODEL_DIR behind.
+The catalog (tests/test_bad_inputs.py) runs every refusal through the binary. Here:
+that a run which fits passes the memory check and that ALLOW_OVERSUBSCRIBE lets a big
+one through; the decision and the estimate on their own (with a small made-up
+"available" instead of allocating). Another run's MODEL_DIR and a superseded OCDBT
+file are in tests/test_checkpoint_damage.py; the lock's folder cleanup in
+tests/test_run_lock.py.
 """
 
 import logging
-import os
-import shutil
 
 import gin
-import numpy as np
 import pytest
 
 from prompt_tuning.cli import main as main_lib
 from prompt_tuning.prompts import soft
-from prompt_tuning.runtime import checkpoints as checkpoints_lib
-from prompt_tuning.runtime import lock as lock_lib
 from prompt_tuning.runtime import memory
 from prompt_tuning.runtime import setup as model_setup
 from prompt_tuning.runtime.specs import ModelSpec
 from prompt_tuning.train import optimizers
-from tests import backbone_forms
 from tests.conftest import TINY_T5X_CONFIG, fixture_path
-from tests.test_bad_inputs import another_runs_model_dir
 from tests.test_binaries import TINY_MODEL_GIN
 
 
@@ -141,57 +133,3 @@ def test_the_estimate_follows_the_settings():
   assert _estimate(1000, attention_example_loop=False, dropout_rate=0.1).total > plain.total
   host = memory.host_available()
   assert host.bytes > 0 and host.where
-
-
-def test_restore_refuses_another_runs_shapes_and_changes_nothing(tmp_path):
-  from tests.conftest import files_digest
-  run = another_runs_model_dir(str(tmp_path / "run"), prompt_length=10)
-  before = files_digest(run)
-  store = checkpoints_lib.CheckpointStore(run)
-  abstract = {"encoder_prompt": {"prompt": np.zeros((12, 4), np.float32)}}
-  try:
-    with pytest.raises(checkpoints_lib.OtherRunError,
-                       match=r"holds another run's checkpoints: its step 2 holds encoder_prompt/"
-                             r"prompt of shape \(10, 4\) \(this run's: \(12, 4\)\)"):
-      store.restore(abstract, None)
-    with pytest.raises(checkpoints_lib.OtherRunError, match="PROMPT_LENGTH=10"):
-      store.restore_trainable(abstract)
-    same = {"encoder_prompt": {"prompt": np.zeros((10, 4), np.float32)}}
-    restored = store.restore_trainable(same)
-    np.testing.assert_array_equal(np.asarray(restored["encoder_prompt"]["prompt"]), 1.0)
-  finally:
-    store.close()
-  assert files_digest(run) == before
-
-
-def test_a_superseded_ocdbt_file_is_no_false_alarm(tmp_path):
-  """Orbax leaves per-process index files that the merged index replaces; deleting one
-  loses nothing, and the backbone still loads, bit-equal."""
-  from prompt_tuning import readers, trees as tree_lib
-  from prompt_tuning.models.t5 import T5
-  forms = backbone_forms.healthy(str(tmp_path / "forms"))
-  copy = str(tmp_path / "ocdbt")
-  shutil.copytree(forms["ocdbt"], copy)
-  data = os.path.join(copy, backbone_forms.OCDBT_DATA)
-  smallest = min((os.path.join(data, f) for f in os.listdir(data)), key=os.path.getsize)
-  os.remove(smallest)
-  loaded = tree_lib.flatten(readers.load_params(copy, T5(TINY_T5X_CONFIG)))
-  expected = tree_lib.flatten(readers.load_params(forms["zarr"], T5(TINY_T5X_CONFIG)))
-  assert sorted(loaded) == sorted(expected)
-  for name in expected:
-    assert loaded[name].tobytes() == expected[name].tobytes(), name
-
-
-def test_the_lock_leaves_no_empty_model_dir_but_keeps_the_users(tmp_path):
-  fresh = tmp_path / "a" / "b" / "model_dir"
-  lock_lib.RunLock(str(fresh)).acquire().release()
-  assert not (tmp_path / "a").exists()  # Every folder it made, removed again.
-  mine = tmp_path / "mine"
-  mine.mkdir()
-  lock_lib.RunLock(str(mine)).acquire().release()
-  assert mine.is_dir()  # A folder the user made stays.
-  written = tmp_path / "written"
-  lock = lock_lib.RunLock(str(written)).acquire()
-  (written / "train").mkdir()
-  lock.release()
-  assert (written / "train").is_dir()  # Something was written: kept.

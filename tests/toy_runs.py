@@ -1,4 +1,6 @@
-"""Shared helpers of the tests of Levine et al. (2022)'s methods (tests/test_giants_*.py)."""
+"""Toy runs shared by the tests of methods over one frozen T5 (input-dependent prompts,
+recursion, frozen readers): a toy batch, training in process, the binaries on the T5X
+fixture, and what a run leaves on disk."""
 
 import json
 import os
