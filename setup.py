@@ -59,7 +59,7 @@ setup(
         # The serving load test's HTTP clients (benchmarks/serving.py; seen: aiohttp 3.14.5,
         # openai 3.63.0, whose async client drives the OpenAI-compatible routes).
         "bench": ["aiohttp>=3.9", "httpx>=0.25", "openai>=1.0"],
-        # Seen working: torch 2.13.0 (CPU wheel), transformers 5.23.0, peft 0.21.2,
+        # Seen working: torch 2.13.0 (CPU wheel), transformers 5.23.0 and 5.25.0, peft 0.21.2,
         # safetensors 0.8.0 (a core dependency). Install torch's CPU build first
         # (see .ci/run). PEFT adapters are written in PEFT 0.21's format.
         "interop": ["torch>=2.1", "transformers>=4.40", "peft>=0.10"],

@@ -99,6 +99,13 @@ def test_config_read_from_config_json(pair):
   assert cfg.shared_relative_bias == (variant != "umt5")
 
 
+def _hf_scales_untied_umt5(hf_model) -> bool:
+  """Whether this transformers scales an untied umT5's decoder output: newer
+  releases say so in `config.scale_decoder_outputs` (False for an untied
+  head); older 5.x releases always did."""
+  return getattr(hf_model.config, "scale_decoder_outputs", True) is not False
+
+
 def test_encoder_and_logits_match(pair):
   variant, hf_model, _, model, params = pair
   enc, tgt = _batch()
@@ -117,10 +124,11 @@ def test_encoder_and_logits_match(pair):
                              rtol=1e-4, atol=1e-4)
   valid_dec = tgt > 0
   ours = np.asarray(logits)
-  if variant == "umt5":
-    # transformers 5 forces tie_word_embeddings=True for umT5 and so scales the
-    # decoder output by d_model^-0.5 even with an untied head; T5X's umT5 (and
-    # this model) does not. The logits differ by exactly that factor.
+  if variant == "umt5" and _hf_scales_untied_umt5(hf_model):
+    # transformers 5 before `scale_decoder_outputs` reached umT5 forced
+    # tie_word_embeddings=True for it and so scaled the decoder output by
+    # d_model^-0.5 even with an untied head; T5X's umT5 (and this model) does
+    # not. The logits then differ by exactly that factor.
     ours = ours * COMMON["d_model"] ** -0.5
   np.testing.assert_allclose(ours[valid_dec], hf_logits[valid_dec], rtol=1e-4, atol=1e-4)
   # The comparison is not vacuous: logits vary and differ across positions.
@@ -178,9 +186,14 @@ def test_reads_only_the_requested_tensor(pair, monkeypatch):
                       lambda self, name: seen.append(name) or real(self, name))
   emb = readers.read_array(folder, "token_embedder/embedding")
   assert emb.shape == (VOCAB, 16)
-  # Opening a umT5 folder also compares lm_head with the embedding, because
-  # transformers 5 does not record whether umT5 is tied; no layer is read.
-  want = {"shared.weight", "lm_head.weight"} if variant == "umt5" else {"shared.weight"}
+  # Opening a umT5 folder whose config.json does not record
+  # `scale_decoder_outputs` (older transformers 5 releases) also compares
+  # lm_head with the embedding, since such a config cannot say whether umT5 is
+  # tied; no layer is read.
+  with open(os.path.join(folder, "config.json")) as f:
+    unrecorded = "scale_decoder_outputs" not in json.load(f)
+  want = ({"shared.weight", "lm_head.weight"} if variant == "umt5" and unrecorded
+          else {"shared.weight"})
   assert set(seen) == want and seen[-1] == "shared.weight"
 
 
