@@ -104,18 +104,30 @@ def _run_gin(args: argparse.Namespace, bindings: list[str]) -> int:
   _start_jax(args)
   from prompt_tuning.cli import gin as gin_utils
   import prompt_tuning.tasks  # noqa: F401  (registers the bundled seqio tasks)
-  if not args.gin_file:
+  try:
+    saved_files, saved_bindings = _saved_run_config(args, bindings)
+  except FileNotFoundError as e:
+    return _error(args.command, e)
+  if not args.gin_file and not saved_files:
     print(f"prompt-tuning {args.command}: error: give at least one --gin_file "
-          f"(e.g. --gin_file={_RUN_FILES[args.command]}); see --help", file=sys.stderr)
+          f"(e.g. --gin_file={_RUN_FILES[args.command]}) or a MODEL_DIR holding the "
+          "config.gin of its training run; see --help", file=sys.stderr)
     return 2
+  gin_files = [*saved_files, *(args.gin_file or ([_RUN_FILES[args.command]] if saved_files
+                                                 else []))]
   try:
     allow_unused, bindings = strict.pop_allow_unused(bindings)
-    gin_utils.parse_gin(args.gin_file, bindings, args.gin_search_paths)
+    gin_utils.parse_gin(gin_files, [*saved_bindings, *bindings], args.gin_search_paths)
+    gin_utils.bind_checkpoint_config()  # No models/ file: the checkpoint's own config.
     strict.check_bindings(_GIN_BINARIES[args.command], args.gin_file, bindings,
                           args.gin_search_paths, allow_unused,
                           gin_utils.configs_dir())  # Typos fail before any work.
     gin_utils.apply_task_vocabulary()
     result = gin_utils.run_configured(_GIN_BINARIES[args.command])
+    if args.command == "train":  # The run's configuration, saved with the run (T5X's habit).
+      from prompt_tuning.cli import saved_config
+      import gin
+      saved_config.write(gin.query_parameter("%MODEL_DIR"), _argv_of(args))
   except (OSError, ValueError, KeyError, FloatingPointError) as e:  # OSError: full disk, lock
     return _error(args.command, e)
   if args.command == "precompile":
@@ -124,6 +136,49 @@ def _run_gin(args: argparse.Namespace, bindings: list[str]) -> int:
   else:
     print(result)
   return 0
+
+
+def _argv_of(args: argparse.Namespace) -> list[str]:
+  return list(getattr(args, "argv", []))
+
+
+def _saved_run_config(args: argparse.Namespace, bindings: list[str]
+                      ) -> tuple[list[str], list[str]]:
+  """eval / infer on a MODEL_DIR whose training saved config.gin: (files, bindings) it adds.
+
+  MODEL_DIR comes from the positional argument (bound as the macro) or
+  --gin.MODEL_DIR. Prints which command-line bindings override saved values.
+  """
+  import ast
+  from prompt_tuning.cli import saved_config
+  if args.command not in ("eval", "infer"):
+    return [], []
+  model_dir = getattr(args, "model_dir", None)
+  if model_dir:
+    bindings.append(f"MODEL_DIR = {model_dir!r}")
+  else:
+    for binding in bindings:
+      name, _, value = binding.partition("=")
+      if name.strip() == "MODEL_DIR":
+        try:
+          model_dir = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+          return [], []
+  if not isinstance(model_dir, str) or not os.path.isfile(saved_config.path(model_dir)):
+    if getattr(args, "model_dir", None) and not args.gin_file:
+      raise FileNotFoundError(f"{saved_config.path(model_dir)} not found: a MODEL_DIR alone "
+                              "needs the config.gin its training run saved; give "
+                              "--gin_file=... too")
+    return [], []
+  with open(saved_config.path(model_dir)) as f:
+    text = f.read()
+  changed = saved_config.overridden(text, [b for b in bindings if b.split("=")[0].strip()
+                                           != "MODEL_DIR"])
+  print(f"prompt-tuning {args.command}: using the configuration saved in "
+        f"{saved_config.path(model_dir)}"
+        + (f"; overridden on the command line: {', '.join(changed)}" if changed else ""),
+        file=sys.stderr)
+  return [saved_config.path(model_dir)], saved_config.macro_statements(text)
 
 
 def _serve(args) -> int:
@@ -367,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(--gin.allow_unused=True makes it a warning).",
         epilog=_run_file_header(name))
     _add_gin_flags(p)
+    if name in ("eval", "infer"):  # Taken from the unparsed rest: a positional would swallow
+      # a --gin.NAME={'a': 1} binding (argparse reads an argument with a space as positional).
+      p.description += (f" `prompt-tuning {name} MODEL_DIR` alone reads the config.gin that "
+                        "the training run saved there (the run file is added; --gin_file and "
+                        "--gin.NAME=VALUE override it).")
   for name, helptext in (("inspect", "list a checkpoint's parameters and inferred config"),
                          ("decode", "decode one input with a T5X or Hugging Face checkpoint")):
     p = sub.add_parser(name, help=helptext, allow_abbrev=False)
@@ -434,8 +494,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = build_parser()
   args, rest = parser.parse_known_args(argv)
   bindings, unknown = [], []
+  args.model_dir = None
   for arg in rest:
-    if arg.startswith("--gin.") and args.command in _GIN_BINARIES:
+    if args.command in ("eval", "infer") and not arg.startswith("-") and not args.model_dir:
+      args.model_dir = arg  # `prompt-tuning eval MODEL_DIR`: its saved config.gin.
+    elif arg.startswith("--gin.") and args.command in _GIN_BINARIES:
       name, eq, value = arg[len("--gin."):].partition("=")
       if not eq or not name:
         print(f"prompt-tuning {args.command}: error: bad gin flag {arg!r}; expected "
@@ -451,6 +514,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{expected}", file=sys.stderr)
     return 2
   if args.command in _GIN_BINARIES:
+    args.argv = argv
     return _run_gin(args, bindings)
   try:
     if args.command == "recycle" and args.skip is None:

@@ -1,0 +1,105 @@
+"""The model config comes from the checkpoint wherever it is recorded (issue 31, point 1).
+
+The backbone here is written the way `backbones.pretrain` exports one (an
+Orbax T5X-layout checkpoint_N plus config.json), with random weights: its
+config.json records relative_attention_max_distance = 32, which its shapes
+cannot show (a T5X checkpoint alone reads 128). tests/test_quickstart.py
+checks serve against infer on the quickstart's own pretrained backbone.
+"""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from prompt_tuning import backbones, readers
+from prompt_tuning.cli import main as main_lib
+from prompt_tuning.models import params as params_lib
+from prompt_tuning.models.t5 import T5
+from prompt_tuning.readers import config as config_lib
+from prompt_tuning.runtime.specs import ModelSpec
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+  import orbax.checkpoint as ocp
+  out = str(tmp_path_factory.mktemp("backbone") / "synthetic_tiny")
+  config = backbones.backbone_config("tiny")
+  shapes, _ = params_lib.abstract_params(T5(config))  # Only the config is under test.
+  ocp.PyTreeCheckpointer().save(os.path.join(out, "checkpoint_3"), {
+      "target": jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes)})
+  config_lib.write_record(out, config)
+  return out
+
+
+def test_backbone_records_every_field_in_config_json(backbone):
+  with open(os.path.join(backbone, "config.json")) as f:
+    record = json.load(f)
+  expected = backbones.backbone_config("tiny")
+  assert record["relative_attention_max_distance"] == 32
+  assert set(record) >= set(expected.__dataclass_fields__)
+  assert not readers.is_hf_folder(backbone)  # Still read as a T5X checkpoint.
+  assert readers.config_for(backbone) == readers.config_for(
+      os.path.join(backbone, "checkpoint_3")) == expected
+  assert ModelSpec(checkpoint=backbone).config.relative_attention_max_distance == 32
+
+
+def test_old_sidecar_name_and_t5x_config_gin_are_read(backbone, tmp_path):
+  old = str(tmp_path / "old")
+  shutil.copytree(backbone, old)
+  os.rename(os.path.join(old, "config.json"), os.path.join(old, "config.json.txt"))
+  assert readers.config_for(old).relative_attention_max_distance == 32
+  # A T5X run folder: config.gin (T5X's operative config) beside checkpoint_N.
+  os.remove(os.path.join(old, "config.json.txt"))
+  assert readers.config_for(old).relative_attention_max_distance == 128  # Shapes only.
+  with open(os.path.join(old, "config.gin"), "w") as f:
+    f.write("network.T5Config.emb_dim = 64\nnetwork.T5Config.dropout_rate = %DROPOUT\n"
+            "network.T5Config.relative_attention_max_distance = 32\n")
+  assert readers.config_for(os.path.join(old, "checkpoint_3")).relative_attention_max_distance \
+      == 32
+
+
+def test_contradicting_bindings_name_both_values(backbone, capsys):
+  wrong = backbones.backbone_config("tiny").replace(relative_attention_max_distance=128)
+  with pytest.raises(ValueError, match=r"relative_attention_max_distance=128.*records "
+                     r"relative_attention_max_distance=32"):
+    ModelSpec(wrong, checkpoint=backbone)
+  assert main_lib.main(["inspect", backbone, "--relative_attention_max_distance=128"]) == 2
+  err = capsys.readouterr().err
+  assert "128" in err and "32" in err and err.count("\n") == 1
+  assert main_lib.main(["inspect", backbone]) == 0
+  assert "relative_attention_max_distance=32" in capsys.readouterr().out
+
+
+def test_train_saves_its_config_and_infer_needs_only_model_dir(backbone, tmp_path, capsys):
+  """Issue 31, points 1 and 3: no models/ file for train; MODEL_DIR/config.gin holds the
+  operative configuration; `infer MODEL_DIR` takes the rest from it, the command line
+  overrides it and the output says which."""
+  model_dir = str(tmp_path / "run")
+  assert main_lib.main([
+      "train", "--gin_file=prompts/soft_prompt.gin", "--gin_file=prompts/random_uniform.gin",
+      "--gin_file=runs/prompt_finetune.gin", f"--gin.MODEL_DIR='{model_dir}'",
+      "--gin.MIXTURE_OR_TASK_NAME='synthetic_reverse_bare'",
+      f"--gin.INITIAL_CHECKPOINT_PATH='{backbone}'", "--gin.PROMPT_LENGTH=2",
+      "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=2",
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}"]) == 0
+  with open(os.path.join(model_dir, "config.gin")) as f:
+    saved = f.read()
+  assert "prompt-tuning train --gin_file=prompts/soft_prompt.gin" in saved
+  assert "TRAIN_STEPS = 2" in saved
+  assert "T5Config.relative_attention_max_distance = 32" in saved  # Read off config.json.
+  capsys.readouterr()
+  assert main_lib.main(["infer", model_dir, "--gin.MAX_INFER_EXAMPLES=2",
+                        "--gin.BATCH_SIZE=1"]) == 0
+  err = capsys.readouterr().err
+  assert f"using the configuration saved in {os.path.join(model_dir, 'config.gin')}" in err
+  assert "overridden on the command line: BATCH_SIZE" in err
+  infer_file = os.path.join(model_dir, "infer", "synthetic_reverse_bare-validation-step_2.jsonl")
+  with open(infer_file) as f:
+    assert len(f.readlines()) == 2
+  # A MODEL_DIR without a saved config is one line naming the file.
+  assert main_lib.main(["eval", str(tmp_path)]) == 2
+  assert "config.gin not found" in capsys.readouterr().err
