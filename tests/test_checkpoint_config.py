@@ -74,7 +74,8 @@ def test_contradicting_bindings_name_both_values(backbone, capsys):
   assert "relative_attention_max_distance=32" in capsys.readouterr().out
 
 
-def test_train_saves_its_config_and_infer_needs_only_model_dir(backbone, tmp_path, capsys):
+def test_train_saves_its_config_and_infer_needs_only_model_dir(backbone, tmp_path, capsys,
+                                                               monkeypatch):
   """Issue 31, points 1 and 3: no models/ file for train; MODEL_DIR/config.gin holds the
   operative configuration; `infer MODEL_DIR` takes the rest from it, the command line
   overrides it and the output says which."""
@@ -103,3 +104,23 @@ def test_train_saves_its_config_and_infer_needs_only_model_dir(backbone, tmp_pat
   # A MODEL_DIR without a saved config is one line naming the file.
   assert main_lib.main(["eval", str(tmp_path)]) == 2
   assert "config.gin not found" in capsys.readouterr().err
+  # export-peft and serve take the backbone and the newest prompt from the run.
+  prompt = os.path.join(model_dir, "prompts", "step_2", "encoder_prompt.prompt.npy")
+  adapter = str(tmp_path / "adapter")
+  assert main_lib.main(["export-peft", f"--prompt={model_dir}", f"--out={adapter}"]) == 0
+  assert f"prompt {prompt}, backbone {backbone}" in capsys.readouterr().err
+  assert os.path.isfile(os.path.join(adapter, "adapter_config.json"))
+  from prompt_tuning.serving import cli as serving_cli
+  seen = {}
+  monkeypatch.setattr(serving_cli, "run", lambda args: seen.update(vars(args)) or 0)
+  assert main_lib.main(["serve", model_dir]) == 0
+  assert seen["checkpoint"] == backbone
+  assert seen["prompt"] == [f"synthetic_reverse_bare={prompt}"]
+
+
+def test_a_missing_extra_is_one_line_naming_the_install(monkeypatch, capsys):
+  import sys
+  monkeypatch.setitem(sys.modules, "uvicorn", None)  # `import uvicorn` fails as if absent.
+  assert main_lib.main(["serve", "/nonexistent", "--prompt_length=2"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "pip install 'prompt-tuning[serve]'" in err

@@ -182,7 +182,16 @@ def _saved_run_config(args: argparse.Namespace, bindings: list[str]
 
 
 def _serve(args) -> int:
+  from prompt_tuning.cli import saved_config
   from prompt_tuning.serving import cli as serving_cli
+  if os.path.isfile(saved_config.path(args.checkpoint)):  # A trained MODEL_DIR: its run's
+    # backbone, and its newest prompt under the task's name unless prompts are given.
+    model_dir = args.checkpoint
+    args.checkpoint, task, prompt = saved_config.resolve_run(model_dir)
+    if not args.prompt and not args.prompt_dir:
+      args.prompt = [f"{task}={prompt}"]
+    print(f"prompt-tuning serve: from {saved_config.path(model_dir)}: backbone "
+          f"{args.checkpoint}, prompts {args.prompt or args.prompt_dir}", file=sys.stderr)
   return serving_cli.run(args)
 
 
@@ -264,8 +273,17 @@ def _tasks(args) -> int:
 # --- PEFT interop (issue 17): export-peft / import-peft -------------------------
 
 def _export_peft(args) -> int:
+  from prompt_tuning.cli import saved_config
   from prompt_tuning.interop import peft as peft_interop
   from prompt_tuning.readers import peft as peft_format
+  if os.path.isfile(saved_config.path(args.prompt)):  # A trained MODEL_DIR: its newest prompt.
+    backbone, _, args.prompt = saved_config.resolve_run(args.prompt)
+    args.checkpoint = args.checkpoint or backbone  # A flag given overrides the saved one.
+    print(f"prompt-tuning export-peft: prompt {args.prompt}, backbone {args.checkpoint}",
+          file=sys.stderr)
+  if not args.checkpoint:
+    raise ValueError("export-peft needs --checkpoint (the backbone), or --prompt=MODEL_DIR "
+                     "of a run that saved config.gin")
   config = peft_interop.export_peft(args.prompt, args.checkpoint, args.out,
                                     args.base_model_name_or_path,
                                     args.allow_backbone_mismatch, args.overwrite)
@@ -284,7 +302,8 @@ def _import_peft(args) -> int:
 def _add_interop_commands(sub) -> None:
   ex = sub.add_parser("export-peft", help="write a prompt as a Hugging Face PEFT prompt-tuning "
                       "adapter folder", allow_abbrev=False)
-  ex.add_argument("--prompt", required=True, help="the [P, H] .npy prompt")
+  ex.add_argument("--prompt", required=True, help="the [P, H] .npy prompt, or a trained "
+                  "MODEL_DIR (its newest prompt; its config.gin names the backbone)")
   ex.add_argument("--out", required=True, help="the adapter folder to write")
   ex.add_argument("--base_model_name_or_path", default=None, help="the HF model the adapter "
                   "is for, recorded in adapter_config.json (default: --checkpoint when it is "
@@ -293,9 +312,11 @@ def _add_interop_commands(sub) -> None:
                       ".npy prompt", allow_abbrev=False)
   im.add_argument("--adapter", required=True, help="the PEFT adapter folder")
   im.add_argument("--out", required=True, help="the [P, H] .npy to write")
+  ex.add_argument("--checkpoint", default=None, help="the backbone: a T5X checkpoint or a "
+                  "Hugging Face folder (default with --prompt=MODEL_DIR: the run's)")
+  im.add_argument("--checkpoint", required=True, help="the backbone: a T5X checkpoint or a "
+                  "Hugging Face folder (its width and provenance fingerprint are checked)")
   for p in (ex, im):
-    p.add_argument("--checkpoint", required=True, help="the backbone: a T5X checkpoint or a "
-                   "Hugging Face folder (its width and provenance fingerprint are checked)")
     p.add_argument("--allow_backbone_mismatch", action="store_true",
                    help="go on when the prompt's provenance names another backbone")
     p.add_argument("--overwrite", action="store_true")
@@ -513,10 +534,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"prompt-tuning {args.command}: error: unknown arguments {unknown}; expected "
           f"{expected}", file=sys.stderr)
     return 2
-  if args.command in _GIN_BINARIES:
-    args.argv = argv
-    return _run_gin(args, bindings)
   try:
+    if args.command in _GIN_BINARIES:
+      args.argv = argv
+      return _run_gin(args, bindings)
     if args.command == "recycle" and args.skip is None:
       args.skip = 1000 if args.filter_file else 0
     return {"inspect": _inspect, "decode": _decode, "quickstart": _quickstart,
@@ -524,6 +545,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "spot": _spot, **_INTEROP_COMMANDS}[args.command](args)
   except (FileNotFoundError, ValueError, KeyError, FileExistsError) as e:
     return _error(args.command, e)
+  except ImportError as e:
+    extra = _EXTRAS.get((getattr(e, "name", None) or "").split(".")[0])
+    if extra is None:
+      raise
+    return _error(args.command, ImportError(
+        f"{e.name} is missing: `{args.command}` needs the [{extra}] extra; install it with "
+        f"pip install 'prompt-tuning[{extra}]' (from a checkout: pip install -e '.[{extra}]')"))
+
+
+# A module of an optional extra (setup.py's extras_require) -> that extra.
+_EXTRAS = {"uvicorn": "serve", "fastapi": "serve", "starlette": "serve",
+           "prometheus_client": "serve", "bm25s": "retrieval", "torch": "interop",
+           "transformers": "interop", "peft": "interop"}
 
 
 def _error(command: str, e: BaseException) -> int:

@@ -65,3 +65,42 @@ def overridden(saved_text: str, bindings: Sequence[str]) -> list[str]:
   """The command-line bindings that replace a value saved in config.gin."""
   saved = keys(statements(saved_text))
   return sorted(k for k in keys(bindings) if k in saved)
+
+
+def macros(model_dir: str) -> dict:
+  """The literal macro values saved in MODEL_DIR/config.gin ({} without the file)."""
+  import ast
+  if not os.path.isfile(path(model_dir)):
+    return {}
+  with open(path(model_dir)) as f:
+    text = f.read()
+  out = {}
+  for statement in macro_statements(text):
+    name, _, value = statement.partition("=")
+    try:
+      out[name.strip()] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):  # A reference (@T5Config()): not a plain value.
+      pass
+  return out
+
+
+def latest_prompt(model_dir: str) -> str:
+  """The newest exported encoder prompt of a run (layout.prompt_file at the last step)."""
+  from prompt_tuning import layout
+  folder = os.path.join(model_dir, "prompts")
+  steps = sorted(int(e[len("step_"):]) for e in (os.listdir(folder) if os.path.isdir(folder)
+                                                 else []) if re.fullmatch(r"step_\d+", e))
+  for step in reversed(steps):
+    candidate = layout.prompt_file(model_dir, step)
+    if os.path.isfile(candidate):
+      return candidate
+  raise FileNotFoundError(f"{model_dir} has no exported prompt under {folder}; train first")
+
+
+def resolve_run(model_dir: str) -> tuple[str, str, str]:
+  """(backbone, task, newest prompt file) of a trained MODEL_DIR, from its config.gin."""
+  saved = macros(model_dir)
+  backbone = saved.get("INITIAL_CHECKPOINT_PATH")
+  if not isinstance(backbone, str):
+    raise ValueError(f"{path(model_dir)} names no INITIAL_CHECKPOINT_PATH")
+  return backbone, str(saved.get("MIXTURE_OR_TASK_NAME", "prompt")), latest_prompt(model_dir)
