@@ -80,19 +80,29 @@ def test_train_saves_its_config_and_infer_needs_only_model_dir(backbone, tmp_pat
   operative configuration; `infer MODEL_DIR` takes the rest from it, the command line
   overrides it and the output says which."""
   model_dir = str(tmp_path / "run")
-  assert main_lib.main([
-      "train", "--gin_file=prompts/soft_prompt.gin", "--gin_file=prompts/random_uniform.gin",
+  train_args = [
+      "--gin_file=prompts/soft_prompt.gin", "--gin_file=prompts/random_uniform.gin",
       "--gin_file=runs/prompt_finetune.gin", f"--gin.MODEL_DIR='{model_dir}'",
       "--gin.MIXTURE_OR_TASK_NAME='synthetic_reverse_bare'",
       f"--gin.INITIAL_CHECKPOINT_PATH='{backbone}'", "--gin.PROMPT_LENGTH=2",
       "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=2",
-      "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}"]) == 0
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}"]
+  assert main_lib.main(["train", *train_args]) == 0
+  out = capsys.readouterr()
+  assert "step: 2" in out.out.splitlines() and "{" not in out.out  # Lines, not a dict.
+  assert "train: step 2/2, loss" in out.err  # Not a terminal: lines, no progress bar.
+  # TRAIN_STEPS=2: the default log period (min(100, max(1, 2 // 10))) logs both steps.
+  with open(os.path.join(model_dir, "train", "metrics.jsonl")) as f:
+    assert [json.loads(line)["step"] for line in f] == [1, 2]
   with open(os.path.join(model_dir, "config.gin")) as f:
     saved = f.read()
   assert "prompt-tuning train --gin_file=prompts/soft_prompt.gin" in saved
   assert "TRAIN_STEPS = 2" in saved
   assert "T5Config.relative_attention_max_distance = 32" in saved  # Read off config.json.
   capsys.readouterr()
+  # Again on the finished MODEL_DIR: nothing to do, exit 0.
+  assert main_lib.main(["train", *train_args]) == 0
+  assert "nothing to do: finished at step 2" in capsys.readouterr().out
   assert main_lib.main(["infer", model_dir, "--gin.MAX_INFER_EXAMPLES=2",
                         "--gin.BATCH_SIZE=1"]) == 0
   err = capsys.readouterr().err
@@ -124,3 +134,33 @@ def test_a_missing_extra_is_one_line_naming_the_install(monkeypatch, capsys):
   assert main_lib.main(["serve", "/nonexistent", "--prompt_length=2"]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "pip install 'prompt-tuning[serve]'" in err
+
+
+def test_default_log_period_gives_ten_points():
+  from prompt_tuning.train.specs import ReportSpec
+  assert [ReportSpec().period(n) for n in (2, 30, 999, 30000)] == [1, 3, 99, 100]
+  assert ReportSpec(log_period=7).period(30000) == 7
+
+
+def test_quiet_by_default_on_cpu():
+  """Issue 31, point 8: no oneDNN or CUDA start-up lines; seqio's cache advice goes, other
+  warnings stay."""
+  import logging
+  import subprocess
+  import sys
+  from prompt_tuning.cli import logging_setup
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
+  done = subprocess.run([sys.executable, "-m", "prompt_tuning.cli.main", "tasks", "list",
+                         "synthetic_reverse_bare$"], capture_output=True, text=True, env=env,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        timeout=300)
+  assert done.returncode == 0 and done.stdout == "synthetic_reverse_bare\n"
+  assert done.stderr.strip().endswith("registered") and len(done.stderr.splitlines()) == 1, \
+      done.stderr
+  logging_setup.configure()
+  absl = logging.getLogger("absl")
+  def record(message):
+    return logging.LogRecord("absl", logging.WARNING, __file__, 1, message, (), None)
+  assert not absl.filter(record("Using an uncached FunctionDataset for training is not ..."))
+  assert absl.filter(record("something real"))

@@ -46,6 +46,11 @@ def test_results_are_written_and_printed(results, capsys):
   assert json.load(open(path))["rows"] == results["rows"]
   table = quickstart.format_table(results)
   assert "trained prompt" in table and "no prompt" in table
+  # Where things are, and the next command (issue 31).
+  assert os.path.isfile(results["prompt_file"])
+  assert f"backbone (a T5X checkpoint folder): {results['backbone']}" in table
+  assert f"prompt-tuning serve {results['backbone']} --prompt reverse={results['prompt_file']}" \
+      in table
 
 
 def test_backbone_is_cached_and_reused(results, monkeypatch):

@@ -134,8 +134,31 @@ def _run_gin(args: argparse.Namespace, bindings: list[str]) -> int:
     import json
     print(json.dumps(result, indent=1))
   else:
-    print(result)
+    print(_readable(args.command, result))
   return 0
+
+
+def _readable(command: str, result) -> str:
+  """A binary's result as 'name: value' lines (train's JSON is MODEL_DIR/train_summary.json)."""
+  if not isinstance(result, dict):
+    return str(result)
+  if command == "train" and result.get("start_step") is not None and (
+      result.get("step") == result["start_step"] and "preempted_at_step" not in result):
+    import gin
+    steps = gin.query_parameter("train.train_steps")
+    steps = gin.query_parameter("%TRAIN_STEPS") if not isinstance(steps, int) else steps
+    if isinstance(steps, int) and result["step"] >= steps:
+      return (f"nothing to do: finished at step {result['step']} (TRAIN_STEPS={steps}); "
+              "raise TRAIN_STEPS to train on, or use another MODEL_DIR")
+
+  def lines(prefix: str, value) -> list[str]:
+    if isinstance(value, dict):
+      return [line for k, v in value.items() for line in lines(f"{prefix}{k}.", v)]
+    if isinstance(value, float):
+      value = f"{value:.6g}"
+    return [f"{prefix[:-1]}: {value}"]
+
+  return "\n".join(lines("", result))
 
 
 def _argv_of(args: argparse.Namespace) -> list[str]:
@@ -154,6 +177,8 @@ def _saved_run_config(args: argparse.Namespace, bindings: list[str]
   if args.command not in ("eval", "infer"):
     return [], []
   model_dir = getattr(args, "model_dir", None)
+  if args.gin_file and not model_dir:  # --gin_file and --gin.MODEL_DIR: as before, the files.
+    return [], []
   if model_dir:
     bindings.append(f"MODEL_DIR = {model_dir!r}")
   else:
@@ -225,7 +250,9 @@ def _recycle(args) -> int:
 def _tasks(args) -> int:
   import os
   import re
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from prompt_tuning.cli import environment
+  environment.quiet_logs()
+  environment.import_tensorflow_quietly()  # No oneDNN or CUDA start-up lines.
   import seqio
   import prompt_tuning.tasks  # noqa: F401  (registers the bundled seqio tasks)
   from prompt_tuning.tasks import vocabularies
