@@ -111,6 +111,21 @@ def test_train_saves_its_config_and_infer_needs_only_model_dir(backbone, tmp_pat
   infer_file = os.path.join(model_dir, "infer", "synthetic_reverse_bare-validation-step_2.jsonl")
   with open(infer_file) as f:
     assert len(f.readlines()) == 2
+  # Point 6: each eval row says how it decoded; the prompt's provenance keeps every eval,
+  # keyed by split and method.
+  assert main_lib.main(["eval", model_dir, "--gin.MAX_EVAL_EXAMPLES=2"]) == 0
+  assert main_lib.main(["eval", model_dir, "--gin_file=decoding/rank_classification.gin",
+                        "--gin.CLASS_LABELS=['ab', 'ba']", "--gin.MAX_EVAL_EXAMPLES=2"]) == 0
+  with open(os.path.join(model_dir, "eval", "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["decoding"] for r in rows] == ["greedy", "rank_classification"]
+  assert rows[1]["class_labels"] == ["ab", "ba"]
+  from prompt_tuning.prompts import provenance
+  recorded = provenance.read(os.path.join(model_dir, "prompts", "step_2",
+                                          "encoder_prompt.prompt.npy"))["metrics"]
+  assert set(recorded) == {"synthetic_reverse_bare/validation/greedy",
+                           "synthetic_reverse_bare/validation/rank_classification"}
+  capsys.readouterr()
   # A MODEL_DIR without a saved config is one line naming the file.
   assert main_lib.main(["eval", str(tmp_path)]) == 2
   assert "config.gin not found" in capsys.readouterr().err

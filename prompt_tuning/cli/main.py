@@ -113,8 +113,11 @@ def _run_gin(args: argparse.Namespace, bindings: list[str]) -> int:
           f"(e.g. --gin_file={_RUN_FILES[args.command]}) or a MODEL_DIR holding the "
           "config.gin of its training run; see --help", file=sys.stderr)
     return 2
-  gin_files = [*saved_files, *(args.gin_file or ([_RUN_FILES[args.command]] if saved_files
-                                                 else []))]
+  # With a saved config: it, then the binary's run file (its split and specs), then the
+  # files given, which override both.
+  run_file = [_RUN_FILES[args.command]] if saved_files else []
+  gin_files = [*saved_files, *run_file,
+               *[f for f in args.gin_file if f not in run_file]]
   try:
     allow_unused, bindings = strict.pop_allow_unused(bindings)
     gin_utils.parse_gin(gin_files, [*saved_bindings, *bindings], args.gin_search_paths)
