@@ -483,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=helptext, allow_abbrev=False)
     p.add_argument("checkpoint", help="T5X checkpoint (folder or model dir) or HF folder")
     p.add_argument("--relative_attention_max_distance", type=int, default=None,
-                   help="not stored in T5X checkpoints; default 128")
+                   help="only for a T5X checkpoint that records no config (default 128); "
+                        "a recorded value is read, and contradicting it is an error")
   qs = sub.add_parser("quickstart", help="pretrain a tiny T5 (cached), prompt-tune a held-out "
                       "task, print the accuracy table", allow_abbrev=False)
   qs.add_argument("--cache_dir", default=None, help="backbone cache (default "
