@@ -143,6 +143,25 @@ def apply_task_vocabulary() -> None:
     vocabularies.configure(config)
 
 
+def bind_file_task() -> bool:
+  """tasks/local_file.gin works before or after the runs/ file.
+
+  A runs/ file included after it sets MIXTURE_OR_TASK_NAME back to
+  %gin.REQUIRED; when file_task is bound and the task is still required,
+  the file task is what the user meant. Returns whether it bound it.
+  """
+  try:
+    gin.query_parameter("file_task.name")
+    task = gin.query_parameter("%MIXTURE_OR_TASK_NAME")
+  except ValueError:
+    return False
+  if "gin.REQUIRED" not in repr(task):
+    return False
+  with gin.unlock_config():
+    gin.parse_config("MIXTURE_OR_TASK_NAME = @file_task()")
+  return True
+
+
 def bind_checkpoint_config() -> str:
   """Without a models/ file, MODEL_CONFIG is the checkpoint's own config.
 

@@ -1,4 +1,5 @@
-"""The model config comes from the checkpoint wherever it is recorded (issue 31, point 1).
+"""A first user's path (issue 31): the model config read from the checkpoint, the run's
+config saved with the run, readable outputs, quiet logs, file tasks in any gin order.
 
 The backbone here is written the way `backbones.pretrain` exports one (an
 Orbax T5X-layout checkpoint_N plus config.json), with random weights: its
@@ -179,3 +180,20 @@ def test_quiet_by_default_on_cpu():
     return logging.LogRecord("absl", logging.WARNING, __file__, 1, message, (), None)
   assert not absl.filter(record("Using an uncached FunctionDataset for training is not ..."))
   assert absl.filter(record("something real"))
+
+
+def test_local_file_task_whatever_the_gin_file_order():
+  """Issue 31, point 4: tasks/local_file.gin before the runs/ file (its own example's order)
+  still makes the file task the run's task."""
+  import gin
+  from prompt_tuning.cli import gin as gin_utils
+  for files in (["tasks/local_file.gin", "runs/prompt_infer.gin"],
+                ["runs/prompt_infer.gin", "tasks/local_file.gin"]):
+    gin.clear_config()
+    gin_utils.parse_gin(files, ["file_task.name = 'mine'"])
+    gin_utils.bind_file_task()
+    assert repr(gin.query_parameter("%MIXTURE_OR_TASK_NAME")) == "@file_task()", files
+  gin.clear_config()
+  gin_utils.parse_gin(["runs/prompt_infer.gin"], ["MIXTURE_OR_TASK_NAME = 'other'"])
+  assert not gin_utils.bind_file_task()  # No file task: nothing changes.
+  gin.clear_config()
