@@ -197,3 +197,22 @@ def test_local_file_task_whatever_the_gin_file_order():
   gin_utils.parse_gin(["runs/prompt_infer.gin"], ["MIXTURE_OR_TASK_NAME = 'other'"])
   assert not gin_utils.bind_file_task()  # No file task: nothing changes.
   gin.clear_config()
+
+
+def test_string_labels_need_no_verbalizer_map(tmp_path):
+  """Issue 31, point 4: string labels are their own targets; numeric ones still need words."""
+  from prompt_tuning.tasks import local_files
+  data = tmp_path / "reviews.jsonl"
+  data.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in (
+      ("a masterpiece", "positive"), ("dull", "negative"), ("fun", "positive"))))
+  import seqio
+  name = local_files.file_task("pt_first_use_strings", {"train": str(data)}, "review: {text}",
+                               "label")
+  task = seqio.get_mixture_or_task(name)
+  rows = list(task.source.get_dataset("train").as_numpy_iterator())
+  assert [r["targets"].decode() for r in rows] == ["positive", "negative", "positive"]
+  assert task.postprocess_fn("positive") != task.postprocess_fn("negative")
+  numbers = tmp_path / "numbers.jsonl"
+  numbers.write_text('{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n')
+  with pytest.raises(ValueError, match="numeric labels: give it a verbalizer map"):
+    local_files.file_task("pt_first_use_numbers", {"train": str(numbers)}, "{text}", "label")
