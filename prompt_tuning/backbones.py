@@ -28,6 +28,7 @@ from prompt_tuning import evaluation
 from prompt_tuning.models import presets
 from prompt_tuning.models.t5 import T5Config
 from prompt_tuning.prompts import soft
+from prompt_tuning.readers import config as readers_config
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import freezing
 from prompt_tuning.runtime import setup as model_setup
@@ -155,8 +156,9 @@ def pretrain(cfg: PretrainConfig, cache_dir: Optional[str] = None,
     shutil.rmtree(ckpt_dir)
   ocp.PyTreeCheckpointer().save(ckpt_dir, {"target": jax.device_get(params),
                                            "state": {"step": np.int32(cfg.steps)}})
-  with open(os.path.join(out, "config.json.txt"), "w") as f:
-    f.write(json.dumps(dataclasses.asdict(model_config), indent=1))
+  # The architecture recorded beside the weights: every reader takes the
+  # config from it (relative_attention_max_distance cannot be seen in shapes).
+  readers_config.write_record(out, model_config)
   with open(done, "w") as f:
     f.write(json.dumps(dataclasses.asdict(cfg)))
   return out

@@ -286,12 +286,27 @@ def evaluate(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.Data
   metrics = compute_metrics(task, examples, [p for p, _ in preds],
                             scores=[s for _, s in preds])
   metrics["num_examples"] = len(examples)
+  how = decoding_record(inference)
   metrics_lib.MetricsWriter(model_dir, output_name).write(step, metrics, task=data.task,
-                                                          split=data.split)
-  if inference.restore and jax.process_index() == 0:
-    record_metrics(model_dir, step, f"{data.task}/{data.split}", metrics)
+                                                          split=data.split, **how)
+  if inference.restore and jax.process_index() == 0:  # One entry per split and method.
+    record_metrics(model_dir, step, f"{data.task}/{data.split}/{how['decoding']}", metrics)
   log.info("%s %s step %d: %s", data.task, data.split, step, metrics)
   return dict(step=step, **metrics)
+
+
+def decoding_record(inference: specs_lib.InferenceSpec) -> dict[str, Any]:
+  """How an eval decoded, for its metrics row: 'greedy', 'beam', 'sample' or
+  'rank_classification' (with its labels); beams and ensembles where used."""
+  if inference.class_labels:
+    out = dict(decoding="rank_classification", class_labels=list(inference.class_labels))
+  else:
+    out = dict(decoding=inference.decoding.method)
+    if inference.decoding.method == "beam":
+      out["num_beams"] = inference.decoding.num_beams
+  if inference.ensemble_prompts:
+    out["ensemble"] = f"{inference.ensemble_prompts} prompts, {inference.ensemble_method}"
+  return out
 
 
 def record_metrics(model_dir: str, step: int, name: str, metrics: Mapping[str, float]

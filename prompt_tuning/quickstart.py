@@ -21,7 +21,7 @@ import os
 import time
 from typing import Any, Optional
 
-from prompt_tuning import backbones
+from prompt_tuning import backbones, layout
 from prompt_tuning.prompts import initializers, soft
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import setup as model_setup
@@ -87,6 +87,7 @@ def run(cache_dir: Optional[str] = None,
                                                       f"synthetic_{synthetic.HELD_OUT}"),
   }
   results = dict(rows=rows, backbone=backbone, prompt_model_dir=model_dir,
+                 prompt_file=layout.prompt_file(model_dir, prompt_cfg.steps),
                  pretrain=dataclasses.asdict(pretrain_cfg), prompt=dataclasses.asdict(prompt_cfg),
                  eval_examples=eval_examples, backbone_seconds=round(t_backbone, 1),
                  total_seconds=round(time.time() - start, 1),
@@ -105,4 +106,10 @@ def format_table(results: dict[str, Any]) -> str:
   lines += [f"{name:34s} {value:10.1f}%" for name, value in results["rows"].items()]
   lines.append(f"(total {results['total_seconds']:.0f} s, of which backbone "
                f"{results['backbone_seconds']:.0f} s)")
+  if results.get("prompt_file"):  # Where things are, and what to try with them.
+    lines += [f"\nbackbone (a T5X checkpoint folder): {results['backbone']}",
+              f"trained prompt: {results['prompt_file']}",
+              "next, serve it over HTTP (pip install -e '.[serve]'):",
+              f"  prompt-tuning serve {results['backbone']} "
+              f"--prompt reverse={results['prompt_file']}"]
   return "\n".join(lines)

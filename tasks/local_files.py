@@ -85,6 +85,14 @@ def read_records(path: str, file_format: Optional[str] = None) -> list[dict[str,
                    "or 'jsonl'")
 
 
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+    return True
+  except ValueError:
+    return False
+
+
 def template_fields(template: str) -> list[str]:
   return [field for _, field, _, _ in string.Formatter().parse(template) if field]
 
@@ -128,11 +136,18 @@ def file_task(name: str, splits: Mapping[str, str], input_template: str, target_
   if not splits:
     raise ValueError(f"Task {name!r} needs at least one split file")
   verbal = {str(k): v for k, v in verbalizers.items()} if verbalizers else None
+  records = {split: read_records(path, file_format) for split, path in splits.items()}
   if verbal is None and set(metrics) & _LABEL_METRICS:
-    raise ValueError(f"Metrics {sorted(set(metrics) & _LABEL_METRICS)} compare labels: give "
-                     f"task {name!r} a verbalizer map (label value -> target text)")
-  data = {split: format_records(read_records(path, file_format), path, input_template,
-                                target_field, verbal)
+    # String labels are their own target text; numbers ('0', '1') need words to decode to.
+    labels = sorted({str(row[target_field]) for rows in records.values() for row in rows
+                     if target_field in row})
+    if not labels or any(_is_number(label) for label in labels):
+      raise ValueError(f"Metrics {sorted(set(metrics) & _LABEL_METRICS)} compare labels and "
+                       f"task {name!r} has numeric labels: give it a verbalizer map (label "
+                       "value -> target text, e.g. {0: 'negative', 1: 'positive'}); string "
+                       "labels need none")
+    verbal = {label: label for label in labels}
+  data = {split: format_records(records[split], path, input_template, target_field, verbal)
           for split, path in splits.items()}
 
   def dataset_fn(split, shuffle_files=False, seed=None):

@@ -154,7 +154,8 @@ def test_train_writes_sidecars_and_eval_adds_its_metrics(run_dir):
   assert side["task"] == "pt_test_sentiment" and side["step"] == 2
   assert side["prompt"]["digest"] == provenance.prompt_digest(np.load(path))
   logged = [json.loads(line) for line in open(os.path.join(run, "eval", "metrics.jsonl"))][-1]
-  recorded = side["metrics"]["pt_test_sentiment/validation"]
+  assert logged["decoding"] == "greedy"  # Each row says how it decoded.
+  recorded = side["metrics"]["pt_test_sentiment/validation/greedy"]
   assert recorded and recorded == {k: logged[k] for k in recorded}
   assert recorded["num_examples"] == 8
 

@@ -46,6 +46,11 @@ def test_results_are_written_and_printed(results, capsys):
   assert json.load(open(path))["rows"] == results["rows"]
   table = quickstart.format_table(results)
   assert "trained prompt" in table and "no prompt" in table
+  # Where things are, and the next command (issue 31).
+  assert os.path.isfile(results["prompt_file"])
+  assert f"backbone (a T5X checkpoint folder): {results['backbone']}" in table
+  assert f"prompt-tuning serve {results['backbone']} --prompt reverse={results['prompt_file']}" \
+      in table
 
 
 def test_backbone_is_cached_and_reused(results, monkeypatch):
@@ -79,3 +84,39 @@ def test_gin_pretraining_config_matches_the_quickstart():
   assert gin.query_parameter("DataSpec.task") == "synthetic_pretrain"
   assert str(gin.query_parameter("ModelSpec.trainable_rules")) == "%FULL_FINETUNING_RULES"
   gin.clear_config()
+
+
+def test_serve_and_infer_agree_on_the_backbone_with_default_flags(results, tmp_path):
+  """Issue 31: no models/ file and no size flag; both read the config recorded with the
+  backbone (relative_attention_max_distance 32, which its shapes cannot show)."""
+  import argparse
+  from prompt_tuning import decoding, layout
+  from prompt_tuning.cli import main as main_lib
+  from prompt_tuning.serving import cli as serving_cli
+  backbone = results["backbone"]
+  assert json.load(open(os.path.join(backbone, "config.json")))[
+      "relative_attention_max_distance"] == 32
+  prompt_file = layout.prompt_file(results["prompt_model_dir"], PROMPT.steps)
+  model_dir = str(tmp_path / "infer")
+  assert main_lib.main([
+      "infer", "--gin_file=prompts/soft_prompt.gin", "--gin_file=prompts/from_file.gin",
+      "--gin_file=runs/prompt_infer.gin", f"--gin.MODEL_DIR='{model_dir}'",
+      "--gin.MIXTURE_OR_TASK_NAME='synthetic_reverse_bare'",
+      f"--gin.INITIAL_CHECKPOINT_PATH='{backbone}'", f"--gin.PROMPT_FILE='{prompt_file}'",
+      f"--gin.PROMPT_LENGTH={PROMPT.length}", "--gin.RESTORE_CHECKPOINT=False",
+      "--gin.MAX_INFER_EXAMPLES=4", "--gin.BATCH_SIZE=4"]) == 0
+  (name,) = os.listdir(os.path.join(model_dir, "infer"))
+  with open(os.path.join(model_dir, "infer", name)) as f:
+    rows = [json.loads(line) for line in f]
+  parser = argparse.ArgumentParser()
+  serving_cli.add_arguments(parser)
+  engine, _ = serving_cli.build(parser.parse_args(
+      [backbone, f"--prompt=p={prompt_file}", "--no_warmup"]))
+  assert engine.model_config.relative_attention_max_distance == 32
+  bank, names = engine.prompts.snapshot()
+  served = engine.generate(bank, [names["p"]] * len(rows),
+                           [engine.tokenize(r["input"]) for r in rows],
+                           decoding.DecodingConfig(max_decode_length=16))
+  assert [t for t, _ in served] == [r["prediction"] for r in rows]
+  np.testing.assert_allclose([s for _, s in served], [r["score"] for r in rows],
+                             rtol=1e-5, atol=1e-5)

@@ -65,6 +65,9 @@ def _has_nvidia_driver() -> bool:
 def quiet_logs() -> None:
   """Hides TensorFlow's and absl's start-up noise; keeps warnings that matter."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO and WARNING lines
+  # TensorFlow's "oneDNN custom operations are on" notice: TensorFlow only feeds
+  # the data pipeline here, so its oneDNN kernels buy nothing. A user's value wins.
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   try:  # absl's "logging before InitializeLog" banner comes from the same C++ code.
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)
@@ -79,7 +82,7 @@ _CPU_NOISE = ("All log messages before absl::InitializeLog() is called",
               "cudart_stub.cc", "failed call to cuInit", "cuda_platform.cc",
               "cuda_diagnostics", "cpu_feature_guard.cc",
               "rebuild TensorFlow with the appropriate compiler flags",
-              "Unable to register cu")
+              "Unable to register cu", "oneDNN custom operations are on")
 
 
 def import_tensorflow_quietly() -> None:

@@ -143,6 +143,69 @@ def apply_task_vocabulary() -> None:
     vocabularies.configure(config)
 
 
+def bind_file_task() -> bool:
+  """tasks/local_file.gin works before or after the runs/ file.
+
+  A runs/ file included after it sets MIXTURE_OR_TASK_NAME back to
+  %gin.REQUIRED; when file_task is bound and the task is still required,
+  the file task is what the user meant. Returns whether it bound it.
+  """
+  try:
+    gin.query_parameter("file_task.name")
+    task = gin.query_parameter("%MIXTURE_OR_TASK_NAME")
+  except ValueError:
+    return False
+  if "gin.REQUIRED" not in repr(task):
+    return False
+  with gin.unlock_config():
+    gin.parse_config("MIXTURE_OR_TASK_NAME = @file_task()")
+  return True
+
+
+def bind_checkpoint_config() -> str:
+  """Without a models/ file, MODEL_CONFIG is the checkpoint's own config.
+
+  When MODEL_CONFIG is unbound and INITIAL_CHECKPOINT_PATH names a
+  checkpoint, binds `MODEL_CONFIG = @T5Config()` with every architecture
+  field the checkpoint records (readers.config_for), so that train, eval,
+  infer and precompile need no size flags. A `T5Config.<field>` the user
+  bound is kept; one that contradicts a recorded value is an error naming
+  both. Returns the checkpoint path used ("" when a models/ file binds
+  MODEL_CONFIG, or there is no checkpoint).
+  """
+  try:
+    gin.query_parameter("%MODEL_CONFIG")
+    return ""
+  except ValueError:
+    pass
+  try:
+    path = gin.query_parameter("%INITIAL_CHECKPOINT_PATH")
+  except ValueError:
+    return ""
+  if not isinstance(path, str) or not path:
+    return ""
+  from prompt_tuning import readers
+  from prompt_tuning.readers import config as config_lib
+  config = readers.config_for(path)
+  recorded, source = readers.recorded_config(path)
+  wrong = []
+  with gin.unlock_config():
+    for name in config_lib.ARCHITECTURE_FIELDS:
+      try:
+        bound = gin.query_parameter(f"T5Config.{name}")
+      except ValueError:
+        gin.bind_parameter(f"T5Config.{name}", getattr(config, name))
+        continue
+      bound = tuple(bound) if isinstance(bound, list) else bound
+      if name in recorded and bound != recorded[name]:
+        wrong.append(f"T5Config.{name}={bound!r} is bound but {source} records "
+                     f"{name}={recorded[name]!r}")
+    if wrong:
+      raise ValueError("; ".join(wrong) + ". Drop the binding: the recorded value is used")
+    gin.parse_config("MODEL_CONFIG = @T5Config()")
+  return path
+
+
 def parse_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
               search_paths: Sequence[str] = ()) -> None:
   """Parses gin files then bindings, with clear errors for the usual mistakes."""

@@ -104,30 +104,123 @@ def _run_gin(args: argparse.Namespace, bindings: list[str]) -> int:
   _start_jax(args)
   from prompt_tuning.cli import gin as gin_utils
   import prompt_tuning.tasks  # noqa: F401  (registers the bundled seqio tasks)
-  if not args.gin_file:
+  try:
+    saved_files, saved_bindings = _saved_run_config(args, bindings)
+  except FileNotFoundError as e:
+    return _error(args.command, e)
+  if not args.gin_file and not saved_files:
     print(f"prompt-tuning {args.command}: error: give at least one --gin_file "
-          f"(e.g. --gin_file={_RUN_FILES[args.command]}); see --help", file=sys.stderr)
+          f"(e.g. --gin_file={_RUN_FILES[args.command]}) or a MODEL_DIR holding the "
+          "config.gin of its training run; see --help", file=sys.stderr)
     return 2
+  # With a saved config: it, then the binary's run file (its split and specs), then the
+  # files given, which override both.
+  run_file = [_RUN_FILES[args.command]] if saved_files else []
+  gin_files = [*saved_files, *run_file,
+               *[f for f in args.gin_file if f not in run_file]]
   try:
     allow_unused, bindings = strict.pop_allow_unused(bindings)
-    gin_utils.parse_gin(args.gin_file, bindings, args.gin_search_paths)
+    gin_utils.parse_gin(gin_files, [*saved_bindings, *bindings], args.gin_search_paths)
+    gin_utils.bind_file_task()  # tasks/local_file.gin before or after the runs/ file.
+    gin_utils.bind_checkpoint_config()  # No models/ file: the checkpoint's own config.
     strict.check_bindings(_GIN_BINARIES[args.command], args.gin_file, bindings,
                           args.gin_search_paths, allow_unused,
                           gin_utils.configs_dir())  # Typos fail before any work.
     gin_utils.apply_task_vocabulary()
     result = gin_utils.run_configured(_GIN_BINARIES[args.command])
+    if args.command == "train":  # The run's configuration, saved with the run (T5X's habit).
+      from prompt_tuning.cli import saved_config
+      import gin
+      saved_config.write(gin.query_parameter("%MODEL_DIR"), _argv_of(args))
   except (OSError, ValueError, KeyError, FloatingPointError) as e:  # OSError: full disk, lock
     return _error(args.command, e)
   if args.command == "precompile":
     import json
     print(json.dumps(result, indent=1))
   else:
-    print(result)
+    print(_readable(args.command, result))
   return 0
 
 
+def _readable(command: str, result) -> str:
+  """A binary's result as 'name: value' lines (train's JSON is MODEL_DIR/train_summary.json)."""
+  if not isinstance(result, dict):
+    return str(result)
+  if command == "train" and result.get("start_step") is not None and (
+      result.get("step") == result["start_step"] and "preempted_at_step" not in result):
+    import gin
+    steps = gin.query_parameter("train.train_steps")
+    steps = gin.query_parameter("%TRAIN_STEPS") if not isinstance(steps, int) else steps
+    if isinstance(steps, int) and result["step"] >= steps:
+      return (f"nothing to do: finished at step {result['step']} (TRAIN_STEPS={steps}); "
+              "raise TRAIN_STEPS to train on, or use another MODEL_DIR")
+
+  def lines(prefix: str, value) -> list[str]:
+    if isinstance(value, dict):
+      return [line for k, v in value.items() for line in lines(f"{prefix}{k}.", v)]
+    if isinstance(value, float):
+      value = f"{value:.6g}"
+    return [f"{prefix[:-1]}: {value}"]
+
+  return "\n".join(lines("", result))
+
+
+def _argv_of(args: argparse.Namespace) -> list[str]:
+  return list(getattr(args, "argv", []))
+
+
+def _saved_run_config(args: argparse.Namespace, bindings: list[str]
+                      ) -> tuple[list[str], list[str]]:
+  """eval / infer on a MODEL_DIR whose training saved config.gin: (files, bindings) it adds.
+
+  MODEL_DIR comes from the positional argument (bound as the macro) or
+  --gin.MODEL_DIR. Prints which command-line bindings override saved values.
+  """
+  import ast
+  from prompt_tuning.cli import saved_config
+  if args.command not in ("eval", "infer"):
+    return [], []
+  model_dir = getattr(args, "model_dir", None)
+  if args.gin_file and not model_dir:  # --gin_file and --gin.MODEL_DIR: as before, the files.
+    return [], []
+  if model_dir:
+    bindings.append(f"MODEL_DIR = {model_dir!r}")
+  else:
+    for binding in bindings:
+      name, _, value = binding.partition("=")
+      if name.strip() == "MODEL_DIR":
+        try:
+          model_dir = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+          return [], []
+  if not isinstance(model_dir, str) or not os.path.isfile(saved_config.path(model_dir)):
+    if getattr(args, "model_dir", None) and not args.gin_file:
+      raise FileNotFoundError(f"{saved_config.path(model_dir)} not found: a MODEL_DIR alone "
+                              "needs the config.gin its training run saved; give "
+                              "--gin_file=... too")
+    return [], []
+  with open(saved_config.path(model_dir)) as f:
+    text = f.read()
+  changed = saved_config.overridden(text, [b for b in bindings if b.split("=")[0].strip()
+                                           != "MODEL_DIR"])
+  print(f"prompt-tuning {args.command}: using the configuration saved in "
+        f"{saved_config.path(model_dir)}"
+        + (f"; overridden on the command line: {', '.join(changed)}" if changed else ""),
+        file=sys.stderr)
+  return [saved_config.path(model_dir)], saved_config.macro_statements(text)
+
+
 def _serve(args) -> int:
+  from prompt_tuning.cli import saved_config
   from prompt_tuning.serving import cli as serving_cli
+  if os.path.isfile(saved_config.path(args.checkpoint)):  # A trained MODEL_DIR: its run's
+    # backbone, and its newest prompt under the task's name unless prompts are given.
+    model_dir = args.checkpoint
+    args.checkpoint, task, prompt = saved_config.resolve_run(model_dir)
+    if not args.prompt and not args.prompt_dir:
+      args.prompt = [f"{task}={prompt}"]
+    print(f"prompt-tuning serve: from {saved_config.path(model_dir)}: backbone "
+          f"{args.checkpoint}, prompts {args.prompt or args.prompt_dir}", file=sys.stderr)
   return serving_cli.run(args)
 
 
@@ -161,7 +254,9 @@ def _recycle(args) -> int:
 def _tasks(args) -> int:
   import os
   import re
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from prompt_tuning.cli import environment
+  environment.quiet_logs()
+  environment.import_tensorflow_quietly()  # No oneDNN or CUDA start-up lines.
   import seqio
   import prompt_tuning.tasks  # noqa: F401  (registers the bundled seqio tasks)
   from prompt_tuning.tasks import vocabularies
@@ -209,8 +304,17 @@ def _tasks(args) -> int:
 # --- PEFT interop (issue 17): export-peft / import-peft -------------------------
 
 def _export_peft(args) -> int:
+  from prompt_tuning.cli import saved_config
   from prompt_tuning.interop import peft as peft_interop
   from prompt_tuning.readers import peft as peft_format
+  if os.path.isfile(saved_config.path(args.prompt)):  # A trained MODEL_DIR: its newest prompt.
+    backbone, _, args.prompt = saved_config.resolve_run(args.prompt)
+    args.checkpoint = args.checkpoint or backbone  # A flag given overrides the saved one.
+    print(f"prompt-tuning export-peft: prompt {args.prompt}, backbone {args.checkpoint}",
+          file=sys.stderr)
+  if not args.checkpoint:
+    raise ValueError("export-peft needs --checkpoint (the backbone), or --prompt=MODEL_DIR "
+                     "of a run that saved config.gin")
   config = peft_interop.export_peft(args.prompt, args.checkpoint, args.out,
                                     args.base_model_name_or_path,
                                     args.allow_backbone_mismatch, args.overwrite)
@@ -229,7 +333,8 @@ def _import_peft(args) -> int:
 def _add_interop_commands(sub) -> None:
   ex = sub.add_parser("export-peft", help="write a prompt as a Hugging Face PEFT prompt-tuning "
                       "adapter folder", allow_abbrev=False)
-  ex.add_argument("--prompt", required=True, help="the [P, H] .npy prompt")
+  ex.add_argument("--prompt", required=True, help="the [P, H] .npy prompt, or a trained "
+                  "MODEL_DIR (its newest prompt; its config.gin names the backbone)")
   ex.add_argument("--out", required=True, help="the adapter folder to write")
   ex.add_argument("--base_model_name_or_path", default=None, help="the HF model the adapter "
                   "is for, recorded in adapter_config.json (default: --checkpoint when it is "
@@ -238,9 +343,11 @@ def _add_interop_commands(sub) -> None:
                       ".npy prompt", allow_abbrev=False)
   im.add_argument("--adapter", required=True, help="the PEFT adapter folder")
   im.add_argument("--out", required=True, help="the [P, H] .npy to write")
+  ex.add_argument("--checkpoint", default=None, help="the backbone: a T5X checkpoint or a "
+                  "Hugging Face folder (default with --prompt=MODEL_DIR: the run's)")
+  im.add_argument("--checkpoint", required=True, help="the backbone: a T5X checkpoint or a "
+                  "Hugging Face folder (its width and provenance fingerprint are checked)")
   for p in (ex, im):
-    p.add_argument("--checkpoint", required=True, help="the backbone: a T5X checkpoint or a "
-                   "Hugging Face folder (its width and provenance fingerprint are checked)")
     p.add_argument("--allow_backbone_mismatch", action="store_true",
                    help="go on when the prompt's provenance names another backbone")
     p.add_argument("--overwrite", action="store_true")
@@ -367,12 +474,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "(--gin.allow_unused=True makes it a warning).",
         epilog=_run_file_header(name))
     _add_gin_flags(p)
+    if name in ("eval", "infer"):  # Taken from the unparsed rest: a positional would swallow
+      # a --gin.NAME={'a': 1} binding (argparse reads an argument with a space as positional).
+      p.description += (f" `prompt-tuning {name} MODEL_DIR` alone reads the config.gin that "
+                        "the training run saved there (the run file is added; --gin_file and "
+                        "--gin.NAME=VALUE override it).")
   for name, helptext in (("inspect", "list a checkpoint's parameters and inferred config"),
                          ("decode", "decode one input with a T5X or Hugging Face checkpoint")):
     p = sub.add_parser(name, help=helptext, allow_abbrev=False)
     p.add_argument("checkpoint", help="T5X checkpoint (folder or model dir) or HF folder")
     p.add_argument("--relative_attention_max_distance", type=int, default=None,
-                   help="not stored in T5X checkpoints; default 128")
+                   help="only for a T5X checkpoint that records no config (default 128); "
+                        "a recorded value is read, and contradicting it is an error")
   qs = sub.add_parser("quickstart", help="pretrain a tiny T5 (cached), prompt-tune a held-out "
                       "task, print the accuracy table", allow_abbrev=False)
   qs.add_argument("--cache_dir", default=None, help="backbone cache (default "
@@ -434,8 +547,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = build_parser()
   args, rest = parser.parse_known_args(argv)
   bindings, unknown = [], []
+  args.model_dir = None
   for arg in rest:
-    if arg.startswith("--gin.") and args.command in _GIN_BINARIES:
+    if args.command in ("eval", "infer") and not arg.startswith("-") and not args.model_dir:
+      args.model_dir = arg  # `prompt-tuning eval MODEL_DIR`: its saved config.gin.
+    elif arg.startswith("--gin.") and args.command in _GIN_BINARIES:
       name, eq, value = arg[len("--gin."):].partition("=")
       if not eq or not name:
         print(f"prompt-tuning {args.command}: error: bad gin flag {arg!r}; expected "
@@ -450,9 +566,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"prompt-tuning {args.command}: error: unknown arguments {unknown}; expected "
           f"{expected}", file=sys.stderr)
     return 2
-  if args.command in _GIN_BINARIES:
-    return _run_gin(args, bindings)
   try:
+    if args.command in _GIN_BINARIES:
+      args.argv = argv
+      return _run_gin(args, bindings)
     if args.command == "recycle" and args.skip is None:
       args.skip = 1000 if args.filter_file else 0
     return {"inspect": _inspect, "decode": _decode, "quickstart": _quickstart,
@@ -460,6 +577,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "spot": _spot, **_INTEROP_COMMANDS}[args.command](args)
   except (FileNotFoundError, ValueError, KeyError, FileExistsError) as e:
     return _error(args.command, e)
+  except ImportError as e:
+    extra = _EXTRAS.get((getattr(e, "name", None) or "").split(".")[0])
+    if extra is None:
+      raise
+    return _error(args.command, ImportError(
+        f"{e.name} is missing: `{args.command}` needs the [{extra}] extra; install it with "
+        f"pip install 'prompt-tuning[{extra}]' (from a checkout: pip install -e '.[{extra}]')"))
+
+
+# A module of an optional extra (setup.py's extras_require) -> that extra.
+_EXTRAS = {"uvicorn": "serve", "fastapi": "serve", "starlette": "serve",
+           "prometheus_client": "serve", "bm25s": "retrieval", "torch": "interop",
+           "transformers": "interop", "peft": "interop"}
 
 
 def _error(command: str, e: BaseException) -> int:

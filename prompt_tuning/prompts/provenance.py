@@ -6,7 +6,7 @@ exported prompt `p.npy` gets `p.provenance.json` (a PEFT adapter folder gets
 
     {"format": "prompt-tuning provenance 1",
      "backbone": {"fingerprint": "3f0c...", "checkpoint": "/ckpts/base"},
-     "task": "rte", "step": 1200, "metrics": {"rte/validation": {...}},
+     "task": "rte", "step": 1200, "metrics": {"rte/validation/greedy": {...}},
      "prompt": {"shape": [100, 768], "digest": "..."}}
 
 `load_prompt` is the one way eval, infer (the from-file initializer), serve,

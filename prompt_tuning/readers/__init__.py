@@ -10,6 +10,7 @@ cached per path, and `ARRAY_READS` counts every array read, by (folder, name).
 from __future__ import annotations
 
 import collections
+import json
 import os
 from typing import Any, Optional, Sequence
 
@@ -20,6 +21,7 @@ from prompt_tuning.models import params as params_lib
 from prompt_tuning.models.t5 import T5Config
 from prompt_tuning import trees as tree_lib
 from prompt_tuning.readers import hf, t5x
+from prompt_tuning.readers import config as config_lib
 from prompt_tuning.readers.config import config_from_shapes
 from prompt_tuning.trees import CheckpointMismatchError  # noqa: F401  (re-export)
 
@@ -29,7 +31,16 @@ _OPENED: dict[tuple[str, float], Any] = {}
 
 
 def is_hf_folder(path: str) -> bool:
-  return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
+  """A folder with a Hugging Face config.json (not this project's T5Config record)."""
+  config_path = os.path.join(path, "config.json")
+  if not (os.path.isdir(path) and os.path.isfile(config_path)):
+    return False
+  try:
+    with open(config_path) as f:
+      record = json.load(f)
+    return not (isinstance(record, dict) and config_lib.is_record(record))
+  except (OSError, ValueError):  # Unreadable: the HF reader names the damage.
+    return True
 
 
 def open_checkpoint(path: str):
@@ -96,15 +107,42 @@ def load_params(path: str, model: nn.Module, allow_missing: Sequence[str] = (),
 
 def config_for(path: str, relative_attention_max_distance: Optional[int] = None,
                **overrides) -> T5Config:
-  """The T5Config of a checkpoint: config.json (HF) or the parameter shapes (T5X).
+  """The T5Config of a checkpoint, from what is recorded with it, else its shapes.
 
-  Reads metadata only, never an array. `relative_attention_max_distance` is
-  not stored in T5X checkpoints (default 128); given, it overrides either
-  format's value.
+  Reads metadata only, never an array. Recorded: a Hugging Face
+  config.json, this project's config.json (every T5Config field), or a T5X
+  run's config.gin (see readers/config.py). A T5X checkpoint with nothing
+  recorded gives its sizes through its shapes, and
+  `relative_attention_max_distance` 128 unless given. A given
+  `relative_attention_max_distance` that contradicts the recorded one is an
+  error naming both.
   """
+  recorded, source = recorded_config(path)
   if relative_attention_max_distance:
-    overrides["relative_attention_max_distance"] = relative_attention_max_distance
+    name = "relative_attention_max_distance"
+    if name in recorded and recorded[name] != relative_attention_max_distance:
+      raise ValueError(f"{name}={relative_attention_max_distance} was given but {source} "
+                       f"records {name}={recorded[name]}; drop the flag to use the recorded "
+                       "value")
+    overrides[name] = relative_attention_max_distance
   ckpt = open_checkpoint(path)
   if hasattr(ckpt, "config"):
     return ckpt.config.replace(**overrides) if overrides else ckpt.config
-  return config_from_shapes(ckpt.shapes(), **overrides)
+  return config_from_shapes(ckpt.shapes(), **{**recorded, **overrides})
+
+
+def recorded_config(path: str) -> tuple[dict[str, Any], str]:
+  """(architecture fields, their file) recorded with a checkpoint; ({}, "") if none.
+
+  A Hugging Face folder records them in config.json
+  (`relative_attention_max_distance` only where the file has it); a T5X
+  checkpoint may have this project's config.json or a T5X config.gin beside
+  it or in its run folder.
+  """
+  if is_hf_folder(path):
+    ckpt = open_checkpoint(path)
+    fields = {name: getattr(ckpt.config, name) for name in config_lib.ARCHITECTURE_FIELDS}
+    if "relative_attention_max_distance" not in ckpt.hf_config:
+      del fields["relative_attention_max_distance"]
+    return fields, os.path.join(getattr(ckpt, "dir", path), "config.json")
+  return config_lib.recorded_fields(path)

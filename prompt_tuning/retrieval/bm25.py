@@ -17,7 +17,8 @@ def _bm25s():
   try:
     import bm25s
   except ImportError as e:
-    raise ImportError("BM25 retrieval needs bm25s: pip install 'prompt-tuning[retrieval]'") from e
+    raise ImportError("BM25 retrieval needs bm25s: pip install 'prompt-tuning[retrieval]'",
+                      name="bm25s") from e
   return bm25s
 
 

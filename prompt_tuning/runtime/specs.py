@@ -36,7 +36,10 @@ class ModelSpec:
   """The model: backbone config and checkpoint, prompt modules, what trains.
 
   Attributes:
-    config: the backbone's T5Config.
+    config: the backbone's T5Config; None takes the one recorded with the
+      checkpoint (a Hugging Face config.json, this project's config.json, a
+      T5X run's config.gin; else its shapes). A config that contradicts a
+      recorded architecture field is an error naming both values.
     checkpoint: the frozen backbone (INITIAL_CHECKPOINT_PATH): a T5X
       checkpoint or a Hugging Face folder; None initializes everything at
       random (pretraining from scratch), never as a silent fallback.
@@ -48,12 +51,30 @@ class ModelSpec:
       and parameter names (`@InputDependentT5`, `@FusionInDecoderT5`,
       `@TextualRecursionT5`, `@NeuralRecursionT5`); None is T5.
   """
-  config: T5Config
+  config: Optional[T5Config] = None
   checkpoint: Optional[str] = None
   encoder_prompt: Optional[nn.Module] = None
   decoder_prompt: Optional[nn.Module] = None
   trainable_rules: Optional[freezing.Rules] = None
   model_class: Optional[Callable[..., Any]] = None
+
+  def __post_init__(self):
+    if self.config is None and not self.checkpoint:
+      raise ValueError("ModelSpec needs a config (MODEL_CONFIG, from a models/ gin file) or a "
+                       "checkpoint (INITIAL_CHECKPOINT_PATH) to read it from")
+    from prompt_tuning import readers
+    if self.config is None:
+      object.__setattr__(self, "config", readers.config_for(self.checkpoint))
+      return
+    if self.checkpoint:
+      try:
+        recorded, source = readers.recorded_config(self.checkpoint)
+      except (OSError, ValueError):  # Missing or damaged: the setup's reader reports it.
+        return
+      wrong = readers.config_lib.contradictions(self.config, recorded, source)
+      if wrong:
+        raise ValueError("the model config contradicts the checkpoint's: " + "; ".join(wrong)
+                         + ". Drop the binding (the recorded value is used) or fix it")
 
   @property
   def has_prompt(self) -> bool:

@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--vocabulary", default="byte",
                       help="'byte' (the quickstart backbones) or a SentencePiece .model file")
   parser.add_argument("--relative_attention_max_distance", type=int, default=None,
-                      help="not stored in T5X checkpoints; default 128 (quickstart: 32)")
+                      help="only for a T5X checkpoint that records no config (default "
+                      "128); a recorded value is read, and contradicting it is an error")
   g = parser.add_argument_group("network and limits")
   g.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
   g.add_argument("--port", type=int, default=8000)

@@ -85,7 +85,7 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
   validation.check_train(  # Before anything is read or written.
       model_dir=model_dir, train_steps=train_steps, batch_size=data.batch_size,
       task_feature_lengths=data.feature_lengths, checkpoint=checkpoint,
-      log_period=report.log_period, initial_checkpoint_path=model.checkpoint,
+      log_period=report.period(train_steps), initial_checkpoint_path=model.checkpoint,
       encoder_prompt=model.encoder_prompt, decoder_prompt=model.decoder_prompt)
   validation.check_data_spec(data)
   optimizer = optimizer or optimizers.prompt_tuning_adafactor()
@@ -167,8 +167,8 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     run_lock.release()
     raise
 
-  bar = _progress(report.progress and is_chief, start_step, train_steps)
-  log_period, on_non_finite = report.log_period, checks.on_non_finite
+  log_period, on_non_finite = report.period(train_steps), checks.on_non_finite
+  bar = _progress(report.progress and is_chief, start_step, train_steps, log_period)
   pending = None  # (step, metrics on device): fetched after the next dispatch
   window = dict(start=time.time(), steps=0, tokens=0.0)
   step = start_step
@@ -314,11 +314,33 @@ def _train_step_jit(model, optimizer, z_loss, use_dropout, mesh, trainable_shard
       donate_argnums=(0, 1))
 
 
-def _progress(enabled: bool, start: int, total: int):
+def _progress(enabled: bool, start: int, total: int, every: int):
+  """A tqdm bar on a terminal; in a log file, a plain line every `every` steps."""
   if not enabled:
     return None
+  import sys
+  if not sys.stderr.isatty():  # Carriage-return redraws would fill a log file.
+    return _ProgressLines(start, total, every)
   from tqdm import tqdm
   return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+class _ProgressLines:
+  """The progress bar's interface, writing 'train: step N/T, loss L' every `every` steps."""
+
+  def __init__(self, start: int, total: int, every: int):
+    self.n, self.total, self.every = start, total, max(1, every)
+
+  def update(self, count: int) -> None:
+    self.n += count
+
+  def set_postfix(self, loss: str) -> None:
+    if self.n % self.every == 0 or self.n == self.total:
+      import sys
+      print(f"train: step {self.n}/{self.total}, loss {loss}", file=sys.stderr, flush=True)
+
+  def close(self) -> None:
+    pass
 
 
 def _log_metrics(pending, writer: Optional[metrics_lib.MetricsWriter], window: dict, log_period: int,

@@ -71,15 +71,24 @@ class ReportSpec:
 
   Attributes:
     log_period: write the metrics (loss, accuracy, steps/s, ...) every
-      `log_period` steps, and at each checkpoint.
-    progress: a progress bar on the terminal (process 0 only).
+      `log_period` steps, and at each checkpoint; None (the default) gives
+      every run at least 10 points: min(100, max(1, train_steps // 10)).
+    progress: a progress bar on the terminal (process 0 only); when the
+      output is not a terminal (a log file), a line every `log_period` steps
+      instead.
     frozen_digest: also record a SHA-256 of the frozen parameters as they are
       at the end in the summary (an integrity check; it copies the backbone
       to the host).
   """
-  log_period: int = 100
+  log_period: Optional[int] = None
   progress: bool = True
   frozen_digest: bool = False
+
+  def period(self, train_steps: int) -> int:
+    """The metrics' period of a run of `train_steps` steps."""
+    if self.log_period is not None:
+      return self.log_period
+    return min(100, max(1, int(train_steps) // 10))
 
 
 @registry.configurable
