@@ -63,6 +63,11 @@ def case(name):
   return register
 
 
+def flag_case(name, expected, *flags, **kwargs):
+  """A case that is the tiny run with a few more flags (`_gin_argv`'s keywords too)."""
+  CATALOG[name] = lambda root: (_gin_argv(root, name, *flags, **kwargs), expected, None)
+
+
 @case("prompt_file_of_the_wrong_shape")
 def _(root):
   return (_gin_argv(root, "prompt_file_of_the_wrong_shape", "--gin_file=prompts/from_file.gin",
@@ -121,36 +126,26 @@ def _(root):
   return ["inspect", folder], ["unsupported architecture", "gpt2"], None
 
 
-@case("unknown_task_suggests_close_names")
-def _(root):
-  return (_gin_argv(root, "unknown_task_suggests_close_names",
-                    "--gin.MIXTURE_OR_TASK_NAME='synthetic_revers_bare'"),
-          ["Unknown task or mixture 'synthetic_revers_bare'", "synthetic_reverse_bare"], None)
+flag_case("unknown_task_suggests_close_names",
+          ["Unknown task or mixture 'synthetic_revers_bare'", "synthetic_reverse_bare"],
+          "--gin.MIXTURE_OR_TASK_NAME='synthetic_revers_bare'")
 
 
-@case("gin_file_not_found")
-def _(root):
-  return (_gin_argv(root, "gin_file_not_found", "--gin_file=runs/prompt_finetuned.gin"),
-          ["gin file 'runs/prompt_finetuned.gin' not found"], None)
+flag_case("gin_file_not_found", ["gin file 'runs/prompt_finetuned.gin' not found"],
+          "--gin_file=runs/prompt_finetuned.gin")
 
 
-@case("unknown_gin_binding")
-def _(root):
-  return (_gin_argv(root, "unknown_gin_binding", "--gin.train.learning_rate=0.3"),
-          ["learning_rate", "Bad gin configuration"], None)
+flag_case("unknown_gin_binding", ["learning_rate", "Bad gin configuration"],
+          "--gin.train.learning_rate=0.3")
 
 
-@case("prompt_longer_than_the_input_budget")
-def _(root):
-  return (_gin_argv(root, "prompt_longer_than_the_input_budget",
-                    "--gin.ChecksSpec.max_encoder_length=12"),
-          ["Prompt length 4 + inputs length 16 = 20 exceeds"], None)
+flag_case("prompt_longer_than_the_input_budget",
+          ["Prompt length 4 + inputs length 16 = 20 exceeds"],
+          "--gin.ChecksSpec.max_encoder_length=12")
 
 
-@case("empty_dataset_split")
-def _(root):
-  return (_gin_argv(root, "empty_dataset_split", "--gin.MIXTURE_OR_TASK_NAME='pt_test_empty'"),
-          ["yielded no batch", "pt_test_empty"], None)
+flag_case("empty_dataset_split", ["yielded no batch", "pt_test_empty"],
+          "--gin.MIXTURE_OR_TASK_NAME='pt_test_empty'")
 
 
 @case("vocabulary_size_mismatch")
@@ -164,11 +159,8 @@ def _(root):
           ["vocabulary of 32000 ids", "384 rows"], None)
 
 
-@case("a_config_missing_its_prompt_file")
-def _(root):
-  return (_gin_argv(root, "a_config_missing_its_prompt_file",
-                    model_gin="models/synthetic_tiny.gin"),
-          ["has no value", "prompts/soft_prompt.gin"], None)
+flag_case("a_config_missing_its_prompt_file", ["has no value", "prompts/soft_prompt.gin"],
+          model_gin="models/synthetic_tiny.gin")
 
 
 @case("negative_input_length")
@@ -189,11 +181,9 @@ def _(root):
   return argv, [f"is under {plain}, a file; expected a folder"], None
 
 
-@case("max_decode_length_zero")
-def _(root):
-  return (_gin_argv(root, "max_decode_length_zero", "--gin.DecodingConfig.max_decode_length=0",
-                    command="infer"),
-          ["DecodingConfig.max_decode_length must be a positive integer; got 0"], None)
+flag_case("max_decode_length_zero",
+          ["DecodingConfig.max_decode_length must be a positive integer; got 0"],
+          "--gin.DecodingConfig.max_decode_length=0", command="infer")
 
 
 def _prompt_file(folder, name="p.npy", width=4, backbone=None):
@@ -206,13 +196,20 @@ def _prompt_file(folder, name="p.npy", width=4, backbone=None):
   return path
 
 
-@case("export_peft_over_an_existing_adapter")
-def _(root):
-  folder = _case_dir(root, "export_peft_over_an_existing_adapter")
-  adapter = os.path.join(folder, "adapter")
+def _adapter(root, name, sub, config):
+  """(the case's folder, an adapter folder in it holding `config` as adapter_config.json)."""
+  folder = _case_dir(root, name)
+  adapter = os.path.join(folder, sub)
   os.makedirs(adapter)
   with open(os.path.join(adapter, "adapter_config.json"), "w") as f:
-    json.dump({"peft_type": "PROMPT_TUNING", "note": "a user's earlier export"}, f)
+    json.dump(config, f)
+  return folder, adapter
+
+
+@case("export_peft_over_an_existing_adapter")
+def _(root):
+  folder, adapter = _adapter(root, "export_peft_over_an_existing_adapter", "adapter",
+                             {"peft_type": "PROMPT_TUNING", "note": "a user's earlier export"})
   return (["export-peft", f"--prompt={_prompt_file(folder)}",
            f"--checkpoint={fixture_path('t5x_tiny_checkpoint')}", f"--out={adapter}"],
           [f"{adapter} exists; pass --overwrite"], adapter)
@@ -220,11 +217,8 @@ def _(root):
 
 @case("peft_adapter_of_another_method")
 def _(root):
-  folder = _case_dir(root, "peft_adapter_of_another_method")
-  lora = os.path.join(folder, "lora")
-  os.makedirs(lora)
-  with open(os.path.join(lora, "adapter_config.json"), "w") as f:
-    json.dump({"peft_type": "LORA", "task_type": "SEQ_2_SEQ_LM", "r": 2}, f)
+  folder, lora = _adapter(root, "peft_adapter_of_another_method", "lora",
+                          {"peft_type": "LORA", "task_type": "SEQ_2_SEQ_LM", "r": 2})
   return (["import-peft", f"--adapter={lora}",
            f"--checkpoint={fixture_path('t5x_tiny_checkpoint')}",
            f"--out={os.path.join(folder, 'x.npy')}"],
@@ -264,19 +258,15 @@ for _damage in backbone_forms.DAMAGES:
   _damage_case(_damage)
 
 
-@case("train_that_cannot_fit_in_memory")
-def _(root):
-  return (_gin_argv(root, "train_that_cannot_fit_in_memory", "--gin.PROMPT_LENGTH=100000"),
+flag_case("train_that_cannot_fit_in_memory",
           ["The train step needs about", "is available", "BATCH_SIZE 4",
-           "inputs 16 + PROMPT_LENGTH 100000", "--gin.ALLOW_OVERSUBSCRIBE=True"], None)
+           "inputs 16 + PROMPT_LENGTH 100000", "--gin.ALLOW_OVERSUBSCRIBE=True"],
+          "--gin.PROMPT_LENGTH=100000")
 
 
-@case("eval_that_cannot_fit_in_memory")
-def _(root):
-  return (_gin_argv(root, "eval_that_cannot_fit_in_memory", "--gin.PROMPT_LENGTH=100000",
-                    "--gin.RESTORE_CHECKPOINT=False", command="eval"),
-          ["The evaluation needs about", "PROMPT_LENGTH 100000",
-           "--gin.ALLOW_OVERSUBSCRIBE=True"], None)
+flag_case("eval_that_cannot_fit_in_memory",
+          ["The evaluation needs about", "PROMPT_LENGTH 100000", "--gin.ALLOW_OVERSUBSCRIBE=True"],
+          "--gin.PROMPT_LENGTH=100000", "--gin.RESTORE_CHECKPOINT=False", command="eval")
 
 
 def another_runs_model_dir(model_dir, prompt_length=10, width=4):
