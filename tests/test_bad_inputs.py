@@ -189,6 +189,15 @@ def _(root):
   return argv, [f"is under {plain}, a file; expected a folder"], None
 
 
+@case("warmup_longer_than_the_run")
+def _(root):
+  return (_gin_argv(root, "warmup_longer_than_the_run",
+                    "--gin.prompt_tuning_adafactor.learning_rate=@LearningRateSchedule()",
+                    "--gin.LearningRateSchedule.factors='constant * linear_warmup'",
+                    "--gin.LearningRateSchedule.warmup_steps=5"),
+          ["LearningRateSchedule.warmup_steps=5 exceeds TRAIN_STEPS=1"], None)
+
+
 @case("max_decode_length_zero")
 def _(root):
   return (_gin_argv(root, "max_decode_length_zero", "--gin.DecodingConfig.max_decode_length=0",

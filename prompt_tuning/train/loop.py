@@ -36,6 +36,7 @@ from prompt_tuning.runtime import setup as model_setup
 from prompt_tuning.runtime import specs as specs_lib
 from prompt_tuning.train import optimizers
 from prompt_tuning.train import rank_data
+from prompt_tuning.train import schedules
 from prompt_tuning.train import specs as train_specs
 from prompt_tuning.train import step as step_lib
 from prompt_tuning.train import wayward as wayward_lib
@@ -64,7 +65,9 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     model: the backbone, its checkpoint, the prompt modules and what trains.
     data: the task, feature lengths, split, global batch size and data seed.
     train_steps: the step to train to (TRAIN_STEPS), counting resumed steps.
-    optimizer: None is the paper's Adafactor (`prompt_tuning_adafactor`).
+    optimizer: None is the paper's Adafactor (`prompt_tuning_adafactor`), at
+      a constant 0.3 unless given a `LearningRateSchedule` (T5X's warmup and
+      decays); each logged step carries its learning_rate.
     seed: the initializers' and dropout's seed.
     checkpoint: how often to save, how many to keep, and whether a damaged
       latest checkpoint falls back to the previous one.
@@ -89,6 +92,8 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
       encoder_prompt=model.encoder_prompt, decoder_prompt=model.decoder_prompt)
   validation.check_data_spec(data)
   optimizer = optimizer or optimizers.prompt_tuning_adafactor()
+  validation.raise_if([schedules.warmup_problem(optimizers.learning_rate_of(optimizer),
+                                                train_steps)])
   # Backbone files, MODEL_DIR's shapes, memory: before MODEL_DIR is created.
   preflight.check_train(model_dir=model_dir, model=model, data=data, optimizer=optimizer,
                         partitioning_config=partitioning_config, use_dropout=dropout.enabled,
