@@ -198,6 +198,12 @@ def _(root):
           ["LearningRateSchedule.warmup_steps=5 exceeds TRAIN_STEPS=1"], None)
 
 
+@case("microbatches_not_dividing_the_batch")
+def _(root):
+  return (_gin_argv(root, "microbatches_not_dividing_the_batch", "--gin.NUM_MICROBATCHES=3"),
+          ["NUM_MICROBATCHES=3 does not divide the per-device batch 4"], None)
+
+
 @case("max_decode_length_zero")
 def _(root):
   return (_gin_argv(root, "max_decode_length_zero", "--gin.DecodingConfig.max_decode_length=0",

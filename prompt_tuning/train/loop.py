@@ -91,6 +91,9 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
       log_period=report.log_period, initial_checkpoint_path=model.checkpoint,
       encoder_prompt=model.encoder_prompt, decoder_prompt=model.decoder_prompt)
   validation.check_data_spec(data)
+  validation.raise_if([validation.microbatch_problem(
+      loss.num_microbatches, data.batch_size,
+      partitioning.make_mesh(partitioning_config).shape["data"])])
   optimizer = optimizer or optimizers.prompt_tuning_adafactor()
   validation.raise_if([schedules.warmup_problem(optimizers.learning_rate_of(optimizer),
                                                 train_steps)])
@@ -149,7 +152,7 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     train_step = jit_train_step(setup.model, optimizer, loss.z_loss, use_dropout, mesh,
                                 setup.trainable_shardings, opt_shardings,
                                 setup.frozen_shardings, dropout.rng_impl, objective,
-                                partitioning_config)
+                                partitioning_config, loss.num_microbatches)
     writer = metrics_lib.MetricsWriter(model_dir, "train") if is_chief else None
     backbone_bytes = tree_lib.tree_bytes(frozen)
     summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes, skipped_steps=[],
@@ -263,7 +266,8 @@ def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, z_
                    opt_shardings: Any, frozen_shardings: Any,
                    dropout_rng_impl: str = "threefry2x32",
                    objective: step_lib.Objective = step_lib.Objective(),
-                   partitioning_config: Optional[partitioning.PartitioningConfig] = None):
+                   partitioning_config: Optional[partitioning.PartitioningConfig] = None,
+                   num_microbatches: int = 1):
   """The train step, jitted with explicit shardings and donated state.
 
   `step(trainable, opt_state, frozen, batch, step_number, seed)`: the dropout
@@ -285,10 +289,11 @@ def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, z_
     raise ValueError(f"dropout_rng_impl={dropout_rng_impl!r}; expected 'threefry2x32', "
                      "'rbg' or 'unsafe_rbg'")
   args = (model, optimizer, float(z_loss), bool(use_dropout), mesh, trainable_shardings,
-          opt_shardings, frozen_shardings, dropout_rng_impl, objective)
+          opt_shardings, frozen_shardings, dropout_rng_impl, objective, int(num_microbatches))
   key = (tree_lib.without_initializers(model), optimizer, float(z_loss), bool(use_dropout),
          mesh, _tree_key(trainable_shardings), _tree_key(opt_shardings),
-         _tree_key(frozen_shardings), dropout_rng_impl, objective, partitioning_config)
+         _tree_key(frozen_shardings), dropout_rng_impl, objective, partitioning_config,
+         int(num_microbatches))
   return _TRAIN_STEPS.get(key, lambda: _train_step_jit(*args))
 
 
@@ -302,8 +307,10 @@ def _tree_key(tree: Any) -> tuple[Any, tuple[Any, ...]]:
 
 
 def _train_step_jit(model, optimizer, z_loss, use_dropout, mesh, trainable_shardings,
-                    opt_shardings, frozen_shardings, dropout_rng_impl, objective):
-  base_step = step_lib.make_train_step(model, optimizer, z_loss, use_dropout, objective)
+                    opt_shardings, frozen_shardings, dropout_rng_impl, objective,
+                    num_microbatches=1):
+  base_step = step_lib.make_train_step(model, optimizer, z_loss, use_dropout, objective,
+                                       num_microbatches)
 
   def step_fn(trainable, opt_state, frozen, batch, step, seed):
     return base_step(trainable, opt_state, frozen, batch,

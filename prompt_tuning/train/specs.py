@@ -37,10 +37,15 @@ class LossSpec:
       candidate alone.
     wayward: keep the prompt near an embedded text (train/wayward.py); its
       term is logged as wayward_loss next to task_loss.
+    num_microbatches: NUM_MICROBATCHES (T5X's Trainer.num_microbatches):
+      compute each batch's gradient in this many parts, accumulated, with
+      one optimizer update per batch; it must divide the per-device batch.
+      The loss and update are the single-batch ones up to float rounding.
   """
   z_loss: float = 1e-4
   rank: Optional[rank_lib.RankLoss] = None
   wayward: Optional[wayward_lib.Wayward] = None
+  num_microbatches: int = 1
 
 
 @registry.configurable
