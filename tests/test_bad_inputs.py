@@ -204,6 +204,20 @@ def _(root):
           ["NUM_MICROBATCHES=3 does not divide the per-device batch 4"], None)
 
 
+@case("eval_period_zero")
+def _(root):
+  return (_gin_argv(root, "eval_period_zero", "--gin.EVAL_PERIOD=0"),
+          ["EVAL_PERIOD (EvalSpec.period) must be a positive integer", "got 0"], None)
+
+
+@case("evaluation_without_a_validation_split")
+def _(root):
+  return (_gin_argv(root, "evaluation_without_a_validation_split", "--gin.EVAL_PERIOD=1",
+                    "--gin.EvalSpec.split='dev'"),
+          ["EVAL_PERIOD is set but task pt_test_sentiment has no 'dev' split",
+           "['train', 'validation']"], None)
+
+
 @case("max_decode_length_zero")
 def _(root):
   return (_gin_argv(root, "max_decode_length_zero", "--gin.DecodingConfig.max_decode_length=0",

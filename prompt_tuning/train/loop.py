@@ -35,6 +35,7 @@ from prompt_tuning.runtime import partitioning
 from prompt_tuning.runtime import setup as model_setup
 from prompt_tuning.runtime import specs as specs_lib
 from prompt_tuning.train import optimizers
+from prompt_tuning.train import evaluator as evaluator_lib
 from prompt_tuning.train import rank_data
 from prompt_tuning.train import schedules
 from prompt_tuning.train import specs as train_specs
@@ -73,7 +74,9 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
       latest checkpoint falls back to the previous one.
     loss: token cross-entropy with z-loss, or a rank loss; the wayward term.
     dropout: whether dropout follows the model's rate, and its PRNG.
-    report: the metrics' period, the progress bar, the frozen digest.
+    report: the metrics' period, the progress bar, the frozen digest, and
+      evaluation on a held-out split every EVAL_PERIOD steps (EvalSpec:
+      MODEL_DIR/train_eval/ and infer_eval/); off by default.
     checks: what a non-finite step does; the encoder length budget.
     partitioning_config: the (data, model) mesh and logical-axis rules. Every
       process reads the same global batches and its devices take their rows,
@@ -91,6 +94,11 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
       log_period=report.log_period, initial_checkpoint_path=model.checkpoint,
       encoder_prompt=model.encoder_prompt, decoder_prompt=model.decoder_prompt)
   validation.check_data_spec(data)
+  evaluation = report.evaluation
+  if evaluation is not None and evaluation.period is not None:  # Its settings and the split.
+    validation.raise_if(evaluator_lib.problems(evaluation))
+    validation.raise_if(evaluator_lib.problems(evaluation, data_lib.get_task_or_mixture(
+        data.task)))
   validation.raise_if([validation.microbatch_problem(
       loss.num_microbatches, data.batch_size,
       partitioning.make_mesh(partitioning_config).shape["data"])])
@@ -154,6 +162,14 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
                                 setup.frozen_shardings, dropout.rng_impl, objective,
                                 partitioning_config, loss.num_microbatches)
     writer = metrics_lib.MetricsWriter(model_dir, "train") if is_chief else None
+    evaluator = None
+    if evaluation is not None and evaluation.period is not None:
+      evaluator = evaluator_lib.Evaluator(
+          evaluation, model_dir=model_dir, task=task, data=data, model=setup.model,
+          objective=objective, z_loss=loss.z_loss, mesh=mesh,
+          trainable_shardings=setup.trainable_shardings,
+          frozen_shardings=setup.frozen_shardings, is_chief=is_chief,
+          batches=lambda d: _train_batches(d, 0, rank_task, rank_loss=loss.rank is not None))
     backbone_bytes = tree_lib.tree_bytes(frozen)
     summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes, skipped_steps=[],
                                    dropout_rate=model.config.dropout_rate if use_dropout else 0.0)
@@ -199,6 +215,9 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
                      force=True)
         pending = None
         save(step)
+      if evaluator is not None and evaluator.due(step, train_steps):
+        summary["last_eval"] = dict(step=step, **evaluator(step, trainable, frozen,
+                                                          partitioning_config))
       faults.maybe_sigterm(step)
       if preempt.should_stop(step):  # SIGTERM: this step is done; save it and stop.
         if pending is not None:

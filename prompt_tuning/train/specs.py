@@ -17,6 +17,7 @@ from typing import Optional
 
 from prompt_tuning import registry
 from prompt_tuning.runtime import memory as memory_lib
+from prompt_tuning.runtime import specs as specs_lib
 from prompt_tuning.train import rank as rank_lib
 from prompt_tuning.train import wayward as wayward_lib
 
@@ -71,6 +72,28 @@ class DropoutSpec:
 
 @registry.configurable
 @dataclasses.dataclass(frozen=True)
+class EvalSpec:
+  """Evaluation during training (T5X's train_eval and infer_eval; train/evaluator.py).
+
+  Attributes:
+    period: EVAL_PERIOD: evaluate every `period` steps and at the last step;
+      None (the default) never evaluates.
+    split: the held-out split evaluated (the task's validation split).
+    steps: EVAL_STEPS: teacher-forced batches (loss, token accuracy).
+    max_examples: MAX_EVAL_EXAMPLES: examples decoded or ranked for the task's
+      metrics; None reads the whole split.
+    inference: how predictions are made (decoding, CLASS_LABELS), as for
+      `prompt-tuning eval`; its checkpoint and example settings are unused.
+  """
+  period: Optional[int] = None
+  split: str = "validation"
+  steps: int = 20
+  max_examples: Optional[int] = None
+  inference: specs_lib.InferenceSpec = specs_lib.InferenceSpec()
+
+
+@registry.configurable
+@dataclasses.dataclass(frozen=True)
 class ReportSpec:
   """What the run reports while and after it trains; none of it changes the result.
 
@@ -81,10 +104,13 @@ class ReportSpec:
     frozen_digest: also record a SHA-256 of the frozen parameters as they are
       at the end in the summary (an integrity check; it copies the backbone
       to the host).
+    evaluation: evaluation on a held-out split every EVAL_PERIOD steps
+      (`EvalSpec`); off by default.
   """
   log_period: int = 100
   progress: bool = True
   frozen_digest: bool = False
+  evaluation: EvalSpec = EvalSpec()
 
 
 @registry.configurable
