@@ -218,6 +218,13 @@ def _(root):
            "['train', 'validation']"], None)
 
 
+@case("unknown_best_metric")
+def _(root):
+  return (_gin_argv(root, "unknown_best_metric", "--gin.EVAL_PERIOD=1",
+                    "--gin.BEST_METRIC='f1'"),
+          ["BEST_METRIC 'f1' is not a metric of the task; its metrics are ['accuracy']"], None)
+
+
 @case("max_decode_length_zero")
 def _(root):
   return (_gin_argv(root, "max_decode_length_zero", "--gin.DecodingConfig.max_decode_length=0",

@@ -58,3 +58,50 @@ def test_infer_eval_equals_prompt_tuning_eval_of_that_steps_checkpoint(evaluated
     assert metric_names and metric_names == sorted(
         k for k in ours if k not in ("step", "task", "split"))
     assert {k: ours[k] for k in metric_names} == {k: theirs[k] for k in metric_names}, step
+
+
+def test_the_best_prompt_is_kept_with_its_provenance(evaluated):
+  run = evaluated
+  accuracies = [r["accuracy"] for r in _records(run, "infer_eval")]
+  best = json.load(open(os.path.join(run, "best", "best.json")))
+  # The task's first metric, the first evaluation to reach the maximum.
+  want_step = [2, 4][int(np.argmax(accuracies))]
+  assert best == dict(step=want_step, metric="accuracy", value=max(accuracies), mode="max")
+  np.testing.assert_array_equal(
+      np.load(os.path.join(run, "best", "encoder_prompt.prompt.npy")),
+      np.load(os.path.join(run, "prompts", f"step_{want_step}", "encoder_prompt.prompt.npy")))
+  summary = json.load(open(os.path.join(run, "train_summary.json")))
+  assert summary["best"]["step"] == want_step and summary["best"]["metric"] == "accuracy"
+  assert [n for n in os.listdir(run) if n.startswith("best_step_")] == [f"best_step_{want_step}"]
+  assert "early_stopped" not in summary and summary["step"] == 4
+
+
+def test_early_stopping_stops_after_patience_evaluations(tmp_path):
+  (tmp_path / "tiny_model.gin").write_text(TINY_MODEL_GIN)
+  run = str(tmp_path / "run")
+  # No change of accuracy exceeds 2: the second evaluation is the first without one.
+  assert _run("train", run, "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=6",
+              "--gin.EVAL_PERIOD=1", "--gin.EVAL_STEPS=1", "--gin.MAX_EVAL_EXAMPLES=4",
+              "--gin.EARLY_STOPPING_PATIENCE=2", "--gin.MIN_DELTA=2.0") == 0
+  summary = json.load(open(os.path.join(run, "train_summary.json")))
+  assert summary["early_stopped"]["step"] == 3 and summary["step"] == 3
+  assert "did not improve by more than 2 in 2 evaluations" in summary["early_stopped"]["reason"]
+  assert summary["best"]["step"] == 1
+  assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["3"]  # the stop step is saved
+  assert [r["step"] for r in _records(run, "infer_eval")] == [1, 2, 3]
+
+
+def test_the_papers_run_file_sets_up_its_protocol():
+  import gin
+  from prompt_tuning.cli import gin as gin_utils
+  gin.clear_config()
+  gin_utils.parse_gin(["models/t5_1_1_small_prompt.gin", "runs/prompt_finetune_paper.gin"],
+                      ["MODEL_DIR = '/tmp/x'", "MIXTURE_OR_TASK_NAME = 't'",
+                       "INITIAL_CHECKPOINT_PATH = '/ckpt'"])
+  try:
+    assert gin.query_parameter("%TRAIN_STEPS") == 30000
+    assert gin.query_parameter("prompt_tuning_adafactor.learning_rate") == 0.3
+    assert gin.query_parameter("%EVAL_PERIOD") == 1000
+    assert gin.query_parameter("%BEST_METRIC") is None  # the task's first metric
+  finally:
+    gin.clear_config()

@@ -115,8 +115,37 @@ def problems(spec: Any, task: Any = None) -> list[str]:
                                         or spec.max_examples < 1):
     out.append(f"MAX_EVAL_EXAMPLES (EvalSpec.max_examples) must be a positive integer or "
                f"None; got {spec.max_examples!r}")
+  patience = spec.early_stopping_patience
+  if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int)
+                               or patience < 1):
+    out.append(f"EARLY_STOPPING_PATIENCE must be a positive integer or None; got {patience!r}")
+  if not isinstance(spec.min_delta, (int, float)) or spec.min_delta < 0:
+    out.append(f"MIN_DELTA must be a number >= 0; got {spec.min_delta!r}")
   splits = list(getattr(task, "splits", None) or ())
   if task is not None and splits and spec.split not in splits:
     out.append(f"EVAL_PERIOD is set but task {task.name} has no {spec.split!r} split to "
                f"evaluate on; it has {splits} (set EvalSpec.split, or EVAL_PERIOD = None)")
   return out
+
+
+def metric_names(task: Any, spec: train_specs.EvalSpec,
+                 feature_lengths: Any) -> list[str]:
+  """The inference metrics the task reports, in order: its metric functions run on
+  one example of the split, predicted right (a read of one example, no model)."""
+  example = data_lib.eval_examples(task.name, spec.split, feature_lengths, 1)
+  text = predictions._text(example[0].get("targets_pretokenized", ""))
+  if spec.inference.class_labels and text not in spec.inference.class_labels:
+    text = spec.inference.class_labels[0]
+  return list(predictions.compute_metrics(task, example, [text], scores=[0.0]))
+
+
+def best_metric_problem(checkpoint: Any, names: list[str]) -> Optional[str]:
+  """BEST_METRIC must be one of the task's metrics; BEST_MODE max or min."""
+  metric, mode = getattr(checkpoint, "best_metric", None), getattr(checkpoint, "best_mode", "max")
+  if mode not in ("max", "min"):
+    return f"BEST_MODE (CheckpointSpec.best_mode) must be 'max' or 'min'; got {mode!r}"
+  if metric is not None and metric not in names:
+    return f"BEST_METRIC {metric!r} is not a metric of the task; its metrics are {names}"
+  if not names:
+    return "the task reports no metric to keep the best prompt by"
+  return None

@@ -35,6 +35,7 @@ from prompt_tuning.runtime import partitioning
 from prompt_tuning.runtime import setup as model_setup
 from prompt_tuning.runtime import specs as specs_lib
 from prompt_tuning.train import optimizers
+from prompt_tuning.train import best as best_lib
 from prompt_tuning.train import evaluator as evaluator_lib
 from prompt_tuning.train import rank_data
 from prompt_tuning.train import schedules
@@ -97,8 +98,11 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
   evaluation = report.evaluation
   if evaluation is not None and evaluation.period is not None:  # Its settings and the split.
     validation.raise_if(evaluator_lib.problems(evaluation))
-    validation.raise_if(evaluator_lib.problems(evaluation, data_lib.get_task_or_mixture(
-        data.task)))
+    eval_task = data_lib.get_task_or_mixture(data.task)
+    validation.raise_if(evaluator_lib.problems(evaluation, eval_task))
+    metric_names = evaluator_lib.metric_names(eval_task, evaluation, data.feature_lengths)
+    validation.raise_if([evaluator_lib.best_metric_problem(checkpoint, metric_names)])
+    best_metric = checkpoint.best_metric or metric_names[0]
   validation.raise_if([validation.microbatch_problem(
       loss.num_microbatches, data.batch_size,
       partitioning.make_mesh(partitioning_config).shape["data"])])
@@ -170,6 +174,9 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
           trainable_shardings=setup.trainable_shardings,
           frozen_shardings=setup.frozen_shardings, is_chief=is_chief,
           batches=lambda d: _train_batches(d, 0, rank_task, rank_loss=loss.rank is not None))
+      keeper = best_lib.BestKeeper(
+          model_dir, best_metric, checkpoint.best_mode, evaluation.min_delta,
+          evaluation.early_stopping_patience, is_chief, exported)
     backbone_bytes = tree_lib.tree_bytes(frozen)
     summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes, skipped_steps=[],
                                    dropout_rate=model.config.dropout_rate if use_dropout else 0.0)
@@ -216,8 +223,19 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
         pending = None
         save(step)
       if evaluator is not None and evaluator.due(step, train_steps):
-        summary["last_eval"] = dict(step=step, **evaluator(step, trainable, frozen,
-                                                          partitioning_config))
+        results = evaluator(step, trainable, frozen, partitioning_config)
+        summary["last_eval"] = dict(step=step, **results)
+        stop = keeper.update(step, results["infer_eval"], trainable)
+        summary["best"] = keeper.summary()
+        if stop is not None:  # Early stopping: this step is saved, and the run ends.
+          if step % checkpoint.period != 0 and step != train_steps:
+            if pending is not None:
+              _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite,
+                           force=True)
+              pending = None
+            save(step)
+          summary["early_stopped"] = dict(step=step, reason=stop)
+          break
       faults.maybe_sigterm(step)
       if preempt.should_stop(step):  # SIGTERM: this step is done; save it and stop.
         if pending is not None:

@@ -84,12 +84,18 @@ class EvalSpec:
       metrics; None reads the whole split.
     inference: how predictions are made (decoding, CLASS_LABELS), as for
       `prompt-tuning eval`; its checkpoint and example settings are unused.
+    early_stopping_patience: EARLY_STOPPING_PATIENCE: stop after this many
+      evaluations in a row without an improvement of the best metric
+      (CheckpointSpec.best_metric) by more than `min_delta`; None: never.
+    min_delta: MIN_DELTA, the smallest change that counts as an improvement.
   """
   period: Optional[int] = None
   split: str = "validation"
   steps: int = 20
   max_examples: Optional[int] = None
   inference: specs_lib.InferenceSpec = specs_lib.InferenceSpec()
+  early_stopping_patience: Optional[int] = None
+  min_delta: float = 0.0
 
 
 @registry.configurable
