@@ -22,6 +22,7 @@ import jax
 
 from prompt_tuning import registry
 from prompt_tuning.prompts import provenance
+from prompt_tuning.runtime import best_prompts
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import data as data_lib
 from prompt_tuning.runtime import freezing
@@ -49,7 +50,8 @@ def load_for_inference(model_dir: Optional[str], model: specs_lib.ModelSpec,
 
   Restoring (`inference.restore`), the prompt modules' initializers never
   run: the trainable part stays abstract until the checkpoint of
-  `inference.checkpoint_step` (None: the latest) fills it. With
+  `inference.checkpoint_step` (None: the latest; 'best': the prompt files
+  of MODEL_DIR/best/, kept by training with EVAL_PERIOD) fills it. With
   `restore=False` (e.g. PROMPT_FILE with the from-file initializer) the
   trainable parameters are exactly what the initializers give.
   """
@@ -59,6 +61,9 @@ def load_for_inference(model_dir: Optional[str], model: specs_lib.ModelSpec,
   if inference.restore and jax.tree.leaves(trainable):
     if not model_dir:
       raise ValueError("Restoring a checkpoint needs MODEL_DIR")
+    if inference.checkpoint_step == "best":  # The exported prompts; no checkpoint needed.
+      trainable, step = best_prompts.load_trainable(model_dir, setup.abstract.trainable)
+      return setup, freezing.merge(trainable, setup.frozen), step
     store = checkpoints_lib.CheckpointStore(model_dir)
     try:
       step = (inference.checkpoint_step if inference.checkpoint_step is not None

@@ -72,7 +72,7 @@ def test_the_best_prompt_is_kept_with_its_provenance(evaluated):
       np.load(os.path.join(run, "prompts", f"step_{want_step}", "encoder_prompt.prompt.npy")))
   summary = json.load(open(os.path.join(run, "train_summary.json")))
   assert summary["best"]["step"] == want_step and summary["best"]["metric"] == "accuracy"
-  assert [n for n in os.listdir(run) if n.startswith("best_step_")] == [f"best_step_{want_step}"]
+  assert [n for n in os.listdir(run) if n.startswith("best_at_")] == [f"best_at_{want_step}"]
   assert "early_stopped" not in summary and summary["step"] == 4
 
 
@@ -105,3 +105,24 @@ def test_the_papers_run_file_sets_up_its_protocol():
     assert gin.query_parameter("%BEST_METRIC") is None  # the task's first metric
   finally:
     gin.clear_config()
+
+
+def test_eval_and_infer_take_checkpoint_step_best(evaluated):
+  run = evaluated
+  best = json.load(open(os.path.join(run, "best", "best.json")))
+  inferred = {r["step"]: r for r in _records(run, "infer_eval")}
+  # Its checkpoint is not needed: only the exported prompts of best/ are read.
+  hidden = os.path.join(run, "checkpoints_hidden")
+  os.rename(os.path.join(run, "checkpoints"), hidden)
+  os.makedirs(os.path.join(run, "checkpoints"))
+  try:
+    assert _run("eval", run, "--gin.CHECKPOINT_STEP='best'", "--gin.MAX_EVAL_EXAMPLES=12") == 0
+    assert _run("infer", run, "--gin.CHECKPOINT_STEP='best'", "--gin.MAX_INFER_EXAMPLES=2") == 0
+  finally:
+    os.rmdir(os.path.join(run, "checkpoints"))
+    os.rename(hidden, os.path.join(run, "checkpoints"))
+  record = _records(run, "eval")[-1]
+  assert record["step"] == best["step"]
+  assert record["accuracy"] == inferred[best["step"]]["accuracy"] == best["value"]
+  assert os.path.exists(os.path.join(
+      run, "infer", f"pt_test_sentiment-validation-step_{best['step']}.jsonl"))

@@ -194,8 +194,10 @@ def check_inference(*, batch_size: Any, task_feature_lengths: Any,
   problems += path_problems(initial_checkpoint_path)
   if max_examples is not None:
     problems.append(positive_int("MAX_EXAMPLES (InferenceSpec.max_examples)", max_examples))
-  if checkpoint_step is not None and (not _is_int(checkpoint_step) or checkpoint_step < 0):
-    problems.append(f"CHECKPOINT_STEP must be an integer >= 0 or None; got {checkpoint_step!r}")
+  if checkpoint_step is not None and checkpoint_step != "best" and (
+      not _is_int(checkpoint_step) or checkpoint_step < 0):
+    problems.append(f"CHECKPOINT_STEP must be an integer >= 0, 'best' or None; got "
+                    f"{checkpoint_step!r}")
   if ensemble_prompts and (not _is_int(ensemble_prompts) or ensemble_prompts < 0):
     problems.append(f"InferenceSpec.ensemble_prompts must be an integer >= 0; "
                     f"got {ensemble_prompts!r}")

@@ -8,7 +8,7 @@ best.json naming the step, the metric and its value; no full checkpoint is
 kept for it. With `EvalSpec.early_stopping_patience = P`, P evaluations in a
 row without such an improvement stop the run.
 
-MODEL_DIR/best is a symbolic link to a complete folder `best_step_<N>`,
+MODEL_DIR/best is a symbolic link to a complete folder `best_at_<N>`,
 written first and then swapped in with one rename, so a reader (or a kill)
 never sees half of a best prompt.
 """
@@ -22,13 +22,16 @@ import shutil
 import tempfile
 from typing import Any, Mapping, Optional
 
+from prompt_tuning import layout
+from prompt_tuning.runtime import best_prompts
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 
 log = logging.getLogger(__name__)
 
-BEST = "best"
-BEST_JSON = "best.json"
+BEST, BEST_JSON = best_prompts.BEST, best_prompts.BEST_JSON
+read = best_prompts.read
 MODES = ("max", "min")
+_VERSION = "best_at_"  # best_at_<N>/: one complete best, which MODEL_DIR/best links to
 
 
 class BestKeeper:
@@ -83,13 +86,13 @@ class BestKeeper:
 
 def export(model_dir: str, step: int, trainable: Any, metric: str, value: float, mode: str,
            exported: Mapping[str, Any]) -> str:
-  """Writes best_step_<step>/ in full, then points MODEL_DIR/best at it with one rename."""
-  target = os.path.join(model_dir, f"best_step_{step}")
+  """Writes best_at_<step>/ in full, then points MODEL_DIR/best at it with one rename."""
+  target = os.path.join(model_dir, f"{_VERSION}{step}")
   staging = tempfile.mkdtemp(dir=model_dir, prefix=".best_staging_")
   try:
-    # export_prompts writes under <root>/prompts/step_<N>/, with provenance sidecars.
+    # export_prompts writes its usual folder under the staging root, with provenance.
     checkpoints_lib.export_prompts(staging, step, trainable, **exported)
-    folder = os.path.join(staging, "prompts", f"step_{step}")
+    folder = layout.prompts_dir(staging, step)
     with open(os.path.join(folder, BEST_JSON), "w") as f:
       json.dump(dict(step=step, metric=metric, value=value, mode=mode), f, indent=1)
     if os.path.exists(target):  # Left by a run killed before its link moved.
@@ -104,15 +107,6 @@ def export(model_dir: str, step: int, trainable: Any, metric: str, value: float,
   os.symlink(os.path.basename(target), tmp_link)
   os.replace(tmp_link, link)
   for name in os.listdir(model_dir):  # Earlier bests: nothing points at them now.
-    if name.startswith("best_step_") and name != os.path.basename(target):
+    if name.startswith(_VERSION) and name != os.path.basename(target):
       shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
   return target
-
-
-def read(model_dir: str) -> Optional[dict[str, Any]]:
-  """MODEL_DIR/best/best.json (step, metric, value, mode), or None."""
-  path = os.path.join(model_dir, BEST, BEST_JSON)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
