@@ -126,3 +126,64 @@ def test_eval_and_infer_take_checkpoint_step_best(evaluated):
   assert record["accuracy"] == inferred[best["step"]]["accuracy"] == best["value"]
   assert os.path.exists(os.path.join(
       run, "infer", f"pt_test_sentiment-validation-step_{best['step']}.jsonl"))
+
+
+# --- kill anywhere, with evaluation, the best prompt and early stopping ----------
+
+def _cli_train(model_dir, fault=None):
+  import signal  # noqa: F401  (the kills' return codes)
+  import subprocess
+  import sys
+  from prompt_tuning.runtime import faults
+  from tests.conftest import REPO_ROOT, fixture_path
+  env = {k: v for k, v in os.environ.items() if k != faults.ENV}
+  if fault:
+    env[faults.ENV] = fault
+  gin_file = os.path.join(os.path.dirname(model_dir), "tiny_model.gin")
+  return subprocess.run(
+      [sys.executable, "-m", "prompt_tuning.train", f"--gin_file={gin_file}",
+       "--gin_file=runs/prompt_finetune.gin", f"--gin.MODEL_DIR='{model_dir}'",
+       "--gin.MIXTURE_OR_TASK_NAME='pt_test_sentiment'",
+       f"--gin.INITIAL_CHECKPOINT_PATH='{fixture_path('t5x_tiny_checkpoint')}'",
+       "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}", "--gin.BATCH_SIZE=8",
+       "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=2", "--gin.EVAL_PERIOD=1",
+       "--gin.EVAL_STEPS=1", "--gin.MAX_EVAL_EXAMPLES=4",
+       # No change of accuracy exceeds 2: best at step 1, stopped at step 3.
+       "--gin.EARLY_STOPPING_PATIENCE=2", "--gin.MIN_DELTA=2.0"],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _unique_records(run, name):
+  return sorted({json.dumps(r, sort_keys=True) for r in _records(run, name)})
+
+
+def test_sigkill_anywhere_then_resume_keeps_best_and_stop_step(tmp_path):
+  import signal
+  (tmp_path / "tiny_model.gin").write_text(TINY_MODEL_GIN)
+  straight = str(tmp_path / "straight")
+  assert _cli_train(straight).returncode == 0
+  run = str(tmp_path / "killed")
+  # During the first best export (nothing saved yet), during an evaluation
+  # (step 2 not saved: its evaluation comes first), right after step 3.
+  for fault in ("during_best_export:1", "during_eval:2", "after_step:3"):
+    result = _cli_train(run, fault)
+    assert result.returncode == -signal.SIGKILL, (fault, result.stderr[-2000:])
+  assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["2"]
+  result = _cli_train(run)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "Resumed from step 2" in result.stderr
+  for folder in (straight, run):
+    summary = json.load(open(os.path.join(folder, "train_summary.json")))
+    assert summary["early_stopped"]["step"] == 3 and summary["best"]["step"] == 1
+  assert open(os.path.join(run, "best", "best.json")).read() == open(
+      os.path.join(straight, "best", "best.json")).read()
+  assert np.load(os.path.join(run, "best", "encoder_prompt.prompt.npy")).tobytes() == np.load(
+      os.path.join(straight, "best", "encoder_prompt.prompt.npy")).tobytes()
+  assert not [n for n in os.listdir(run) if n.startswith(".best_staging_")]
+  for name in ("train_eval", "infer_eval"):
+    assert _unique_records(run, name) == _unique_records(straight, name), name
+  # A run that stopped early stays stopped when started again.
+  assert _cli_train(run).returncode == 0
+  summary = json.load(open(os.path.join(run, "train_summary.json")))
+  assert summary["step"] == 3 and summary["early_stopped"]["step"] == 3
+  assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["2", "3"]

@@ -25,12 +25,14 @@ from typing import Any, Mapping, Optional
 from prompt_tuning import layout
 from prompt_tuning.runtime import best_prompts
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
+from prompt_tuning.runtime import faults
 
 log = logging.getLogger(__name__)
 
 BEST, BEST_JSON = best_prompts.BEST, best_prompts.BEST_JSON
 read = best_prompts.read
 MODES = ("max", "min")
+_STAGING = ".best_staging_"
 _VERSION = "best_at_"  # best_at_<N>/: one complete best, which MODEL_DIR/best links to
 
 
@@ -46,9 +48,22 @@ class BestKeeper:
     self.best_step: Optional[int] = None
     self.best_value: Optional[float] = None
     self.evals_without_improvement = 0
-    previous = read(model_dir)
-    if previous is not None and previous.get("metric") == metric:  # A resumed run.
-      self.best_step, self.best_value = int(previous["step"]), float(previous["value"])
+    self.stopped: Optional[dict[str, Any]] = None
+
+  def state(self) -> dict[str, Any]:
+    """What a checkpoint keeps, so that a resumed run decides as an uninterrupted one."""
+    return dict(metric=self.metric, step=self.best_step, value=self.best_value,
+                evals_without_improvement=self.evals_without_improvement,
+                stopped=self.stopped)
+
+  def restore(self, state: Optional[Mapping[str, Any]]) -> None:
+    """The state saved with the checkpoint resumed from (not best/, which may be newer)."""
+    if not state or state.get("metric") != self.metric:
+      return
+    self.best_step = None if state.get("step") is None else int(state["step"])
+    self.best_value = None if state.get("value") is None else float(state["value"])
+    self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
+    self.stopped = state.get("stopped")
 
   def improves(self, value: float) -> bool:
     if self.best_value is None:
@@ -74,6 +89,7 @@ class BestKeeper:
                 f"{self.min_delta:g} in {self.patience} evaluations; the best is "
                 f"{self.best_value:g} at step {self.best_step}")
       log.warning(reason[0].upper() + reason[1:])
+      self.stopped = dict(step=step, reason=reason)
       return reason
     return None
 
@@ -88,7 +104,10 @@ def export(model_dir: str, step: int, trainable: Any, metric: str, value: float,
            exported: Mapping[str, Any]) -> str:
   """Writes best_at_<step>/ in full, then points MODEL_DIR/best at it with one rename."""
   target = os.path.join(model_dir, f"{_VERSION}{step}")
-  staging = tempfile.mkdtemp(dir=model_dir, prefix=".best_staging_")
+  for name in os.listdir(model_dir):  # Left by a run killed while it exported.
+    if name.startswith(_STAGING):
+      shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
+  staging = tempfile.mkdtemp(dir=model_dir, prefix=_STAGING)
   try:
     # export_prompts writes its usual folder under the staging root, with provenance.
     checkpoints_lib.export_prompts(staging, step, trainable, **exported)
@@ -100,6 +119,7 @@ def export(model_dir: str, step: int, trainable: Any, metric: str, value: float,
     os.replace(folder, target)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+  faults.maybe_kill("during_best_export", step)
   link = os.path.join(model_dir, BEST)
   tmp_link = link + ".new"
   if os.path.lexists(tmp_link):

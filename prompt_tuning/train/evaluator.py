@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 import jax
 
 from prompt_tuning.runtime import data as data_lib
+from prompt_tuning.runtime import faults
 from prompt_tuning.runtime import freezing
 from prompt_tuning.runtime import metrics as metrics_lib
 from prompt_tuning.runtime import partitioning
@@ -64,13 +65,17 @@ class Evaluator:
   def __call__(self, step: int, trainable: Any, frozen: Any,
                partitioning_config: Optional[partitioning.PartitioningConfig] = None
                ) -> dict[str, dict[str, float]]:
-    out = dict(train_eval=self.teacher_forced(trainable, frozen, partitioning_config),
-               infer_eval=self.inferred(trainable, frozen))
-    for name, scalars in out.items():
-      if name in self.writers:
-        self.writers[name].write(step, scalars, task=self.data.task, split=self.spec.split)
-      log.info("%s %s step %d: %s", name, self.spec.split, step, scalars)
+    out = dict(train_eval=self.teacher_forced(trainable, frozen, partitioning_config))
+    self._write(step, "train_eval", out["train_eval"])
+    faults.maybe_kill("during_eval", step)
+    out["infer_eval"] = self.inferred(trainable, frozen)
+    self._write(step, "infer_eval", out["infer_eval"])
     return out
+
+  def _write(self, step: int, name: str, scalars: dict[str, float]) -> None:
+    if name in self.writers:
+      self.writers[name].write(step, scalars, task=self.data.task, split=self.spec.split)
+    log.info("%s %s step %d: %s", name, self.spec.split, step, scalars)
 
   def teacher_forced(self, trainable: Any, frozen: Any,
                      partitioning_config: Optional[partitioning.PartitioningConfig]

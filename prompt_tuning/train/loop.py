@@ -145,7 +145,7 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
 
     # Resume.
     store = checkpoints_lib.CheckpointStore(model_dir, checkpoint.keep)
-    start_step, data_position = 0, 0
+    start_step, data_position, meta = 0, 0, {}
     restored = store.restore(tree_lib.abstract(trainable), tree_lib.abstract(opt_state),
                              fallback=checkpoint.restore_fallback)
     if restored is not None:
@@ -166,7 +166,7 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
                                 setup.frozen_shardings, dropout.rng_impl, objective,
                                 partitioning_config, loss.num_microbatches)
     writer = metrics_lib.MetricsWriter(model_dir, "train") if is_chief else None
-    evaluator = None
+    evaluator = keeper = None
     if evaluation is not None and evaluation.period is not None:
       evaluator = evaluator_lib.Evaluator(
           evaluation, model_dir=model_dir, task=task, data=data, model=setup.model,
@@ -177,13 +177,16 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
       keeper = best_lib.BestKeeper(
           model_dir, best_metric, checkpoint.best_mode, evaluation.min_delta,
           evaluation.early_stopping_patience, is_chief, exported)
+      keeper.restore(meta.get("best"))
     backbone_bytes = tree_lib.tree_bytes(frozen)
     summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes, skipped_steps=[],
                                    dropout_rate=model.config.dropout_rate if use_dropout else 0.0)
+    if keeper is not None:
+      summary["best"] = keeper.summary()
 
     def save(step: int) -> None:
       store.save(step, trainable, opt_state, data_position=step,
-                 extra=dict(task=data.task))
+                 extra=dict(task=data.task, **({"best": keeper.state()} if keeper else {})))
       faults.maybe_kill("before_export", step)
       if is_chief:
         checkpoints_lib.export_prompts(model_dir, step, trainable, **exported)
@@ -205,7 +208,10 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
   preempt = preemption.PreemptionWatcher()
   try:
     preempt.install()
-    for step in range(start_step + 1, train_steps + 1):
+    last_step = train_steps
+    if keeper is not None and keeper.stopped is not None:  # Stopped early before: stay so.
+      summary["early_stopped"], last_step = keeper.stopped, start_step
+    for step in range(start_step + 1, last_step + 1):
       host_batch = next(batches)
       # Counted on the host copy: no device transfer, and no rows of other hosts.
       input_tokens = int(np.sum(host_batch["encoder_input_tokens"] > 0))
@@ -217,25 +223,23 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
       if pending is not None:
         _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite)
       pending = (step, metrics, input_tokens)
-      if step % checkpoint.period == 0 or step == train_steps:
-        _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite,
-                     force=True)
-        pending = None
-        save(step)
+      stop = None
+      # Evaluate before saving: the checkpoint of this step then holds the best
+      # so far and the patience counter after its evaluation, so a run resumed
+      # from it decides as an uninterrupted one would.
       if evaluator is not None and evaluator.due(step, train_steps):
         results = evaluator(step, trainable, frozen, partitioning_config)
         summary["last_eval"] = dict(step=step, **results)
         stop = keeper.update(step, results["infer_eval"], trainable)
         summary["best"] = keeper.summary()
-        if stop is not None:  # Early stopping: this step is saved, and the run ends.
-          if step % checkpoint.period != 0 and step != train_steps:
-            if pending is not None:
-              _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite,
-                           force=True)
-              pending = None
-            save(step)
-          summary["early_stopped"] = dict(step=step, reason=stop)
-          break
+      if step % checkpoint.period == 0 or step == train_steps or stop is not None:
+        _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite,
+                     force=True)
+        pending = None
+        save(step)
+      if stop is not None:  # Early stopping: this step is saved, and the run ends.
+        summary["early_stopped"] = keeper.stopped
+        break
       faults.maybe_sigterm(step)
       if preempt.should_stop(step):  # SIGTERM: this step is done; save it and stop.
         if pending is not None:
