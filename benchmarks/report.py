@@ -41,6 +41,7 @@ RENDERERS = {
     "giants": "benchmarks.giants:markdown",
     "inference": "benchmarks.inference:markdown",
     "memory": "benchmarks.memory:markdown",
+    "microbatches": "benchmarks.microbatches:markdown",
     "prompt_methods": "benchmarks.prompt_methods:markdown",
     "recycling": "prompt_tuning.recycling.harness:markdown",
     "recycling_speed": "benchmarks.recycling_speed:markdown",

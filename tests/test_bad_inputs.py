@@ -181,6 +181,24 @@ def _(root):
   return argv, [f"is under {plain}, a file; expected a folder"], None
 
 
+flag_case("warmup_longer_than_the_run",
+          ["LearningRateSchedule.warmup_steps=5 exceeds TRAIN_STEPS=1"],
+          "--gin.prompt_tuning_adafactor.learning_rate=@LearningRateSchedule()",
+          "--gin.LearningRateSchedule.factors='constant * linear_warmup'",
+          "--gin.LearningRateSchedule.warmup_steps=5")
+flag_case("microbatches_not_dividing_the_batch",
+          ["NUM_MICROBATCHES=3 does not divide the per-device batch 4"],
+          "--gin.NUM_MICROBATCHES=3")
+flag_case("eval_period_zero",
+          ["EVAL_PERIOD (EvalSpec.period) must be a positive integer", "got 0"],
+          "--gin.EVAL_PERIOD=0")
+flag_case("evaluation_without_a_validation_split",
+          ["EVAL_PERIOD is set but task pt_test_sentiment has no 'dev' split",
+           "['train', 'validation']"],
+          "--gin.EVAL_PERIOD=1", "--gin.EvalSpec.split='dev'")
+flag_case("unknown_best_metric",
+          ["BEST_METRIC 'f1' is not a metric of the task; its metrics are ['accuracy']"],
+          "--gin.EVAL_PERIOD=1", "--gin.BEST_METRIC='f1'")
 flag_case("max_decode_length_zero",
           ["DecodingConfig.max_decode_length must be a positive integer; got 0"],
           "--gin.DecodingConfig.max_decode_length=0", command="infer")

@@ -299,6 +299,7 @@ def test_checkpoint_is_under_one_percent_of_the_backbone(tmp_path):
 # --- bundled gin configs ------------------------------------------------------
 
 @pytest.mark.parametrize("run,fn", [("runs/prompt_finetune.gin", "train"),
+                                    ("runs/prompt_finetune_paper.gin", "train"),
                                     ("runs/prompt_eval.gin", "evaluate"),
                                     ("runs/prompt_infer.gin", "infer")])
 @pytest.mark.parametrize("extra", [[], ["prompts/random_uniform.gin"],

@@ -4,7 +4,9 @@ Set PROMPT_TUNING_FAULT to `<point>:<step>` (e.g. `during_save:4`) and the
 process sends itself SIGKILL there; unset (always, outside tests) it does
 nothing. Points: `after_step` (a step dispatched, nothing saved),
 `during_save` (Orbax has started writing, not committed), `before_export`
-(the checkpoint is committed, the .npy prompt not yet written).
+(the checkpoint is committed, the .npy prompt not yet written), `during_eval`
+(train_eval written, infer_eval not), `during_best_export` (the new best
+folder written, MODEL_DIR/best not yet pointing at it).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import signal
 
 ENV = "PROMPT_TUNING_FAULT"
-POINTS = ("after_step", "during_save", "before_export")
+POINTS = ("after_step", "during_save", "before_export", "during_eval", "during_best_export")
 
 
 def maybe_kill(point: str, step: int) -> None:

@@ -22,6 +22,7 @@ import jax
 
 from prompt_tuning import layout
 from prompt_tuning import readers
+from prompt_tuning.runtime import best_prompts
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import memory
 from prompt_tuning.runtime import partitioning
@@ -55,7 +56,10 @@ def check_inference(*, model_dir: Optional[str], model: Any, data: Any, inferenc
   setup = model_setup.abstract(model, partitioning_config, require_trainable=False)
   check_backbone(model.checkpoint)
   decoding_config, checkpoint_step = inference.decoding, inference.checkpoint_step
-  if inference.restore and model_dir and jax.tree.leaves(setup.trainable):
+  if (inference.restore and model_dir and jax.tree.leaves(setup.trainable)
+      and checkpoint_step == "best"):
+    best_prompts.check(model_dir, setup.trainable)
+  elif inference.restore and model_dir and jax.tree.leaves(setup.trainable):
     steps = checkpoints_lib.committed_steps(model_dir)
     directory = layout.checkpoints_dir(model_dir)
     if not steps:

@@ -143,10 +143,16 @@ class CheckpointSpec:
     restore_fallback: if the latest checkpoint is damaged (a file missing or
       truncated), set it aside and resume from the previous good one instead
       of stopping with the damaged file's name (needs `keep` of None or >= 2).
+    best_metric: BEST_METRIC: with evaluation during training on, the
+      inference metric whose best value keeps the prompt in MODEL_DIR/best/;
+      None is the task's first metric.
+    best_mode: BEST_MODE: "max" (accuracy, F1, ...) or "min" (a loss).
   """
   period: int = 1000
   keep: Optional[int] = None
   restore_fallback: bool = False
+  best_metric: Optional[str] = None
+  best_mode: str = "max"
 
 
 @registry.configurable

@@ -194,9 +194,25 @@ def check_inference(*, batch_size: Any, task_feature_lengths: Any,
   problems += path_problems(initial_checkpoint_path)
   if max_examples is not None:
     problems.append(positive_int("MAX_EXAMPLES (InferenceSpec.max_examples)", max_examples))
-  if checkpoint_step is not None and (not _is_int(checkpoint_step) or checkpoint_step < 0):
-    problems.append(f"CHECKPOINT_STEP must be an integer >= 0 or None; got {checkpoint_step!r}")
+  if checkpoint_step is not None and checkpoint_step != "best" and (
+      not _is_int(checkpoint_step) or checkpoint_step < 0):
+    problems.append(f"CHECKPOINT_STEP must be an integer >= 0, 'best' or None; got "
+                    f"{checkpoint_step!r}")
   if ensemble_prompts and (not _is_int(ensemble_prompts) or ensemble_prompts < 0):
     problems.append(f"InferenceSpec.ensemble_prompts must be an integer >= 0; "
                     f"got {ensemble_prompts!r}")
   raise_if(problems)
+
+
+def microbatch_problem(num_microbatches: Any, batch_size: Any, data_replicas: int
+                       ) -> Optional[str]:
+  """NUM_MICROBATCHES must divide the batch each data-parallel replica takes."""
+  problem = positive_int("NUM_MICROBATCHES (LossSpec.num_microbatches)", num_microbatches)
+  if problem or not _is_int(batch_size) or batch_size < 1 or batch_size % data_replicas:
+    return problem  # A bad BATCH_SIZE is reported on its own.
+  per_device = batch_size // data_replicas
+  if per_device % num_microbatches:
+    return (f"NUM_MICROBATCHES={num_microbatches} does not divide the per-device batch "
+            f"{per_device} (BATCH_SIZE={batch_size} over {data_replicas} data-parallel "
+            "replicas); expected a divisor of it")
+  return None

@@ -35,7 +35,10 @@ from prompt_tuning.runtime import partitioning
 from prompt_tuning.runtime import setup as model_setup
 from prompt_tuning.runtime import specs as specs_lib
 from prompt_tuning.train import optimizers
+from prompt_tuning.train import best as best_lib
+from prompt_tuning.train import evaluator as evaluator_lib
 from prompt_tuning.train import rank_data
+from prompt_tuning.train import schedules
 from prompt_tuning.train import specs as train_specs
 from prompt_tuning.train import step as step_lib
 from prompt_tuning.train import wayward as wayward_lib
@@ -64,13 +67,17 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     model: the backbone, its checkpoint, the prompt modules and what trains.
     data: the task, feature lengths, split, global batch size and data seed.
     train_steps: the step to train to (TRAIN_STEPS), counting resumed steps.
-    optimizer: None is the paper's Adafactor (`prompt_tuning_adafactor`).
+    optimizer: None is the paper's Adafactor (`prompt_tuning_adafactor`), at
+      a constant 0.3 unless given a `LearningRateSchedule` (T5X's warmup and
+      decays); each logged step carries its learning_rate.
     seed: the initializers' and dropout's seed.
     checkpoint: how often to save, how many to keep, and whether a damaged
       latest checkpoint falls back to the previous one.
     loss: token cross-entropy with z-loss, or a rank loss; the wayward term.
     dropout: whether dropout follows the model's rate, and its PRNG.
-    report: the metrics' period, the progress bar, the frozen digest.
+    report: the metrics' period, the progress bar, the frozen digest, and
+      evaluation on a held-out split every EVAL_PERIOD steps (EvalSpec:
+      MODEL_DIR/train_eval/ and infer_eval/); off by default.
     checks: what a non-finite step does; the encoder length budget.
     partitioning_config: the (data, model) mesh and logical-axis rules. Every
       process reads the same global batches and its devices take their rows,
@@ -88,7 +95,20 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
       log_period=report.period(train_steps), initial_checkpoint_path=model.checkpoint,
       encoder_prompt=model.encoder_prompt, decoder_prompt=model.decoder_prompt)
   validation.check_data_spec(data)
+  evaluation = report.evaluation
+  if evaluation is not None and evaluation.period is not None:  # Its settings and the split.
+    validation.raise_if(evaluator_lib.problems(evaluation))
+    eval_task = data_lib.get_task_or_mixture(data.task)
+    validation.raise_if(evaluator_lib.problems(evaluation, eval_task))
+    metric_names = evaluator_lib.metric_names(eval_task, evaluation, data.feature_lengths)
+    validation.raise_if([evaluator_lib.best_metric_problem(checkpoint, metric_names)])
+    best_metric = checkpoint.best_metric or metric_names[0]
+  validation.raise_if([validation.microbatch_problem(
+      loss.num_microbatches, data.batch_size,
+      partitioning.make_mesh(partitioning_config).shape["data"])])
   optimizer = optimizer or optimizers.prompt_tuning_adafactor()
+  validation.raise_if([schedules.warmup_problem(optimizers.learning_rate_of(optimizer),
+                                                train_steps)])
   # Backbone files, MODEL_DIR's shapes, memory: before MODEL_DIR is created.
   preflight.check_train(model_dir=model_dir, model=model, data=data, optimizer=optimizer,
                         partitioning_config=partitioning_config, use_dropout=dropout.enabled,
@@ -126,7 +146,7 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
 
     # Resume.
     store = checkpoints_lib.CheckpointStore(model_dir, checkpoint.keep)
-    start_step, data_position = 0, 0
+    start_step, data_position, meta = 0, 0, {}
     restored = store.restore(tree_lib.abstract(trainable), tree_lib.abstract(opt_state),
                              fallback=checkpoint.restore_fallback)
     if restored is not None:
@@ -145,15 +165,29 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
     train_step = jit_train_step(setup.model, optimizer, loss.z_loss, use_dropout, mesh,
                                 setup.trainable_shardings, opt_shardings,
                                 setup.frozen_shardings, dropout.rng_impl, objective,
-                                partitioning_config)
+                                partitioning_config, loss.num_microbatches)
     writer = metrics_lib.MetricsWriter(model_dir, "train") if is_chief else None
+    evaluator = keeper = None
+    if evaluation is not None and evaluation.period is not None:
+      evaluator = evaluator_lib.Evaluator(
+          evaluation, model_dir=model_dir, task=task, data=data, model=setup.model,
+          objective=objective, z_loss=loss.z_loss, mesh=mesh,
+          trainable_shardings=setup.trainable_shardings,
+          frozen_shardings=setup.frozen_shardings, is_chief=is_chief,
+          batches=lambda d: _train_batches(d, 0, rank_task, rank_loss=loss.rank is not None))
+      keeper = best_lib.BestKeeper(
+          model_dir, best_metric, checkpoint.best_mode, evaluation.min_delta,
+          evaluation.early_stopping_patience, is_chief, exported)
+      keeper.restore(meta.get("best"))
     backbone_bytes = tree_lib.tree_bytes(frozen)
     summary: dict[str, Any] = dict(backbone_bytes=backbone_bytes, skipped_steps=[],
                                    dropout_rate=model.config.dropout_rate if use_dropout else 0.0)
+    if keeper is not None:
+      summary["best"] = keeper.summary()
 
     def save(step: int) -> None:
       store.save(step, trainable, opt_state, data_position=step,
-                 extra=dict(task=data.task))
+                 extra=dict(task=data.task, **({"best": keeper.state()} if keeper else {})))
       faults.maybe_kill("before_export", step)
       if is_chief:
         checkpoints_lib.export_prompts(model_dir, step, trainable, **exported)
@@ -175,7 +209,10 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
   preempt = preemption.PreemptionWatcher()
   try:
     preempt.install()
-    for step in range(start_step + 1, train_steps + 1):
+    last_step = train_steps
+    if keeper is not None and keeper.stopped is not None:  # Stopped early before: stay so.
+      summary["early_stopped"], last_step = keeper.stopped, start_step
+    for step in range(start_step + 1, last_step + 1):
       host_batch = next(batches)
       # Counted on the host copy: no device transfer, and no rows of other hosts.
       input_tokens = int(np.sum(host_batch["encoder_input_tokens"] > 0))
@@ -187,11 +224,23 @@ def train(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.DataSpe
       if pending is not None:
         _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite)
       pending = (step, metrics, input_tokens)
-      if step % checkpoint.period == 0 or step == train_steps:
+      stop = None
+      # Evaluate before saving: the checkpoint of this step then holds the best
+      # so far and the patience counter after its evaluation, so a run resumed
+      # from it decides as an uninterrupted one would.
+      if evaluator is not None and evaluator.due(step, train_steps):
+        results = evaluator(step, trainable, frozen, partitioning_config)
+        summary["last_eval"] = dict(step=step, **results)
+        stop = keeper.update(step, results["infer_eval"], trainable)
+        summary["best"] = keeper.summary()
+      if step % checkpoint.period == 0 or step == train_steps or stop is not None:
         _log_metrics(pending, writer, window, log_period, summary, bar, on_non_finite,
                      force=True)
         pending = None
         save(step)
+      if stop is not None:  # Early stopping: this step is saved, and the run ends.
+        summary["early_stopped"] = keeper.stopped
+        break
       faults.maybe_sigterm(step)
       if preempt.should_stop(step):  # SIGTERM: this step is done; save it and stop.
         if pending is not None:
@@ -259,7 +308,8 @@ def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, z_
                    opt_shardings: Any, frozen_shardings: Any,
                    dropout_rng_impl: str = "threefry2x32",
                    objective: step_lib.Objective = step_lib.Objective(),
-                   partitioning_config: Optional[partitioning.PartitioningConfig] = None):
+                   partitioning_config: Optional[partitioning.PartitioningConfig] = None,
+                   num_microbatches: int = 1):
   """The train step, jitted with explicit shardings and donated state.
 
   `step(trainable, opt_state, frozen, batch, step_number, seed)`: the dropout
@@ -281,10 +331,11 @@ def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, z_
     raise ValueError(f"dropout_rng_impl={dropout_rng_impl!r}; expected 'threefry2x32', "
                      "'rbg' or 'unsafe_rbg'")
   args = (model, optimizer, float(z_loss), bool(use_dropout), mesh, trainable_shardings,
-          opt_shardings, frozen_shardings, dropout_rng_impl, objective)
+          opt_shardings, frozen_shardings, dropout_rng_impl, objective, int(num_microbatches))
   key = (tree_lib.without_initializers(model), optimizer, float(z_loss), bool(use_dropout),
          mesh, _tree_key(trainable_shardings), _tree_key(opt_shardings),
-         _tree_key(frozen_shardings), dropout_rng_impl, objective, partitioning_config)
+         _tree_key(frozen_shardings), dropout_rng_impl, objective, partitioning_config,
+         int(num_microbatches))
   return _TRAIN_STEPS.get(key, lambda: _train_step_jit(*args))
 
 
@@ -298,8 +349,10 @@ def _tree_key(tree: Any) -> tuple[Any, tuple[Any, ...]]:
 
 
 def _train_step_jit(model, optimizer, z_loss, use_dropout, mesh, trainable_shardings,
-                    opt_shardings, frozen_shardings, dropout_rng_impl, objective):
-  base_step = step_lib.make_train_step(model, optimizer, z_loss, use_dropout, objective)
+                    opt_shardings, frozen_shardings, dropout_rng_impl, objective,
+                    num_microbatches=1):
+  base_step = step_lib.make_train_step(model, optimizer, z_loss, use_dropout, objective,
+                                       num_microbatches)
 
   def step_fn(trainable, opt_state, frozen, batch, step, seed):
     return base_step(trainable, opt_state, frozen, batch,

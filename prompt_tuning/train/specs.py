@@ -17,6 +17,7 @@ from typing import Optional
 
 from prompt_tuning import registry
 from prompt_tuning.runtime import memory as memory_lib
+from prompt_tuning.runtime import specs as specs_lib
 from prompt_tuning.train import rank as rank_lib
 from prompt_tuning.train import wayward as wayward_lib
 
@@ -37,10 +38,15 @@ class LossSpec:
       candidate alone.
     wayward: keep the prompt near an embedded text (train/wayward.py); its
       term is logged as wayward_loss next to task_loss.
+    num_microbatches: NUM_MICROBATCHES (T5X's Trainer.num_microbatches):
+      compute each batch's gradient in this many parts, accumulated, with
+      one optimizer update per batch; it must divide the per-device batch.
+      The loss and update are the single-batch ones up to float rounding.
   """
   z_loss: float = 1e-4
   rank: Optional[rank_lib.RankLoss] = None
   wayward: Optional[wayward_lib.Wayward] = None
+  num_microbatches: int = 1
 
 
 @registry.configurable
@@ -66,8 +72,39 @@ class DropoutSpec:
 
 @registry.configurable
 @dataclasses.dataclass(frozen=True)
+class EvalSpec:
+  """Evaluation during training (T5X's train_eval and infer_eval; train/evaluator.py).
+
+  Attributes:
+    period: EVAL_PERIOD: evaluate every `period` steps and at the last step;
+      None (the default) never evaluates.
+    split: the held-out split evaluated (the task's validation split).
+    steps: EVAL_STEPS: teacher-forced batches (loss, token accuracy).
+    max_examples: MAX_EVAL_EXAMPLES: examples decoded or ranked for the task's
+      metrics; None reads the whole split.
+    inference: how predictions are made (decoding, CLASS_LABELS), as for
+      `prompt-tuning eval`; its checkpoint and example settings are unused.
+    early_stopping_patience: EARLY_STOPPING_PATIENCE: stop after this many
+      evaluations in a row without an improvement of the best metric
+      (CheckpointSpec.best_metric) by more than `min_delta`; None: never.
+    min_delta: MIN_DELTA, the smallest change that counts as an improvement.
+  """
+  period: Optional[int] = None
+  split: str = "validation"
+  steps: int = 20
+  max_examples: Optional[int] = None
+  inference: specs_lib.InferenceSpec = specs_lib.InferenceSpec()
+  early_stopping_patience: Optional[int] = None
+  min_delta: float = 0.0
+
+
+@registry.configurable
+@dataclasses.dataclass(frozen=True)
 class ReportSpec:
-  """What the run reports while and after it trains; none of it changes the result.
+  """What the run reports and measures while and after it trains.
+
+  Nothing here changes a training step; only evaluation's early stopping
+  (`EvalSpec.early_stopping_patience`, off by default) can end a run early.
 
   Attributes:
     log_period: write the metrics (loss, accuracy, steps/s, ...) every
@@ -79,10 +116,13 @@ class ReportSpec:
     frozen_digest: also record a SHA-256 of the frozen parameters as they are
       at the end in the summary (an integrity check; it copies the backbone
       to the host).
+    evaluation: evaluation on a held-out split every EVAL_PERIOD steps
+      (`EvalSpec`); off by default.
   """
   log_period: Optional[int] = None
   progress: bool = True
   frozen_digest: bool = False
+  evaluation: EvalSpec = EvalSpec()
 
   def period(self, train_steps: int) -> int:
     """The metrics' period of a run of `train_steps` steps."""

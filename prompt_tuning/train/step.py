@@ -121,18 +121,30 @@ def _rank_task_loss(params: Any, model: nn.Module, batch: Mapping[str, Array],
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
                     z_loss: float = 1e-4, dropout: bool = False,
-                    objective: Objective = Objective()) -> Callable:
+                    objective: Objective = Objective(),
+                    num_microbatches: int = 1) -> Callable:
   """`step(trainable, opt_state, frozen, batch, rng) -> (trainable, opt_state, metrics)`.
 
   Gradients are taken with respect to `trainable` only, so no weight
   gradient of the frozen backbone is ever computed. A step whose loss or
   update is not finite changes nothing (`metrics['finite']` is 0): the caller
   stops or counts it as skipped.
+
+  `num_microbatches` = k > 1 (T5X's Trainer.num_microbatches) computes the
+  batch's gradient in k parts, one after another (`lax.scan`), and makes one
+  update: activation memory falls about k-fold for the same global batch. The
+  parts' gradients are weighted by their share of the batch's loss normalizer
+  (target tokens, or examples for a rank loss), so the update is the
+  single-batch one up to float rounding.
   """
   def step(trainable, opt_state, frozen, batch, rng):
     dropout_rng = jax.random.fold_in(rng, 0) if dropout else None
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        trainable, frozen, model, batch, dropout_rng, z_loss, objective)
+    if num_microbatches > 1:
+      (loss, metrics), grads = _microbatched_value_and_grad(
+          trainable, frozen, model, batch, dropout_rng, z_loss, objective, num_microbatches)
+    else:
+      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          trainable, frozen, model, batch, dropout_rng, z_loss, objective)
     updates, new_opt_state = optimizer.update(grads, opt_state, trainable)
     update_norm = optax.global_norm(updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(update_norm)
@@ -147,6 +159,64 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
       metrics["learning_rate"] = jnp.asarray(lr, jnp.float32)
     return trainable, opt_state, metrics
   return step
+
+
+# Metrics that add up over the parts of a batch; the others are weighted means.
+_SUMMED = ("num_tokens", "num_examples")
+
+
+def split_microbatches(batch: Mapping[str, Array], k: int) -> dict[str, Array]:
+  """[B, ...] arrays -> [k, B / k, ...]; part j holds rows j, j + k, j + 2k, ...
+
+  Interleaved rather than contiguous: with the batch sharded over `data` in
+  contiguous blocks, every part then takes the same rows from each device's
+  block (when k divides the per-device batch), so no part moves across devices.
+  """
+  def split(x):
+    x = jnp.asarray(x)
+    return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
+  return {name: split(x) for name, x in batch.items()}
+
+
+def _microbatched_value_and_grad(trainable, frozen, model, batch, dropout_rng, z_loss,
+                                 objective, k):
+  """(loss, metrics), grads of the whole batch, computed over k microbatches.
+
+  Each part's loss is a mean over its normalizer n_j (tokens, or examples),
+  so the batch's gradient is sum_j n_j * grad_j / sum_j n_j; a wayward term,
+  the same in every part, keeps its weight of one. Part j's dropout key is
+  the step's key folded with j: deterministic, though not the masks a single
+  batch would draw.
+  """
+  parts = split_microbatches(batch, k)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def body(acc, xs):
+    index, part = xs
+    rng = jax.random.fold_in(dropout_rng, index) if dropout_rng is not None else None
+    (loss, metrics), grads = grad_fn(trainable, frozen, model, part, rng, z_loss, objective)
+    n = _normalizer(metrics)
+    acc = jax.tree.map(lambda a, g: a + n * g.astype(a.dtype), acc, grads)
+    return acc, (loss, metrics, n)
+
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.result_type(x.dtype, jnp.float32)),
+                       trainable)
+  summed, (losses, metrics, ns) = jax.lax.scan(body, zeros, (jnp.arange(k), parts))
+  total = jnp.maximum(jnp.sum(ns), 1e-9)
+  grads = jax.tree.map(lambda g, x: (g / total).astype(x.dtype), summed, trainable)
+  weights = ns / total
+  combined = {name: (jnp.sum(v, axis=0) if name.endswith("_sum") or name in _SUMMED
+                     else jnp.tensordot(weights, v, axes=1))
+              for name, v in metrics.items()}
+  return (jnp.sum(weights * losses), combined), grads
+
+
+def _normalizer(metrics: Mapping[str, Array]) -> Array:
+  """What a part's loss is a mean over: its target tokens, or its examples (rank loss)."""
+  for name in _SUMMED:
+    if name in metrics:
+      return jnp.asarray(metrics[name], jnp.float32)
+  return jnp.ones((), jnp.float32)
 
 
 def make_eval_step(model: nn.Module, z_loss: float = 1e-4,

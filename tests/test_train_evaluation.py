@@ -1,0 +1,189 @@
+"""Evaluation during training (EVAL_PERIOD): T5X's train_eval and infer_eval.
+
+One tiny run trains 4 steps with EVAL_PERIOD=2; its infer_eval figures must
+equal what `prompt-tuning eval` reports for the checkpoints of those steps.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.test_binaries import TINY_MODEL_GIN, _run
+
+EVAL = ("--gin.EVAL_PERIOD=2", "--gin.EVAL_STEPS=2", "--gin.MAX_EVAL_EXAMPLES=12")
+
+
+def _records(run, name):
+  return [json.loads(line) for line in open(os.path.join(run, name, "metrics.jsonl"))]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+  root = tmp_path_factory.mktemp("train_eval")
+  (root / "tiny_model.gin").write_text(TINY_MODEL_GIN)
+  run = str(root / "run")
+  assert _run("train", run, "--gin.TRAIN_STEPS=4", "--gin.CHECKPOINT_PERIOD=2", *EVAL) == 0
+  return run
+
+
+def test_train_eval_and_infer_eval_are_written_every_period(evaluated):
+  run = evaluated
+  teacher = _records(run, "train_eval")
+  assert [r["step"] for r in teacher] == [2, 4]
+  for r in teacher:
+    assert np.isfinite(r["loss"]) and 0.0 <= r["accuracy"] <= 1.0 and r["num_batches"] == 2
+    assert r["split"] == "validation"
+  assert teacher[0]["loss"] != teacher[1]["loss"]  # the prompt trained in between
+  inferred = _records(run, "infer_eval")
+  assert [r["step"] for r in inferred] == [2, 4]
+  assert all(r["num_examples"] == 12 and "accuracy" in r for r in inferred)
+  for name in ("train_eval", "infer_eval"):
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run, name)))
+  summary = json.load(open(os.path.join(run, "train_summary.json")))
+  assert summary["last_eval"]["step"] == 4
+  assert summary["last_eval"]["infer_eval"]["accuracy"] == inferred[1]["accuracy"]
+
+
+def test_infer_eval_equals_prompt_tuning_eval_of_that_steps_checkpoint(evaluated):
+  run = evaluated
+  inferred = {r["step"]: r for r in _records(run, "infer_eval")}
+  for step in (2, 4):
+    assert _run("eval", run, f"--gin.CHECKPOINT_STEP={step}", "--gin.MAX_EVAL_EXAMPLES=12") == 0
+  evaluated_records = {r["step"]: r for r in _records(run, "eval")}
+  for step in (2, 4):
+    ours, theirs = inferred[step], evaluated_records[step]
+    metric_names = sorted(k for k in theirs if k not in ("step", "task", "split"))
+    assert metric_names and metric_names == sorted(
+        k for k in ours if k not in ("step", "task", "split"))
+    assert {k: ours[k] for k in metric_names} == {k: theirs[k] for k in metric_names}, step
+
+
+def test_the_best_prompt_is_kept_with_its_provenance(evaluated):
+  run = evaluated
+  accuracies = [r["accuracy"] for r in _records(run, "infer_eval")]
+  best = json.load(open(os.path.join(run, "best", "best.json")))
+  # The task's first metric, the first evaluation to reach the maximum.
+  want_step = [2, 4][int(np.argmax(accuracies))]
+  assert best == dict(step=want_step, metric="accuracy", value=max(accuracies), mode="max")
+  np.testing.assert_array_equal(
+      np.load(os.path.join(run, "best", "encoder_prompt.prompt.npy")),
+      np.load(os.path.join(run, "prompts", f"step_{want_step}", "encoder_prompt.prompt.npy")))
+  summary = json.load(open(os.path.join(run, "train_summary.json")))
+  assert summary["best"]["step"] == want_step and summary["best"]["metric"] == "accuracy"
+  assert [n for n in os.listdir(run) if n.startswith("best_at_")] == [f"best_at_{want_step}"]
+  assert "early_stopped" not in summary and summary["step"] == 4
+
+
+def test_early_stopping_stops_after_patience_evaluations(tmp_path):
+  (tmp_path / "tiny_model.gin").write_text(TINY_MODEL_GIN)
+  run = str(tmp_path / "run")
+  # No change of accuracy exceeds 2: the second evaluation is the first without one.
+  assert _run("train", run, "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=6",
+              "--gin.EVAL_PERIOD=1", "--gin.EVAL_STEPS=1", "--gin.MAX_EVAL_EXAMPLES=4",
+              "--gin.EARLY_STOPPING_PATIENCE=2", "--gin.MIN_DELTA=2.0") == 0
+  summary = json.load(open(os.path.join(run, "train_summary.json")))
+  assert summary["early_stopped"]["step"] == 3 and summary["step"] == 3
+  assert "did not improve by more than 2 in 2 evaluations" in summary["early_stopped"]["reason"]
+  assert summary["best"]["step"] == 1
+  assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["3"]  # the stop step is saved
+  assert [r["step"] for r in _records(run, "infer_eval")] == [1, 2, 3]
+
+
+def test_the_papers_run_file_sets_up_its_protocol():
+  import gin
+  from prompt_tuning.cli import gin as gin_utils
+  gin.clear_config()
+  gin_utils.parse_gin(["models/t5_1_1_small_prompt.gin", "runs/prompt_finetune_paper.gin"],
+                      ["MODEL_DIR = '/tmp/x'", "MIXTURE_OR_TASK_NAME = 't'",
+                       "INITIAL_CHECKPOINT_PATH = '/ckpt'"])
+  try:
+    assert gin.query_parameter("%TRAIN_STEPS") == 30000
+    assert gin.query_parameter("prompt_tuning_adafactor.learning_rate") == 0.3
+    assert gin.query_parameter("%EVAL_PERIOD") == 1000
+    assert gin.query_parameter("%BEST_METRIC") is None  # the task's first metric
+  finally:
+    gin.clear_config()
+
+
+def test_eval_and_infer_take_checkpoint_step_best(evaluated):
+  run = evaluated
+  best = json.load(open(os.path.join(run, "best", "best.json")))
+  inferred = {r["step"]: r for r in _records(run, "infer_eval")}
+  # Its checkpoint is not needed: only the exported prompts of best/ are read.
+  hidden = os.path.join(run, "checkpoints_hidden")
+  os.rename(os.path.join(run, "checkpoints"), hidden)
+  os.makedirs(os.path.join(run, "checkpoints"))
+  try:
+    assert _run("eval", run, "--gin.CHECKPOINT_STEP='best'", "--gin.MAX_EVAL_EXAMPLES=12") == 0
+    assert _run("infer", run, "--gin.CHECKPOINT_STEP='best'", "--gin.MAX_INFER_EXAMPLES=2") == 0
+  finally:
+    os.rmdir(os.path.join(run, "checkpoints"))
+    os.rename(hidden, os.path.join(run, "checkpoints"))
+  record = _records(run, "eval")[-1]
+  assert record["step"] == best["step"]
+  assert record["accuracy"] == inferred[best["step"]]["accuracy"] == best["value"]
+  assert os.path.exists(os.path.join(
+      run, "infer", f"pt_test_sentiment-validation-step_{best['step']}.jsonl"))
+
+
+# --- kill anywhere, with evaluation, the best prompt and early stopping ----------
+
+def _cli_train(model_dir, fault=None):
+  import signal  # noqa: F401  (the kills' return codes)
+  import subprocess
+  import sys
+  from prompt_tuning.runtime import faults
+  from tests.conftest import REPO_ROOT, fixture_path
+  env = {k: v for k, v in os.environ.items() if k != faults.ENV}
+  if fault:
+    env[faults.ENV] = fault
+  gin_file = os.path.join(os.path.dirname(model_dir), "tiny_model.gin")
+  return subprocess.run(
+      [sys.executable, "-m", "prompt_tuning.train", f"--gin_file={gin_file}",
+       "--gin_file=runs/prompt_finetune.gin", f"--gin.MODEL_DIR='{model_dir}'",
+       "--gin.MIXTURE_OR_TASK_NAME='pt_test_sentiment'",
+       f"--gin.INITIAL_CHECKPOINT_PATH='{fixture_path('t5x_tiny_checkpoint')}'",
+       "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}", "--gin.BATCH_SIZE=8",
+       "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=2", "--gin.EVAL_PERIOD=1",
+       "--gin.EVAL_STEPS=1", "--gin.MAX_EVAL_EXAMPLES=4",
+       # No change of accuracy exceeds 2: best at step 1, stopped at step 3.
+       "--gin.EARLY_STOPPING_PATIENCE=2", "--gin.MIN_DELTA=2.0"],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _unique_records(run, name):
+  return sorted({json.dumps(r, sort_keys=True) for r in _records(run, name)})
+
+
+def test_sigkill_anywhere_then_resume_keeps_best_and_stop_step(tmp_path):
+  import signal
+  (tmp_path / "tiny_model.gin").write_text(TINY_MODEL_GIN)
+  straight = str(tmp_path / "straight")
+  assert _cli_train(straight).returncode == 0
+  run = str(tmp_path / "killed")
+  # During the first best export (nothing saved yet), during an evaluation
+  # (step 2 not saved: its evaluation comes first), right after step 3.
+  for fault in ("during_best_export:1", "during_eval:2", "after_step:3"):
+    result = _cli_train(run, fault)
+    assert result.returncode == -signal.SIGKILL, (fault, result.stderr[-2000:])
+  assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["2"]
+  result = _cli_train(run)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "Resumed from step 2" in result.stderr
+  for folder in (straight, run):
+    summary = json.load(open(os.path.join(folder, "train_summary.json")))
+    assert summary["early_stopped"]["step"] == 3 and summary["best"]["step"] == 1
+  assert open(os.path.join(run, "best", "best.json")).read() == open(
+      os.path.join(straight, "best", "best.json")).read()
+  assert np.load(os.path.join(run, "best", "encoder_prompt.prompt.npy")).tobytes() == np.load(
+      os.path.join(straight, "best", "encoder_prompt.prompt.npy")).tobytes()
+  assert not [n for n in os.listdir(run) if n.startswith(".best_staging_")]
+  for name in ("train_eval", "infer_eval"):
+    assert _unique_records(run, name) == _unique_records(straight, name), name
+  # A run that stopped early stays stopped when started again.
+  assert _cli_train(run).returncode == 0
+  summary = json.load(open(os.path.join(run, "train_summary.json")))
+  assert summary["step"] == 3 and summary["early_stopped"]["step"] == 3
+  assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["2", "3"]
