@@ -31,6 +31,7 @@ from prompt_tuning.runtime import metrics as metrics_lib
 from prompt_tuning.runtime import partitioning
 from prompt_tuning.runtime import preflight
 from prompt_tuning.runtime.predictions import (  # noqa: F401  (the public names stay here too)
+    decoding_record,
     compiled_functions, compute_metrics, ensemble_features, ensemble_rank, ensemble_scores,
     ensemble_vote, predict, uses_scores, _text)
 from prompt_tuning.runtime import setup as model_setup
@@ -138,20 +139,6 @@ def evaluate(*, model_dir: str, model: specs_lib.ModelSpec, data: specs_lib.Data
     record_metrics(model_dir, step, f"{data.task}/{data.split}/{how['decoding']}", metrics)
   log.info("%s %s step %d: %s", data.task, data.split, step, metrics)
   return dict(step=step, **metrics)
-
-
-def decoding_record(inference: specs_lib.InferenceSpec) -> dict[str, Any]:
-  """How an eval decoded, for its metrics row: 'greedy', 'beam', 'sample' or
-  'rank_classification' (with its labels); beams and ensembles where used."""
-  if inference.class_labels:
-    out = dict(decoding="rank_classification", class_labels=list(inference.class_labels))
-  else:
-    out = dict(decoding=inference.decoding.method)
-    if inference.decoding.method == "beam":
-      out["num_beams"] = inference.decoding.num_beams
-  if inference.ensemble_prompts:
-    out["ensemble"] = f"{inference.ensemble_prompts} prompts, {inference.ensemble_method}"
-  return out
 
 
 def record_metrics(model_dir: str, step: int, name: str, metrics: Mapping[str, float]

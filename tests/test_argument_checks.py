@@ -58,8 +58,8 @@ def test_every_binding_the_bundled_runs_make_is_read(main_in_process, monkeypatc
   code, err = main_in_process("--gin.CHECKPOINT_STEP=3")
   assert code == 2 and "CHECKPOINT_STEP (--gin.CHECKPOINT_STEP=3) is not used" in err
   # So is a spec the binary does not take, on the command line.
-  code, err = main_in_process("--gin.InferenceSpec.max_examples=3")
-  assert code == 2 and "InferenceSpec.max_examples (--gin.InferenceSpec.max_examples=3) " \
+  code, err = main_in_process("--gin.CheckpointSpec.keep=3", command="infer")
+  assert code == 2 and "CheckpointSpec.keep (--gin.CheckpointSpec.keep=3) " \
       "is not used" in err
   code, err = main_in_process("--gin.CheckpointSpec.keep=3", command="eval")
   assert code == 2 and "CheckpointSpec.keep (--gin.CheckpointSpec.keep=3) is not used" in err

@@ -117,6 +117,6 @@ def test_serve_and_infer_agree_on_the_backbone_with_default_flags(results, tmp_p
   served = engine.generate(bank, [names["p"]] * len(rows),
                            [engine.tokenize(r["input"]) for r in rows],
                            decoding.DecodingConfig(max_decode_length=16))
-  assert [t for t, _ in served] == [r["prediction"] for r in rows]
-  np.testing.assert_allclose([s for _, s in served], [r["score"] for r in rows],
+  assert [row[0] for row in served] == [r["prediction"] for r in rows]
+  np.testing.assert_allclose([row[1] for row in served], [r["score"] for r in rows],
                              rtol=1e-5, atol=1e-5)

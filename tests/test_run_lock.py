@@ -29,6 +29,11 @@ def test_second_trainer_on_one_model_dir_exits_2_naming_the_first(workdir, cli_i
     while not os.path.exists(lock_path) and first.poll() is None and time.time() < deadline:
       time.sleep(0.5)
     assert first.poll() is None, first.communicate()[1][-3000:]
+    # Wait until it trains (its first metrics make train/): SIGTERM before its
+    # preemption handler is installed would end it with the default action.
+    while (not os.path.exists(os.path.join(run, "train")) and first.poll() is None
+           and time.time() < deadline):
+      time.sleep(0.5)
     holder = json.load(open(lock_path))
     assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
 

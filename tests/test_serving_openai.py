@@ -254,17 +254,27 @@ def test_continuous_batching_equals_one_at_a_time(live):
   alone = [one(job) for job in jobs]
   decoder = app.state.decoder
   rows_per_step = []
-  on_step = decoder._on_step
+  on_step, admit = decoder._on_step, decoder._admit
 
   def record(stats):
     rows_per_step.append(stats.rows)
     on_step(stats)
-  decoder._on_step = record
+  waited = []
+
+  def admit_once_all_are_queued(admitted):
+    # The first admission waits until every request has arrived, so that the
+    # rows fill however slowly the client threads start on a loaded machine.
+    deadline = time.time() + 60
+    while not waited and len(admitted) + decoder.queued < len(jobs) and time.time() < deadline:
+      time.sleep(0.01)
+    waited.append(True)
+    admit(admitted)
+  decoder._on_step, decoder._admit = record, admit_once_all_are_queued
   try:
     with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
       together = list(pool.map(one, jobs))
   finally:
-    decoder._on_step = on_step
+    decoder._on_step, decoder._admit = on_step, admit
   assert max(rows_per_step) == ROWS  # All rows busy: the queue fed them as others left.
   for a, b in zip(alone, together):
     assert (a.text, a.finish_reason) == (b.text, b.finish_reason)

@@ -77,6 +77,7 @@ def macros(model_dir: str) -> dict:
   out = {}
   for statement in macro_statements(text):
     name, _, value = statement.partition("=")
+    value = value.replace("\\\n", " ")  # gin wraps a long value after `NAME = \`.
     try:
       out[name.strip()] = ast.literal_eval(value.strip())
     except (ValueError, SyntaxError):  # A reference (@T5Config()): not a plain value.

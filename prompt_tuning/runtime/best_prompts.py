@@ -48,7 +48,7 @@ def check(model_dir: str, abstract_trainable: Any) -> None:
     if not os.path.exists(file):
       raise FileNotFoundError(f"CHECKPOINT_STEP='best': {file} is missing; the best folder "
                               f"holds only exported prompts, and {path} is trainable here")
-    shape = np.load(file, mmap_mode="r").shape
+    shape = np.load(file, mmap_mode="r", allow_pickle=False).shape
     if tuple(shape) != tuple(leaf.shape):
       raise ValueError(f"CHECKPOINT_STEP='best': {file} has shape {tuple(shape)}; this model's "
                        f"{path} has shape {tuple(leaf.shape)}")
@@ -57,6 +57,6 @@ def check(model_dir: str, abstract_trainable: Any) -> None:
 def load_trainable(model_dir: str, abstract_trainable: Any) -> tuple[Any, int]:
   """(trainable parameters from best/'s prompt files, the best step)."""
   check(model_dir, abstract_trainable)
-  flat = {path: np.load(_file(model_dir, path)).astype(leaf.dtype)
+  flat = {path: np.load(_file(model_dir, path), allow_pickle=False).astype(leaf.dtype)
           for path, leaf in tree_lib.flatten(abstract_trainable).items()}
   return tree_lib.unflatten(flat), int(read(model_dir)["step"])

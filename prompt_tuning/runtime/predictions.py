@@ -240,3 +240,17 @@ def ensemble_vote(texts_NB: Sequence[Sequence[str]], scores_NB: Any
     answer = max(voters, key=lambda t: (len(voters[t]), scores_NB[voters[t], i].mean()))
     out.append((answer, float(scores_NB[voters[answer], i].mean())))
   return out
+
+
+def decoding_record(inference: specs_lib.InferenceSpec) -> dict[str, Any]:
+  """How an eval decoded, for its metrics row: 'greedy', 'beam', 'sample' or
+  'rank_classification' (with its labels); beams and ensembles where used."""
+  if inference.class_labels:
+    out = dict(decoding="rank_classification", class_labels=list(inference.class_labels))
+  else:
+    out = dict(decoding=inference.decoding.method)
+    if inference.decoding.method == "beam":
+      out["num_beams"] = inference.decoding.num_beams
+  if inference.ensemble_prompts:
+    out["ensemble"] = f"{inference.ensemble_prompts} prompts, {inference.ensemble_method}"
+  return out

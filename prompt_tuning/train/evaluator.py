@@ -73,8 +73,11 @@ class Evaluator:
     return out
 
   def _write(self, step: int, name: str, scalars: dict[str, float]) -> None:
+    # infer_eval rows say how they decoded, as `prompt-tuning eval`'s rows do.
+    how = predictions.decoding_record(self.inference) if name == "infer_eval" else {}
     if name in self.writers:
-      self.writers[name].write(step, scalars, task=self.data.task, split=self.spec.split)
+      self.writers[name].write(step, scalars, task=self.data.task, split=self.spec.split,
+                               **how)
     log.info("%s %s step %d: %s", name, self.spec.split, step, scalars)
 
   def teacher_forced(self, trainable: Any, frozen: Any,
