@@ -131,26 +131,12 @@ def test_eval_and_infer_take_checkpoint_step_best(evaluated):
 # --- kill anywhere, with evaluation, the best prompt and early stopping ----------
 
 def _cli_train(model_dir, fault=None):
-  import signal  # noqa: F401  (the kills' return codes)
-  import subprocess
-  import sys
-  from prompt_tuning.runtime import faults
-  from tests.conftest import REPO_ROOT, fixture_path
-  env = {k: v for k, v in os.environ.items() if k != faults.ENV}
-  if fault:
-    env[faults.ENV] = fault
-  gin_file = os.path.join(os.path.dirname(model_dir), "tiny_model.gin")
-  return subprocess.run(
-      [sys.executable, "-m", "prompt_tuning.train", f"--gin_file={gin_file}",
-       "--gin_file=runs/prompt_finetune.gin", f"--gin.MODEL_DIR='{model_dir}'",
-       "--gin.MIXTURE_OR_TASK_NAME='pt_test_sentiment'",
-       f"--gin.INITIAL_CHECKPOINT_PATH='{fixture_path('t5x_tiny_checkpoint')}'",
-       "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}", "--gin.BATCH_SIZE=8",
-       "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=2", "--gin.EVAL_PERIOD=1",
-       "--gin.EVAL_STEPS=1", "--gin.MAX_EVAL_EXAMPLES=4",
-       # No change of accuracy exceeds 2: best at step 1, stopped at step 3.
-       "--gin.EARLY_STOPPING_PATIENCE=2", "--gin.MIN_DELTA=2.0"],
-      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+  from tests import test_training_guarantees
+  return test_training_guarantees._cli_train(  # pylint: disable=protected-access
+      model_dir, fault, steps=6,
+      extra=("--gin.EVAL_PERIOD=1", "--gin.EVAL_STEPS=1", "--gin.MAX_EVAL_EXAMPLES=4",
+             # No change of accuracy exceeds 2: best at step 1, stopped at step 3.
+             "--gin.EARLY_STOPPING_PATIENCE=2", "--gin.MIN_DELTA=2.0"))
 
 
 def _unique_records(run, name):

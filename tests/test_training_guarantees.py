@@ -54,7 +54,8 @@ def test_same_seed_and_data_give_bitwise_identical_prompts(tmp_path):
 
 # --- kill anywhere -------------------------------------------------------------
 
-def _cli_train(model_dir, fault=None, steps=8):
+def _cli_train(model_dir, fault=None, steps=8, extra=()):
+  """`python -m prompt_tuning.train` on the tiny run in `model_dir` (with a fault point)."""
   env = dict(os.environ)
   env.pop(faults.ENV, None)
   if fault:
@@ -66,7 +67,7 @@ def _cli_train(model_dir, fault=None, steps=8):
        "--gin.MIXTURE_OR_TASK_NAME='pt_test_sentiment'",
        f"--gin.INITIAL_CHECKPOINT_PATH='{fixture_path('t5x_tiny_checkpoint')}'",
        f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=8",
-       f"--gin.TRAIN_STEPS={steps}", "--gin.CHECKPOINT_PERIOD=2"],
+       f"--gin.TRAIN_STEPS={steps}", "--gin.CHECKPOINT_PERIOD=2", *extra],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
