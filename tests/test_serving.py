@@ -326,7 +326,7 @@ def test_sigterm_drains_in_flight_requests(files, tmp_path):
          "--no_warmup", "--max_wait_ms=1000", f"--compilation_cache_dir={cache}",
          # One decoding row and long completions: the stream below is still
          # running when SIGTERM comes.
-         "--decode_rows=1", "--max_decode_length=128"]
+         "--decode_rows=1", "--max_decode_length=128", "--max_inputs=32"]
   env = dict(os.environ, PYTHONPATH=REPO_ROOT)
   proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
@@ -349,7 +349,8 @@ def test_sigterm_drains_in_flight_requests(files, tmp_path):
     def stream():
       # Greedy never ends early here (the tiny model emits no EOS in 128 tokens).
       with httpx.stream("POST", url + "/v1/completions", timeout=120, json=dict(
-          model="copy", prompt=WORDS[:4], max_tokens=128, temperature=0, stream=True)) as r:
+          model="copy", prompt=WORDS[:4] * 8, max_tokens=128, temperature=0,
+          stream=True)) as r:
         for line in r.iter_lines():
           if line:
             lines.append(line)
@@ -364,6 +365,7 @@ def test_sigterm_drains_in_flight_requests(files, tmp_path):
       while httpx.get(url + "/healthz", timeout=10).json()["in_flight"] < len(jobs):
         assert not any(f.done() for f in futures), "answered before SIGTERM"
         time.sleep(0.01)
+      assert not streaming.done(), "the stream ended before SIGTERM; make it longer"
       seen_at_sigterm.append(len(lines))
       proc.send_signal(signal.SIGTERM)
       responses = [f.result() for f in futures]
@@ -382,7 +384,7 @@ def test_sigterm_drains_in_flight_requests(files, tmp_path):
   chunks = [json.loads(line[6:]) for line in lines[:-1]]
   finished = {c["choices"][0]["index"]: c["choices"][0]["finish_reason"] for c in chunks
               if c["choices"][0]["finish_reason"]}
-  assert finished == {i: "length" for i in range(4)}
+  assert finished == {i: "length" for i in range(len(WORDS[:4] * 8))}
   # Structured logs: one JSON object per line, each request under its id.
   entries = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
   logged = {e.get("request_id") for e in entries if e.get("event") == "request"}
