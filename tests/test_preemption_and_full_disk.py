@@ -49,3 +49,52 @@ def test_full_disk_stops_with_one_line_and_keeps_the_previous_checkpoint(workdir
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Resumed from step 2" in result.stderr
   assert exported_prompt(run, 6).tobytes() == exported_prompt(straight, 6).tobytes()
+
+
+# --- TensorStore's late callbacks after a failed save ----------------------------
+
+def _closed_loop_error():
+  """The RuntimeError a TensorStore thread gets from a closed loop, with the traceback
+  such a thread has: its outermost Python frame is call_soon_threadsafe."""
+  import asyncio
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(lambda: None)
+  except RuntimeError as e:
+    return e, e.__traceback__.tb_next  # Drop this frame: a C++ thread has none.
+  raise AssertionError("a closed loop accepted a callback")
+
+
+def _unraisable_args(error, tb):
+  """sys.UnraisableHookArgs (not constructible by name) as PyErr_WriteUnraisable makes it."""
+  import sys
+  seen = []
+  class Failing:
+    def __del__(self):
+      raise ValueError("only to learn the type")
+  previous, sys.unraisablehook = sys.unraisablehook, seen.append
+  try:
+    Failing()
+  finally:
+    sys.unraisablehook = previous
+  return type(seen[0])((type(error), error, tb, None, None))
+
+
+def test_closed_loop_callbacks_print_nothing_through_either_hook(monkeypatch, capsys):
+  # CI printed these tracebacks after the one-line error of a full disk: TensorStore
+  # reports them through sys.unraisablehook as well as through sys.excepthook.
+  import sys
+  from prompt_tuning.runtime import background
+  monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+  monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+  background.drop_closed_loop_callbacks()
+  error, tb = _closed_loop_error()
+  sys.excepthook(RuntimeError, error, tb)
+  sys.unraisablehook(_unraisable_args(error, tb))
+  assert capsys.readouterr().err == ""
+  # Anything else still prints, through both.
+  other = ValueError("a real failure")
+  sys.excepthook(ValueError, other, None)
+  sys.unraisablehook(_unraisable_args(other, None))
+  assert capsys.readouterr().err.count("a real failure") == 2

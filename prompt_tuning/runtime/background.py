@@ -4,7 +4,7 @@ When an Orbax read or write fails, Orbax closes the asyncio event loop it ran
 the operation on while TensorStore's C++ threads still hold callbacks for it.
 Each callback that fires afterwards raises "RuntimeError: Event loop is
 closed" inside asyncio's `call_soon_threadsafe`, and Python prints it through
-`sys.excepthook` as a traceback: after the binary's one-line error, or at
+`sys.excepthook` or `sys.unraisablehook` as a traceback: after the binary's one-line error, or at
 exit. Futures that failed with nobody awaiting them are logged by asyncio
 ("exception was never retrieved") with another traceback when they are
 garbage-collected. Neither says anything the error line has not said.
@@ -32,17 +32,30 @@ def _is_closed_loop_callback(kind, value, tb) -> bool:
 
 
 def drop_closed_loop_callbacks() -> None:
-  """Installs (once) a sys.excepthook that drops TensorStore's closed-loop callbacks."""
-  previous = sys.excepthook
-  if getattr(previous, "drops_closed_loop", False):
-    return
+  """Installs (once) hooks that drop TensorStore's closed-loop callbacks.
 
-  def hook(kind, value, tb):
-    if _is_closed_loop_callback(kind, value, tb):
-      return
-    previous(kind, value, tb)
-  hook.drops_closed_loop = True
-  sys.excepthook = hook
+  TensorStore reports a failed callback either with PyErr_Print (through
+  sys.excepthook) or with PyErr_WriteUnraisable (through sys.unraisablehook,
+  which prints a bare traceback when no object is named), so both are hooked.
+  """
+  previous = sys.excepthook
+  if not getattr(previous, "drops_closed_loop", False):
+    def hook(kind, value, tb):
+      if _is_closed_loop_callback(kind, value, tb):
+        return
+      previous(kind, value, tb)
+    hook.drops_closed_loop = True
+    sys.excepthook = hook
+
+  previous_unraisable = sys.unraisablehook
+  if not getattr(previous_unraisable, "drops_closed_loop", False):
+    def unraisable_hook(unraisable):
+      if _is_closed_loop_callback(unraisable.exc_type, unraisable.exc_value,
+                                  unraisable.exc_traceback):
+        return
+      previous_unraisable(unraisable)
+    unraisable_hook.drops_closed_loop = True
+    sys.unraisablehook = unraisable_hook
 
 
 class _DropNeverRetrieved(logging.Filter):
