@@ -26,22 +26,22 @@ from typing import Callable, Sequence, TypeVar
 Item = TypeVar("Item")
 
 # Files whose tests share a module-scoped fixture worth building once, with the seconds
-# (setup + calls) of the whole file; 0 where it is short.
+# (setup + calls) of the whole file, measured or, for the short ones, estimated.
 TOGETHER = {
-    "tests/test_attention_loop.py": 0,
+    "tests/test_attention_loop.py": 40,
     "tests/test_bad_inputs.py": 40,
     "tests/test_binaries.py": 60,
-    "tests/test_decoding.py": 0,
-    "tests/test_first_use.py": 0,
-    "tests/test_hf_parity.py": 0,
-    "tests/test_peft_interop.py": 0,
-    "tests/test_provenance.py": 0,
+    "tests/test_decoding.py": 30,
+    "tests/test_first_use.py": 30,
+    "tests/test_hf_parity.py": 30,
+    "tests/test_peft_interop.py": 30,
+    "tests/test_provenance.py": 20,
     "tests/test_quickstart.py": 125,
     "tests/test_serving.py": 60,
-    "tests/test_serving_openai.py": 0,
+    "tests/test_serving_openai.py": 30,
     "tests/test_sharding.py": 140,
-    "tests/test_train_evaluation.py": 150,
-    "tests/test_wayward.py": 0,
+    "tests/test_train_evaluation.py": 130,
+    "tests/test_wayward.py": 20,
 }
 
 # The seconds (setup + call) of each test whose node id starts with the key (the longest
@@ -64,6 +64,22 @@ SECONDS = {
     "tests/test_infer_binary.py::test_infer_is_quiet_by_default_and_verbose_on_request": 20,
     "tests/test_run_lock.py::test_second_trainer_on_one_model_dir_exits_2_naming_the_first": 20,
     "tests/test_checkpoint_damage.py::test_damaged_latest_checkpoint_is_named": 25,
+    "tests/test_infer_binary.py::test_infer_on_the_byte_backbone": 25,
+    "tests/test_input_dependent_prompts.py::test_a_separate_frozen_reader": 25,
+    "tests/test_input_dependent_prompts.py::test_train_binary_on_a_mixture": 20,
+    "tests/test_rank_losses.py::test_rank_task_train_batches_group_candidates": 20,
+    "tests/test_dropout.py::test_a_positive_rate_draws_masks_from_the_seed": 20,
+    "tests/test_recursion.py::test_neural_recursion_gradients_reach_the_connector": 20,
+    "tests/test_recursion.py::test_neural_recursion_through_train_eval_and_infer": 14,
+    "tests/test_argument_checks.py::test_allow_unused_turns_the_error_into_a_warning": 17,
+    "tests/test_prompt_tuning.py::test_prompt_update_changes_only_the_prompt": 15,
+    "tests/test_microbatches.py::test_microbatched_update_equals_the_single_batch_update": 15,
+    "tests/test_prompt_methods.py::test_mixed_batch_equals_single_task_batches": 12,
+    "tests/test_prompt_methods.py::test_only_the_methods_own_parameters_train": 10,
+    "tests/test_ia3.py::test_combines_with_a_soft_prompt": 15,
+    "tests/test_environment.py::test_second_run_compiles_nothing_new": 14,
+    "tests/test_cli.py::test_decode_runs_on_real_checkpoint_and_vocabulary": 13,
+    "tests/test_precompile.py::test_xxl_prompt_tuning_compiles_for_64_devices": 12,
 }
 DEFAULT_SECONDS = 1.0
 
