@@ -52,13 +52,7 @@ def _distributed_by_load(config) -> bool:
   return config.getoption("dist", "no") == "load"
 
 
-def pytest_collection_modifyitems(config, items):
-  """Under `-n`, each worker collects in the same order: slowest first, in units."""
-  if "PYTEST_XDIST_WORKER" in os.environ and _distributed_by_load(config):
-    from tests import scheduling
-    items[:] = scheduling.slowest_first(items, lambda item: item.nodeid)
-
-
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
   """`-n`'s default `load` schedule becomes tests/scheduling.py's; an explicit
   `--dist` other than `load` is left alone."""
@@ -66,6 +60,20 @@ def pytest_xdist_make_scheduler(config, log):
     from tests import scheduling
     return scheduling.make_scheduler(config, log)
   return None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+  """Tells each worker to collect in that schedule's order (a worker's own `--dist`
+  reads "no")."""
+  node.workerinput["slowest_first"] = _distributed_by_load(node.config)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Under `-n`, each worker collects in the same order: slowest first, in units."""
+  if getattr(config, "workerinput", {}).get("slowest_first"):
+    from tests import scheduling
+    items[:] = scheduling.slowest_first(items, lambda item: item.nodeid)
 
 
 @pytest.fixture
