@@ -15,7 +15,7 @@ Here, instead:
   named there counts as `DEFAULT_SECONDS` and keeps its collection order.
 
 `tests/conftest.py` wires this in. Running without `-n` keeps the plain
-collection order. The figures are what matters for the order, not their exact
+collection order. Only the order the figures give matters, not their exact
 values: re-measure with `pytest -n 2 --durations=40` when a test grows.
 """
 
