@@ -46,6 +46,36 @@ TINY_CONFIG = T5Config(vocab_size=64, emb_dim=16, num_heads=2, num_encoder_layer
                        relative_attention_num_buckets=8, relative_attention_max_distance=16)
 
 
+# --- the order under pytest-xdist (tests/scheduling.py) ----------------------------
+
+def _distributed_by_load(config) -> bool:
+  return config.getoption("dist", "no") == "load"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+  """`-n`'s default `load` schedule becomes tests/scheduling.py's; an explicit
+  `--dist` other than `load` is left alone."""
+  if _distributed_by_load(config):
+    from tests import scheduling
+    return scheduling.make_scheduler(config, log)
+  return None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+  """Tells each worker to collect in that schedule's order (a worker's own `--dist`
+  reads "no")."""
+  node.workerinput["slowest_first"] = _distributed_by_load(node.config)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Under `-n`, each worker collects in the same order: slowest first, in units."""
+  if getattr(config, "workerinput", {}).get("slowest_first"):
+    from tests import scheduling
+    items[:] = scheduling.slowest_first(items, lambda item: item.nodeid)
+
+
 @pytest.fixture
 def tiny_config():
   return TINY_CONFIG

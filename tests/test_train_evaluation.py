@@ -76,18 +76,31 @@ def test_the_best_prompt_is_kept_with_its_provenance(evaluated):
   assert "early_stopped" not in summary and summary["step"] == 4
 
 
-def test_early_stopping_stops_after_patience_evaluations(tmp_path):
-  (tmp_path / "tiny_model.gin").write_text(TINY_MODEL_GIN)
-  run = str(tmp_path / "run")
-  # No change of accuracy exceeds 2: the second evaluation is the first without one.
-  assert _run("train", run, "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=6",
-              "--gin.EVAL_PERIOD=1", "--gin.EVAL_STEPS=1", "--gin.MAX_EVAL_EXAMPLES=4",
-              "--gin.EARLY_STOPPING_PATIENCE=2", "--gin.MIN_DELTA=2.0") == 0
+# No change of accuracy exceeds 2: best at step 1, stopped at step 3 (patience 2).
+STOPPING = ("--gin.EVAL_PERIOD=1", "--gin.EVAL_STEPS=1", "--gin.MAX_EVAL_EXAMPLES=4",
+            "--gin.EARLY_STOPPING_PATIENCE=2", "--gin.MIN_DELTA=2.0")
+
+
+@pytest.fixture(scope="module")
+def stopped_early(tmp_path_factory):
+  """A 6-step run, checkpoints every 2 steps, an evaluation every step, that stops early.
+  The early-stopping test reads it; the kill-anywhere test compares its killed run with
+  it (the same flags), so the uninterrupted run is trained once."""
+  root = tmp_path_factory.mktemp("stopped_early")
+  (root / "tiny_model.gin").write_text(TINY_MODEL_GIN)
+  run = str(root / "run")
+  assert _run("train", run, "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=2", *STOPPING) == 0
+  return run
+
+
+def test_early_stopping_stops_after_patience_evaluations(stopped_early):
+  run = stopped_early
   summary = json.load(open(os.path.join(run, "train_summary.json")))
   assert summary["early_stopped"]["step"] == 3 and summary["step"] == 3
   assert "did not improve by more than 2 in 2 evaluations" in summary["early_stopped"]["reason"]
   assert summary["best"]["step"] == 1
-  assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["3"]  # the stop step is saved
+  # The stop step is saved: 3 is not a period step (2, 4, 6).
+  assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["2", "3"]
   assert [r["step"] for r in _records(run, "infer_eval")] == [1, 2, 3]
 
 
@@ -133,21 +146,17 @@ def test_eval_and_infer_take_checkpoint_step_best(evaluated):
 def _cli_train(model_dir, fault=None):
   from tests import test_training_guarantees
   return test_training_guarantees._cli_train(  # pylint: disable=protected-access
-      model_dir, fault, steps=6,
-      extra=("--gin.EVAL_PERIOD=1", "--gin.EVAL_STEPS=1", "--gin.MAX_EVAL_EXAMPLES=4",
-             # No change of accuracy exceeds 2: best at step 1, stopped at step 3.
-             "--gin.EARLY_STOPPING_PATIENCE=2", "--gin.MIN_DELTA=2.0"))
+      model_dir, fault, steps=6, extra=STOPPING)
 
 
 def _unique_records(run, name):
   return sorted({json.dumps(r, sort_keys=True) for r in _records(run, name)})
 
 
-def test_sigkill_anywhere_then_resume_keeps_best_and_stop_step(tmp_path):
+def test_sigkill_anywhere_then_resume_keeps_best_and_stop_step(stopped_early, tmp_path):
   import signal
   (tmp_path / "tiny_model.gin").write_text(TINY_MODEL_GIN)
-  straight = str(tmp_path / "straight")
-  assert _cli_train(straight).returncode == 0
+  straight = stopped_early  # Uninterrupted, with the same flags as the killed run.
   run = str(tmp_path / "killed")
   # During the first best export (nothing saved yet), during an evaluation
   # (step 2 not saved: its evaluation comes first), right after step 3.
