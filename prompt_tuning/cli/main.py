@@ -123,6 +123,7 @@ def _run_gin(args: argparse.Namespace, bindings: list[str]) -> int:
     gin_utils.parse_gin(gin_files, [*saved_bindings, *bindings], args.gin_search_paths)
     gin_utils.bind_file_task()  # tasks/local_file.gin before or after the runs/ file.
     gin_utils.bind_checkpoint_config()  # No models/ file: the checkpoint's own config.
+    gin_utils.bind_checkpoint_vocabulary()  # And its own vocabulary, where recorded.
     strict.check_bindings(_GIN_BINARIES[args.command], args.gin_file, bindings,
                           args.gin_search_paths, allow_unused,
                           gin_utils.configs_dir())  # Typos fail before any work.

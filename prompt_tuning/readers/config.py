@@ -7,7 +7,7 @@ config.json for Hugging Face folders.
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 from prompt_tuning.models.t5 import T5Config
 
@@ -74,16 +74,31 @@ ARCHITECTURE_FIELDS = ("vocab_size", "emb_dim", "num_heads", "num_encoder_layers
                        "layer_norm_epsilon")
 
 
-def write_record(folder: str, config: T5Config) -> str:
-  """Writes `folder/config.json`: every T5Config field, for `recorded_fields` to read."""
+def write_record(folder: str, config: T5Config, vocabulary: Optional[str] = None) -> str:
+  """Writes `folder/config.json`: every T5Config field, for `recorded_fields` to read.
+
+  With `vocabulary` ("byte" or a SentencePiece .model file) it records that
+  too (readers/vocabulary.py `record`); a vocabulary recorded before is kept.
+  """
   import dataclasses
   import json
   import os
   path = os.path.join(folder, RECORD_FILE)
   record = {"format": RECORD_FORMAT, **dataclasses.asdict(config)}
+  if os.path.isfile(path):  # Rewriting the fields keeps the recorded vocabulary.
+    try:
+      with open(path) as f:
+        old = json.load(f)
+      if isinstance(old, dict) and "vocabulary" in old:
+        record["vocabulary"] = old["vocabulary"]
+    except ValueError:
+      pass
   with open(path + ".tmp", "w") as f:
     f.write(json.dumps(record, indent=1))
   os.replace(path + ".tmp", path)
+  if vocabulary is not None:
+    from prompt_tuning.readers import vocabulary as vocabulary_lib
+    vocabulary_lib.record(folder, vocabulary)
   return path
 
 
