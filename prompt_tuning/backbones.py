@@ -162,7 +162,8 @@ def pretrain(cfg: PretrainConfig, cache_dir: Optional[str] = None,
   # The architecture and vocabulary recorded beside the weights: every reader
   # takes the config from it (relative_attention_max_distance cannot be seen in
   # shapes), and every binary the vocabulary.
-  readers_config.write_record(out, model_config, vocabulary=vocabulary_lib.BYTE)
+  readers_config.write_record(out, model_config)
+  vocabulary_lib.record(out, vocabulary_lib.BYTE)
   with open(done, "w") as f:
     f.write(json.dumps(dataclasses.asdict(cfg)))
   return out

@@ -40,7 +40,8 @@ def _byte_backbone(root) -> str:
   """A backbone folder as backbones.pretrain writes its record (no weights needed here)."""
   folder = str(root / "synthetic_tiny")
   os.makedirs(os.path.join(folder, "checkpoint_3"))
-  config_lib.write_record(folder, backbones.backbone_config("tiny"), vocabulary="byte")
+  config_lib.write_record(folder, backbones.backbone_config("tiny"))
+  vocabulary_lib.record(folder, "byte")
   return folder
 
 
@@ -72,8 +73,8 @@ def test_backbones_record_bytes_or_a_copied_sentencepiece_model(tmp_path):
   # so the folder is complete on its own.
   spm_backbone = str(tmp_path / "miniature")
   os.makedirs(spm_backbone)
-  config_lib.write_record(spm_backbone, backbones.backbone_config("tiny"),
-                          vocabulary=fixture_path("t5_spm.model"))
+  config_lib.write_record(spm_backbone, backbones.backbone_config("tiny"))
+  vocabulary_lib.record(spm_backbone, fixture_path("t5_spm.model"))
   found = vocabulary_lib.recorded(spm_backbone)
   assert (found.kind, found.path) == ("sentencepiece",
                                       os.path.join(spm_backbone, vocabulary_lib.SPM_FILE))
@@ -204,8 +205,8 @@ def test_an_unreachable_vocabulary_is_one_line_naming_the_binding(tmp_path, monk
 def test_serve_says_an_unreadable_vocabulary_before_tensorflow_is_imported(tmp_path):
   backbone = str(tmp_path / "miniature")
   os.makedirs(backbone)
-  config_lib.write_record(backbone, backbones.backbone_config("tiny"),
-                          vocabulary=fixture_path("t5_spm.model"))
+  config_lib.write_record(backbone, backbones.backbone_config("tiny"))
+  vocabulary_lib.record(backbone, fixture_path("t5_spm.model"))
   os.remove(os.path.join(backbone, vocabulary_lib.SPM_FILE))
   script = ("import sys\nfrom prompt_tuning.serving import cli\n"
             f"try:\n  cli.vocabulary_spec({backbone!r}, None)\n"

@@ -7,7 +7,7 @@ config.json for Hugging Face folders.
 from __future__ import annotations
 
 import re
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 from prompt_tuning.models.t5 import T5Config
 
@@ -64,6 +64,8 @@ RECORD_FILE = "config.json"
 LEGACY_RECORD_FILE = "config.json.txt"
 RUN_CONFIG_FILE = "config.gin"
 RECORD_FORMAT = "prompt_tuning.T5Config"
+# The record's entry for the backbone's vocabulary (readers/vocabulary.py writes it).
+VOCABULARY_KEY = "vocabulary"
 
 # The fields that fix what a checkpoint computes; the rest (dtypes, dropout,
 # scanning, rematerialization) are the run's to choose.
@@ -74,11 +76,10 @@ ARCHITECTURE_FIELDS = ("vocab_size", "emb_dim", "num_heads", "num_encoder_layers
                        "layer_norm_epsilon")
 
 
-def write_record(folder: str, config: T5Config, vocabulary: Optional[str] = None) -> str:
+def write_record(folder: str, config: T5Config) -> str:
   """Writes `folder/config.json`: every T5Config field, for `recorded_fields` to read.
 
-  With `vocabulary` ("byte" or a SentencePiece .model file) it records that
-  too (readers/vocabulary.py `record`); a vocabulary recorded before is kept.
+  A vocabulary recorded there before (readers/vocabulary.py `record`) is kept.
   """
   import dataclasses
   import json
@@ -89,16 +90,13 @@ def write_record(folder: str, config: T5Config, vocabulary: Optional[str] = None
     try:
       with open(path) as f:
         old = json.load(f)
-      if isinstance(old, dict) and "vocabulary" in old:
-        record["vocabulary"] = old["vocabulary"]
+      if isinstance(old, dict) and VOCABULARY_KEY in old:
+        record[VOCABULARY_KEY] = old[VOCABULARY_KEY]
     except ValueError:
       pass
   with open(path + ".tmp", "w") as f:
     f.write(json.dumps(record, indent=1))
   os.replace(path + ".tmp", path)
-  if vocabulary is not None:
-    from prompt_tuning.readers import vocabulary as vocabulary_lib
-    vocabulary_lib.record(folder, vocabulary)
   return path
 
 

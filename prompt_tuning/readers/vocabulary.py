@@ -37,7 +37,6 @@ SENTENCEPIECE = "sentencepiece"
 # Hugging Face's name for a T5 folder's SentencePiece model; this project's
 # backbones copy theirs under the same name.
 SPM_FILE = "spiece.model"
-RECORD_KEY = "vocabulary"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +86,7 @@ def record(folder: str, vocabulary: str) -> str:
     if not (isinstance(current, dict) and config_lib.is_record(current)):
       raise ValueError(f"{path} is not this project's config record (a Hugging Face "
                        "config.json?); a Hugging Face folder's vocabulary is its spiece.model")
-  current[RECORD_KEY] = entry
+  current[config_lib.VOCABULARY_KEY] = entry
   with open(path + ".tmp", "w") as f:
     f.write(json.dumps(current, indent=1))
   os.replace(path + ".tmp", path)
@@ -115,7 +114,7 @@ def recorded(path: str) -> Optional[Vocabulary]:
 def _from_json(path: str) -> Optional[Vocabulary]:
   try:
     with open(path) as f:
-      entry = json.load(f).get(RECORD_KEY)
+      entry = json.load(f).get(config_lib.VOCABULARY_KEY)
   except (OSError, ValueError, AttributeError):  # Not a record: the config reader says so.
     return None
   if not isinstance(entry, dict) or "kind" not in entry:
