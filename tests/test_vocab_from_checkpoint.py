@@ -232,3 +232,19 @@ def test_synthetic_model_files_imply_bytes_and_the_initializer_names_its_binding
     init(jax.random.PRNGKey(0), (2, 4))
   assert initializers.sampled_vocab(embeddings=table, first_n=259)(
       jax.random.PRNGKey(0), (2, 4)).shape == (2, 4)
+
+
+def test_decode_takes_the_recorded_sentencepiece_model(tmp_path, capsys):
+  from prompt_tuning.cli import main as main_lib
+  hf = _hf_folder(tmp_path)
+  other = tmp_path / "other.model"
+  other.write_bytes(b"not the same model")
+  cases = ((["decode", fixture_path("t5x_tiny_checkpoint"), "--input=x"],
+            "records no vocabulary: give --spm_model"),
+           (["decode", _byte_backbone(tmp_path), "--input=x"], "uses the byte vocabulary"),
+           (["decode", hf, f"--spm_model={other}", "--input=x"],
+            f"--spm_model {other} but {hf}/spiece.model records"))
+  for argv, said in cases:
+    assert main_lib.main(argv) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1, err

@@ -120,11 +120,11 @@ def backbone_name(checkpoint: str) -> str:
   return name
 
 
-def vocabulary_spec(checkpoint: str, given: Optional[str]) -> str:
-  """--vocabulary, else the one recorded with the checkpoint, else 'byte'; checked readable.
+def vocabulary_spec(checkpoint: str, given: Optional[str], flag: str = "--vocabulary") -> str:
+  """`flag`'s value, else the vocabulary recorded with the checkpoint, else 'byte'; checked.
 
   A given vocabulary that contradicts the recorded one is an error naming both;
-  one that cannot be read is one line naming --vocabulary.
+  one that cannot be read is one line naming `flag`.
   """
   from prompt_tuning.readers import vocabulary as vocabulary_lib
   found = None
@@ -141,17 +141,16 @@ def vocabulary_spec(checkpoint: str, given: Optional[str]) -> str:
     spec = found.path
     if not spec or not os.path.isfile(spec):
       raise FileNotFoundError(f"{found.source} records the vocabulary {found.describe()}, which "
-                              "is not a local file: give --vocabulary /local/spm.model")
+                              f"is not a local file: give {flag} /local/spm.model")
     return spec
   if given != vocabulary_lib.BYTE and not os.path.isfile(given):
-    raise FileNotFoundError(f"--vocabulary {given}: expected 'byte' or a SentencePiece .model "
-                            "file")
+    raise FileNotFoundError(f"{flag} {given}: expected 'byte' or a SentencePiece .model file")
   mine = vocabulary_lib.Vocabulary(given if given == vocabulary_lib.BYTE
                                    else vocabulary_lib.SENTENCEPIECE,
                                    None if given == vocabulary_lib.BYTE else given)
   if found is not None and not vocabulary_lib.same(mine, found):
-    raise ValueError(f"--vocabulary {given} but {found.source} records the vocabulary "
-                     f"{found.describe()}: drop --vocabulary (the recorded one is used)")
+    raise ValueError(f"{flag} {given} but {found.source} records the vocabulary "
+                     f"{found.describe()}: drop {flag} (the recorded one is used)")
   return given
 
 
