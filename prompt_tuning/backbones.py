@@ -29,6 +29,7 @@ from prompt_tuning.models import presets
 from prompt_tuning.models.t5 import T5Config
 from prompt_tuning.prompts import soft
 from prompt_tuning.readers import config as readers_config
+from prompt_tuning.readers import vocabulary as vocabulary_lib
 from prompt_tuning.runtime import checkpoints as checkpoints_lib
 from prompt_tuning.runtime import freezing
 from prompt_tuning.runtime import setup as model_setup
@@ -129,6 +130,8 @@ def pretrain(cfg: PretrainConfig, cache_dir: Optional[str] = None,
   done = os.path.join(out, "DONE")
   if os.path.exists(done):
     log.info("Reusing cached backbone %s", out)
+    if vocabulary_lib.recorded(out) is None:  # Cached before backbones recorded it.
+      vocabulary_lib.record(out, vocabulary_lib.BYTE)
     return out
   work = out + ".training"
   warmup = min(cfg.warmup_steps, cfg.steps // 2)
@@ -156,9 +159,11 @@ def pretrain(cfg: PretrainConfig, cache_dir: Optional[str] = None,
     shutil.rmtree(ckpt_dir)
   ocp.PyTreeCheckpointer().save(ckpt_dir, {"target": jax.device_get(params),
                                            "state": {"step": np.int32(cfg.steps)}})
-  # The architecture recorded beside the weights: every reader takes the
-  # config from it (relative_attention_max_distance cannot be seen in shapes).
+  # The architecture and vocabulary recorded beside the weights: every reader
+  # takes the config from it (relative_attention_max_distance cannot be seen in
+  # shapes), and every binary the vocabulary.
   readers_config.write_record(out, model_config)
+  vocabulary_lib.record(out, vocabulary_lib.BYTE)
   with open(done, "w") as f:
     f.write(json.dumps(dataclasses.asdict(cfg)))
   return out

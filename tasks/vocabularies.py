@@ -45,13 +45,54 @@ class TaskVocabularyConfig:
       if self.path:
         raise ValueError("The byte vocabulary takes no path")
       return seqio.ByteVocabulary()
-    path = self.path or {"t5": T5_SPM_PATH, "mt5": MT5_SPM_PATH}.get(self.kind)
+    path = self.path or default_path(self.kind)
     if not path:
       raise ValueError("kind='sentencepiece' needs a path to a SentencePiece .model file")
-    if "://" not in path and not os.path.exists(path):
-      raise FileNotFoundError(f"SentencePiece model {path!r} does not exist (task vocabulary "
-                              f"kind={self.kind!r})")
+    check_reachable(path, self.kind)
     return seqio.SentencePieceVocabulary(path)
+
+
+def default_path(kind: str) -> Optional[str]:
+  """T5X's SentencePiece model for kind 't5' or 'mt5' (None for the others)."""
+  return {"t5": T5_SPM_PATH, "mt5": MT5_SPM_PATH}.get(kind)
+
+
+class UnreachableVocabularyError(FileNotFoundError):
+  """The task vocabulary's SentencePiece model cannot be read (one line naming the binding)."""
+
+
+# Remote stores by scheme: the host a SentencePiece model is read from.
+_HOSTS = {"gs": "storage.googleapis.com", "s3": "s3.amazonaws.com"}
+
+
+def unreachable(path: str) -> str:
+  """Why a SentencePiece model cannot be read ("" when, at a quick look, it can).
+
+  A remote path is checked by resolving its store's host name: offline, that
+  fails at once, where TensorFlow's reader would retry and end in a long
+  traceback.
+  """
+  if "://" in path:
+    host = _HOSTS.get(path.split("://", 1)[0])
+    if host:
+      import socket
+      try:
+        socket.getaddrinfo(host, 443)
+      except OSError:
+        return f"{host} cannot be resolved: no network"
+    return ""
+  return "" if os.path.isfile(path) else "no such file"
+
+
+def check_reachable(path: str, kind: str = "sentencepiece",
+                    binding: str = "TaskVocabularyConfig.path") -> None:
+  """Raises UnreachableVocabularyError, one line naming `binding`, for a model out of reach."""
+  why = unreachable(path)
+  if why:
+    raise UnreachableVocabularyError(
+        f"the task vocabulary (kind={kind!r}) {path} cannot be read ({why}): set "
+        f"--gin.{binding}=\"'/local/spm.model'\" (a SentencePiece model, e.g. a Hugging Face "
+        "T5 folder's spiece.model) or --gin.TaskVocabularyConfig.kind=\"'byte'\"")
 
 
 def _from_environment() -> TaskVocabularyConfig:

@@ -96,6 +96,8 @@ def test_serve_and_infer_agree_on_the_backbone_with_default_flags(results, tmp_p
   backbone = results["backbone"]
   assert json.load(open(os.path.join(backbone, "config.json")))[
       "relative_attention_max_distance"] == 32
+  # And its vocabulary (issue 31, point 2): serve's default reads it.
+  assert json.load(open(os.path.join(backbone, "config.json")))["vocabulary"] == {"kind": "byte"}
   prompt_file = layout.prompt_file(results["prompt_model_dir"], PROMPT.steps)
   model_dir = str(tmp_path / "infer")
   assert main_lib.main([

@@ -206,6 +206,60 @@ def bind_checkpoint_config() -> str:
   return path
 
 
+def bind_checkpoint_vocabulary() -> str:
+  """The task vocabulary is the checkpoint's own, where one is recorded with it.
+
+  When INITIAL_CHECKPOINT_PATH records a vocabulary (readers/vocabulary.py:
+  this project's backbones, a Hugging Face folder's spiece.model, a run's
+  config.gin) and TaskVocabularyConfig is unbound, binds it. A
+  TaskVocabularyConfig binding (or PT_TASK_VOCABULARY) that names another
+  vocabulary is an error naming both. Returns the file that records it (""
+  when nothing is recorded).
+  """
+  try:
+    path = gin.query_parameter("%INITIAL_CHECKPOINT_PATH")
+  except ValueError:
+    return ""
+  if not isinstance(path, str) or not path or not os.path.exists(path):
+    return ""  # No checkpoint, or a missing one: its reader reports that.
+  from prompt_tuning.readers import vocabulary as vocabulary_lib
+  from prompt_tuning.tasks import vocabularies
+  try:
+    found = vocabulary_lib.recorded(path)
+  except (OSError, ValueError):  # A damaged record: the config reader names it.
+    return ""
+  if found is None:
+    return ""
+  bound = {}
+  for arg in ("kind", "path"):
+    try:
+      bound[arg] = gin.query_parameter(f"TaskVocabularyConfig.{arg}")
+    except ValueError:
+      pass
+  if bound:
+    given = vocabularies.TaskVocabularyConfig(**bound)
+    what = "TaskVocabularyConfig binds"
+  elif os.environ.get("PT_TASK_VOCABULARY"):
+    given = vocabularies.current_config()
+    what = "PT_TASK_VOCABULARY names"
+  else:
+    with gin.unlock_config():
+      gin.bind_parameter("TaskVocabularyConfig.kind", found.kind)
+      if found.path:
+        gin.bind_parameter("TaskVocabularyConfig.path", found.path)
+    return found.source
+
+  def resolved(kind, spm):
+    return vocabulary_lib.Vocabulary(kind, spm or vocabularies.default_path(kind))
+
+  mine, theirs = resolved(given.kind, given.path), resolved(found.kind, found.path)
+  if not vocabulary_lib.same(mine, theirs):
+    raise ValueError(f"{what} the vocabulary {mine.describe()} but {found.source} records "
+                     f"{theirs.describe()}: drop the binding (the recorded vocabulary is used) "
+                     "or use another checkpoint")
+  return found.source
+
+
 def parse_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
               search_paths: Sequence[str] = ()) -> None:
   """Parses gin files then bindings, with clear errors for the usual mistakes."""

@@ -8,7 +8,7 @@
   prompt-tuning recycle --source_checkpoint=A --target_checkpoint=B --prompt=p.npy --out=q.npy
   prompt-tuning inspect CHECKPOINT
   prompt-tuning tasks list [REGEX] | tasks show NAME [--split=S] [--num_examples=N]
-  prompt-tuning decode CHECKPOINT --spm_model=M --input="text" [--method=beam]
+  prompt-tuning decode CHECKPOINT [--spm_model=M] --input="text" [--method=beam]
   prompt-tuning serve CHECKPOINT --prompt NAME=p.npy [--prompt_dir=D] [--port=8000]
   prompt-tuning export-peft --prompt=p.npy --checkpoint=BACKBONE --out=ADAPTER_DIR
   prompt-tuning import-peft --adapter=ADAPTER_DIR --checkpoint=BACKBONE --out=p.npy
@@ -58,8 +58,18 @@ def _decode(args) -> int:
   import numpy as np
   import sentencepiece as spm
   from prompt_tuning import decoding
+  from prompt_tuning.readers import vocabulary as vocabulary_lib
+  from prompt_tuning.serving import cli as serving_cli
+  if args.spm_model is None and os.path.exists(args.checkpoint) and (
+      vocabulary_lib.recorded(args.checkpoint) is None):
+    raise ValueError(f"{args.checkpoint} records no vocabulary: give --spm_model")
+  # The checkpoint's recorded vocabulary unless given (a contradicting one is an error).
+  spm_model = serving_cli.vocabulary_spec(args.checkpoint, args.spm_model, "--spm_model")
+  if spm_model == "byte":
+    raise ValueError(f"{args.checkpoint} uses the byte vocabulary; decode reads SentencePiece "
+                     "models only (use `prompt-tuning serve`)")
   _, model, params = _load_model(args.checkpoint, args.relative_attention_max_distance)
-  sp = spm.SentencePieceProcessor(model_file=args.spm_model)
+  sp = spm.SentencePieceProcessor(model_file=spm_model)
   ids = sp.encode(args.input) + [1]
   config = decoding.DecodingConfig(method=args.method, max_decode_length=args.max_decode_length,
                                    num_beams=args.num_beams, temperature=args.temperature)
@@ -123,6 +133,7 @@ def _run_gin(args: argparse.Namespace, bindings: list[str]) -> int:
     gin_utils.parse_gin(gin_files, [*saved_bindings, *bindings], args.gin_search_paths)
     gin_utils.bind_file_task()  # tasks/local_file.gin before or after the runs/ file.
     gin_utils.bind_checkpoint_config()  # No models/ file: the checkpoint's own config.
+    gin_utils.bind_checkpoint_vocabulary()  # And its own vocabulary, where recorded.
     strict.check_bindings(_GIN_BINARIES[args.command], args.gin_file, bindings,
                           args.gin_search_paths, allow_unused,
                           gin_utils.configs_dir())  # Typos fail before any work.
@@ -522,7 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
   rc.add_argument("--allow_backbone_mismatch", action="store_true",
                   help="recycle a prompt whose provenance names another source backbone")
   dec = sub.choices["decode"]
-  dec.add_argument("--spm_model", required=True, help="SentencePiece model file")
+  dec.add_argument("--spm_model", default=None,
+                   help="SentencePiece model file (default: the one recorded with the "
+                   "checkpoint, such as a Hugging Face folder's spiece.model)")
   dec.add_argument("--input", required=True)
   dec.add_argument("--method", choices=("greedy", "beam", "sample"), default="greedy")
   dec.add_argument("--max_decode_length", type=int, default=16)

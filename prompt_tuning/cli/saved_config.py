@@ -104,4 +104,22 @@ def resolve_run(model_dir: str) -> tuple[str, str, str]:
   backbone = saved.get("INITIAL_CHECKPOINT_PATH")
   if not isinstance(backbone, str):
     raise ValueError(f"{path(model_dir)} names no INITIAL_CHECKPOINT_PATH")
-  return backbone, str(saved.get("MIXTURE_OR_TASK_NAME", "prompt")), latest_prompt(model_dir)
+  task = saved.get("MIXTURE_OR_TASK_NAME")
+  if not isinstance(task, str):  # A file task (@file_task()): its name binding.
+    task = _literal_binding(model_dir, "file_task.name") or "prompt"
+  return backbone, task, latest_prompt(model_dir)
+
+
+def _literal_binding(model_dir: str, name: str):
+  """The literal value of `name` in MODEL_DIR/config.gin, gin scopes aside (None if none)."""
+  import ast
+  with open(path(model_dir)) as f:
+    text = f.read()
+  for statement in statements(text):
+    key, _, value = statement.partition("=")
+    if key.strip().rsplit("/", 1)[-1] == name:
+      try:
+        return ast.literal_eval(value.replace("\\\n", " ").strip())
+      except (ValueError, SyntaxError):
+        return None
+  return None

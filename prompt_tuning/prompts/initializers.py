@@ -142,11 +142,16 @@ def random_uniform(scale: float = 0.5) -> Initializer:
   return init
 
 
-def _rows_among(table: np.ndarray, first_n: Optional[int]) -> np.ndarray:
+def _rows_among(table: np.ndarray, first_n: Optional[int],
+                binding: str = "prompt_init.sampled_vocab.first_n") -> np.ndarray:
   """The first `first_n` rows of `table` (all for None), checked against its size."""
   limit = table.shape[0] if first_n is None else first_n
   if not 0 < limit <= table.shape[0]:
-    raise ValueError(f"first_n={first_n} must be in [1, {table.shape[0]}] (the vocabulary size)")
+    # The default (5,000, T5's most frequent pieces) does not fit a small vocabulary
+    # such as the quickstart backbones' bytes: say which binding to set.
+    raise ValueError(f"first_n={first_n} must be in [1, {table.shape[0]}] (the vocabulary "
+                     f"size): bind {binding} (e.g. --gin.{binding}=259 for the byte "
+                     "vocabulary's ids) or use prompts/random_uniform.gin")
   return table[:limit]
 
 

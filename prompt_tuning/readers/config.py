@@ -64,6 +64,8 @@ RECORD_FILE = "config.json"
 LEGACY_RECORD_FILE = "config.json.txt"
 RUN_CONFIG_FILE = "config.gin"
 RECORD_FORMAT = "prompt_tuning.T5Config"
+# The record's entry for the backbone's vocabulary (readers/vocabulary.py writes it).
+VOCABULARY_KEY = "vocabulary"
 
 # The fields that fix what a checkpoint computes; the rest (dtypes, dropout,
 # scanning, rematerialization) are the run's to choose.
@@ -75,12 +77,23 @@ ARCHITECTURE_FIELDS = ("vocab_size", "emb_dim", "num_heads", "num_encoder_layers
 
 
 def write_record(folder: str, config: T5Config) -> str:
-  """Writes `folder/config.json`: every T5Config field, for `recorded_fields` to read."""
+  """Writes `folder/config.json`: every T5Config field, for `recorded_fields` to read.
+
+  A vocabulary recorded there before (readers/vocabulary.py `record`) is kept.
+  """
   import dataclasses
   import json
   import os
   path = os.path.join(folder, RECORD_FILE)
   record = {"format": RECORD_FORMAT, **dataclasses.asdict(config)}
+  if os.path.isfile(path):  # Rewriting the fields keeps the recorded vocabulary.
+    try:
+      with open(path) as f:
+        old = json.load(f)
+      if isinstance(old, dict) and VOCABULARY_KEY in old:
+        record[VOCABULARY_KEY] = old[VOCABULARY_KEY]
+    except ValueError:
+      pass
   with open(path + ".tmp", "w") as f:
     f.write(json.dumps(record, indent=1))
   os.replace(path + ".tmp", path)

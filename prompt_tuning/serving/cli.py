@@ -47,8 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="serve prompts whose provenance names another backbone")
   parser.add_argument("--prompt_length", type=int, default=None,
                       help="P when no prompt is loaded at start-up (prompts come by PUT)")
-  parser.add_argument("--vocabulary", default="byte",
-                      help="'byte' (the quickstart backbones) or a SentencePiece .model file")
+  parser.add_argument("--vocabulary", default=None,
+                      help="'byte' or a SentencePiece .model file (default: the one recorded "
+                      "with the checkpoint, such as a Hugging Face folder's spiece.model; "
+                      "else 'byte'); contradicting the recorded one is an error")
   parser.add_argument("--relative_attention_max_distance", type=int, default=None,
                       help="only for a T5X checkpoint that records no config (default "
                       "128); a recorded value is read, and contradicting it is an error")
@@ -118,6 +120,40 @@ def backbone_name(checkpoint: str) -> str:
   return name
 
 
+def vocabulary_spec(checkpoint: str, given: Optional[str], flag: str = "--vocabulary") -> str:
+  """`flag`'s value, else the vocabulary recorded with the checkpoint, else 'byte'; checked.
+
+  A given vocabulary that contradicts the recorded one is an error naming both;
+  one that cannot be read is one line naming `flag`.
+  """
+  from prompt_tuning.readers import vocabulary as vocabulary_lib
+  found = None
+  if os.path.exists(checkpoint):  # A missing checkpoint: the preflight names it.
+    try:
+      found = vocabulary_lib.recorded(checkpoint)
+    except (OSError, ValueError):
+      found = None
+  if given is None:
+    if found is None:
+      return "byte"  # Nothing recorded: the quickstart backbones' vocabulary, as before.
+    if found.kind == vocabulary_lib.BYTE:
+      return vocabulary_lib.BYTE
+    spec = found.path
+    if not spec or not os.path.isfile(spec):
+      raise FileNotFoundError(f"{found.source} records the vocabulary {found.describe()}, which "
+                              f"is not a local file: give {flag} /local/spm.model")
+    return spec
+  if given != vocabulary_lib.BYTE and not os.path.isfile(given):
+    raise FileNotFoundError(f"{flag} {given}: expected 'byte' or a SentencePiece .model file")
+  mine = vocabulary_lib.Vocabulary(given if given == vocabulary_lib.BYTE
+                                   else vocabulary_lib.SENTENCEPIECE,
+                                   None if given == vocabulary_lib.BYTE else given)
+  if found is not None and not vocabulary_lib.same(mine, found):
+    raise ValueError(f"{flag} {given} but {found.source} records the vocabulary "
+                     f"{found.describe()}: drop {flag} (the recorded one is used)")
+  return given
+
+
 def build(args, warmup: bool = True
           ) -> tuple["engine_lib.Engine", "server_lib.ServeConfig"]:  # noqa: F821
   """Loads the backbone and prompts and (with `warmup`, unless --no_warmup) compiles the
@@ -127,6 +163,7 @@ def build(args, warmup: bool = True
   from prompt_tuning.runtime import preflight
   from prompt_tuning.serving import engine as engine_lib
   from prompt_tuning.serving import server as server_lib
+  args.vocabulary = vocabulary_spec(args.checkpoint, args.vocabulary)  # Before any reading.
   files = prompt_files(args.prompt, args.prompt_dir)
   prompts = {name: provenance.read_prompt(path) for name, path in files.items()}
   if len(prompts) > args.max_prompts:
