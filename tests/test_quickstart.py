@@ -53,6 +53,23 @@ def test_results_are_written_and_printed(results, capsys):
       in table
 
 
+def test_prompt_is_selected_on_validation_and_reported_on_test(results):
+  """Issue 33 point 7: the trained row is best/'s prompt, the step of the best validation
+  exact match; the table scores the test split and names that step."""
+  model_dir = results["prompt_model_dir"]
+  sel = results["selection"]
+  with open(os.path.join(model_dir, "infer_eval", "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert {r["split"] for r in rows} == {"validation"} and results["split"] == "test"
+  assert sel["evaluated_steps"] == [100, 200] == [r["step"] for r in rows]
+  best = max(rows, key=lambda r: r["exact_match"])  # The first of equals, as BEST_MODE max.
+  assert (sel["step"], sel["value"]) == (best["step"], best["exact_match"])
+  assert json.load(open(os.path.join(model_dir, "best", "best.json")))["step"] == sel["step"]
+  assert results["prompt_file"] == os.path.join(model_dir, "best", "encoder_prompt.prompt.npy")
+  table = quickstart.format_table(results)
+  assert "unseen test words" in table and f"selected prompt: step {sel['step']} of 200" in table
+
+
 def test_backbone_is_cached_and_reused(results, monkeypatch):
   cache = os.path.dirname(os.path.dirname(results["backbone"]))
   monkeypatch.setattr(backbones.loop, "train", lambda **kw: pytest.fail("retrained"))
