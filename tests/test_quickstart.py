@@ -15,8 +15,9 @@ from prompt_tuning.models.t5 import T5
 # Shortened from the defaults (the tiny backbone, 3000 pretraining steps at 2e-3 after
 # 100 warmup steps, then 400 prompt steps) to fit a test: 700 pretraining steps at a
 # higher peak rate (3e-3 after 50 warmup steps), then 200 prompt steps. Measured with
-# seeds 0 and 1:
-# trained prompt 99.2% and 84.4% vs 0% and 0%; instruction 99.2% and 100%.
+# seeds 0 and 1, before the prompt was selected by validation (the final prompt, scored
+# on the validation words): trained prompt 99.2% and 84.4% vs 0% and 0%; instruction
+# 99.2% and 100%.
 PRETRAIN = backbones.PretrainConfig(size="tiny", steps=700, learning_rate=3e-3,
                                     warmup_steps=50)
 PROMPT = quickstart.PromptConfig(steps=200)
@@ -51,6 +52,23 @@ def test_results_are_written_and_printed(results, capsys):
   assert f"backbone (a T5X checkpoint folder): {results['backbone']}" in table
   assert f"prompt-tuning serve {results['backbone']} --prompt reverse={results['prompt_file']}" \
       in table
+
+
+def test_prompt_is_selected_on_validation_and_reported_on_test(results):
+  """Issue 33 point 7: the trained row is best/'s prompt, the step of the best validation
+  exact match; the table scores the test split and names that step."""
+  model_dir = results["prompt_model_dir"]
+  sel = results["selection"]
+  with open(os.path.join(model_dir, "infer_eval", "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert {r["split"] for r in rows} == {"validation"} and results["split"] == "test"
+  assert sel["evaluated_steps"] == [100, 200] == [r["step"] for r in rows]
+  best = max(rows, key=lambda r: r["exact_match"])  # The first of equals, as BEST_MODE max.
+  assert (sel["step"], sel["value"]) == (best["step"], best["exact_match"])
+  assert json.load(open(os.path.join(model_dir, "best", "best.json")))["step"] == sel["step"]
+  assert results["prompt_file"] == os.path.join(model_dir, "best", "encoder_prompt.prompt.npy")
+  table = quickstart.format_table(results)
+  assert "unseen test words" in table and f"selected prompt: step {sel['step']} of 200" in table
 
 
 def test_backbone_is_cached_and_reused(results, monkeypatch):

@@ -5,6 +5,7 @@ equal what `prompt-tuning eval` reports for the checkpoints of those steps.
 """
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -19,12 +20,50 @@ def _records(run, name):
   return [json.loads(line) for line in open(os.path.join(run, name, "metrics.jsonl"))]
 
 
+class _Compiles(logging.Handler):
+  """The programs JAX compiles (`jax.log_compiles`) while each evaluation runs."""
+
+  def __init__(self):
+    super().__init__(logging.WARNING)
+    self.evaluation = None  # The step of the evaluation running, or None between them.
+    self.by_evaluation: dict = {}
+
+  def emit(self, record):
+    message = record.getMessage()
+    if self.evaluation is not None and message.startswith("Compiling "):
+      self.by_evaluation[self.evaluation].append(message.split(" ")[1])
+
+  def watch(self, evaluate):
+    """Evaluator.__call__, recording which evaluation a compilation falls in."""
+    def watched(evaluator, step, *args, **kwargs):
+      self.evaluation = step
+      self.by_evaluation[step] = []
+      try:
+        return evaluate(evaluator, step, *args, **kwargs)
+      finally:
+        self.evaluation = None
+    return watched
+
+
+_COMPILES = _Compiles()  # Of the `evaluated` run.
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
+  import jax
+  from prompt_tuning.train import evaluator as evaluator_lib
   root = tmp_path_factory.mktemp("train_eval")
   (root / "tiny_model.gin").write_text(TINY_MODEL_GIN)
   run = str(root / "run")
-  assert _run("train", run, "--gin.TRAIN_STEPS=4", "--gin.CHECKPOINT_PERIOD=2", *EVAL) == 0
+  jax_log = logging.getLogger("jax")
+  jax_log.addHandler(_COMPILES)
+  try:
+    with pytest.MonkeyPatch.context() as patch, jax.log_compiles():
+      patch.setattr(evaluator_lib.Evaluator, "__call__",
+                    _COMPILES.watch(evaluator_lib.Evaluator.__call__))
+      assert _run("train", run, "--gin.TRAIN_STEPS=4", "--gin.CHECKPOINT_PERIOD=2", *EVAL) == 0
+  finally:
+    jax_log.removeHandler(_COMPILES)
   return run
 
 
@@ -44,6 +83,17 @@ def test_train_eval_and_infer_eval_are_written_every_period(evaluated):
   summary = json.load(open(os.path.join(run, "train_summary.json")))
   assert summary["last_eval"]["step"] == 4
   assert summary["last_eval"]["infer_eval"]["accuracy"] == inferred[1]["accuracy"]
+
+
+def test_each_evaluation_program_compiles_once_per_run(evaluated):
+  """The teacher-forced and inference programs compile at the first evaluation, and
+  every later period reuses them (no recompilation per period)."""
+  compiles = _COMPILES.by_evaluation
+  assert sorted(compiles) == [2, 4]
+  first = compiles[2]
+  assert any("eval_step" in name for name in first), first
+  assert len(first) >= 2, first  # The teacher-forced step and an inference program.
+  assert compiles[4] == [], compiles[4]  # The second period compiles nothing at all.
 
 
 def test_infer_eval_equals_prompt_tuning_eval_of_that_steps_checkpoint(evaluated):
@@ -141,6 +191,38 @@ def test_eval_and_infer_take_checkpoint_step_best(evaluated):
       run, "infer", f"pt_test_sentiment-validation-step_{best['step']}.jsonl"))
 
 
+def test_serve_and_infer_take_the_best_folder_as_a_prompt(evaluated, tmp_path):
+  """best/ (or its file) is a prompt wherever a prompt file is: serve's --prompt, and
+  infer's PROMPT_FILE; its provenance sidecar is found and checked through the folder."""
+  from prompt_tuning.cli import main as main_lib
+  from prompt_tuning.serving import cli as serving_cli
+  from tests.conftest import fixture_path
+  run = evaluated
+  best = os.path.join(run, "best")
+  file = os.path.join(best, "encoder_prompt.prompt.npy")
+  backbone = fixture_path("t5x_tiny_checkpoint")
+  engine, _ = serving_cli.build(main_lib.build_parser().parse_args(
+      ["serve", backbone, f"--prompt=folder={best}", f"--prompt=file={file}",
+       "--relative_attention_max_distance=8", "--no_warmup", "--max_prompts=2"]))
+  bank, rows = engine.prompts.snapshot()
+  for name in ("folder", "file"):
+    np.testing.assert_array_equal(np.asarray(bank)[rows[name]], np.load(file))
+  # infer with the folder as PROMPT_FILE predicts what CHECKPOINT_STEP='best' predicts.
+  step = json.load(open(os.path.join(best, "best.json")))["step"]
+  by_step = os.path.join(run, "infer", f"pt_test_sentiment-validation-step_{step}.jsonl")
+  if not os.path.exists(by_step):  # Written by test_eval_and_infer_take_checkpoint_step_best.
+    assert _run("infer", run, "--gin.CHECKPOINT_STEP='best'", "--gin.MAX_INFER_EXAMPLES=2") == 0
+  (tmp_path / "tiny_model.gin").write_text(TINY_MODEL_GIN)
+  other = str(tmp_path / "from_folder")
+  assert _run("infer", other, "--gin_file=prompts/from_file.gin", f"--gin.PROMPT_FILE='{best}'",
+              "--gin.RESTORE_CHECKPOINT=False", "--gin.MAX_INFER_EXAMPLES=2") == 0
+  (name,) = os.listdir(os.path.join(other, "infer"))
+  ours = [json.loads(line) for line in open(os.path.join(other, "infer", name))]
+  theirs = [json.loads(line) for line in open(by_step)]
+  assert [(r["prediction"], r["score"]) for r in ours] == [
+      (r["prediction"], r["score"]) for r in theirs]
+
+
 # --- kill anywhere, with evaluation, the best prompt and early stopping ----------
 
 def _cli_train(model_dir, fault=None):
@@ -182,3 +264,4 @@ def test_sigkill_anywhere_then_resume_keeps_best_and_stop_step(stopped_early, tm
   summary = json.load(open(os.path.join(run, "train_summary.json")))
   assert summary["step"] == 3 and summary["early_stopped"]["step"] == 3
   assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["2", "3"]
+

@@ -309,7 +309,8 @@ def from_array(value_PH: np.ndarray) -> Initializer:
 @registry.configurable(module="prompt_init")
 def from_file(path: str, backbone: Optional[str] = None,
               allow_backbone_mismatch: bool = False) -> Initializer:
-  """A saved prompt: a `.npy` [P, H] (any float dtype; cast) or a PEFT adapter folder.
+  """A saved prompt: a `.npy` [P, H] (any float dtype; cast), a PEFT adapter folder, or
+  a training run's best/ folder (MODEL_DIR/best, the prompt of its best evaluation).
 
   Args:
     path: the prompt file or folder.

@@ -9,6 +9,10 @@ exported prompt `p.npy` gets `p.provenance.json` (a PEFT adapter folder gets
      "task": "rte", "step": 1200, "metrics": {"rte/validation/greedy": {...}},
      "prompt": {"shape": [100, 768], "digest": "..."}}
 
+A `MODEL_DIR/best/` folder that training writes (its `best.json` beside the
+exported prompt files) stands for the prompt file in it, so it can be given
+wherever a prompt file can (`best_prompt_file`).
+
 `load_prompt` is the one way eval, infer (the from-file initializer), serve,
 recycle and export-peft read a prompt file, and `check` the one check they
 share: a prompt whose sidecar names another backbone fails with one line
@@ -41,6 +45,8 @@ from prompt_tuning import trees as tree_lib
 
 FORMAT = "prompt-tuning provenance 1"
 FOLDER_SIDECAR = "provenance.json"
+# What marks the best prompt's folder (runtime/best_prompts.py, written by train).
+BEST_JSON = "best.json"
 EMBEDDING = "token_embedder/embedding"
 # T5Config fields the parameter shapes fix (a T5X checkpoint stores nothing else).
 _CONFIG_FIELDS = ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
@@ -97,8 +103,25 @@ def params_fingerprint(config: Any, params: Any) -> Optional[str]:
   return fingerprint(config, np.asarray(table))
 
 
+def best_prompt_file(path: str) -> Optional[str]:
+  """The prompt file of a best/ folder written by train (None for anything else).
+
+  The folder holds one exported `.npy` per prompt parameter; one prompt is
+  what a prompt file stands for, so a folder of several must be given by file.
+  """
+  if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, BEST_JSON))):
+    return None
+  files = sorted(f for f in os.listdir(path) if f.endswith(".npy"))
+  if len(files) != 1:
+    raise ValueError(f"{path} (the best prompts of a training run) holds {len(files)} prompt "
+                     f"files {files}; give the one meant: {os.path.join(path, '<file>.npy')}")
+  return os.path.join(path, files[0])
+
+
 def sidecar_path(prompt_path: str) -> str:
-  """`p.npy` -> `p.provenance.json`; a folder (PEFT adapter) -> `folder/provenance.json`."""
+  """`p.npy` -> `p.provenance.json`; a folder (PEFT adapter) -> `folder/provenance.json`;
+  a best/ folder -> its prompt file's sidecar."""
+  prompt_path = best_prompt_file(prompt_path) or prompt_path
   if os.path.isdir(prompt_path):
     return os.path.join(prompt_path, FOLDER_SIDECAR)
   stem = prompt_path[:-len(".npy")] if prompt_path.endswith(".npy") else prompt_path
@@ -231,12 +254,15 @@ def check(prompt_path: str, prompt_PH: Any,
 
 
 def read_prompt(path: str) -> np.ndarray:
-  """A prompt from a `.npy` file or a PEFT adapter folder, unchecked (see `load_prompt`)."""
+  """A prompt from a `.npy` file, a PEFT adapter folder or a best/ folder written by
+  train, unchecked (see `load_prompt`)."""
   from prompt_tuning.readers import peft
+  path = best_prompt_file(path) or path
   if os.path.isdir(path):
     if not peft.is_adapter_folder(path):
       raise FileNotFoundError(f"{path} is a folder but not a PEFT adapter (no "
-                              f"{peft.CONFIG_FILE}); expected a .npy prompt or an adapter folder")
+                              f"{peft.CONFIG_FILE}) nor a training run's best/ folder (no "
+                              f"{BEST_JSON}); expected a .npy prompt or one of those folders")
     return peft.read_adapter(path)[0]
   value = load_npy(path)
   if value.dtype.kind not in "fiu":
@@ -250,7 +276,8 @@ def load_prompt(path: str, backbone: Optional[str | Callable[[], str]] = None,
   """A prompt from a `.npy` file or a PEFT adapter folder, its provenance checked.
 
   Args:
-    path: a `.npy` prompt ([P, H]) or a PEFT prompt-tuning adapter folder.
+    path: a `.npy` prompt ([P, H]), a PEFT prompt-tuning adapter folder, or
+      a training run's best/ folder (MODEL_DIR/best).
     backbone: the fingerprint of the backbone it is for (see `fingerprint`),
       or a function computing it; None computes it from `checkpoint`. Either
       is computed only when there is a sidecar to check.
