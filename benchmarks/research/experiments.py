@@ -61,13 +61,16 @@ def ensemble_row(members: Sequence[dict[str, Any]], bb, task: str, suite: Suite,
 
 
 def experiment_ensemble(suite: Suite, work_dir: str, progress) -> list[dict[str, Any]]:
-  """Prompts of `seeds` on the classification format, and their majority vote."""
-  size, task = suite.sizes[0], suite.init_task
-  members = []
-  for seed in suite.seeds:
-    members.append(run(prompt_tuning(suite), task, size, seed, suite, work_dir))
-    progress()
-  return [ensemble_row(members, byte_backbone(size, suite), task, suite)]
+  """Prompts of `seeds` on each of `scale_tasks` (classification and generation), and
+  their majority vote."""
+  size, rows = suite.sizes[0], []
+  for task in suite.scale_tasks:
+    members = []
+    for seed in suite.seeds:
+      members.append(run(prompt_tuning(suite), task, size, seed, suite, work_dir))
+      progress()
+    rows.append(ensemble_row(members, byte_backbone(size, suite), task, suite))
+  return rows
 
 
 def source_prompts(suite: Suite, work_dir: str, progress) -> list[str]:

@@ -292,7 +292,7 @@ def claims(fam: dict[str, Any], suite: Suite) -> list[dict[str, Any]]:
   claim = f"Lester 2022: recycling toward a larger target succeeds more often ({name})"
   if len(larger) >= 2 and len(smaller) >= 2:
     out.append(gate("recycling", _across_seeds(claim, "recycling toward a smaller target",
-                                                larger, smaller)))
+                                                larger, smaller, unit="recycled prompts")))
   else:
     out.append(gate("recycling", stats.untestable(claim, "recycling toward a smaller target",
                                                   "the family has one size")))
