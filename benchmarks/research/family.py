@@ -140,3 +140,39 @@ def byte_family(sizes: Sequence[str], seeds: Sequence[int],
       untestable={"init": reason_vocab, "recycling": reason_vocab,
                   "scale": "the byte family's sizes are not ordered by quality (medium is a "
                            "worse model than small) and record none; replaced by the miniature"})
+
+
+def miniature_family(suite: Any) -> Family:
+  """The real-language miniature (issue 34) as a `Family`: `--family
+  benchmarks.research.family:miniature_family`.
+
+  Written against the miniature's API as it stood on branch h-mini (the
+  `prompt_tuning.miniature` package: `family.require`, `backbone_config`,
+  `QUALITY_FILE`; `prompt_tuning.tasks.miniature`: `find`, `FEATURE_LENGTHS`;
+  `prompt_tuning.tasks.gcide.LABELS`). A size whose checkpoint is missing
+  raises the miniature's one-line NotMade, naming the command that makes it.
+  Tasks: part of speech (4 labels) for the classification experiments, the
+  noun/verb task for recycling, both by rank classification over the labels.
+  """
+  import json
+  from prompt_tuning.miniature import family as mini
+  from prompt_tuning.tasks import gcide
+  from prompt_tuning.tasks import miniature as tasks_lib
+  corpus = tasks_lib.find(tasks_lib.CorpusSpec())
+  members = []
+  for size in mini.SIZES:
+    for seed in suite.backbone_seeds:
+      path = mini.require(size, mini.PretrainConfig(seed=seed))
+      quality_file = os.path.join(path, mini.QUALITY_FILE)
+      quality = None
+      if os.path.exists(quality_file):
+        with open(quality_file) as f:
+          quality = {k: v for k, v in json.load(f).items() if isinstance(v, (int, float))}
+      members.append(Backbone(size, path, mini.backbone_config(size), corpus.vocabulary(), seed,
+                              quality))
+  return Family(
+      "miniature", tuple(members), lambda: corpus.frequent_ids(10 ** 9),
+      FamilyTasks(classification="miniature_pos", binary="miniature_binary",
+                  class_labels={"miniature_pos": tuple(gcide.LABELS["pos"]),
+                                "miniature_binary": tuple(gcide.LABELS["binary"])},
+                  feature_lengths=dict(tasks_lib.FEATURE_LENGTHS)))
