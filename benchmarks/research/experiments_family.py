@@ -40,10 +40,14 @@ class _Runner:
     self.task = family.tasks.classification
     self.labels = family.tasks.class_labels
 
-  def prompt(self, init: str = "sampled_vocab", length: int = 0, rate=None) -> Method:
+  def prompt(self, init: str = "sampled_vocab", length: int = 0, rate=None,
+             task: str = "") -> Method:
+    """Prompt tuning; class-label init reads the labels of `task` (default: the
+    classification task)."""
+    labels = self.labels.get(task or self.task) if init == "class_labels" else None
     return family_prompt(length or self.suite.family_prompt_length, init,
-                         self.family.frequent_ids, self.suite.sampled_top,
-                         self.labels.get(self.task), self.family.backbones[0].vocabulary, rate)
+                         self.family.frequent_ids, self.suite.sampled_top, labels,
+                         self.family.backbones[0].vocabulary, rate)
 
   def __call__(self, method: Method, bb: Backbone, seed: int, task: str = "") -> dict[str, Any]:
     r = run(method, task or self.task, bb, seed, self.suite, self.work_dir,
@@ -148,7 +152,7 @@ def recycling(family: Family, suite: Suite, go: _Runner, rate_of) -> dict[str, A
                         feature_lengths=lengths, class_labels=labels)[0]
 
   def untrained(bb: Backbone, init: str, seed: int = 0) -> np.ndarray:
-    module = go.prompt(init).prompt(bb.path, seed)
+    module = go.prompt(init, task=task).prompt(bb.path, seed)
     setup = setup_lib.build(ModelSpec(bb.config, bb.path, module))
     return np.asarray(setup.trainable["encoder_prompt"]["prompt"])
 
