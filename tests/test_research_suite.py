@@ -1,13 +1,19 @@
-"""The research suite (`python -m benchmarks.research`): its quick run, and its refusal
-to report a table that cannot separate methods."""
+"""The research suite (`python -m benchmarks.research`): its statistics (checked against
+answers known independently), its run cache, its verdict rules, its quick run, and
+its refusal to report a table that cannot separate methods."""
 
+import dataclasses
 import json
+import math
 import os
 
+import numpy as np
 import pytest
 
-from benchmarks.research import cli, config, stats
+from benchmarks.research import claims as claims_lib
+from benchmarks.research import cli, config, experiments_family, runs, stats
 from benchmarks.research import methods as research_methods
+from benchmarks.research.family import Backbone
 from prompt_tuning.tasks import research as research_tasks
 
 
@@ -40,48 +46,211 @@ def test_a_table_where_every_run_scores_the_same_fails_naming_the_task():
   stats.check_separates([{**r, "score": 50.0} for r in rows], "scale")
 
 
-def test_the_scale_claim_needs_a_fine_tuning_lead_to_close():
-  assert stats.gap_verdict([5.0, 2.0, 1.0]) == "reproduced"
-  assert stats.gap_verdict([-1.3, 1.8, 18.1]) == "not reproduced"  # the lead opens
-  # Prompt tuning ahead everywhere: a shrinking negative gap is not the paper's claim.
-  assert stats.gap_verdict([-18.5, -15.9, -12.8]).startswith("not tested (no gap")
-  assert stats.gap_verdict([3.0]) == "not tested (one size)"
+def test_mcnemar_is_the_exact_binomial_test_of_the_discordant_examples():
+  # 6 examples only a gets right, none only b: p = 2 * 0.5^6.
+  a = [True] * 6 + [True] * 10 + [False] * 4
+  b = [False] * 6 + [True] * 10 + [False] * 4
+  r = stats.mcnemar(a, b)
+  assert r["p"] == pytest.approx(2 / 64) and r["discordant"] == (6, 0)
+  assert r["effect"] == pytest.approx(100 * 6 / 20)
+  assert r["ci"][0] < r["effect"] < r["ci"][1]
+  # 1 against 9: p = 2 * (C(10,0) + C(10,1)) / 2^10.
+  a, b = [True] + [False] * 9, [False] + [True] * 9
+  assert stats.mcnemar(a, b)["p"] == pytest.approx(2 * 11 / 1024)
+  # Concordant examples change nothing; no discordant ones: p = 1.
+  assert stats.mcnemar([True, False], [True, False])["p"] == 1.0
+  from scipy import stats as scipy_stats
+  rng = np.random.RandomState(3)
+  a, b = rng.rand(300) < 0.6, rng.rand(300) < 0.5
+  n_ab, n_ba = int(np.sum(a & ~b)), int(np.sum(~a & b))
+  assert stats.mcnemar(a, b)["p"] == pytest.approx(
+      scipy_stats.binomtest(n_ab, n_ab + n_ba, 0.5).pvalue)
 
 
-def test_quick_run_writes_every_figure_with_three_seeds(tmp_path):
+def test_permutation_test_on_separated_identical_and_known_samples():
+  # Completely separated 5 vs 5: only the two extreme relabellings reach the
+  # observed difference: p = 2 / C(10, 5) = 2 / 252.
+  r = stats.permutation_test([1, 2, 3, 4, 5], [6, 7, 8, 9, 10])
+  assert r["p"] == pytest.approx(2 / 252) and r["effect"] == -5.0
+  assert r["ci"][1] < 0  # the interval excludes no effect
+  # With 3 seeds a side the smallest p is 2 / 20 = 0.1: why the suite uses 5.
+  assert stats.permutation_test([1, 2, 3], [4, 5, 6])["p"] == pytest.approx(0.1)
+  assert stats.permutation_test([7.0] * 5, [7.0] * 5)["p"] == 1.0
+  # Welch's interval is scipy's.
+  from scipy import stats as scipy_stats
+  a, b = [3.0, 5.0, 4.0, 6.0, 5.5], [1.0, 2.5, 2.0, 4.0, 1.5]
+  ci = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+  assert stats.welch_interval(a, b) == pytest.approx((ci.low, ci.high))
+  # Monte Carlo when there are too many relabellings, close to the exact answer.
+  rng = np.random.RandomState(0)
+  x, y = rng.randn(6), rng.randn(6) + 1.0
+  exact = stats.permutation_test(x, y)["p"]
+  assert stats.permutation_test(x, y, max_exact=10, resamples=20000)["p"] == pytest.approx(
+      exact, abs=0.02)
+
+
+def test_paired_bootstrap_and_binomial_test():
+  same = stats.paired_bootstrap([1.0, 0.0, 1.0, 1.0], [1.0, 0.0, 1.0, 1.0])
+  assert same["p"] == 1.0 and same["effect"] == 0.0 and same["ci"] == (0.0, 0.0)
+  shifted = stats.paired_bootstrap(np.arange(50) + 10.0, np.arange(50.0))
+  assert shifted["effect"] == 10.0 and shifted["ci"] == (10.0, 10.0) and shifted["p"] == 0.0
+  # 10 successes of 10 against a fair coin: p = 2 / 2^10.
+  assert stats.binomial_test(10, 10, 0.5)["p"] == pytest.approx(2 / 1024)
+  # A coin-flip answerer on 256 balanced examples beats a 50% baseline when it
+  # gets more than 128 right: (1 - P(X = 128)) / 2.
+  exact = (1 - math.comb(256, 128) / 2 ** 256) / 2
+  assert stats.random_answer_success_rate([50.0] * 4, 256, 2) == pytest.approx(100 * exact, abs=1.0)
+
+
+def test_verdict_words_and_that_no_claim_rests_on_any_success_or_the_best_length():
+  assert stats.verdict(0.01, 3.0) == "reproduced (p < 0.05)"
+  assert stats.verdict(0.01, -3.0) == "contradicted (p < 0.05)"
+  assert stats.verdict(0.01, -3.0, expected_sign=-1) == "reproduced (p < 0.05)"
+  assert stats.verdict(0.2, 30.0) == "inconclusive"
+  assert stats.not_testable("why") == "not testable here: why"
+  assert stats.is_verdict("not testable here: why") and not stats.is_verdict("reproduced")
+  suite = config.FULL
+  pt = research_methods.prompt_tuning(suite).name
+  # A 10-token prompt ahead of a 1-token prompt on average but within the noise:
+  # the old rule ("the best length beats length 1") said reproduced.
+  length = [dict(length=n, score=s, method=pt, task="t", size="tiny", seed=i)
+            for n, scores in ((1, [80, 70, 90, 75, 85]), (10, [82, 71, 88, 79, 86]))
+            for i, s in enumerate(scores)]
+  rows = claims_lib.byte_claims({"length": length}, suite)
+  row = next(c for c in rows if "1-token" in c["claim"])
+  assert row["verdict"] == "inconclusive" and row["control"] == "a 1-token prompt"
+  assert row["ci"][0] < 0 < row["ci"][1]
+  length = [{**r, "score": r["score"] + (25 if r["length"] == 10 else 0)} for r in length]
+  row = next(c for c in claims_lib.byte_claims({"length": length}, suite)
+             if "1-token" in c["claim"])
+  assert row["verdict"] == "reproduced (p < 0.05)" and row["p"] == pytest.approx(2 / 252)
+  # Every claim names its control and has one of the four verdicts; the byte
+  # family's retired claims say why.
+  for c in rows:
+    assert c["control"] and stats.is_verdict(c["verdict"])
+  assert sum(c["verdict"].startswith("not testable here: ") for c in rows) == len(
+      claims_lib.RETIRED)
+  # Recycling that succeeds in 11 of 60 cases where random answers succeed 34.5% of the
+  # time: the old rule ("any success") said reproduced; against chance it is
+  # contradicted, and it is never reproduced.
+  fam = _family_results(successes=11, cases=60, chance=34.5)
+  rec = [c for c in experiments_family.claims(fam, config.QUICK)
+         if "more often than chance" in c["claim"]]
+  assert rec and all(c["verdict"] == "contradicted (p < 0.05)" for c in rec)
+  assert all("88.9%" in c["numbers"] for c in rec)
+  fam = _family_results(successes=55, cases=60, chance=34.5)
+  assert all(c["verdict"] == "reproduced (p < 0.05)"
+             for c in experiments_family.claims(fam, config.QUICK)
+             if "more often than chance" in c["claim"])
+  # A family that cannot test a claim keeps its numbers and says why.
+  fam["untestable"] = {"recycling": "byte rows"}
+  assert all(c["verdict"] == "not testable here: byte rows"
+             for c in experiments_family.claims(fam, config.QUICK) if "Lester 2022" in c["claim"])
+
+
+def _family_results(successes: int, cases: int, chance: float) -> dict:
+  """Family-experiment results with recycling rows of a given success count."""
+  run = lambda size, method, seed, score: dict(size=size, family_method=method, seed=seed,  # noqa: E731
+                                               score=score, method=method)
+  scale = [run(s, m, i, 50.0 + i + (5 if m == "finetune" else 0))
+           for s in ("a", "b") for m in ("prompt", "finetune") for i in range(5)]
+  rows = [dict(method=m, success=i < successes, untrained_success=False,
+               orthogonal_success=False, recycled=60.0 if i < successes else 40.0,
+               untrained_recycled=45.0, larger_target=i % 2 == 0, smaller_target=i % 2 == 1)
+          for m in config.QUICK.family_recyclers for i in range(cases)]
+  return dict(name="fake", task="t", untestable={},
+              backbones=[dict(size="a", seed=0, parameters=10 ** 6),
+                         dict(size="b", seed=0, parameters=10 ** 7)],
+              scale=scale, init=[], length=[], ensemble=[],
+              recycling=dict(task="t", rows=rows, random_answer_success=chance))
+
+
+def test_the_run_cache_is_keyed_by_every_setting_that_changes_a_result(tmp_path):
+  ckpt = tmp_path / "backbone"
+  ckpt.mkdir()
+  (ckpt / "weights").write_bytes(b"1234")
+  bb = Backbone("tiny", str(ckpt), config=None, vocabulary=None)
+  suite = config.QUICK
+  method = research_methods.prompt_tuning(suite)
+  base = runs.run_settings(method, "research_sorted_bare", bb, 0, suite, 20)
+  folder = runs.run_dir_of(str(tmp_path), base)
+  assert runs.run_dir_of(str(tmp_path), runs.run_settings(
+      method, "research_sorted_bare", bb, 0, suite, 20)) == folder  # the same run: a hit
+  changed = {
+      "learning rate": runs.run_settings(method.with_rate(1.0), "research_sorted_bare", bb, 0,
+                                         suite, 20),
+      "steps": runs.run_settings(method, "research_sorted_bare", bb, 0, suite, 21),
+      "seed": runs.run_settings(method, "research_sorted_bare", bb, 1, suite, 20),
+      "task": runs.run_settings(method, "research_reverse_bare", bb, 0, suite, 20),
+      "prompt length": runs.run_settings(research_methods.prompt_tuning(suite, length=3),
+                                         "research_sorted_bare", bb, 0, suite, 20),
+      "method settings": runs.run_settings(dataclasses.replace(method, settings=("other",)),
+                                           "research_sorted_bare", bb, 0, suite, 20),
+      "pretraining seed": runs.run_settings(dataclasses.replace(method), "research_sorted_bare",
+                                            dataclasses.replace(bb, seed=1), 0, suite, 20),
+      "validation size": runs.run_settings(method, "research_sorted_bare", bb, 0,
+                                           dataclasses.replace(suite, eval_examples=17), 20),
+      "batch size": runs.run_settings(method, "research_sorted_bare", bb, 0,
+                                      dataclasses.replace(suite, batch_size=8), 20)}
+  (ckpt / "weights").write_bytes(b"5678")  # retrained in place: same path, new weights
+  changed["backbone weights"] = runs.run_settings(method, "research_sorted_bare", bb, 0, suite,
+                                                  20)
+  for what, settings in changed.items():
+    assert runs.run_dir_of(str(tmp_path), settings) != folder, what
+  # A cached result is found only under its own key: run() trains (here: fails on
+  # the fake backbone) rather than return the cached one for a changed setting.
+  os.makedirs(folder)
+  with open(os.path.join(folder, "result.json"), "w") as f:
+    json.dump(dict(score=1.0), f)
+  (ckpt / "weights").write_bytes(b"1234")
+  assert runs.run(method, "research_sorted_bare", bb, 0, suite, str(tmp_path),
+                  steps=20)["score"] == 1.0
+  with pytest.raises(Exception):
+    runs.run(method.with_rate(1.0), "research_sorted_bare", bb, 0, suite, str(tmp_path),
+             steps=20)
+
+
+def test_quick_run_writes_every_figure_and_tests_every_claim(tmp_path):
+  import time
   out = tmp_path / "out"
+  start = time.time()
   assert cli.main(["--quick", "--no_progress", "--out", str(out),
-                        "--work_dir", str(tmp_path / "work")]) == 0
+                   "--work_dir", str(tmp_path / "work")]) == 0
+  print(f"quick run: {time.time() - start:.0f} s")
   results = json.loads((out / "research.json").read_text())
-  assert len(config.QUICK.seeds) >= 3
-  # The full run uses 3 seeds everywhere; the quick one keeps 3 where the ensemble
-  # needs them (scale) and one elsewhere.
-  assert len(config.FULL.seeds_of_methods) >= 3
-  for experiment, seeds in (("scale", config.QUICK.seeds),
-                            ("init", config.QUICK.seeds_of_methods),
-                            ("length", config.QUICK.seeds_of_methods)):
-    groups = stats.aggregate(results[experiment], "method", "task", "size")
-    assert groups and all(g["seeds"] == len(seeds) for g in groups)
+  q = config.QUICK
+  # The full run uses at least 5 seeds everywhere (an exact permutation test can
+  # then reach p < 0.05); the quick one 2.
+  assert len(config.FULL.seeds) >= 5 and len(config.FULL.seeds_of_methods) >= 5
+  fam = results["family"]
+  for experiment in ("init", "length", "scale"):
+    groups = stats.aggregate(fam[experiment], "method", "task", "size")
+    assert groups and all(g["seeds"] == len(q.seeds) for g in groups)
     for g in groups:
       assert 0.0 <= g["mean"] <= 100.0 and g["std"] >= 0.0
+  # Every run selected its step on validation and scored it on the test split.
+  for r in fam["scale"] + results["methods"] + results["multitask"]:
+    assert r["split"] == "test" and str(r["selected_step"]) in r["validation"]
+    assert r["validation_score"] == max(r["validation"].values())
+    assert len(r["test_correct"]) == q.test_examples or "multitask" in r["task"]
+  # The learning rate of each method at each size comes from its sweep.
+  assert {s["method"] for s in fam["sweeps"]} == {
+      research_methods.FINETUNE.name, "prompt tuning (sampled_vocab, 10 tokens)"}
   # Prompt tuning trains a [P, H] prompt; fine-tuning trains the whole backbone.
-  scale = {r["method"]: r["trainable_parameters"] for r in results["scale"]}
   width = 64  # the tiny backbone
-  prompt_name = research_methods.prompt_tuning(config.QUICK).name
-  assert scale[prompt_name] == config.QUICK.prompt_length * width
-  assert scale[research_methods.FINETUNE.name] == results["backbone_parameters"]["tiny"]
-  assert [r["members"] for r in results["ensemble"]] == [len(config.QUICK.seeds)]
-  verdicts = {c["verdict"] for c in results["claims"]}
-  assert verdicts <= {"reproduced", "not reproduced", "not tested (one size)",
-                      "not tested (no gap: prompt tuning >= fine-tuning at every size)"}
+  scale = {r["family_method"]: r["trainable_parameters"] for r in fam["scale"]}
+  assert scale["prompt"] == q.family_prompt_length * width
+  assert scale["finetune"] == results["backbone_parameters"]["tiny"]
+  assert [r["members"] for r in fam["ensemble"]] == [q.ensemble_size]
+  for c in results["claims"]:
+    assert stats.is_verdict(c["verdict"]) and c["control"], c
   text = (out / "research.md").read_text()
-  assert "| claim | verdict | numbers |" in text
-  assert os.path.getsize(out / "research_scale_and_length.png") > 1000
+  assert "| claim | control | effect [95% interval], p | verdict | test | numbers |" in text
+  assert os.path.getsize(out / "research_length_and_methods.png") > 1000
 
   # Every stage ran. ATTEMPT's trainable part is its target prompt plus the
   # attention sub-network (bias-free W_down and W_up, a layer norm's scale and
   # bias); the source prompts stay frozen.
-  q = config.QUICK
   methods = {r["method"]: r for r in results["methods"]}
   attempt = next(r for name, r in methods.items() if name.startswith("ATTEMPT"))
   bottleneck = 100  # the paper's r
@@ -94,33 +263,38 @@ def test_quick_run_writes_every_figure_with_three_seeds(tmp_path):
   tasks = len(research_tasks.MARKED)
   assert abs(mtpt - hyper) <= (tasks + 1) * width // 2 + 1
   assert any(k.startswith("ID-PT") for k in multi)
-  # Recycling: both directions between the two tiny backbones, scored against the
-  # strongest baseline of the target, all four baselines measured on each.
-  rec = results["recycling"]
+  # Recycling: both directions between the two tiny backbones, all three
+  # recyclers, scored against the strongest baseline of the target, all four
+  # baselines measured on each, with the chance controls.
+  rec = fam["recycling"]
   assert {(r["source"], r["target"]) for r in rec["rows"]} == {
       ("tiny_seed0", "tiny_seed1"), ("tiny_seed1", "tiny_seed0")}
+  assert {r["method"] for r in rec["rows"]} == set(q.family_recyclers) == {
+      "linear", "linear_combination", "mlp"}
   for r in rec["rows"]:
     base = rec["baselines"][r["target"]]
     assert set(base) == {"no prompt", "random uniform", "sampled vocab", "class labels"}
     assert r["best_baseline"] == max(base.values())
     assert r["success"] == (r["recycled"] > r["best_baseline"])
-  assert set(rec["summary"]) == set(q.recycle_methods)
+    assert {"untrained_recycled", "orthogonal"} <= set(r)
+  assert 0.0 <= rec["random_answer_success"] <= 100.0
   claims = " ".join(c["claim"] for c in results["claims"])
   for paper in ("Asai 2022", "He 2022", "Levine 2022", "Lester 2022"):
     assert paper in claims
-  assert os.path.getsize(out / "research_recycling_and_methods.png") > 1000
+  # On the byte family the claims that need a real vocabulary are not testable,
+  # and say why.
+  assert any(c["verdict"].startswith("not testable here: ") and "Lester 2022" in c["claim"]
+             for c in results["claims"])
 
 
-def test_linear_combination_is_the_linear_map_so_the_grid_leaves_it_out():
-  # The suite's recycling grid runs linear and mlp only: with exact least squares,
+def test_linear_combination_is_the_linear_map_so_its_rows_match_linear():
+  # The suite runs all three of the paper's recyclers; with exact least squares,
   # a prompt row written as a combination of the source support rows (a = p S+)
   # and rebuilt from the target rows (a T) is p S+ T, the linear map's p W.
-  import numpy as np
   from prompt_tuning.recycling import methods
   rng = np.random.RandomState(0)
   source, target = rng.randn(256, 64), rng.randn(256, 96)  # support rows > widths
   prompt = rng.randn(10, 64)
   np.testing.assert_allclose(methods.fit_linear_combination(source, target)(prompt),
                              methods.fit_linear(source, target)(prompt), rtol=1e-4, atol=1e-4)
-  assert "linear_combination" not in config.FULL.recycle_methods
-  assert {"linear", "mlp"} <= set(config.FULL.recycle_methods)
+  assert set(config.FULL.family_recyclers) == {"linear", "linear_combination", "mlp"}

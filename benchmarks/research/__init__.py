@@ -1,61 +1,59 @@
-"""The research suite: do the papers' central claims hold on the synthetic family?
+"""The research suite: do the papers' central claims hold, tested against controls?
 
-    python -m benchmarks.research            # the whole suite (target: <= 90 min, 2 cores)
-    python -m benchmarks.research --quick    # a smoke run of every stage (<= 3 min)
+    python -m benchmarks.research                  # the byte family's claims (5 seeds)
+    python -m benchmarks.research --family M:F     # and Lester 2021/2022 on family M:F
+    python -m benchmarks.research --quick          # a smoke run of every stage (<= 3 min)
 
-Backbones: T5 1.1-style models over the byte vocabulary in three sizes
-(`tiny`, `small`, `medium`: 0.25M, 1.3M and 4.3M parameters) and two
-pretraining seeds, pretrained on
-`research_pretrain` (the quickstart's seven string tasks plus two
-classification skills; see prompt_tuning/tasks/research.py) and cached under
-the project cache like the quickstart's. Held-out formats: generation,
-composition of two skills, classification (rank classification over yes/no),
-and a multi-task mixture. Every figure is the mean and standard deviation
-over `seeds` (3) runs that differ in the prompt's initialization and the
-data order.
+Every run selects its checkpoint on the validation split (checkpoints every
+steps / `evaluations` steps, the best validation score kept, as the paper's
+early stopping on the development set) and reports the held-out test split.
+Every claim names its control and is decided by a significance test
+(`stats`): across seeds an exact permutation test (at least 5 seeds a side),
+on one shared test set McNemar's exact test or a paired bootstrap; the
+effect is reported with its 95% interval, and the verdict is "reproduced
+(p < 0.05)", "contradicted (p < 0.05)", "inconclusive" or "not testable
+here: <reason>".
 
-Experiments and the claims they test (each reported as reproduced or not,
-with its numbers):
+Two kinds of experiment:
 
-  scale      Lester et al. 2021: the gap between prompt tuning and full
-             fine-tuning shrinks as the backbone grows; on the classification
-             format and on the generation format (reverse a word).
-  init       Lester et al. 2021: class-label and sampled-vocabulary
-             initializations beat random-uniform at small sizes.
-  length     Lester et al. 2021: longer prompts help, up to a point.
-  ensemble   Lester et al. 2021: a majority vote of the 3 prompts of the
-             scale experiment beats their average single score.
-  methods    every single-task method of the library on the composition
-             format, equal steps, with its trainable-parameter count: prompt
-             tuning, full fine-tuning, deep prompts, prefix tuning, IA3,
-             prompt + IA3, wayward prompts, SPoT and ATTEMPT (Asai et al.
-             2022: ATTEMPT with good source prompts beats prompt tuning from
-             scratch).
-  multitask  the multi-task mixture: one static prompt, a multi-task prompt
-             and HyperPrompt-Global at equal trainable parameters (He et al.
-             2022), and ID-PT with no task index (Levine et al. 2022: ID-PT
-             beats a static prompt).
-  recycling  Lester et al. 2022, scored as in the paper: rank classification
-             on a yes/no task, every ordered pair of sizes x pretraining
-             seeds, success = beating the target's strongest zero-shot
-             baseline; success rate per method, and toward larger vs smaller
-             targets.
+  byte family   (`experiments`) the tiny byte-level backbone pretrained on
+                `research_pretrain` (prompt_tuning/tasks/research.py):
+                prompt length (Lester 2021), ensembles against the prompt
+                validation selects and against the mean (Lester 2021),
+                ATTEMPT against prompt tuning (Asai 2022), HyperPrompt
+                against a multi-task prompt at equal parameters (He 2022),
+                ID-PT against a static prompt (Levine 2022). Its size axis,
+                initializations and recycling are retired: they need what a
+                byte alphabet lacks (claims.RETIRED says why).
+  a family      (`experiments_family`, on any `family.Family`: the byte
+                family in the quick run, the real-language miniature with
+                `--family`) Lester 2021: the fine-tuning minus prompt-tuning
+                gap against log(parameters), each method's learning rate
+                picked on validation from a 3-point sweep at each size;
+                random-uniform vs sampled-vocabulary (the 5,000 most frequent
+                pieces) vs class-label init; prompt lengths 1, 5, 20, 100;
+                an ensemble of 5 against the best single prompt and the mean.
+                Lester 2022: the three recyclers over every ordered pair of
+                backbones (sizes x pretraining seeds), support = frequent
+                pieces skipping 1,000, taking 4,000; success = beating the
+                target's strongest zero-shot baseline; controls: an untrained
+                prompt recycled, a random orthogonal map, and random answers
+                (simulated); held against the paper's 88.9%.
 
 Open-book reading and recursive LMs (Levine et al. 2022) have their own
 evidence script, benchmarks/giants.py.
 
-A figure where every method and seed scores the same 0% or 100% fails the
-run, naming the task: such a table cannot tell a right implementation from
-a wrong one, so the task must be made harder instead of reported.
+Runs are cached in folders keyed by every setting that changes a result
+(`runs.run_settings`: method and its settings, learning rate, steps, seed,
+batch, task, feature lengths, backbone path and content hash, selection), so
+an interrupted suite resumes where it stopped. Results: research.json,
+research.md and a plot in benchmarks/results/<machine>/ (`--out` elsewhere;
+the quick run writes to a temporary folder unless given `--out`).
 
-Runs are cached (each run folder keeps its result), so an interrupted suite
-resumes where it stopped. Results: research.json, research.md and PNG plots
-in benchmarks/results/<machine>/ (`--out` elsewhere; the quick run writes to
-a temporary folder unless given `--out`).
-
-The package: `config` (what the suite runs), `runs` (one training run,
-cached, and its score), `methods` (the methods compared), `experiments` (the
-experiments and the whole suite), `stats` (aggregates over seeds, the
-separation check, the claims' verdicts), `report` (markdown and plots) and
-`cli` (`main`).
+The package: `config` (what the suite runs), `family` (the backbone-family
+interface and the byte family), `runs` (one run: train, select on
+validation, score on test; cached), `methods` (the methods compared),
+`experiments` and `experiments_family` (the experiments), `stats` (the
+tests and verdicts), `claims` (the claims table), `report` (markdown and
+plot) and `cli` (`main`).
 """

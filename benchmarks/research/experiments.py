@@ -1,45 +1,25 @@
-"""The suite's experiments, each returning its rows (`stats.claims` reads them),
-and the whole suite (`run_suite`)."""
+"""The byte family's experiments, each returning its rows (`claims` reads them),
+and the whole suite (`run_suite`). The Lester et al. 2021 and 2022
+experiments on a backbone family are in `experiments_family`."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from benchmarks import machine
+from benchmarks.research import claims as claims_lib
 from benchmarks.research import stats
 from benchmarks.research.config import Suite
+from benchmarks.research.family import Family
 from benchmarks.research.methods import (FINETUNE, fixed_prompt, hyper_parameter_count,
-                                         multi_task_methods, prompt_tuning, single_task_methods,
-                                         soft_prompt)
-from benchmarks.research.runs import (RUN_COUNTS, Method, backbone, count_parameters,
-                                      prompt_file_of, run, score_of)
-
-def experiment_scale(suite: Suite, work_dir: str, progress) -> list[dict[str, Any]]:
-  rows = []
-  for size in suite.sizes:
-    for task in suite.scale_tasks:
-      for method in (prompt_tuning(suite), FINETUNE):
-        for seed in suite.seeds:
-          rows.append(run(method, task, size, seed, suite, work_dir))
-          progress()
-  return rows
-
-
-def experiment_init(suite: Suite, work_dir: str, progress) -> list[dict[str, Any]]:
-  rows = []
-  size = suite.sizes[0]
-  for init in ("random_uniform", "sampled_vocab", "class_labels"):
-    for seed in suite.seeds_of_methods:
-      rows.append(run(prompt_tuning(suite, init=init), suite.init_task, size, seed, suite,
-                      work_dir))
-      progress()
-  return rows
+                                         multi_task_methods, prompt_tuning, single_task_methods)
+from benchmarks.research.runs import (RUN_COUNTS, Method, byte_backbone, correct_of,
+                                      count_parameters, prompt_file_of, run, score_detail)
 
 
 def experiment_length(suite: Suite, work_dir: str, progress) -> list[dict[str, Any]]:
@@ -53,35 +33,43 @@ def experiment_length(suite: Suite, work_dir: str, progress) -> list[dict[str, A
   return rows
 
 
-def experiment_ensemble(suite: Suite, work_dir: str, progress,
-                        scale_rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Majority vote of the scale experiment's prompts (one per seed), per task and size."""
-  from prompt_tuning import backbones
+def ensemble_row(members: Sequence[dict[str, Any]], bb, task: str, suite: Suite,
+                 feature_lengths=None, class_labels=None) -> dict[str, Any]:
+  """A majority vote of `members`' prompts (their selected steps) on the test split,
+  beside the single prompt that validation selects and the members' mean, per example."""
   from prompt_tuning.prompts import multi_task
+  from prompt_tuning.runtime import freezing
   from prompt_tuning.runtime import setup as setup_lib
   from prompt_tuning.runtime.specs import ModelSpec
-  from prompt_tuning.runtime import freezing
-  name = prompt_tuning(suite).name
-  rows = []
-  for size in suite.sizes:
-    for task in suite.scale_tasks:
-      members = [r for r in scale_rows
-                 if r["method"] == name and r["task"] == task and r["size"] == size]
-      prompts = np.stack([np.load(prompt_file_of(work_dir, r)) for r in members])
-      path = backbone(size, suite)
-      spec = ModelSpec(backbones.backbone_config(size), path, multi_task.PromptBank(
-          len(members), suite.prompt_length))
-      setup = setup_lib.build(spec, init_trainable=False)  # the bank is given
-      # The bank's rows are the trained prompts, one per seed.
-      bank = {"encoder_prompt": {"prompts": prompts}}
-      vote = score_of(setup.model, freezing.merge(bank, setup.frozen), task,
-                      suite.eval_examples, ensemble=len(members))
-      single = [r["score"] for r in members]
-      rows.append(dict(task=task, size=size, members=len(members), vote=vote,
-                       single_mean=float(np.mean(single)),
-                       single_std=float(np.std(single, ddof=1)) if len(single) > 1 else 0.0,
-                       single_best=float(np.max(single))))
+  prompts = np.stack([np.load(prompt_file_of("", r)) for r in members])
+  setup = setup_lib.build(ModelSpec(bb.config, bb.path, multi_task.PromptBank(
+      len(members), prompts.shape[1])), init_trainable=False)  # the bank is given
+  bank = {"encoder_prompt": {"prompts": prompts}}
+  vote, vote_correct = score_detail(setup.model, freezing.merge(bank, setup.frozen), task,
+                                    suite.test_examples, ensemble=len(members), split="test",
+                                    feature_lengths=feature_lengths, class_labels=class_labels)
+  best = max(members, key=lambda r: (r["validation_score"], -r["seed"]))
+  single = [r["score"] for r in members]
+  return dict(task=task, size=bb.name, members=len(members), vote=vote,
+              vote_correct="".join("1" if c else "0" for c in vote_correct),
+              selected_seed=best["seed"], selected_score=best["score"],
+              selected_correct=best["test_correct"],
+              mean_correct=np.mean([correct_of(r) for r in members], axis=0).round(4).tolist(),
+              single_mean=float(np.mean(single)),
+              single_std=float(np.std(single, ddof=1)) if len(single) > 1 else 0.0,
+              single_best_on_test=float(np.max(single)))
+
+
+def experiment_ensemble(suite: Suite, work_dir: str, progress) -> list[dict[str, Any]]:
+  """Prompts of `seeds` on each of `scale_tasks` (classification and generation), and
+  their majority vote."""
+  size, rows = suite.sizes[0], []
+  for task in suite.scale_tasks:
+    members = []
+    for seed in suite.seeds:
+      members.append(run(prompt_tuning(suite), task, size, seed, suite, work_dir))
       progress()
+    rows.append(ensemble_row(members, byte_backbone(size, suite), task, suite))
   return rows
 
 
@@ -104,15 +92,15 @@ def spot_method(suite: Suite, work_dir: str, sources: Sequence[str], seed: int) 
   if not os.path.exists(os.path.join(library, spot.INDEX)):
     for task, file in zip(suite.attempt_sources, sources):
       spot.add_source(library, task, task, file, overwrite=True)
-  probe_steps = max(suite.steps // 10, 1)
+  probe_steps = max(suite.steps // 10, suite.evaluations)
   probe = run(prompt_tuning(suite), suite.methods_task, suite.sizes[0], seed, suite, work_dir,
               steps=probe_steps)
   value, _ = spot.transfer(library, prompt_file_of(work_dir, probe))
-  return fixed_prompt(f"SPoT (probe {probe_steps} steps, best source)", lambda: value)
+  return fixed_prompt(f"SPoT (probe {probe_steps} steps, best source)", value)
 
 
 def experiment_methods(suite: Suite, work_dir: str, progress) -> list[dict[str, Any]]:
-  """Every single-task method of the library on one held-out format, equal steps."""
+  """Every single-task method of the library (or the suite's subset) on one format, equal steps."""
   sources = source_prompts(suite, work_dir, progress)
   rows = []
   size, task = suite.sizes[0], suite.methods_task
@@ -146,92 +134,17 @@ def experiment_multitask(suite: Suite, work_dir: str, progress) -> list[dict[str
   return rows
 
 
-def experiment_recycling(suite: Suite, work_dir: str, progress) -> dict[str, Any]:
-  """Lester et al. 2022, scored as in the paper: rank classification; a recycled
-  prompt succeeds when it beats the strongest zero-shot baseline on the target
-  (no prompt; untrained random, sampled-vocabulary and class-label prompts)."""
-  from prompt_tuning import backbones
-  from prompt_tuning.recycling import methods as recycling
-  from prompt_tuning.runtime import setup as setup_lib
-  from prompt_tuning.runtime.specs import ModelSpec
-  from prompt_tuning.runtime import freezing
-  task = suite.recycle_task
-  method = prompt_tuning(suite)
-  models = [(size, bseed) for size in suite.sizes for bseed in suite.backbone_seeds]
-  name_of = lambda m: f"{m[0]}_seed{m[1]}"  # noqa: E731
-  path_of = {m: backbone(m[0], suite, seed=m[1]) for m in models}
-
-  def score(model, prompt_module) -> float:
-    spec = ModelSpec(backbones.backbone_config(model[0]), path_of[model], prompt_module)
-    setup = setup_lib.build(spec)
-    params = freezing.merge(setup.trainable, setup.frozen) if prompt_module else setup.frozen
-    return score_of(setup.model, params, task, suite.eval_examples)
-
-  baselines = {}
-  for m in models:
-    baselines[name_of(m)] = {
-        "no prompt": score(m, None),
-        **{init.replace("_", " "): score(m, soft_prompt(suite.prompt_length, init)(
-            path_of[m], 0)) for init in ("random_uniform", "sampled_vocab", "class_labels")}}
-    progress()
-  sources = {}
-  for m in models:
-    for seed in suite.recycle_prompt_seeds:
-      r = run(method, task, m[0], seed, suite, work_dir, backbone_seed=m[1])
-      sources[(m, seed)] = (r["score"], prompt_file_of(work_dir, r))
-      progress()
-  from prompt_tuning.prompts import soft
-
-  @functools.lru_cache(maxsize=None)
-  def target_setup(tgt):
-    """The target backbone with a soft prompt, built (and its decoder compiled) once;
-    each recycled prompt is then swapped into its parameters."""
-    return setup_lib.build(ModelSpec(backbones.backbone_config(tgt[0]), path_of[tgt],
-                                     soft.SoftPrompt(suite.prompt_length)),
-                           init_trainable=False)
-
-  def score_recycled(tgt, prompt_PH: np.ndarray) -> float:
-    setup = target_setup(tgt)
-    assert setup.trainable["encoder_prompt"]["prompt"].shape == prompt_PH.shape
-    trainable = {"encoder_prompt": {"prompt": np.asarray(prompt_PH, np.float32)}}
-    return score_of(setup.model, freezing.merge(trainable, setup.frozen), task,
-                    suite.eval_examples)
-
-  rows = []
-  for src in models:
-    for tgt in models:
-      if src == tgt:
-        continue
-      best = max(baselines[name_of(tgt)].values())
-      for seed in suite.recycle_prompt_seeds:
-        source_score, file = sources[(src, seed)]
-        prompt_PH = np.load(file)
-        for rm in suite.recycle_methods:
-          recycler = recycling.recycler_for(path_of[src], path_of[tgt], rm,
-                                            support=np.arange(3, 259))
-          got = score_recycled(tgt, recycler(prompt_PH))
-          rows.append(dict(source=name_of(src), target=name_of(tgt), prompt_seed=seed,
-                           method=rm, source_score=source_score, recycled=got,
-                           best_baseline=best, success=bool(got > best),
-                           larger_target=suite.sizes.index(tgt[0]) > suite.sizes.index(src[0]),
-                           smaller_target=suite.sizes.index(tgt[0]) < suite.sizes.index(src[0])))
-      progress()
-  rate = lambda rs: 100.0 * float(np.mean([r["success"] for r in rs])) if rs else float("nan")  # noqa: E731
-  summary = {rm: dict(success=rate([r for r in rows if r["method"] == rm]),
-                      to_larger=rate([r for r in rows if r["method"] == rm and r["larger_target"]]),
-                      to_smaller=rate([r for r in rows if r["method"] == rm
-                                       and r["smaller_target"]]),
-                      mean_recycled=float(np.mean([r["recycled"] for r in rows
-                                                   if r["method"] == rm])),
-                      recycled=sum(r["method"] == rm for r in rows))
-             for rm in suite.recycle_methods}
-  return dict(task=task, baselines=baselines, rows=rows, summary=summary,
-              sources={f"{name_of(m)} seed {s}": v[0] for (m, s), v in sources.items()})
+BYTE_EXPERIMENTS = {"length": experiment_length, "ensemble": experiment_ensemble,
+                    "methods": experiment_methods, "multitask": experiment_multitask}
 
 
-def run_suite(suite: Suite, work_dir: str, quick: bool = False,
-              show_progress: bool = True) -> dict[str, Any]:
-  """Every experiment, then the claims; the results that `report.write` files."""
+def run_suite(suite: Suite, work_dir: str, quick: bool = False, show_progress: bool = True,
+              family: Optional[Family] = None) -> dict[str, Any]:
+  """The byte experiments, the family experiments, then the claims; what `report.write` files.
+
+  `family`: the backbone family of the Lester et al. experiments (None: the
+  byte family, when `suite.family_experiments`).
+  """
   from prompt_tuning import backbones
   from prompt_tuning.models import params as params_lib
   from prompt_tuning.models.t5 import T5
@@ -239,19 +152,7 @@ def run_suite(suite: Suite, work_dir: str, quick: bool = False,
   from tqdm import tqdm
   start = time.time()
   RUN_COUNTS.update(trained=0, cached=0)
-  models = [(size, seed) for seed in suite.backbone_seeds for size in suite.sizes]
-  n_single = 2 + 6  # prompt tuning, fine-tuning, single_task_methods
-  n_models = len(models)
-  n_runs = (len(suite.sizes) * len(suite.scale_tasks) * 2 * len(suite.seeds)
-            + 3 * len(suite.seeds_of_methods)
-            + len(suite.lengths) * len(suite.seeds_of_methods)
-            + len(suite.sizes) * len(suite.scale_tasks)
-            + len(suite.attempt_sources) + (n_single + 1) * len(suite.seeds_of_methods)
-            + 4 * len(suite.seeds_of_methods)
-            + n_models + n_models * len(suite.recycle_prompt_seeds) + n_models * (n_models - 1))
-  bar = tqdm(total=n_runs, desc="research", disable=not show_progress)
-  # Experiments on the first size run first; the other backbones are pretrained
-  # (or found cached) when an experiment first needs them.
+  bar = tqdm(desc="research", disable=not show_progress)
   step = lambda: bar.update()  # noqa: E731
   inseparable: list[str] = []
   results: dict[str, Any] = {"quick": quick, "suite": dataclasses.asdict(suite),
@@ -259,25 +160,22 @@ def run_suite(suite: Suite, work_dir: str, quick: bool = False,
   results["backbone_parameters"] = {
       size: count_parameters(params_lib.abstract_params(T5(backbones.backbone_config(size)))[0])
       for size in suite.sizes}
-  for name, fn in (("init", experiment_init), ("length", experiment_length),
-                   ("methods", experiment_methods), ("multitask", experiment_multitask),
-                   ("scale", experiment_scale)):
+  for name in suite.byte_experiments:
     bar.set_postfix_str(name)
-    results[name] = fn(suite, work_dir, step)
-    inseparable += stats.check_separates(results[name], name, suite.refuse_inseparable)
-  bar.set_postfix_str("ensemble")
-  results["ensemble"] = experiment_ensemble(suite, work_dir, step, results["scale"])
-  bar.set_postfix_str("recycling")
-  results["recycling"] = experiment_recycling(suite, work_dir, step)
-  inseparable += stats.check_separates(
-      [dict(task=f"{suite.recycle_task}, recycled", size=r["target"], score=r["recycled"])
-       for r in results["recycling"]["rows"]], "recycling", suite.refuse_inseparable)
+    results[name] = BYTE_EXPERIMENTS[name](suite, work_dir, step)
+    if name != "ensemble":
+      inseparable += stats.check_separates(results[name], name, suite.refuse_inseparable)
+  if suite.family_experiments or family is not None:
+    from benchmarks.research import experiments_family
+    from benchmarks.research.family import byte_family
+    family = family or byte_family(suite.sizes, suite.backbone_seeds, suite.pretrain_steps_of)
+    bar.set_postfix_str(f"family {family.name}")
+    results["family"] = experiments_family.run_family(family, suite, work_dir, step)
   results["inseparable"] = inseparable
   bar.close()
-  results["claims"] = stats.claims(results, suite)
+  results["claims"] = claims_lib.claims(results, suite)
   results["seconds"] = time.time() - start
   results["runs"] = dict(RUN_COUNTS, train_minutes=round(sum(
-      r["train_seconds"] for k in ("scale", "init", "length", "methods", "multitask")
-      for r in results[k]) / 60, 1))
+      r["train_seconds"] for k in ("length", "methods", "multitask") for r in results.get(k, ()))
+      / 60, 1))
   return results
-

@@ -36,13 +36,62 @@ FINETUNE = Method("full fine-tuning", lambda path, seed: None, rules="finetune",
                   optimizer="finetune")
 
 
-def fixed_prompt(name: str, value_PH: Callable[[], np.ndarray]) -> Method:
+def fixed_prompt(name: str, value_PH: np.ndarray) -> Method:
   """Prompt tuning started from a given [P, H] array (SPoT's transferred prompt)."""
+  value = np.asarray(value_PH, np.float32)
+
   def build(path: str, seed: int):
     from prompt_tuning.prompts import initializers, soft
-    value = value_PH()
     return soft.SoftPrompt(value.shape[0], init=initializers.from_array(value))
-  return Method(name, build)
+  return Method(name, build, settings=(_digest(value),))
+
+
+def _digest(value: Any) -> str:
+  """A short content hash (a run-cache key part) of an array or a file."""
+  import hashlib
+  from benchmarks.research.family import fingerprint
+  if isinstance(value, str):
+    return fingerprint(value)
+  return hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()[:16]
+
+
+def sampled_top(path: str, ids: np.ndarray, seed: int):
+  """Sampled-vocabulary init by the paper's rule: each position a row of the
+  backbone's table drawn (with the run's seed, without replacement while the
+  pool lasts) among `ids`, the pretraining corpus's most frequent pieces."""
+  import jax.numpy as jnp
+  from prompt_tuning.prompts.initializers import load_embeddings
+  table = load_embeddings(path)
+  pool = np.asarray(ids, np.int64)
+
+  def init(rng, shape, dtype=jnp.float32):
+    del rng  # the run's seed, explicitly
+    picks = np.random.RandomState(seed).choice(pool, shape[0], replace=shape[0] > len(pool))
+    return jnp.asarray(table[picks][:, :shape[1]], dtype)
+  return init
+
+
+def family_prompt(length: int, init: str, frequent_ids: Callable[[], np.ndarray], top: int,
+                  labels: Optional[Sequence[str]] = None, vocabulary: Any = None,
+                  rate: Optional[float] = None) -> Method:
+  """Prompt tuning on a family backbone: random uniform (the paper's [-0.5, 0.5]),
+  sampled from the `top` most frequent pieces of pretraining, or class labels
+  (each label's mean sub-token embedding, the rest sampled as before)."""
+  def build(path: str, seed: int):
+    from prompt_tuning.prompts import initializers, soft
+    ids = np.asarray(frequent_ids())[:top]
+    if init == "random_uniform":
+      return soft.SoftPrompt(length, init=initializers.random_uniform(0.5))
+    if init == "sampled_vocab":
+      return soft.SoftPrompt(length, init=sampled_top(path, ids, seed))
+    if init == "class_labels":
+      return soft.SoftPrompt(length, init=initializers.class_labels(
+          tuple(labels), embeddings=path, vocabulary=vocabulary,
+          fallback=sampled_top(path, ids, seed + 1000), seed=seed))
+    raise ValueError(f"Unknown init {init!r}")
+  settings = (f"top={top}", f"labels={tuple(labels or ())}")
+  return Method(f"prompt tuning ({init}, {length} tokens)", build, learning_rate=rate,
+                settings=settings)
 
 
 def single_task_methods(suite: Suite, sources: Sequence[str]) -> list[Method]:
@@ -80,7 +129,8 @@ def single_task_methods(suite: Suite, sources: Sequence[str]) -> list[Method]:
       Method(f"ATTEMPT ({len(sources)} source prompts)",
              lambda path, seed: attempt.AttemptPrompt(
                  tuple(sources), embeddings=path, first_n=259,
-                 init=_seeded_sampled(path, p, seed))),
+                 init=_seeded_sampled(path, p, seed)),
+             settings=tuple(_digest(s) for s in sources)),
   ]
 
 

@@ -1,14 +1,28 @@
 """Aggregates over seeds, the check that a figure can separate methods, and the
-claims' verdicts."""
+significance tests behind every verdict.
+
+A claim is tested against a named control, and its verdict is one of four:
+"reproduced (p < 0.05)" (the effect goes the paper's way and the test rejects
+no effect at 0.05), "contradicted (p < 0.05)" (it goes the other way, just as
+significantly), "inconclusive", or "not testable here: <reason>".
+
+The tests: on one shared evaluation set, paired per example (McNemar's exact
+test for two accuracies, a paired bootstrap for continuous scores); across
+seeds (independent runs), an exact permutation test of the difference in
+means, with Welch's t interval for the effect. Effects are in points (%)
+with their 95% interval.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import itertools
+import math
+
 import numpy as np
 
 from benchmarks.research.config import Suite, SuiteError
-from benchmarks.research.methods import FINETUNE, prompt_tuning
 
 def aggregate(rows: Sequence[dict[str, Any]], *keys: str) -> list[dict[str, Any]]:
   """Mean and standard deviation over seeds, grouped by `keys`."""
@@ -45,96 +59,180 @@ def check_separates(rows: Sequence[dict[str, Any]], experiment: str,
 
 
 
-def _verdict(ok: bool) -> str:
-  return "reproduced" if ok else "not reproduced"
+
+ALPHA = 0.05
+REPRODUCED = "reproduced (p < 0.05)"
+CONTRADICTED = "contradicted (p < 0.05)"
+INCONCLUSIVE = "inconclusive"
+NOT_TESTABLE = "not testable here"
+VERDICTS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE)
 
 
-def gap_verdict(gaps: Sequence[float]) -> str:
-  """Lester et al. 2021's scale claim from fine-tuning minus prompt-tuning points per
-  size (smallest first): fine-tuning's lead is smaller at the largest size than at the
-  smallest. With no lead at any size there is nothing to close, whichever way the
-  negative gaps move, so the claim is not tested."""
-  if len(gaps) < 2:
-    return "not tested (one size)"
-  if max(gaps) <= 0:
-    return "not tested (no gap: prompt tuning >= fine-tuning at every size)"
-  return _verdict(gaps[-1] < gaps[0])
+def not_testable(reason: str) -> str:
+  return f"{NOT_TESTABLE}: {reason}"
+
+
+def is_verdict(text: str) -> bool:
+  """One of the four verdicts (the last with its reason)."""
+  return text in VERDICTS or (text.startswith(NOT_TESTABLE + ": ") and
+                              len(text) > len(NOT_TESTABLE) + 2)
+
+
+def verdict(p: float, effect: float, expected_sign: int = 1) -> str:
+  """The verdict of a test whose claim predicts an effect of `expected_sign`."""
+  if not p < ALPHA or effect == 0 or not np.isfinite(effect):
+    return INCONCLUSIVE
+  return REPRODUCED if np.sign(effect) == np.sign(expected_sign) else CONTRADICTED
+
+
+def _binomial_two_sided(k: int, n: int) -> float:
+  """Exact two-sided p of k successes in n fair coin flips (doubling the smaller tail)."""
+  if n == 0:
+    return 1.0
+  tail = sum(math.comb(n, i) for i in range(0, min(k, n - k) + 1)) / 2.0 ** n
+  return min(1.0, 2.0 * tail)
+
+
+def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, Any]:
+  """McNemar's exact test: do two predictors on the same examples differ in accuracy?
+
+  Only the discordant examples count (a right where b is wrong: n_ab; the
+  reverse: n_ba); under no difference each is a fair coin flip. The effect is
+  accuracy(a) - accuracy(b) in points, with a Wald interval for paired
+  proportions.
+  """
+  a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+  if a.shape != b.shape or a.ndim != 1 or not len(a):
+    raise ValueError(f"McNemar needs two equal, non-empty per-example vectors: {a.shape}, {b.shape}")
+  n = len(a)
+  n_ab, n_ba = int(np.sum(a & ~b)), int(np.sum(~a & b))
+  effect = (n_ab - n_ba) / n
+  se = math.sqrt(max(n_ab + n_ba - (n_ab - n_ba) ** 2 / n, 0.0)) / n
+  return dict(test="McNemar exact (paired per example)", p=_binomial_two_sided(n_ab, n_ab + n_ba),
+              effect=100.0 * effect, ci=(100.0 * (effect - 1.96 * se), 100.0 * (effect + 1.96 * se)),
+              n=n, discordant=(n_ab, n_ba))
+
+
+def paired_bootstrap(x: Sequence[float], y: Sequence[float], resamples: int = 10000,
+                     seed: int = 0) -> dict[str, Any]:
+  """A paired bootstrap over examples of mean(x - y): its 95% percentile interval,
+  and a two-sided p (twice the share of resampled means on the far side of 0)."""
+  d = np.asarray(x, np.float64) - np.asarray(y, np.float64)
+  if d.ndim != 1 or not len(d):
+    raise ValueError("the paired bootstrap needs two equal, non-empty per-example vectors")
+  rng = np.random.RandomState(seed)
+  means = d[rng.randint(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+  p = min(1.0, 2.0 * min(np.mean(means <= 0), np.mean(means >= 0)))
+  lo, hi = np.percentile(means, [2.5, 97.5])
+  return dict(test=f"paired bootstrap over examples ({resamples} resamples)", p=float(p),
+              effect=float(d.mean()), ci=(float(lo), float(hi)), n=len(d))
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+  """The 95% interval of mean(a) - mean(b) by Welch's t (unequal variances)."""
+  from scipy import stats as scipy_stats
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  diff = a.mean() - b.mean()
+  va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+  if va + vb == 0:
+    return float(diff), float(diff)
+  dof = (va + vb) ** 2 / ((va ** 2 / (len(a) - 1)) + (vb ** 2 / (len(b) - 1)))
+  half = scipy_stats.t.ppf(0.975, dof) * math.sqrt(va + vb)
+  return float(diff - half), float(diff + half)
+
+
+def permutation_test(a: Sequence[float], b: Sequence[float], max_exact: int = 50000,
+                     resamples: int = 20000, seed: int = 0) -> dict[str, Any]:
+  """Across seeds: a two-sided permutation test of mean(a) - mean(b).
+
+  Exact (every relabelling of the pooled runs) when there are at most
+  `max_exact` relabellings, else `resamples` random ones. With 5 seeds per
+  side the smallest possible p is 2/252 = 0.008; with 3 it is 0.1, which is
+  why the suite uses at least 5. The interval is Welch's.
+  """
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if len(a) < 2 or len(b) < 2:
+    raise ValueError(f"a permutation test needs two runs a side: {len(a)} and {len(b)}")
+  pooled, k = np.concatenate([a, b]), len(a)
+  observed = abs(a.mean() - b.mean())
+  total = math.comb(len(pooled), k)
+  if total <= max_exact:
+    picks = (list(c) for c in itertools.combinations(range(len(pooled)), k))
+    count = 0
+    for idx in picks:
+      mask = np.zeros(len(pooled), bool)
+      mask[idx] = True
+      count += abs(pooled[mask].mean() - pooled[~mask].mean()) >= observed - 1e-9
+    p, how = count / total, f"exact, {total} relabellings"
+  else:
+    rng = np.random.RandomState(seed)
+    count = 0
+    for _ in range(resamples):
+      perm = rng.permutation(pooled)
+      count += abs(perm[:k].mean() - perm[k:].mean()) >= observed - 1e-9
+    p, how = (count + 1) / (resamples + 1), f"{resamples} random relabellings"
+  return dict(test=f"permutation test across seeds ({len(a)} vs {len(b)} runs; {how})",
+              p=float(p), effect=float(a.mean() - b.mean()), ci=welch_interval(a, b),
+              n=(len(a), len(b)))
+
+
+def binomial_test(successes: int, n: int, rate: float) -> dict[str, Any]:
+  """Is a success rate above (or below) a chance rate? Exact two-sided binomial test;
+  the effect is the observed minus the chance rate in points, with a Wilson interval."""
+  from scipy import stats as scipy_stats
+  if n == 0:
+    return dict(test="exact binomial test", p=1.0, effect=float("nan"),
+                ci=(float("nan"), float("nan")), n=0)
+  p = scipy_stats.binomtest(successes, n, min(max(rate, 0.0), 1.0)).pvalue
+  z, phat = 1.96, successes / n
+  centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
+  half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+  return dict(test=f"exact binomial test against the chance rate {100 * rate:.1f}%",
+              p=float(p), effect=100.0 * (phat - rate),
+              ci=(100.0 * (centre - half - rate), 100.0 * (centre + half - rate)), n=n)
+
+
+def claim(name: str, control: str, result: dict[str, Any], expected_sign: int = 1,
+          numbers: str = "") -> dict[str, Any]:
+  """One row of the claims table: what is claimed, against which control, the test,
+  the effect with its 95% interval, p and the verdict."""
+  lo, hi = result["ci"]
+  return dict(claim=name, control=control, verdict=verdict(result["p"], result["effect"],
+                                                           expected_sign),
+              test=result["test"], effect=round(float(result["effect"]), 3),
+              ci=[round(float(lo), 3), round(float(hi), 3)], p=float(result["p"]),
+              numbers=numbers)
+
+
+def untestable(name: str, control: str, reason: str, numbers: str = "") -> dict[str, Any]:
+  """A claims-table row whose verdict is "not testable here: <reason>"."""
+  return dict(claim=name, control=control, verdict=not_testable(reason), test=None,
+              effect=None, ci=None, p=None, numbers=numbers)
+
+
+def effect_text(c: dict[str, Any]) -> str:
+  """A claim's effect as "+3.1 [0.4, 5.8], p = 0.008" (or "-")."""
+  if c.get("effect") is None:
+    return "-"
+  p = c["p"]
+  return (f"{c['effect']:+.1f} [{c['ci'][0]:+.1f}, {c['ci'][1]:+.1f}], "
+          f"p = {p:.3g}" if p >= 0.001 else
+          f"{c['effect']:+.1f} [{c['ci'][0]:+.1f}, {c['ci'][1]:+.1f}], p < 0.001")
+
+
+def random_answer_success_rate(baselines: Sequence[float], examples: int, classes: int,
+                               trials: int = 20000, seed: int = 0) -> float:
+  """The success rate (%) that a prompt answering uniformly at random among `classes`
+  would reach under recycling's rule (beat the target's strongest zero-shot
+  baseline, in % of `examples`), simulated once per case (one baseline per case)."""
+  rng = np.random.RandomState(seed)
+  rates = []
+  for best in baselines:
+    accuracy = 100.0 * rng.binomial(examples, 1.0 / classes, size=trials) / examples
+    rates.append(np.mean(accuracy > best))
+  return 100.0 * float(np.mean(rates)) if rates else float("nan")
 
 
 def pm(group: dict[str, Any]) -> str:
   """An aggregated group as "mean +- sd"."""
   return f"{group['mean']:.1f} +- {group['std']:.1f}"
-
-
-def claims(results: dict[str, Any], suite: Suite) -> list[dict[str, str]]:
-  out = []
-  scale = aggregate(results["scale"], "task", "size", "method")
-  ft, pt = FINETUNE.name, prompt_tuning(suite).name
-  for task in suite.scale_tasks:
-    gaps = []
-    for size in suite.sizes:
-      by = {r["method"]: r["mean"] for r in scale if r["task"] == task and r["size"] == size}
-      gaps.append(by[ft] - by[pt])
-    text = ", ".join(f"{s}: {g:+.1f}" for s, g in zip(suite.sizes, gaps))
-    out.append(dict(claim=f"Lester 2021: the fine-tuning minus prompt-tuning gap shrinks with "
-                          f"size ({task})",
-                    verdict=gap_verdict(gaps), numbers=f"gap in points by size: {text}"))
-  init = {r["method"]: r for r in aggregate(results["init"], "method")}
-  rand = next(v for k, v in init.items() if "random_uniform" in k)
-  for kind in ("sampled_vocab", "class_labels"):
-    other = next(v for k, v in init.items() if kind in k)
-    out.append(dict(claim=f"Lester 2021: {kind.replace('_', ' ')} init beats random "
-                          f"({suite.init_task}, {suite.sizes[0]})",
-                    verdict=_verdict(other["mean"] > rand["mean"]),
-                    numbers=f"{pm(other)} vs random {pm(rand)}"))
-  by_len = sorted(aggregate(results["length"], "length"), key=lambda r: r["length"])
-  means = [r["mean"] for r in by_len]
-  best = int(np.argmax(means))
-  out.append(dict(claim=f"Lester 2021: longer prompts help, up to a point ({suite.length_task})",
-                  verdict=_verdict(means[best] > means[0]),
-                  numbers=", ".join(f"{r['length']}: {r['mean']:.1f}" for r in by_len)
-                          + f"; best at {by_len[best]['length']}"))
-  for r in results["ensemble"]:
-    out.append(dict(claim=f"Lester 2021: an ensemble beats the average prompt ({r['task']}, "
-                          f"{r['size']})",
-                    verdict=_verdict(r["vote"] > r["single_mean"]),
-                    numbers=f"vote {r['vote']:.1f} vs mean {r['single_mean']:.1f} +- "
-                            f"{r['single_std']:.1f} (best single {r['single_best']:.1f})"))
-  methods = {r["method"]: r for r in aggregate(results["methods"], "method")}
-  attempt_row = next(v for k, v in methods.items() if k.startswith("ATTEMPT"))
-  pt_row = methods[pt]
-  out.append(dict(claim=f"Asai 2022: ATTEMPT with good source prompts beats prompt tuning from "
-                        f"scratch at equal steps ({suite.methods_task}, {suite.sizes[0]})",
-                  verdict=_verdict(attempt_row["mean"] > pt_row["mean"]),
-                  numbers=f"{pm(attempt_row)} vs {pm(pt_row)}"))
-  multi = {r["method"]: r for r in aggregate(results["multitask"], "method")}
-  hp = next(v for k, v in multi.items() if k.startswith("HyperPrompt"))
-  mtpt = next(v for k, v in multi.items() if k.startswith("multi-task prompt"))
-  idpt = next(v for k, v in multi.items() if k.startswith("ID-PT"))
-  static = multi[pt]
-  out.append(dict(claim=f"He 2022: HyperPrompt beats multi-task prompt tuning at equal "
-                        f"trainable parameters ({suite.multitask_task}, {suite.sizes[0]})",
-                  verdict=_verdict(hp["mean"] > mtpt["mean"]),
-                  numbers=f"{pm(hp)} ({hp['trainable_parameters']:,} parameters) vs "
-                          f"{pm(mtpt)} ({mtpt['trainable_parameters']:,})"))
-  out.append(dict(claim=f"Levine 2022: ID-PT beats one static prompt on the multi-task "
-                        f"mixture ({suite.multitask_task}, {suite.sizes[0]})",
-                  verdict=_verdict(idpt["mean"] > static["mean"]),
-                  numbers=f"{pm(idpt)} vs {pm(static)}"))
-  rec = results["recycling"]["summary"]
-  best_method = max(rec, key=lambda m: rec[m]["success"])
-  out.append(dict(claim="Lester 2022: prompts can be recycled (success = beating the target's "
-                        "strongest zero-shot baseline; the paper's best setting: 88.9%)",
-                  verdict=_verdict(rec[best_method]["success"] > 0),
-                  numbers=", ".join(f"{m}: {v['success']:.1f}% of {v['recycled']}"
-                                    for m, v in rec.items())))
-  larger = [v["to_larger"] for v in rec.values()]
-  smaller = [v["to_smaller"] for v in rec.values()]
-  if not any(np.isnan(larger + smaller)):
-    out.append(dict(claim="Lester 2022: recycling toward a larger target works better",
-                    verdict=_verdict(np.mean(larger) > np.mean(smaller)),
-                    numbers=", ".join(f"{m}: {v['to_larger']:.1f}% to larger vs "
-                                      f"{v['to_smaller']:.1f}% to smaller"
-                                      for m, v in rec.items())))
-  return out
-
