@@ -347,11 +347,11 @@ def random_backbone(work: str) -> str:
   """A randomly initialized backbone of the quickstart's small shape, as a T5X checkpoint."""
   import jax
   import orbax.checkpoint as ocp
-  from prompt_tuning import quickstart
+  from prompt_tuning import backbones
   from prompt_tuning.models import params as params_lib
   from prompt_tuning.models.t5 import T5
   path = os.path.join(work, "random_small")
-  params = params_lib.init_params(T5(quickstart.backbone_config("small")), jax.random.PRNGKey(0))
+  params = params_lib.init_params(T5(backbones.backbone_config("small")), jax.random.PRNGKey(0))
   ocp.PyTreeCheckpointer().save(os.path.join(path, "checkpoint_0"),
                                 {"target": jax.device_get(params)})
   return path
