@@ -246,7 +246,7 @@ class StepPrograms:
     program = self.step_program()
     self.cache, *out = program(self.engine._frozen, self.cross, self.enc_mask, self.cache,  # pylint: disable=protected-access
                                token_R, temperature_R, top_k_R, top_p_R, seed_R, stream_R)
-    return tuple(np.asarray(x) for x in out)
+    return tuple(jax.device_get(tuple(out)))  # One transfer for the four arrays.
 
 
 @dataclasses.dataclass
