@@ -24,7 +24,7 @@ score within 1e-4.
 
 Run: python benchmarks/serving.py   (writes results/<machine>/serving.json and
 .md; notes below report.NOTES_MARKER in an existing serving.md are kept;
-`--workload=lengths` writes results/<machine>/serving_lengths.json)
+`--workload=lengths` writes results/<machine>/serving_lengths.json and .md)
 
 The `lengths` workload (`--workload=lengths`) compares the continuous batcher
 of /v1/completions with today's whole-loop batcher of /v1/generate on one
@@ -163,7 +163,8 @@ def batch_stats(url: str) -> dict:
     for name in ("pt_serve_batch_rows_sum", "pt_serve_batch_rows_count",
                  "pt_serve_batch_seconds_sum",
                  "pt_serve_batch_prompts_sum", "pt_serve_queue_wait_seconds_sum",
-                 "pt_serve_queue_wait_seconds_count"):
+                 "pt_serve_queue_wait_seconds_count", "pt_serve_decode_step_seconds_sum",
+                 "pt_serve_decode_step_seconds_count"):
       if line.startswith(name + " "):
         out[name] = float(line.split()[1])
   return out
@@ -215,8 +216,10 @@ def check(responses, refs) -> tuple[int, float]:
 
 
 def markdown(result: dict) -> str:
-  """serving.md from its JSON (`main`); the hand-written notes that follow are kept
-  by `report`."""
+  """serving.md from its JSON (`main`), or serving_lengths.md (`main_lengths`); the
+  hand-written notes that follow are kept by `report`."""
+  if result.get("workload") == "lengths":
+    return lengths_markdown(result)
   m = result["machine"]
   lines = [
       "# Serving: cross-task batching vs one request at a time",
@@ -269,6 +272,69 @@ def markdown(result: dict) -> str:
   return "\n".join(lines) + "\n"  # a blank line before any notes
 
 
+def _machine_line(m: dict) -> str:
+  return (f"Machine: {m.get('cpu_model', m.get('cpu'))}, {m['cores']} cores, AVX-512: "
+          f"{'yes' if m['avx512'] else 'no'}; the client, the server and the model share "
+          "these cores, and the machine is shared with other jobs: load average "
+          f"{m['load_average_at_start'][0]:.1f} at the start, "
+          f"{m['load_average_at_end'][0]:.1f} at the end.")
+
+
+def lengths_markdown(result: dict) -> str:
+  """serving_lengths.md from its JSON (`main_lengths`)."""
+  lo, hi = result["lengths"]
+  fmt = lambda v, spec=".1f": "-" if v is None else format(v, spec)  # noqa: E731
+  lines = [
+      "# Serving: continuous batching vs the whole-loop batcher, output lengths "
+      f"{lo}-{hi}",
+      "",
+      "`python benchmarks/serving.py --workload=lengths"
+      f"{' --random_backbone' if result['random_backbone'] else ''}` (raw figures in "
+      "`serving_lengths.json`). One `prompt-tuning serve` process over loopback, "
+      f"flags `{' '.join(result['server_flags'])}`; "
+      + ("a randomly initialized backbone of the quickstart's small shape (it never emits "
+         "EOS, so every request decodes exactly its n tokens)"
+         if result["random_backbone"] else "the quickstart's small backbone")
+      + f", {result['prompts']} prompts of {result['prompt_length']} tokens. Each request "
+      f"draws its output length n in {lo}..{hi} (greedy). A closed-loop client keeps C "
+      f"requests in flight; each run stops after {result['max_requests_per_run']} responses "
+      f"or {result['max_seconds_per_run']:.0f} s; the modes alternate within each of "
+      f"{result['rounds']} rounds (order flipped every round); medians of the rounds.",
+      "",
+      _machine_line(result["machine"]),
+      "",
+      f"- **whole_loop**: `/v1/generate` with max_decode_length {hi}, aiohttp: one compiled "
+      "decode loop per batch, which ends with its longest row.",
+      "- **continuous**: `/v1/completions` with `max_tokens` n, streamed, aiohttp: rows "
+      "join and leave the running batch between decoding calls.",
+      "- **continuous_openai**: the same through the async `openai` client.",
+      "",
+      "| clients | mode | requests/s | tokens/s | p50 ms | p99 ms | TTFT p50 ms | "
+      "TTFT p99 ms | ms / decoding call | decoding busy |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  for clients, row in result["summary"].items():
+    for mode in LENGTH_MODES:
+      r = row[mode]
+      busy = r.get("decode_busy")
+      lines.append(f"| {clients} | {mode} | {r['rps']:.1f} | {r['tokens_per_s']:.0f} | "
+                   f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {fmt(r['ttft_p50_ms'])} | "
+                   f"{fmt(r['ttft_p99_ms'])} | {fmt(r.get('decode_call_ms'))} | "
+                   f"{'-' if busy is None else format(busy, '.0%')} |")
+  lines += ["", "| clients | throughput continuous / whole loop | p99 continuous vs whole "
+            "loop | TTFT p50 (continuous) |", "| --- | --- | --- | --- |"]
+  for clients, row in result["summary"].items():
+    c, w = row["continuous"], row["whole_loop"]
+    lines.append(f"| {clients} | {row['throughput_ratio']:.2f}x | {c['p99_ms']:.1f} vs "
+                 f"{w['p99_ms']:.1f} ms | {fmt(c['ttft_p50_ms'])} ms |")
+  lines += ["", f"Outputs: {result['responses_checked']} responses checked against the same "
+            "request sent alone to `/v1/generate` before the load (whole loop: equal; a "
+            "completion: its prefix, equal where it ended with EOS): "
+            f"{result['mismatches']} mismatches. The server exited with "
+            f"{result['server_exit_code']} after SIGTERM.", ""]
+  return "\n".join(lines) + "\n"
+
+
 # The `lengths` workload.
 LENGTHS = (4, 64)
 LENGTH_MODES = ("whole_loop", "continuous", "continuous_openai")
@@ -281,11 +347,11 @@ def random_backbone(work: str) -> str:
   """A randomly initialized backbone of the quickstart's small shape, as a T5X checkpoint."""
   import jax
   import orbax.checkpoint as ocp
-  from prompt_tuning import quickstart
+  from prompt_tuning import backbones
   from prompt_tuning.models import params as params_lib
   from prompt_tuning.models.t5 import T5
   path = os.path.join(work, "random_small")
-  params = params_lib.init_params(T5(quickstart.backbone_config("small")), jax.random.PRNGKey(0))
+  params = params_lib.init_params(T5(backbones.backbone_config("small")), jax.random.PRNGKey(0))
   ocp.PyTreeCheckpointer().save(os.path.join(path, "checkpoint_0"),
                                 {"target": jax.device_get(params)})
   return path
@@ -430,24 +496,37 @@ def main_lengths(args, info: dict) -> None:
       for clients in CONCURRENCY:
         order = list(LENGTH_MODES) if (rnd + clients) % 2 == 0 else list(LENGTH_MODES)[::-1]
         for mode in order:
+          before = batch_stats(url)
           result = asyncio.run(load_lengths(url, mode, jobs[rnd * 997:], clients, REQUESTS,
                                             SECONDS))
+          after = batch_stats(url)
           bad = check_lengths(result.pop("responses"), refs)
           mismatches += bad
-          result.update(mode=mode, clients=clients, round=rnd, mismatches=bad)
+          # The continuous batcher's decoding calls (decode_steps steps each): their
+          # mean time, and the share of the run they took (the rest: admission, HTTP).
+          delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+          calls = delta.get("pt_serve_decode_step_seconds_count", 0.0)
+          busy = delta.get("pt_serve_decode_step_seconds_sum", 0.0)
+          result.update(mode=mode, clients=clients, round=rnd, mismatches=bad,
+                        decode_call_ms=1000 * busy / calls if calls else None,
+                        decode_busy=busy / result["seconds"] if calls else None)
           runs.append(result)
           ttft = (f"TTFT p50 {result['ttft_p50_ms']:6.1f} ms" if result["ttft_p50_ms"]
                   else "")
           print(f"round {rnd} {mode:17s} C={clients:2d}: {result['rps']:6.1f} req/s "
                 f"{result['tokens_per_s']:7.0f} tok/s  p50 {result['p50_ms']:7.1f} ms  "
-                f"p99 {result['p99_ms']:7.1f} ms  {ttft}  ({result['requests']} req, "
+                f"p99 {result['p99_ms']:7.1f} ms  {ttft}  "
+                + (f"call {result['decode_call_ms']:.1f} ms busy {result['decode_busy']:.0%} "
+                   if result["decode_call_ms"] else "")
+                + f"({result['requests']} req, "
                 f"{result['errors']} errors, {bad} mismatches)", flush=True)
   finally:
     proc.terminate()
     code = proc.wait(120)
   info["load_average_at_end"] = os.getloadavg()
   summary = _summary(runs, LENGTH_MODES, ("rps", "tokens_per_s", "p50_ms", "p99_ms",
-                                          "ttft_p50_ms", "ttft_p99_ms"))
+                                          "ttft_p50_ms", "ttft_p99_ms", "decode_call_ms",
+                                          "decode_busy"))
   for row in summary.values():
     row["throughput_ratio"] = row["continuous"]["rps"] / row["whole_loop"]["rps"]
   result = dict(machine=info, workload="lengths", backbone=path,
@@ -458,10 +537,8 @@ def main_lengths(args, info: dict) -> None:
                 responses_checked=sum(r["requests"] - r["errors"] for r in runs),
                 server_exit_code=code, runs=runs)
   if not args.no_write:
-    out = report.path("serving_lengths", args.machine)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-      json.dump(result, f, indent=1)
+    os.makedirs(os.path.dirname(report.path("serving_lengths", args.machine)), exist_ok=True)
+    report.write("serving_lengths", result, args.machine)
   print(json.dumps(summary, indent=1))
   print(f"checked {result['responses_checked']} responses: {mismatches} mismatches; "
         f"server exit code {code}")

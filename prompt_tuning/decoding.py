@@ -232,12 +232,18 @@ class DecodingConfig:
 
 
 def init_cache(model: nn.Module, params: Any, batch_size: int, max_decode_length: int,
-               encoded_length: int = 1, prompt_features: Optional[dict] = None) -> Any:
+               encoded_length: int = 1, prompt_features: Optional[dict] = None,
+               per_row: bool = False) -> Any:
   """A zeroed KV cache for `batch_size` rows and `max_decode_length` steps,
   with room for the cross-attention keys and values of `encoded_length`
   encoder positions. `prompt_features` reach per-layer prompt modules that
   read them (HyperPrompt's task index); per-layer prefixes are not cached
-  (the decoder joins them at every step), so they do not change the shapes."""
+  (the decoder joins them at every step), so they do not change the shapes.
+
+  `per_row`: the decode position is [batch_size], one per row, instead of
+  one scalar for the batch, so that one batched step advances rows that
+  are at different positions (continuous batching, where rows start at
+  different times)."""
   def make():
     encoded = jnp.ones((batch_size, encoded_length, model.config.emb_dim),
                        model.config.activation_dtype)
@@ -247,7 +253,12 @@ def init_cache(model: nn.Module, params: Any, batch_size: int, max_decode_length
                        prompt_features=prompt_features, mutable=["cache"],
                        method=model.decode)[1]["cache"]
   shapes = jax.eval_shape(make)
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def zeros(path, s):
+    if per_row and getattr(path[-1], "key", None) == "decode_index":
+      return jnp.zeros((batch_size, *s.shape), s.dtype)
+    return jnp.zeros(s.shape, s.dtype)
+  return jax.tree_util.tree_map_with_path(zeros, shapes)
 
 
 def _is_cross(name: str) -> bool:

@@ -278,3 +278,62 @@ def test_grouped_cross_attention_equals_a_repeated_cache():
   assert not np.allclose(grouped[0], grouped[1])  # the masks differ within a group
   with pytest.raises(ValueError, match="4 rows for 6 query rows; expected a divisor"):
     attend(jnp.repeat(k, 2, axis=0), jnp.repeat(v, 2, axis=0))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_rows_at_different_positions_step_as_each_row_alone(scan):
+  """With a per-row decode position (`init_cache(per_row=True)`), one batched
+  step advances rows that started at different steps, and each row's logits
+  equal that row decoded alone; a row that restarts sees nothing its last
+  occupant cached (continuous batching reuses rows so)."""
+  from prompt_tuning import trees as tree_lib
+  # Scanned layers with a position table per layer (umT5), or T5's unrolled and shared one.
+  cfg = TINY_CONFIG.replace(scan_layers=scan, shared_relative_bias=not scan)
+  model = T5(cfg)
+  params = params_lib.init_params(model, jax.random.PRNGKey(4))
+  enc = jnp.array([[5, 6, 7, 8, 1], [9, 10, 1, 0, 0], [3, 1, 0, 0, 0]])
+  b, length, steps = enc.shape[0], 8, 6
+  starts = [0, 2, 5]  # the global step at which each row (re)starts at position 0
+  feeds = jax.random.randint(jax.random.PRNGKey(5), (b, steps), 2, 50)
+  encoded, mask = model.apply({"params": params}, enc, method=model.encode)
+
+  def step(cache, cross, enc_rows, mask_rows, tokens):
+    logits, mutated = model.apply(
+        {"params": params, "cache": tree_lib.unflatten({**cache, **cross})}, enc_rows,
+        mask_rows, tokens[:, None], decode=True, cross_cache="use", mutable=["cache"],
+        method=model.decode)
+    new = tree_lib.flatten(mutated["cache"])
+    return logits[:, 0], {n: new[n] for n in cache}
+  step = jax.jit(step)
+
+  def split(cache):
+    flat = tree_lib.flatten(cache)
+    return ({n: v for n, v in flat.items() if not decoding._is_cross(n)},
+            {n: v for n, v in flat.items() if decoding._is_cross(n)})
+
+  cross = decoding.cross_cache_entries(model, params, encoded, mask, length)  # a row per example
+  alone = []
+  for i in range(b):
+    cache, _ = split(decoding.init_cache(model, params, 1, length, enc.shape[1]))
+    assert cache[[n for n in cache if n.endswith("decode_index")][0]].shape == ()
+    row = {n: v[i:i + 1] for n, v in cross.items()}
+    logits = []
+    for t in range(steps - starts[i]):
+      out, cache = step(cache, row, encoded[i:i + 1], mask[i:i + 1], feeds[i, t:t + 1])
+      logits.append(out[0])
+    alone.append(jnp.stack(logits))
+
+  cache, _ = split(decoding.init_cache(model, params, b, length, enc.shape[1], per_row=True))
+  (index_name,) = [n for n in cache if n.endswith("decode_index")]
+  assert cache[index_name].shape == (b,)
+  together = [[] for _ in range(b)]
+  for g in range(steps):
+    # A row not started yet decodes a stray token; at its start it goes back to 0.
+    cache[index_name] = jnp.where(jnp.array(starts) == g, 0, cache[index_name])
+    tokens = jnp.array([feeds[i, g - starts[i]] if g >= starts[i] else 60 for i in range(b)])
+    out, cache = step(cache, cross, encoded, mask, tokens)
+    for i in range(b):
+      if g >= starts[i]:
+        together[i].append(out[i])
+  for i in range(b):
+    np.testing.assert_allclose(jnp.stack(together[i]), alone[i], rtol=1e-5, atol=1e-5)

@@ -124,16 +124,19 @@ class RelativePositionBias(nn.Module):
 
   @nn.compact
   def __call__(self, query_positions_L: Array, key_positions_K: Array) -> Array:
-    """Returns the bias [1, N, L, K] for the given absolute positions."""
+    """Returns the bias [1, N, L, K] for the given absolute positions, or
+    [B, N, L, K] for per-row query positions [B, L] (rows decoding at
+    different positions)."""
     table_NB = _param(self, "rel_embedding",
                       nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
                       (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"),
                       self.weight_dtype)
-    rel_LK = key_positions_K[None, :] - query_positions_L[:, None]
-    buckets_LK = relative_position_bucket(rel_LK.astype(jnp.int32), self.bidirectional,
-                                          self.num_buckets, self.max_distance)
-    bias_NLK = jnp.take(table_NB.astype(self.dtype), buckets_LK, axis=1)
-    return bias_NLK[None]
+    query_BL = query_positions_L.reshape((-1, query_positions_L.shape[-1]))
+    rel_BLK = key_positions_K[None, None, :] - query_BL[:, :, None]
+    buckets_BLK = relative_position_bucket(rel_BLK.astype(jnp.int32), self.bidirectional,
+                                           self.num_buckets, self.max_distance)
+    bias_NBLK = jnp.take(table_NB.astype(self.dtype), buckets_BLK, axis=1)
+    return jnp.moveaxis(bias_NBLK, 0, 1)
 
 
 def mask_to_bias(mask_BLK: Array, dtype: Any = jnp.float32) -> Array:
@@ -254,12 +257,24 @@ def _group_rows(term: Array, rows: int, length: int, groups: int) -> Array:
   return term.reshape(rows // groups, term.shape[1], groups * length, term.shape[4])
 
 
+def _write_cache(cache_BKND: Array, new_BLND: Array, decode_index: Array) -> Array:
+  """Writes the L new positions into the self-attention cache at `decode_index`:
+  a scalar (every row at one position) or [B] (each row at its own)."""
+  if decode_index.ndim == 0:
+    return jax.lax.dynamic_update_slice(cache_BKND, new_BLND, (0, decode_index, 0, 0))
+  # Only the write is mapped over rows (a scatter of L positions per row);
+  # the attention around it stays one batched computation.
+  return jax.vmap(lambda c, x, i: jax.lax.dynamic_update_slice(c, x, (i, 0, 0)))(
+      cache_BKND, new_BLND, decode_index)
+
+
 class MultiHeadAttention(nn.Module):
   """T5 attention: no 1/sqrt(D) at run time (it lives in the query init).
 
   In decode mode the keys and values of the tokens seen so far live in the
   'cache' collection ([B, Lmax, N, D]); each call writes its T new positions
-  at `decode_index` and attends over the whole cache.
+  at `decode_index` (a scalar, or [B]: one position per row) and attends over
+  the whole cache.
 
   `example_loop`: compute the scores, softmax and weighted values one example
   at a time (see `attend_one_example_at_a_time`) when an example's scores
@@ -331,9 +346,8 @@ class MultiHeadAttention(nn.Module):
       cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
       cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
       if is_initialized:
-        start = (0, decode_index, 0, 0)
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, start)
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, start)
+        cached_k.value = _write_cache(cached_k.value, k, decode_index)
+        cached_v.value = _write_cache(cached_v.value, v, decode_index)
         k, v = cached_k.value, cached_v.value
 
     # `bias`: one additive array, or a tuple of them (mask and position terms),

@@ -396,12 +396,15 @@ class Decoder(nn.Module):
         decode_index = index.value
         index.value = index.value + t_total
     if decode_index is not None:
-      # Queries are the new positions; keys are the whole cache.
+      # Queries are the new positions; keys are the whole cache. A [B]
+      # decode_index (see decoding.init_cache's `per_row`) puts each row at
+      # its own position: query positions [B, T], per-row masks and biases.
       cache_len = self._cache_length()
-      query_positions = decode_index + jnp.arange(t_total)
+      query_BT = decode_index.reshape((-1, 1)) + jnp.arange(t_total)[None]  # [1 or B, T]
+      query_positions = query_BT[0] if decode_index.ndim == 0 else query_BT
       key_positions = jnp.arange(cache_len)
-      visible = key_positions[None, :] <= query_positions[:, None]
-      self_mask = jnp.broadcast_to(visible[None], (b, t_total, cache_len))
+      visible = key_positions[None, None, :] <= query_BT[:, :, None]
+      self_mask = jnp.broadcast_to(visible, (b, t_total, cache_len))
     else:
       query_positions = key_positions = jnp.arange(t_total)
       causal = key_positions[None, :] <= query_positions[:, None]

@@ -11,11 +11,13 @@ gone) is free for the next request at once. Tokens reach their request as
 they are chosen, which is what streaming sends.
 
 The per-step call is the model's own cached decoder step (`T5.decode` with
-`decode=True`, as `decoding.generate` runs it), mapped over the rows with
-`jax.vmap`: the model keeps one decode position for the whole batch, and the
-map gives each row its own. The cross-attention cache has room for the
-prompt and the longest input (M positions); shorter encodings are padded and
-masked, so a row decodes as it would alone.
+`decode=True`, as `decoding.generate` runs it), one batched step over all R
+rows: the cache keeps one decode position per row (`decoding.init_cache`
+with `per_row=True`), so rows that joined at different times share every
+matrix product, and only the write of each row's new keys and values goes
+to its own position. The cross-attention cache has room for the prompt and
+the longest input (M positions); shorter encodings are padded and masked,
+so a row decodes as it would alone.
 
 Shape key: R rows, M encoded positions (P + the input budget), L decode
 positions, V vocabulary, b rows admitted together, l their input length.
@@ -114,14 +116,13 @@ class StepPrograms:
     self.encoded_length = engine.prompts.shape[0] + engine.config.max_input_length
     params = tree_lib.unflatten(engine._frozen)  # pylint: disable=protected-access
     template = jax.eval_shape(lambda: tree_lib.flatten(decoding.init_cache(
-        self.plain, params, 1, self.length, self.encoded_length)))
+        self.plain, params, rows, self.length, self.encoded_length, per_row=True)))
     cross = {n for n in template if decoding._is_cross(n)}  # pylint: disable=protected-access
     index = [n for n in template if n.endswith("decode_index")]
     if len(index) != 1:
       raise ValueError(f"Expected one decode_index in the decoder cache, found {index}")
     self._index_name = index[0]
-    # Each leaf gains a leading row axis; vmap hands every row its [1, ...] slice.
-    zeros = lambda s: np.zeros((rows, *s.shape), s.dtype)  # noqa: E731
+    zeros = lambda s: np.zeros(s.shape, s.dtype)  # noqa: E731
     self.cross = jax.device_put({n: zeros(s) for n, s in template.items() if n in cross})
     self.cache = jax.device_put({n: zeros(s) for n, s in template.items() if n not in cross})
     self.enc_mask = jax.device_put(np.zeros((rows, self.encoded_length), bool))
@@ -133,18 +134,18 @@ class StepPrograms:
     params = tree_lib.unflatten(frozen)
     cfg = self.engine.model_config
     position_R = cache[self._index_name]
-
-    def one_row(cache_row, cross_row, mask_M, token):
-      encoded = jnp.zeros((1, self.encoded_length, cfg.emb_dim), cfg.activation_dtype)
-      logits, mutated = self.plain.apply(
-          {"params": params, "cache": tree_lib.unflatten({**cache_row, **cross_row})}, encoded,
-          mask_M[None], token[None, None], decode=True, cross_cache="use", mutable=["cache"],
-          method=T5.decode)
-      new = tree_lib.flatten(mutated["cache"])
-      return logits[0, 0], {n: new[n] for n in cache_row}
-
-    logits_RV, cache = jax.vmap(one_row)(cache, cross, enc_mask_RM, token_R)
-    logits_RV = logits_RV.astype(jnp.float32)
+    # Read only for its shape: the cross-attention keys and values come from the cache.
+    encoded = jnp.zeros((self.rows, self.encoded_length, cfg.emb_dim), cfg.activation_dtype)
+    logits, mutated = self.plain.apply(
+        {"params": params, "cache": tree_lib.unflatten({**cache, **cross})}, encoded,
+        enc_mask_RM, token_R[:, None], decode=True, cross_cache="use", mutable=["cache"],
+        method=T5.decode)
+    new = tree_lib.flatten(mutated["cache"])
+    # A free row keeps stepping; holding it at the last position keeps its
+    # writes inside the cache until a request takes the row (and resets it).
+    cache = {n: new[n] for n in cache}
+    cache[self._index_name] = jnp.minimum(cache[self._index_name], self.length - 1)
+    logits_RV = logits[:, 0].astype(jnp.float32)
     greedy_R = jnp.argmax(logits_RV, axis=-1).astype(jnp.int32)
     sampling_R = temperature_R > 0
 
@@ -186,8 +187,8 @@ class StepPrograms:
     entries = decoding.cross_cache_entries(self.plain, params, encoded, mask, self.length)
     pad = self.encoded_length - encoded.shape[1]
     cross = dict(cross)
-    for name, value in entries.items():  # [b, N, K, D] -> rows [b, 1, N, M, D]
-      value = jnp.pad(value, ((0, 0), (0, 0), (0, pad), (0, 0)))[:, None]
+    for name, value in entries.items():  # [b, N, K, D] -> rows [b, N, M, D]
+      value = jnp.pad(value, ((0, 0), (0, 0), (0, pad), (0, 0)))
       cross[name] = cross[name].at[slots_b].set(value.astype(cross[name].dtype), mode="drop")
     enc_mask_RM = enc_mask_RM.at[slots_b].set(jnp.pad(mask, ((0, 0), (0, pad))), mode="drop")
     cache = dict(cache)
@@ -245,7 +246,7 @@ class StepPrograms:
     program = self.step_program()
     self.cache, *out = program(self.engine._frozen, self.cross, self.enc_mask, self.cache,  # pylint: disable=protected-access
                                token_R, temperature_R, top_k_R, top_p_R, seed_R, stream_R)
-    return tuple(np.asarray(x) for x in out)
+    return tuple(jax.device_get(tuple(out)))  # One transfer for the four arrays.
 
 
 @dataclasses.dataclass

@@ -15,7 +15,9 @@ the whole-loop batcher of `/v1/generate` and does not stream.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import threading
 import time
 import uuid
 from typing import Any, Optional, Union
@@ -63,6 +65,36 @@ class CompletionRequest(BaseModel):
   top_k: int = -1
   use_beam_search: bool = False
   length_penalty: float = 0.6
+
+
+class _Inbox:
+  """Events from the decode thread for one request, handed to the request's event loop
+  with at most one wake-up pending. A decoding call delivers many tokens at once; a
+  wake-up each would hand the GIL back and forth between the decode thread and the
+  event loop once per token."""
+
+  def __init__(self, loop: asyncio.AbstractEventLoop):
+    self._loop = loop
+    self._lock = threading.Lock()
+    self._items: collections.deque = collections.deque()
+    self._scheduled = False
+    self.queue: asyncio.Queue = asyncio.Queue()
+
+  def put(self, item) -> None:
+    """Called on the decode thread."""
+    with self._lock:
+      self._items.append(item)
+      if self._scheduled:
+        return
+      self._scheduled = True
+    self._loop.call_soon_threadsafe(self._flush)
+
+  def _flush(self) -> None:
+    with self._lock:
+      items, self._items = self._items, collections.deque()
+      self._scheduled = False
+    for item in items:
+      self.queue.put_nowait(item)
 
 
 def _invalid(param: str, message: str, status: int = 422,
@@ -182,15 +214,15 @@ class Completions:
                       # top_p 0 keeps the likeliest token only (the filter keeps the first).
                       top_p=body.top_p if body.top_p > 0 else 1e-9)
     seed = body.seed if body.seed is not None else self.decoder.next_seed()
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue = asyncio.Queue()
+    inbox = _Inbox(asyncio.get_running_loop())
+    events = inbox.queue
     seqs = []
     for i, row in enumerate(ids):
       for j in range(body.n):
         index = i * body.n + j
 
         def on_event(event, index=index):
-          loop.call_soon_threadsafe(events.put_nowait, (index, event))
+          inbox.put((index, event))
         seqs.append(continuous.Completion(
             inputs=row, prompt=prompt, max_tokens=max_tokens, stop=stop, on_event=on_event,
             sampling=continuous.Sampling(seed=seed, stream_index=index, **sampling)))
@@ -231,23 +263,33 @@ class Completions:
     left = len(seqs)
     completion_tokens = 0
     try:
-      while left:
-        index, event = await events.get()
-        if event.error is not None:
-          error = event.error
-          yield _sse({"error": _openai_error_body(getattr(error, "status", 500),
-                                                  getattr(error, "code", "internal"),
-                                                  str(error), getattr(error, "param", None))})
-          break
-        completion_tokens += len(event.tokens)
-        if event.finish_reason is not None:
-          left -= 1
-        if not event.text and event.finish_reason is None and logprobs is None:
-          continue  # Nothing to say yet (text held back while a stop string may start).
-        choice = dict(index=index, text=event.text, finish_reason=event.finish_reason,
-                      logprobs=self._logprobs(event.tokens, logprobs))
-        yield _sse({**head, "choices": [choice]})
-      else:
+      failed = False
+      while left and not failed:
+        # Every event waiting now goes out in one write: still one server-sent event
+        # per token, but one send (and one client read) per decoding call.
+        batch = [await events.get()]
+        while not events.empty():
+          batch.append(events.get_nowait())
+        out = []
+        for index, event in batch:
+          if event.error is not None:
+            error = event.error
+            out.append(_sse({"error": _openai_error_body(
+                getattr(error, "status", 500), getattr(error, "code", "internal"),
+                str(error), getattr(error, "param", None))}))
+            failed = True
+            break
+          completion_tokens += len(event.tokens)
+          if event.finish_reason is not None:
+            left -= 1
+          if not event.text and event.finish_reason is None and logprobs is None:
+            continue  # Nothing to say yet (text held back while a stop string may start).
+          choice = dict(index=index, text=event.text, finish_reason=event.finish_reason,
+                        logprobs=self._logprobs(event.tokens, logprobs))
+          out.append(_sse({**head, "choices": [choice]}))
+        if out:
+          yield b"".join(out)
+      if not failed:
         if include_usage:
           usage = dict(usage, completion_tokens=completion_tokens,
                        total_tokens=usage["prompt_tokens"] + completion_tokens)
