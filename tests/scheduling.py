@@ -35,8 +35,9 @@ TOGETHER = {
     "tests/test_first_use.py": 30,
     "tests/test_hf_parity.py": 30,
     "tests/test_peft_interop.py": 30,
+    "tests/test_own_data_recipe.py": 150,
     "tests/test_provenance.py": 20,
-    "tests/test_quickstart.py": 125,
+    "tests/test_quickstart.py": 150,
     "tests/test_serving.py": 60,
     "tests/test_serving_openai.py": 30,
     "tests/test_sharding.py": 140,
@@ -47,7 +48,7 @@ TOGETHER = {
 # The seconds (setup + call) of each test whose node id starts with the key (the longest
 # key that matches wins), measured with `-n 2` on a 2-core machine.
 SECONDS = {
-    "tests/test_research_suite.py::test_quick_run_writes_every_figure_with_three_seeds": 113,
+    "tests/test_research_suite.py::test_quick_run_writes_every_figure_and_tests_every_claim": 150,
     "tests/test_training_guarantees.py::test_sigkill_anywhere_then_resume_equals_uninterrupted_run":
         80,
     "tests/test_tasks.py::test_every_registered_task_yields_examples_on_mock_data": 55,

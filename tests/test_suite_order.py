@@ -11,7 +11,7 @@ from tests.conftest import REPO_ROOT
 
 def test_slowest_unit_first_files_together_ties_in_collection_order():
   together = "tests/test_quickstart.py"
-  slow = "tests/test_research_suite.py::test_quick_run_writes_every_figure_with_three_seeds"
+  slow = "tests/test_research_suite.py::test_quick_run_writes_every_figure_and_tests_every_claim"
   ids = ["tests/test_a.py::test_1", f"{together}::test_x", "tests/test_a.py::test_2", slow,
          f"{together}::test_y", "tests/test_b.py::test_3"]
   assert scheduling.TOGETHER[together] > scheduling.SECONDS[slow] > scheduling.DEFAULT_SECONDS
