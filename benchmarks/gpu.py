@@ -301,7 +301,19 @@ def _torch_setup(dry_run: bool, jobs) -> Optional[tuple[Any, str]]:
   return None
 
 
-def hf_model(cfg, shapes: Shapes, torch, device: str, with_prompt_values: bool = False):
+def _no_init_weights():
+  """transformers' switch that skips random initialization (seconds at T5 large),
+  where this version has it."""
+  import contextlib
+  for module in ("transformers.initialization", "transformers.modeling_utils"):
+    try:
+      return __import__(module, fromlist=["no_init_weights"]).no_init_weights()
+    except (ImportError, AttributeError):
+      continue
+  return contextlib.nullcontext()
+
+
+def hf_model(cfg, shapes: Shapes, torch, device: str):
   """HF T5 + PEFT prompt tuning holding `weight()`'s values (float32)."""
   import transformers
   from peft import PromptTuningConfig, TaskType, get_peft_model
@@ -313,7 +325,8 @@ def hf_model(cfg, shapes: Shapes, torch, device: str, with_prompt_values: bool =
       relative_attention_num_buckets=cfg.relative_attention_num_buckets,
       relative_attention_max_distance=cfg.relative_attention_max_distance,
       dropout_rate=0.0, decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
-  model = transformers.T5ForConditionalGeneration(hf_cfg)
+  with _no_init_weights():  # every weight is overwritten below
+    model = transformers.T5ForConditionalGeneration(hf_cfg)
   model.lm_head.weight = torch.nn.Parameter(torch.empty(cfg.vocab_size, cfg.emb_dim))
   for hf_name, (name, transpose) in hf_lib._name_map(cfg).items():
     param = model.get_parameter(hf_name)
@@ -321,6 +334,8 @@ def hf_model(cfg, shapes: Shapes, torch, device: str, with_prompt_values: bool =
     value = weight(name, shape)
     with torch.no_grad():
       param.copy_(torch.from_numpy(np.ascontiguousarray(value.T if transpose else value)))
+  # Both stacks read the one table (skipping initialization can leave them untied).
+  model.set_input_embeddings(model.get_input_embeddings())
   model = get_peft_model(model, PromptTuningConfig(
       task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=shapes.prompt_len,
       num_transformer_submodules=1))
