@@ -36,6 +36,9 @@ class PromptConfig:
   steps: int = 400
   batch_size: int = 32
   seed: int = 0
+  # Activations of prompt tuning and evaluation: "bfloat16" computes in
+  # bfloat16 with the prompt and its optimizer state in float32, as T5X does.
+  dtype: str = "float32"
 
 
 def run(cache_dir: Optional[str] = None,
@@ -51,7 +54,7 @@ def run(cache_dir: Optional[str] = None,
         f"({pretrain_cfg.steps} steps), cached under {cache_dir}", flush=True)
   backbone = backbones.pretrain(pretrain_cfg, cache_dir, progress)
   t_backbone = time.time() - start
-  model_config = backbones.backbone_config(pretrain_cfg.size)
+  model_config = backbones.backbone_config(pretrain_cfg.size).replace(dtype=prompt_cfg.dtype)
   task = f"synthetic_{synthetic.HELD_OUT}_bare"
   work_dir = work_dir or tempfile.mkdtemp(prefix="quickstart_")
 
