@@ -71,10 +71,12 @@ def cpu_info() -> dict[str, Any]:
 
 
 def describe(info: dict[str, Any]) -> str:
-  """One line for a report: model, cores, AVX-512, and the XLA ISA cap if one was set."""
+  """One line for a report: model, cores, AVX-512 (and AMX where the CPU has it),
+  and the XLA ISA cap if one was set."""
   cap = f", XLA capped at {info['xla_isa_cap'].split('=')[1]}" if info["xla_isa_cap"] else ""
+  amx = ", AMX: yes" if info.get("amx") else ""
   return (f"{info['cpu_model']}, {info['cores']} cores, AVX-512: "
-          f"{'yes' if info['avx512'] else 'no'}{cap}")
+          f"{'yes' if info['avx512'] else 'no'}{amx}{cap}")
 
 
 def _words(name: str) -> str:

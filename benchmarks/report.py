@@ -39,6 +39,8 @@ NOTES_MARKER = "<!-- notes: kept when the script rewrites this file -->"
 RENDERERS = {
     "attention_loop": "benchmarks.attention_loop:markdown",
     "giants": "benchmarks.giants:markdown",
+    "bf16_cpu": "benchmarks.bf16_cpu:markdown",
+    "gpu": "benchmarks.gpu:markdown",
     "inference": "benchmarks.inference:markdown",
     "memory": "benchmarks.memory:markdown",
     "microbatches": "benchmarks.microbatches:markdown",

@@ -52,7 +52,7 @@ H, N, D, F, V, LAYERS = 512, 6, 64, 1024, 32128, 8
 
 
 def step_flops_parts(batch=BATCH, input_len=INPUT_LEN, prompt_len=PROMPT_LEN,
-                     target_len=TARGET_LEN) -> dict:
+                     target_len=TARGET_LEN, dims=(H, N, D, F, V, LAYERS)) -> dict:
   """FLOPs the prompt step needs, by kind: weight matmuls (`weights`, logits
   included) and attention's score and value matmuls (`attention`).
 
@@ -62,7 +62,10 @@ def step_flops_parts(batch=BATCH, input_len=INPUT_LEN, prompt_len=PROMPT_LEN,
   activations). Not counted: elementwise work, softmax, norms, the optimizer
   (all small next to the matmuls) and the backward of the first decoder
   self-attention (which does not depend on the prompt; under 0.1%).
+  `dims`: (width, heads, head width, MLP width, vocabulary, layers), by
+  default T5 1.1 small's.
   """
+  H, N, D, F, V, LAYERS = dims  # noqa: N806  (the module's names, at another size)
   m, t, b = input_len + prompt_len, target_len, batch
   nd = N * D
   enc_w = LAYERS * 2 * b * m * (4 * H * nd + 3 * H * F)   # q k v o, wi_0 wi_1 wo
@@ -162,7 +165,7 @@ def _gpu_peak_mib_jax():
 
 
 def ours_step(dropout: float, mask_bits: int, remat: str = "",
-              rng_impl: str = "threefry2x32"):
+              rng_impl: str = "threefry2x32", dtype: str = "float32"):
   """Loads the weights into our model and returns (step, jitted, args): `step(i)`
   runs train step i to completion and returns its loss; `jitted` and `args(i)`
   are the compiled function and its arguments (for cost analysis).
@@ -172,7 +175,9 @@ def ours_step(dropout: float, mask_bits: int, remat: str = "",
   scanned layers; empty: unrolled layers, nothing recomputed.
   `rng_impl`: JAX's PRNG for the dropout key (`DropoutSpec.rng_impl`):
   threefry2x32 (JAX's default) or rbg (T5X's fast choice); both draw exact
-  32-bit words per element with `mask_bits=32`."""
+  32-bit words per element with `mask_bits=32`.
+  `dtype`: the activations (`T5Config.dtype`); the weights, the prompt and the
+  optimizer state stay float32."""
   from prompt_tuning.cli import environment
   # The binaries' XLA defaults.
   environment.configure(compilation_cache=False, tensorflow=False)
@@ -188,7 +193,7 @@ def ours_step(dropout: float, mask_bits: int, remat: str = "",
   from prompt_tuning.train import step as step_lib
   flat = _our_params()
   cfg = presets.preset("t5_1_1", "small", dropout_rate=dropout, dropout_mask_bits=mask_bits,
-                       scan_layers=bool(remat), remat_policy=remat or "none")
+                       scan_layers=bool(remat), remat_policy=remat or "none", dtype=dtype)
   if remat:
     flat = params_lib.stack_layers(flat, {"encoder": cfg.num_encoder_layers,
                                           "decoder": cfg.num_decoder_layers})
@@ -251,9 +256,11 @@ def run_ours(dropout: float, mask_bits: int, remat: str = "",
   return out
 
 
-def peft_step(dropout: float):
+def peft_step(dropout: float, autocast_bf16: bool = False):
   """Loads the same weights into HF T5 + PEFT prompt tuning; returns `step(i)`,
-  which runs one training step (forward, backward, Adafactor) and returns its loss."""
+  which runs one training step (forward, backward, Adafactor) and returns its loss.
+  `autocast_bf16`: the forward pass under `torch.autocast(dtype=bfloat16)` (float32
+  weights, prompt and optimizer state; bfloat16 compute)."""
   import torch
   import transformers
   from peft import PromptTuningConfig, TaskType, get_peft_model
@@ -292,7 +299,8 @@ def peft_step(dropout: float):
 
   def step(i):
     del i
-    loss = model(input_ids=enc_t, attention_mask=enc_t > 0, labels=tgt_t).loss
+    with torch.autocast(dev, dtype=torch.bfloat16, enabled=autocast_bf16):
+      loss = model(input_ids=enc_t, attention_mask=enc_t > 0, labels=tgt_t).loss
     loss.backward()
     opt.step()
     opt.zero_grad()

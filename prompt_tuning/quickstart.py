@@ -45,6 +45,9 @@ class PromptConfig:
   # Evaluate on the validation split every `eval_period` steps (and at the
   # last step); its exact match picks the prompt that the test split scores.
   eval_period: int = 100
+  # Activations of prompt tuning and evaluation: "bfloat16" computes in
+  # bfloat16 with the prompt and its optimizer state in float32, as T5X does.
+  dtype: str = "float32"
 
 
 def run(cache_dir: Optional[str] = None,
@@ -60,7 +63,7 @@ def run(cache_dir: Optional[str] = None,
         f"({pretrain_cfg.steps} steps), cached under {cache_dir}", flush=True)
   backbone = backbones.pretrain(pretrain_cfg, cache_dir, progress)
   t_backbone = time.time() - start
-  model_config = backbones.backbone_config(pretrain_cfg.size)
+  model_config = backbones.backbone_config(pretrain_cfg.size).replace(dtype=prompt_cfg.dtype)
   task = f"synthetic_{synthetic.HELD_OUT}_bare"
   work_dir = work_dir or tempfile.mkdtemp(prefix="quickstart_")
 

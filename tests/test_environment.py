@@ -21,12 +21,64 @@ def test_xla_defaults_never_override_the_users_flags():
 
 def test_the_cpu_defaults_can_be_turned_off(monkeypatch):
   monkeypatch.setattr(environment, "quiet_logs", lambda: None)
+  monkeypatch.setattr(environment, "has_amx", lambda text=None: False)  # the same on any CPU
   for switch, expected in (("0", "--xla_dump_to=/d"),
                            ("1", "--xla_dump_to=/d --xla_cpu_experimental_ynn_fusion_type=")):
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/d")
     monkeypatch.setenv("PROMPT_TUNING_XLA_DEFAULTS", switch)
     environment.configure(compilation_cache=False, tensorflow=False)
     assert os.environ["XLA_FLAGS"] == expected, switch
+
+
+_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse2 avx2 avx512f {extra} arch_capabilities
+bugs\t\t: spectre_v1
+
+processor\t: 1
+flags\t\t: fpu sse2 avx2
+"""
+
+
+@pytest.mark.parametrize("extra, amx", [
+    ("avx512_bf16 amx_bf16 amx_tile amx_int8", True),
+    ("avx512_bf16 amx_tile", False),   # tiles without bfloat16 support
+    ("avx512_bf16", False),            # an AVX-512 CPU without AMX (e.g. AMD Zen 4)
+    ("", False),
+])
+def test_amx_is_read_from_the_first_cpus_flags(extra, amx):
+  text = _CPUINFO.format(extra=extra)
+  assert environment.has_amx(text) is amx
+  defaults = environment.cpu_xla_defaults(text, knows_flag=lambda name: True)
+  assert ("xla_cpu_use_onednn" in defaults) is amx
+  assert environment.CPU_XLA_FLAGS.items() <= defaults.items()
+  assert not environment.has_amx("no flags line here")
+
+
+def test_amx_defaults_only_with_flags_jaxlib_knows_and_never_over_the_users():
+  text = _CPUINFO.format(extra="amx_bf16 amx_tile")
+  assert "xla_cpu_use_onednn" not in environment.cpu_xla_defaults(text, lambda name: False)
+  defaults = environment.cpu_xla_defaults(text, lambda name: True)
+  assert environment.merged_xla_flags("--xla_cpu_use_onednn=false", defaults) == (
+      "--xla_cpu_use_onednn=false --xla_cpu_experimental_ynn_fusion_type=")
+  assert "--xla_cpu_use_onednn=true" in environment.merged_xla_flags("", defaults)
+
+
+def test_the_installed_jaxlib_is_searched_for_the_flag():
+  # jaxlib 0.10.2 and 0.11.2 define it (XLA aborts at start-up on an unknown flag).
+  assert environment.jaxlib_knows_flag("xla_cpu_use_onednn")
+  assert not environment.jaxlib_knows_flag("xla_cpu_no_such_flag_at_all_37")
+
+
+def test_configure_turns_onednn_on_where_the_cpu_has_amx(monkeypatch):
+  monkeypatch.setattr(environment, "quiet_logs", lambda: None)
+  monkeypatch.setenv("PROMPT_TUNING_XLA_DEFAULTS", "1")
+  for amx in (True, False):
+    monkeypatch.setattr(environment, "has_amx", lambda text=None, amx=amx: amx)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    environment.configure(compilation_cache=False, tensorflow=False)
+    assert ("--xla_cpu_use_onednn=true" in os.environ["XLA_FLAGS"]) is amx
 
 
 _PROGRAM = """

@@ -1,6 +1,7 @@
 """The quickstart, shortened: a pretrained tiny backbone, then prompt tuning of
 the held-out format, must beat both baselines by a clear margin."""
 
+import dataclasses
 import json
 import os
 
@@ -69,6 +70,24 @@ def test_prompt_is_selected_on_validation_and_reported_on_test(results):
   assert results["prompt_file"] == os.path.join(model_dir, "best", "encoder_prompt.prompt.npy")
   table = quickstart.format_table(results)
   assert "unseen test words" in table and f"selected prompt: step {sel['step']} of 200" in table
+
+
+def test_bfloat16_activations_give_the_same_held_out_table(results, tmp_path):
+  """Issue 37: prompt tuning and evaluation computing in bfloat16 (the prompt and its
+  optimizer state in float32, as T5X) on the same cached backbone: the same table,
+  up to one held-out word for the trained prompt. On this shortened setup (200
+  prompt steps, 128 words) bfloat16 gave 97.7% against float32's 98.4% once: one
+  word; the baselines were equal."""
+  cache = os.path.dirname(os.path.dirname(results["backbone"]))
+  bf16 = quickstart.run(cache_dir=cache, pretrain_cfg=PRETRAIN,
+                        prompt_cfg=dataclasses.replace(PROMPT, dtype="bfloat16"),
+                        eval_examples=128, work_dir=str(tmp_path), progress=False)
+  assert bf16["backbone"] == results["backbone"]
+  trained = "trained prompt"
+  assert {k: v for k, v in bf16["rows"].items() if k != trained} == {
+      k: v for k, v in results["rows"].items() if k != trained}
+  assert abs(bf16["rows"][trained] - results["rows"][trained]) <= 100 / 128 + 1e-9
+  assert np.load(bf16["prompt_file"]).dtype == np.float32
 
 
 def test_backbone_is_cached_and_reused(results, monkeypatch):

@@ -8,7 +8,11 @@ imported: XLA reads its flags, and TensorFlow its log level, once at import.
   cores capped at AVX2 the prompt-tuning train step of T5 1.1 small ran
   about 1.2x faster that way, and on an AVX2-only AMD EPYC so did the
   quickstart's pretraining step (benchmarks/README.md, "XLA CPU options").
-  A flag the user already set in XLA_FLAGS wins, and
+  On a CPU with AMX (`amx_bf16` and `amx_tile` in /proc/cpuinfo: Intel
+  Sapphire Rapids and later), XLA's oneDNN path is turned on as well
+  (`AMX_XLA_FLAGS`), where the installed jaxlib knows the flag: on such a
+  Xeon a bfloat16 2048^3 matmul ran at 1426 GFLOP/s with it against 1169
+  without (issue 37). A flag the user already set in XLA_FLAGS wins, and
   PROMPT_TUNING_XLA_DEFAULTS=0 leaves jaxlib's own defaults in place.
 - Logs: TensorFlow's C++ INFO/WARNING lines are hidden unless the user set
   TF_CPP_MIN_LOG_LEVEL. On a host with no NVIDIA driver, TensorFlow is
@@ -31,6 +35,12 @@ from typing import Optional
 CPU_XLA_FLAGS = {
     "xla_cpu_experimental_ynn_fusion_type": "",
 }
+# Added where the CPU has AMX: oneDNN's matmuls use the AMX tiles for bfloat16.
+AMX_XLA_FLAGS = {
+    "xla_cpu_use_onednn": "true",
+}
+# The CPU flags that say a core has AMX with bfloat16 tiles.
+AMX_CPU_FLAGS = frozenset({"amx_bf16", "amx_tile"})
 # XLA aborts on a flag it does not know; these defaults were measured with
 # jaxlib 0.10.2 and 0.11.2, and are left out for older ones.
 _MIN_JAXLIB_FOR_FLAGS = (0, 10)
@@ -48,6 +58,64 @@ def merged_xla_flags(current: str, defaults: dict[str, str]) -> str:
   named = {t.lstrip("-").split("=", 1)[0] for t in tokens}
   extra = [f"--{k}={v}" for k, v in defaults.items() if k not in named]
   return " ".join(tokens + extra)
+
+
+def cpu_flags(cpuinfo_text: Optional[str] = None) -> frozenset[str]:
+  """The first CPU's feature flags, from /proc/cpuinfo's text (read when not given;
+  empty where there is none, as on macOS)."""
+  if cpuinfo_text is None:
+    try:
+      with open("/proc/cpuinfo") as f:
+        cpuinfo_text = f.read()
+    except OSError:
+      return frozenset()
+  for line in cpuinfo_text.splitlines():
+    key, _, value = line.partition(":")
+    if key.strip() in ("flags", "Features"):  # x86, Arm
+      return frozenset(value.split())
+  return frozenset()
+
+
+def has_amx(cpuinfo_text: Optional[str] = None) -> bool:
+  """Whether the CPU has AMX with bfloat16 tiles (`amx_bf16` and `amx_tile`)."""
+  return AMX_CPU_FLAGS <= cpu_flags(cpuinfo_text)
+
+
+def jaxlib_knows_flag(name: str) -> bool:
+  """Whether the installed jaxlib defines the XLA flag `name`.
+
+  XLA aborts the process on a flag it does not know, so this looks for the
+  name in jaxlib's shared libraries instead of trying it (a few hundredths of
+  a second: they are mapped, not read)."""
+  import importlib.util
+  import mmap
+  spec = importlib.util.find_spec("jaxlib")
+  if spec is None or not spec.submodule_search_locations:
+    return False
+  needle = name.encode()
+  for folder in spec.submodule_search_locations:
+    for root, _, files in os.walk(folder):
+      for file in files:
+        if not file.endswith((".so", ".pyd", ".dylib")):
+          continue
+        with open(os.path.join(root, file), "rb") as f:
+          try:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+              if m.find(needle) >= 0:
+                return True
+          except ValueError:  # an empty file
+            continue
+  return False
+
+
+def cpu_xla_defaults(cpuinfo_text: Optional[str] = None,
+                     knows_flag=jaxlib_knows_flag) -> dict[str, str]:
+  """The XLA flags the binaries default to on this CPU: `CPU_XLA_FLAGS`, and
+  `AMX_XLA_FLAGS` where the CPU has AMX and jaxlib knows each flag."""
+  defaults = dict(CPU_XLA_FLAGS)
+  if has_amx(cpuinfo_text):
+    defaults.update({k: v for k, v in AMX_XLA_FLAGS.items() if knows_flag(k)})
+  return defaults
 
 
 def _jaxlib_version() -> tuple[int, ...]:
@@ -137,7 +205,8 @@ def configure(compilation_cache: bool = True, tensorflow: bool = True) -> None:
   """
   if (_jaxlib_version() >= _MIN_JAXLIB_FOR_FLAGS
       and os.environ.get("PROMPT_TUNING_XLA_DEFAULTS", "1") != "0"):
-    os.environ["XLA_FLAGS"] = merged_xla_flags(os.environ.get("XLA_FLAGS", ""), CPU_XLA_FLAGS)
+    os.environ["XLA_FLAGS"] = merged_xla_flags(os.environ.get("XLA_FLAGS", ""),
+                                               cpu_xla_defaults())
   quiet_logs()
   if tensorflow:
     import_tensorflow_quietly()

@@ -92,7 +92,8 @@ def _quickstart(args) -> int:
   logging.basicConfig(level=logging.WARNING)
   from prompt_tuning import backbones, quickstart
   pretrain = backbones.quickstart_pretrain_config(args.size, args.seed, args.pretrain_steps)
-  prompt = quickstart.PromptConfig(steps=args.prompt_steps, length=args.prompt_length)
+  prompt = quickstart.PromptConfig(steps=args.prompt_steps, length=args.prompt_length,
+                                   dtype=args.dtype)
   try:
     quickstart.run(cache_dir=args.cache_dir, pretrain_cfg=pretrain, prompt_cfg=prompt,
                    eval_examples=args.eval_examples, work_dir=args.work_dir)
@@ -508,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
   qs.add_argument("--prompt_steps", type=int, default=400)
   qs.add_argument("--prompt_length", type=int, default=10)
   qs.add_argument("--eval_examples", type=int, default=512)
+  qs.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                  help="activations of prompt tuning and evaluation (the prompt and its "
+                  "optimizer state stay float32)")
   tk = sub.add_parser("tasks", help="list registered tasks and mixtures, or show examples",
                       allow_abbrev=False)
   tk.add_argument("action", choices=("list", "show"))
