@@ -37,7 +37,7 @@ TOGETHER = {
     "tests/test_peft_interop.py": 30,
     "tests/test_own_data_recipe.py": 150,
     "tests/test_provenance.py": 20,
-    "tests/test_quickstart.py": 150,
+    "tests/test_quickstart.py": 200,
     "tests/test_serving.py": 60,
     "tests/test_serving_openai.py": 30,
     "tests/test_sharding.py": 140,
