@@ -65,10 +65,13 @@ class CorpusSpec:
     seed: the held-out entries' seed (and the pretraining order's).
     pieces: SentencePiece pieces (pad 0, EOS 1, UNK 2 included).
     folder: a folder of GCIDE words_*.json files; None is the installed package.
+    held_out_fraction: the entries held out (tests on a few-KB slice hold out
+      more, so that every task split has examples).
   """
   seed: int = 0
   pieces: int = 8000
   folder: Optional[str] = None
+  held_out_fraction: float = gcide.HELD_OUT_FRACTION
 
 
 def _files(spec: CorpusSpec) -> list[str]:
@@ -78,6 +81,8 @@ def _files(spec: CorpusSpec) -> list[str]:
 def corpus_key(spec: CorpusSpec) -> str:
   """A short hash of the corpus files' contents, the seed and the piece count."""
   h = hashlib.sha256(f"seed={spec.seed}/pieces={spec.pieces}".encode())
+  if spec.held_out_fraction != gcide.HELD_OUT_FRACTION:
+    h.update(f"/held_out={spec.held_out_fraction}".encode())
   for path in _files(spec):
     h.update(os.path.basename(path).encode())
     with open(path, "rb") as f:
@@ -155,7 +160,7 @@ def prepare(spec: CorpusSpec = CorpusSpec(), cache_dir: Optional[str] = None,
   shutil.rmtree(work, ignore_errors=True)  # A half-made one is made again: it is minutes.
   os.makedirs(work)
   entries = gcide.load_entries(spec.folder)
-  held = gcide.held_out(list(entries), spec.seed)
+  held = gcide.held_out(list(entries), spec.seed, spec.held_out_fraction)
   with open(os.path.join(work, "held_out.txt"), "w") as f:
     f.write("\n".join(held))
   docs = gcide.pretraining_documents(entries, held, spec.seed)

@@ -172,7 +172,7 @@ def test_tasks_are_balanced_with_disjoint_splits(task):
 def tiny_family(slice_folder, tmp_path_factory):
   from prompt_tuning.tasks import miniature as tasks_lib
   cache = str(tmp_path_factory.mktemp("mini_cache"))
-  spec = tasks_lib.CorpusSpec(seed=0, pieces=200, folder=slice_folder)
+  spec = tasks_lib.CorpusSpec(seed=0, pieces=200, folder=slice_folder, held_out_fraction=0.5)
   tasks_lib.register("minitest", spec, cache)
   return spec, cache
 
@@ -191,7 +191,7 @@ def test_corpus_is_prepared_once_with_its_vocabulary_and_ranks(tiny_family):
   counts = np.bincount(corpus.tokens("train"), minlength=vocab.vocab_size)
   assert list(counts[ranked]) == sorted(counts[ranked], reverse=True)
   np.testing.assert_array_equal(corpus.frequent_ids(5, skip=3), ranked[3:8])
-  assert corpus.held_out() == gcide.held_out(list(gcide.load_entries(spec.folder)), 0)
+  assert corpus.held_out() == gcide.held_out(list(gcide.load_entries(spec.folder)), 0, 0.5)
 
 
 def test_family_resumes_after_a_kill_and_names_half_written_sizes(tiny_family, monkeypatch,
@@ -225,6 +225,12 @@ def test_family_resumes_after_a_kill_and_names_half_written_sizes(tiny_family, m
   # Made: a second make finds everything cached.
   assert miniature.make(cfg, ["xs"], spec, cache, prefix="minitest")["sizes"][0][
       "heldout_loss"] == quality["heldout_loss"]
+  # The zero-shot row of the frozen backbone, per example, for paired tests.
+  row = miniature.zero_shot("binary", "xs", "train", cfg, prefix="minitest", backbone=path)
+  examples = miniature.task_examples("binary", "train", corpus)
+  assert row["examples"] == len(examples["inputs"]) == len(row["correct"]) > 0
+  assert row["accuracy"] == pytest.approx(100.0 * np.mean(row["correct"]))
+  assert miniature.majority_baseline("binary", corpus, "train") == 50.0
 
 
 def test_a_larger_size_that_is_worse_is_not_done():
