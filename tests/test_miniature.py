@@ -234,10 +234,14 @@ def test_family_resumes_after_a_kill_and_names_half_written_sizes(tiny_family, m
 
 
 def test_a_larger_size_that_is_worse_is_not_done():
-  records = [{"size": "xs", "heldout_loss": 5.0}, {"size": "s", "heldout_loss": 4.0},
-             {"size": "m", "heldout_loss": 4.5}]
-  problems = __import__("prompt_tuning.miniature", fromlist=["x"]).check_order(records)
-  assert problems == ["m (held-out loss 4.500) is worse than s (4.000)"]
+  from prompt_tuning import miniature
+  records = [{"size": "xs", "heldout_loss": 5.0, "heldout_token_accuracy": 20.0},
+             {"size": "s", "heldout_loss": 4.0, "heldout_token_accuracy": 30.0},
+             {"size": "m", "heldout_loss": 4.5, "heldout_token_accuracy": 31.0},
+             {"size": "l", "heldout_loss": 3.9, "heldout_token_accuracy": 30.5}]
+  assert miniature.check_order(records) == [
+      "m (held-out loss 4.500) is worse than s (4.000)",
+      "l (token accuracy 30.5%) is worse than m (31.0%)"]
 
 
 def test_missing_corpus_package_is_one_line_naming_pip(monkeypatch, capsys, tmp_path):

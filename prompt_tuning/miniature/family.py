@@ -216,12 +216,16 @@ def quality(config: T5Config, backbone: str, corpus, max_examples: int = 1024,
 
 
 def check_order(records: Sequence[dict[str, Any]]) -> list[str]:
-  """Problems: each size that is a worse model than a smaller one (loss or accuracy)."""
+  """Problems: each size that is a worse model than the next smaller one, by
+  held-out loss or by held-out token accuracy (both are the quality)."""
   problems = []
   for small, large in zip(records, records[1:]):
     if large["heldout_loss"] > small["heldout_loss"]:
       problems.append(f"{large['size']} (held-out loss {large['heldout_loss']:.3f}) is worse than "
                       f"{small['size']} ({small['heldout_loss']:.3f})")
+    if large.get("heldout_token_accuracy", 0) < small.get("heldout_token_accuracy", 0):
+      problems.append(f"{large['size']} (token accuracy {large['heldout_token_accuracy']:.1f}%) is "
+                      f"worse than {small['size']} ({small['heldout_token_accuracy']:.1f}%)")
   return problems
 
 
