@@ -37,7 +37,10 @@ def markdown(result: dict[str, Any]) -> str:
       f"{result['corpus']['tokens']['train']:,} pretraining tokens. Every size: "
       f"{pre['steps']} steps of {pre['batch_size']} span-corruption chunks "
       f"({pre['steps'] * pre['batch_size'] * 70:,} corpus tokens), AdamW at "
-      f"{pre['learning_rate']:g}.", "",
+      f"{pre['learning_rate']:g}"
+      + ("; trained longer (a larger size came out worse): "
+         + ", ".join(f"{k} {v} steps" for k, v in pre.get("longer", [])) if pre.get("longer")
+         else "") + ".", "",
       "Quality: on the held-out entries' text, span-corruption cross-entropy per target "
       "token (EOS included) and token accuracy (argmax = target), "
       "1,024 chunks of 70 tokens.", "",
@@ -57,11 +60,15 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--note", default="", help="a sentence filed with the record")
+  parser.add_argument("--longer", default=None, help="as make's --longer, e.g. m=600,l=600")
   report.add_machine_flag(parser, accelerator=False)
   args = parser.parse_args(argv)
   from prompt_tuning import miniature
   corpus = miniature.corpus()
   cfg = miniature.PretrainConfig()
+  if args.longer:
+    cfg = dataclasses.replace(cfg, longer=tuple(
+        (k, int(v)) for k, v in (item.split("=") for item in args.longer.split(","))))
   sizes, missing = [], []
   for size in miniature.SIZES:
     try:
