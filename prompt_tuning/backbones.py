@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from prompt_tuning import evaluation
+from prompt_tuning.layout import default_cache_dir  # noqa: F401  (re-exported: callers use it here)
 from prompt_tuning.models import presets
 from prompt_tuning.models.t5 import T5Config
 from prompt_tuning.prompts import soft
@@ -85,12 +86,6 @@ def quickstart_pretrain_config(size: str = QUICKSTART_SIZE, seed: int = 0,
   rate, warmup = QUICKSTART_RATES[size]
   return PretrainConfig(size=size, seed=seed, steps=steps, learning_rate=rate,
                         warmup_steps=warmup)
-
-
-def default_cache_dir() -> str:
-  """$PROMPT_TUNING_CACHE, else ~/.cache/prompt_tuning."""
-  return os.environ.get("PROMPT_TUNING_CACHE",
-                        os.path.join(os.path.expanduser("~"), ".cache", "prompt_tuning"))
 
 
 def backbone_path(cache_dir: str, cfg: PretrainConfig) -> str:

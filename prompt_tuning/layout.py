@@ -14,6 +14,13 @@ from __future__ import annotations
 import os
 
 
+def default_cache_dir() -> str:
+  """Where pretrained backbones and corpora are cached: $PROMPT_TUNING_CACHE, else
+  ~/.cache/prompt_tuning (outside any repository)."""
+  return os.environ.get("PROMPT_TUNING_CACHE",
+                        os.path.join(os.path.expanduser("~"), ".cache", "prompt_tuning"))
+
+
 def checkpoints_dir(model_dir: str) -> str:
   return os.path.join(os.path.abspath(model_dir), "checkpoints")
 

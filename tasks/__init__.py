@@ -3,6 +3,9 @@
 Installed as `prompt_tuning.tasks` (the binaries import it):
   synthetic.py       the quickstart's synthetic string tasks (byte vocabulary)
   research.py        the research suite's harder formats and its pretraining mixture
+  gcide.py           the GCIDE dictionary: cleaning, held-out entries, task examples
+  span_corruption.py T5's span corruption (numpy)
+  miniature.py       the real-language miniature's corpus, vocabulary and tasks
   reading.py         a key-lookup skill and `reading_pretrain`, the frozen reader's backbone
   benchmarks.py      GLUE, SuperGLUE (standard, taskless, task-index and rank
                      classification variants, mixtures), SST-2 / IMDB with
@@ -14,6 +17,7 @@ Installed as `prompt_tuning.tasks` (the binaries import it):
 """
 
 from prompt_tuning.tasks import benchmarks
+from prompt_tuning.tasks import miniature
 from prompt_tuning.tasks import reading
 from prompt_tuning.tasks import research
 from prompt_tuning.tasks import synthetic
@@ -22,3 +26,4 @@ synthetic.register()
 research.register()
 reading.register()
 benchmarks.register()
+miniature.register()

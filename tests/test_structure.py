@@ -25,6 +25,7 @@ LAYERS = [
     {"train"},
     {"evaluation", "precompile", "retrieval", "serving", "interop"},
     {"backbones"},
+    {"miniature"},
     {"recycling"},
     {"quickstart"},
     {"cli", "eval", "infer", "__main__"},

@@ -35,6 +35,16 @@ SYNTHETIC_SIZES = {
     # pretrained in minutes on two CPU cores.
     "medium": (192, 4, 4, 48, 512),
 }
+# The real-language miniature (prompt_tuning.miniature): T5 1.1 layout over
+# its own 8,000-piece SentencePiece vocabulary plus 100 sentinels (8,100 ids,
+# rounded up to 8,192 rows as T5 rounds 32,100 to 32,128); 31x in parameters
+# from the smallest to the largest.
+MINIATURE_SIZES = {
+    "xs": (16, 2, 1, 8, 32),
+    "s": (48, 4, 2, 12, 128),
+    "m": (96, 4, 3, 24, 256),
+    "l": (192, 6, 4, 32, 768),
+}
 FAMILIES = {
     # family: (size table, overrides)
     "t5_1_1": (T5_1_1_SIZES, dict(vocab_size=32128, mlp_activations=("gelu", "linear"),
@@ -49,6 +59,8 @@ FAMILIES = {
                                         logits_via_embedding=False,
                                         relative_attention_num_buckets=16,
                                         relative_attention_max_distance=32)),
+    "miniature": (MINIATURE_SIZES, dict(vocab_size=8192, mlp_activations=("gelu", "linear"),
+                                        logits_via_embedding=False)),
 }
 
 
