@@ -217,8 +217,13 @@ def test_family_resumes_after_a_kill_and_names_half_written_sizes(tiny_family, m
     family = miniature.make(cfg, ["xs"], spec, cache, prefix="minitest")
   assert "Resumed from step 2" in caplog.text  # the rerun went on from the kill's save
   path = miniature.require("xs", cfg, spec, cache)
-  for name in ("config.json", "sentencepiece.model", "quality.json", "DONE", "checkpoint_4"):
+  for name in ("config.json", "spiece.model", "quality.json", "DONE", "checkpoint_4"):
     assert os.path.exists(os.path.join(path, name)), name
+  # The binaries read the vocabulary from the checkpoint (issue 31): its own model.
+  from prompt_tuning.readers import vocabulary
+  found = vocabulary.recorded(os.path.join(path, "checkpoint_4"))
+  assert found is not None and found.kind == "sentencepiece", found
+  assert open(found.path, "rb").read() == open(corpus.spm_path, "rb").read()
   quality = family["sizes"][0]
   assert quality["parameters"] == miniature.parameter_count(miniature.backbone_config("xs"))
   assert quality["heldout_loss"] > 0 and 0 <= quality["heldout_token_accuracy"] <= 100

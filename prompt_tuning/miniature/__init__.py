@@ -14,7 +14,7 @@ API (for the research suite; `corpus` is a prompt_tuning.tasks.miniature.Corpus)
     miniature.backbone_config(size)          # its T5Config
     miniature.parameter_count(config)        # exact
     path = miniature.require(size)           # finished backbone folder (T5X layout,
-                                             # config.json, sentencepiece.model,
+                                             # config.json, spiece.model,
                                              # quality.json), or NotMade in one line
     corpus = miniature.corpus()              # the prepared corpus (NotMade if not)
     corpus.frequent_ids(5000)                # sampled-vocabulary rows (Lester et al. 2021)

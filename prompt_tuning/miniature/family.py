@@ -16,7 +16,7 @@ from prompt_tuning.models.t5 import T5Config
 
 SIZES = tuple(presets.MINIATURE_SIZES)  # smallest first
 MAKE_COMMAND = "python -m prompt_tuning.miniature make"
-VOCABULARY_FILE = "sentencepiece.model"
+VOCABULARY_FILE = "spiece.model"  # readers.vocabulary.SPM_FILE, as in an HF folder
 QUALITY_FILE = "quality.json"
 
 
@@ -95,11 +95,11 @@ def require(size: str, cfg: PretrainConfig = PretrainConfig(), corpus_spec=None,
 
 
 def copy_vocabulary(spm_path: str, backbone_dir: str) -> str:
-  """Records the vocabulary with the checkpoint: the .model file beside config.json."""
-  out = os.path.join(backbone_dir, VOCABULARY_FILE)
-  shutil.copyfile(spm_path, out + ".tmp")
-  os.replace(out + ".tmp", out)
-  return out
+  """Records the vocabulary with the checkpoint: the .model file copied beside
+  config.json and named in it, so train/eval/infer/serve read it from there."""
+  from prompt_tuning.readers import vocabulary
+  vocabulary.record(backbone_dir, spm_path)
+  return os.path.join(backbone_dir, VOCABULARY_FILE)
 
 
 def pretrain(size: str, corpus, cfg: PretrainConfig = PretrainConfig(),
@@ -127,6 +127,9 @@ def pretrain(size: str, corpus, cfg: PretrainConfig = PretrainConfig(),
   cfg = cfg.for_size(size)
   done = os.path.join(out, "DONE")
   if os.path.exists(done):
+    from prompt_tuning.readers import vocabulary
+    if vocabulary.recorded(out) is None:  # Made before the vocabulary was recorded.
+      copy_vocabulary(corpus.spm_path, out)
     return out
   work = out + ".training"
   schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate,
