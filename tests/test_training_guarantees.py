@@ -54,46 +54,28 @@ def test_same_seed_and_data_give_bitwise_identical_prompts(tmp_path):
 
 # --- kill anywhere -------------------------------------------------------------
 
-def _train_argv(model_dir, steps=8, extra=()):
-  """The train binary's arguments for the tiny run in `model_dir`."""
-  gin_file = os.path.join(os.path.dirname(model_dir), "tiny_model.gin")
-  return [f"--gin_file={gin_file}",
-          "--gin_file=runs/prompt_finetune.gin", f"--gin.MODEL_DIR='{model_dir}'",
-          "--gin.MIXTURE_OR_TASK_NAME='pt_test_sentiment'",
-          f"--gin.INITIAL_CHECKPOINT_PATH='{fixture_path('t5x_tiny_checkpoint')}'",
-          f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=8",
-          f"--gin.TRAIN_STEPS={steps}", "--gin.CHECKPOINT_PERIOD=2", *extra]
-
-
 def _cli_train(model_dir, fault=None, steps=8, extra=()):
   """`python -m prompt_tuning.train` on the tiny run in `model_dir` (with a fault point)."""
   env = dict(os.environ)
   env.pop(faults.ENV, None)
   if fault:
     env[faults.ENV] = fault
+  gin_file = os.path.join(os.path.dirname(model_dir), "tiny_model.gin")
   return subprocess.run(
-      [sys.executable, "-m", "prompt_tuning.train", *_train_argv(model_dir, steps, extra)],
+      [sys.executable, "-m", "prompt_tuning.train", f"--gin_file={gin_file}",
+       "--gin_file=runs/prompt_finetune.gin", f"--gin.MODEL_DIR='{model_dir}'",
+       "--gin.MIXTURE_OR_TASK_NAME='pt_test_sentiment'",
+       f"--gin.INITIAL_CHECKPOINT_PATH='{fixture_path('t5x_tiny_checkpoint')}'",
+       f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=8",
+       f"--gin.TRAIN_STEPS={steps}", "--gin.CHECKPOINT_PERIOD=2", *extra],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
-def _train_in_process(model_dir, steps=8, extra=()):
-  """The same binary run in this process: the uninterrupted reference needs no fault, no
-  signal and no log line, so it is spared a fresh interpreter's imports. Returns its
-  exit code."""
-  import gin
-  from prompt_tuning.cli import main as main_lib
-  gin.clear_config()
-  try:
-    return main_lib.main(["train", *_train_argv(model_dir, steps, extra)])
-  finally:
-    gin.clear_config()
 
 
 def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path):
   fixture_path("t5_spm.model")
   (tmp_path / "tiny_model.gin").write_text(TINY_MODEL_GIN)
   straight = str(tmp_path / "straight")
-  assert _train_in_process(straight) == 0
+  assert _cli_train(straight).returncode == 0
 
   run = str(tmp_path / "killed")
   ckpts = os.path.join(run, "checkpoints")
