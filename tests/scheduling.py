@@ -35,6 +35,7 @@ TOGETHER = {
     "tests/test_first_use.py": 30,
     "tests/test_hf_parity.py": 30,
     "tests/test_peft_interop.py": 30,
+    "tests/test_miniature.py": 40,
     "tests/test_own_data_recipe.py": 150,
     "tests/test_provenance.py": 20,
     "tests/test_quickstart.py": 200,
