@@ -93,13 +93,7 @@ def run_matmul(lib: str, dtype: str) -> dict:
     import torch
     x = torch.from_numpy(a).to(getattr(torch, dtype))
     fn = lambda: x @ x  # noqa: E731
-  fn()
-  best = 0.0
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
-  return dict(gflops=best)
+  return dict(gflops=train_step.best_matmul_gflops(fn, n, reps))
 
 
 def main():

@@ -414,16 +414,8 @@ def hf_decode(size: str, shapes: Shapes) -> None:
     return out
 
   def rank():
-    with torch.no_grad():
-      scores = []
-      for c in candidates(cfg.vocab_size):
-        labels = torch.from_numpy(np.tile(c, (shapes.batch, 1)).astype(np.int64)).to(device)
-        logits = model(input_ids=enc, attention_mask=mask, labels=labels).logits
-        scores.append(torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None])
-                      .sum((1, 2)))
-      out = torch.stack(scores, 1)
-    sync()
-    return out
+    from benchmarks import inference
+    return inference.hf_rank_scores(model, enc, mask, candidates(cfg.vocab_size), device, sync)
 
   calls = dict(greedy=lambda: generate(1), beam=lambda: generate(shapes.beams), rank=rank)
   for job in jobs:
@@ -465,13 +457,8 @@ def torch_matmul(shapes: Shapes) -> None:
 
 
 def _best_rate(fn, n: int, reps: int = 8) -> float:
-  fn()
-  best = 0.0
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
-  return best
+  from benchmarks import train_step
+  return train_step.best_matmul_gflops(fn, n, reps)
 
 
 CHILDREN = dict(xla_matmul=xla_matmul, torch_matmul=torch_matmul, ours_train=ours_train,

@@ -129,16 +129,7 @@ def run_hf() -> dict:
     return out
 
   def rank():
-    with torch.no_grad():
-      scores = []
-      for c in CANDIDATES:
-        labels = torch.from_numpy(np.tile(c, (BATCH, 1)).astype(np.int64)).to(dev)
-        logits = model(input_ids=enc, attention_mask=mask, labels=labels).logits
-        scores.append(torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None])
-                      .sum((1, 2)))
-      out = torch.stack(scores, 1)
-    sync()
-    return out
+    return hf_rank_scores(model, enc, mask, CANDIDATES, dev, sync)
 
   base = model.get_base_model()
 
@@ -254,5 +245,22 @@ def markdown(result: dict) -> str | None:
   return "\n".join(lines) + "\n"
 
 
+def hf_rank_scores(model, enc, mask, candidates, device, sync):
+  """PEFT/HF rank classification: each candidate target scored by a full forward
+  pass (HF has no shared-encoder scoring); [batch, candidates] log-likelihoods."""
+  import torch
+  with torch.no_grad():
+    scores = []
+    for c in candidates:
+      labels = torch.from_numpy(np.tile(c, (enc.shape[0], 1)).astype(np.int64)).to(device)
+      logits = model(input_ids=enc, attention_mask=mask, labels=labels).logits
+      scores.append(torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None])
+                    .sum((1, 2)))
+    out = torch.stack(scores, 1)
+  sync()
+  return out
+
+
 if __name__ == "__main__":
   main()
+

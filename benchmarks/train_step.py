@@ -348,13 +348,18 @@ def run_matmul(lib: str) -> dict:
     x = torch.from_numpy(a).to(dev)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     fn = lambda: (x @ x, sync())  # noqa: E731
+  return dict(gflops=best_matmul_gflops(fn, n, reps))
+
+
+def best_matmul_gflops(fn, n: int, reps: int = 8) -> float:
+  """The best GFLOP/s of `reps` calls of `fn` (an n x n x n matmul), after one warm-up."""
   fn()
   best = 0.0
   for _ in range(reps):
     start = time.perf_counter()
     fn()
     best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
-  return dict(gflops=best)
+  return best
 
 
 # (name, system, dropout, mask bits): the rows of the comparison.
