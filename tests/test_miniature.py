@@ -268,3 +268,13 @@ def test_a_size_trained_longer_is_named_and_recorded_by_its_own_steps():
   # The other sizes keep the folders they had without the longer rule.
   assert miniature.backbone_path("/c", "m", cfg) == miniature.backbone_path(
       "/c", "m", miniature.PretrainConfig(steps=300))
+
+
+def test_a_size_with_its_own_learning_rate_is_named_by_it_and_the_others_keep_theirs():
+  from prompt_tuning import miniature
+  cfg = miniature.PretrainConfig(steps=600, learning_rate=2e-3, rates=(("l", 5e-4),))
+  assert cfg.for_size("l").learning_rate == 5e-4 and cfg.for_size("m").learning_rate == 2e-3
+  assert cfg.for_size("l").rates == () and cfg.for_size("l").steps == 600
+  assert "_lr0.0005_" in miniature.backbone_path("/c", "l", cfg)
+  assert miniature.backbone_path("/c", "m", cfg) == miniature.backbone_path(
+      "/c", "m", miniature.PretrainConfig(steps=600, learning_rate=2e-3))

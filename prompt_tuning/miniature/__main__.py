@@ -17,6 +17,8 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=None, help="pretraining steps per size")
   parser.add_argument("--longer", default=None,
                       help="sizes trained longer, e.g. l=600 (when a larger size is worse)")
+  parser.add_argument("--rates", default=None,
+                      help="sizes trained at their own peak learning rate, e.g. l=0.001")
   parser.add_argument("--cache_dir", default=None, help="default: $PROMPT_TUNING_CACHE or "
                       "~/.cache/prompt_tuning")
   args = parser.parse_args(argv)
@@ -30,6 +32,9 @@ def main(argv=None) -> int:
   if args.longer:
     pairs = [item.split("=") for item in args.longer.split(",")]
     cfg = dataclasses.replace(cfg, longer=tuple((k, int(v)) for k, v in pairs))
+  if args.rates:
+    pairs = [item.split("=") for item in args.rates.split(",")]
+    cfg = dataclasses.replace(cfg, rates=tuple((k, float(v)) for k, v in pairs))
   sizes = args.sizes.split(",") if args.sizes else list(miniature.SIZES)
   for size in sizes:
     if size not in miniature.SIZES:

@@ -56,10 +56,15 @@ class PretrainConfig:
   # larger size comes out worse than a smaller one ("train it longer and say
   # so"). Each such size is named with its own steps, and the record says so.
   longer: tuple[tuple[str, int], ...] = ()
+  # Sizes trained at their own peak learning rate (size, rate): a wider model
+  # often needs a lower one. Each is named with its own rate in its folder.
+  rates: tuple[tuple[str, float], ...] = ()
 
   def for_size(self, size: str) -> "PretrainConfig":
-    """The settings one size is trained with (its own steps if it is trained longer)."""
-    return dataclasses.replace(self, steps=dict(self.longer).get(size, self.steps), longer=())
+    """The settings one size is trained with (its own steps and rate where it has them)."""
+    return dataclasses.replace(self, steps=dict(self.longer).get(size, self.steps),
+                               learning_rate=dict(self.rates).get(size, self.learning_rate),
+                               longer=(), rates=())
 
 
 def backbone_path(corpus_path: str, size: str, cfg: PretrainConfig) -> str:
