@@ -110,6 +110,23 @@ QUICK = Suite(sizes=("tiny",), pretrain_steps=(("tiny", 150),), seeds=(0, 1), st
               byte_experiments=("methods", "multitask"))
 
 
+# Lester et al. 2021 and 2022 on the real-language miniature (issue 34):
+# `python -m benchmarks.research --suite miniature`. Sized so that the whole
+# run, with the family made, fits 90 minutes on 2 cores (docs/research.md
+# gives the measured time). No byte experiments: this preset is the family's.
+MINIATURE = Suite(
+    seeds=(0, 1, 2, 3, 4), steps=200, finetune_steps=200, batch_size=32,
+    evaluations=3, eval_examples=128, test_examples=372, family_experiments=True,
+    family_lengths=(1, 5, 20, 100), family_prompt_length=20, prompt_rates=(0.3, 1.0, 3.0),
+    finetune_rates=(3e-4, 1e-3, 3e-3), ensemble_size=5, sampled_top=5000, recycle_skip=1000,
+    recycle_take=4000, family_recyclers=("linear", "linear_combination", "mlp"),
+    backbone_seeds=(0, 1), recycle_prompt_seeds=(0, 1), byte_experiments=())
+
+# `--suite NAME` (`--quick` is "quick"; no flag is "full"), and the family a preset
+# runs on when `--family` is not given.
+PRESETS = {"full": FULL, "quick": QUICK, "miniature": MINIATURE}
+PRESET_FAMILIES = {"miniature": "benchmarks.research.family:miniature_family"}
+
 
 def suite_of(results: dict[str, Any]) -> Suite:
   """The Suite a results file was made with (its `suite` entry; JSON made the tuples lists)."""
