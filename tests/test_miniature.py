@@ -243,10 +243,26 @@ def test_a_larger_size_that_is_worse_is_not_done():
   records = [{"size": "xs", "heldout_loss": 5.0, "heldout_token_accuracy": 20.0},
              {"size": "s", "heldout_loss": 4.0, "heldout_token_accuracy": 30.0},
              {"size": "m", "heldout_loss": 4.5, "heldout_token_accuracy": 31.0},
-             {"size": "l", "heldout_loss": 3.9, "heldout_token_accuracy": 30.5}]
+             {"size": "l", "heldout_loss": 3.9, "heldout_token_accuracy": 29.0}]
+  # 31.0% vs 29.0% of 1,024 x 14 tokens each: z = 0.02 / sqrt(2 * 0.3 * 0.7 / 14336) = 3.69,
+  # two-sided p = 0.00022 (by hand).
   assert miniature.check_order(records) == [
       "m (held-out loss 4.500) is worse than s (4.000)",
-      "l (token accuracy 30.5%) is worse than m (31.0%)"]
+      "l (token accuracy 29.0%) is worse than m (31.0%, p = 0.00022)"]
+
+
+def test_a_token_accuracy_lower_by_noise_alone_is_not_worse():
+  from prompt_tuning import miniature
+  # The family as made: s 32.26%, m 32.20% of 14,336 held-out tokens (z = 0.11, p = 0.91),
+  # while the loss orders them.
+  records = [{"size": "s", "heldout_loss": 4.807, "heldout_token_accuracy": 32.261,
+              "heldout_examples": 1024},
+             {"size": "m", "heldout_loss": 4.736, "heldout_token_accuracy": 32.199,
+              "heldout_examples": 1024, "heldout_tokens": 14336}]
+  assert miniature.check_order(records) == []
+  # The same drop on 1,000 times the tokens is significant (z = 0.11 -> 3.6).
+  records = [dict(r, heldout_tokens=14336000) for r in records]
+  assert [p.split(" (")[0] for p in miniature.check_order(records)] == ["m"]
 
 
 def test_missing_corpus_package_is_one_line_naming_pip(monkeypatch, capsys, tmp_path):
