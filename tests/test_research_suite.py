@@ -332,3 +332,9 @@ def test_a_preset_names_its_report():
   results = {"quick": False, "preset": "miniature"}
   assert report._flags(results) == " --suite miniature"  # pylint: disable=protected-access
   assert report._flags({"quick": True}) == " --quick"  # pylint: disable=protected-access
+  # The run's CPU time is reported (on a shared machine wall time says little).
+  note = report._runs_note({"cpu_seconds": 600.0, "runs": dict(  # pylint: disable=protected-access
+      trained=3, cached=2, train_minutes=0.0, family_train_minutes=4.5)})
+  assert note == (" (3 runs trained now, 2 found in the run cache; 10.0 min of CPU (user + "
+                  "system); the family's size, initialization and length runs took 4.5 min of "
+                  "training when they ran)")

@@ -27,9 +27,16 @@ def _runs_note(results: dict[str, Any]) -> str:
   runs = results.get("runs")
   if not runs:
     return ""
-  return (f" ({runs['trained']} runs trained now, {runs['cached']} found in the run cache; "
-          f"the byte tables' runs took {runs['train_minutes']:.1f} min of training when they "
-          f"ran)")
+  parts = [f"{runs['trained']} runs trained now, {runs['cached']} found in the run cache"]
+  if results.get("cpu_seconds") is not None:
+    parts.append(f"{results['cpu_seconds'] / 60:.1f} min of CPU (user + system)")
+  if runs.get("train_minutes"):
+    parts.append(f"the byte tables' runs took {runs['train_minutes']:.1f} min of training "
+                 f"when they ran")
+  if runs.get("family_train_minutes"):
+    parts.append(f"the family's size, initialization and length runs took "
+                 f"{runs['family_train_minutes']:.1f} min of training when they ran")
+  return f" ({'; '.join(parts)})"
 
 
 def _flags(results: dict[str, Any]) -> str:
