@@ -294,3 +294,33 @@ def test_a_size_with_its_own_learning_rate_is_named_by_it_and_the_others_keep_th
   assert "_lr0.0005_" in miniature.backbone_path("/c", "l", cfg)
   assert miniature.backbone_path("/c", "m", cfg) == miniature.backbone_path(
       "/c", "m", miniature.PretrainConfig(steps=600, learning_rate=2e-3))
+
+
+def test_a_second_pretraining_seed_is_its_own_folder_and_named_by_make_and_status(
+    tiny_family, monkeypatch, capsys):
+  from prompt_tuning import miniature
+  from prompt_tuning.miniature import __main__ as cli
+  from prompt_tuning.tasks import miniature as tasks_lib
+  spec, cache = tiny_family
+  tasks_lib.prepare(spec, cache)
+  cfg = miniature.PretrainConfig(steps=4, seed=1)
+  assert "_seed1_" in miniature.backbone_path("/c", "xs", cfg)
+  assert miniature.backbone_path("/c", "xs", cfg) != miniature.backbone_path(
+      "/c", "xs", miniature.PretrainConfig(steps=4))
+  # The one line of a missing seed names the command that makes that seed.
+  with pytest.raises(miniature.NotMade, match=r"_seed1_.* is missing: python -m "
+                     r"prompt_tuning.miniature make --sizes xs --seed 1$"):
+    miniature.require("xs", cfg, spec, cache)
+  # `make` and `status` pass --seed on (the rest of PretrainConfig as it is).
+  seen = []
+  monkeypatch.setattr(miniature, "make", lambda c, sizes, log: seen.append((c, sizes)) or {
+      "sizes": []})
+  monkeypatch.setattr(miniature, "require", lambda size, c: seen.append((c, size)) or (
+      _ for _ in ()).throw(miniature.NotMade(f"{size} seed {c.seed} not made")))
+  assert cli.main(["make", "--seed", "1", "--sizes", "xs,s"]) == 0
+  assert cli.main(["status", "--seed", "1", "--sizes", "m"]) == 0
+  assert [(c.seed, what) for c, what in seen] == [(1, ["xs", "s"]), (1, "m")]
+  assert seen[0][0] == miniature.PretrainConfig(seed=1)
+  assert "m: m seed 1 not made" in capsys.readouterr().out
+  assert cli.main(["status", "--sizes", "m"]) == 0
+  assert seen[-1][0].seed == miniature.PretrainConfig().seed

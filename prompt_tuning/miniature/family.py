@@ -97,8 +97,9 @@ def require(size: str, cfg: PretrainConfig = PretrainConfig(), corpus_spec=None,
   if not os.path.exists(os.path.join(path, "DONE")):
     state = ("half-written (no DONE; the make was interrupted)"
              if os.path.exists(path) or os.path.exists(path + ".training") else "missing")
+    seed = f" --seed {cfg.seed}" if cfg.seed != PretrainConfig.seed else ""
     raise NotMade(f"Miniature backbone {size!r} at {path} is {state}: {MAKE_COMMAND} "
-                  f"--sizes {size}")
+                  f"--sizes {size}{seed}")
   return path
 
 
