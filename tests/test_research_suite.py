@@ -149,20 +149,164 @@ def test_verdict_words_and_that_no_claim_rests_on_any_success_or_the_best_length
 
 
 def _family_results(successes: int, cases: int, chance: float) -> dict:
-  """Family-experiment results with recycling rows of a given success count."""
+  """Family-experiment results with recycling rows of a given success count, every
+  source prompt far above its backbone's baselines (90 against 50)."""
   run = lambda size, method, seed, score: dict(size=size, family_method=method, seed=seed,  # noqa: E731
                                                score=score, method=method)
   scale = [run(s, m, i, 50.0 + i + (5 if m == "finetune" else 0))
            for s in ("a", "b") for m in ("prompt", "finetune") for i in range(5)]
-  rows = [dict(method=m, success=i < successes, untrained_success=False,
+  rows = [dict(method=m, source="a_seed0", target="b_seed0", source_score=90.0,
+               success=i < successes, untrained_success=False, best_baseline=50.0,
                orthogonal_success=False, recycled=60.0 if i < successes else 40.0,
                untrained_recycled=45.0, larger_target=i % 2 == 0, smaller_target=i % 2 == 1)
           for m in config.QUICK.family_recyclers for i in range(cases)]
-  return dict(name="fake", task="t", untestable={},
+  baselines = {"a_seed0": {"no prompt": 50.0}, "b_seed0": {"no prompt": 50.0}}
+  return dict(name="fake", task="t", untestable={}, chance=chance,
               backbones=[dict(size="a", seed=0, parameters=10 ** 6),
                          dict(size="b", seed=0, parameters=10 ** 7)],
               scale=scale, init=[], length=[], ensemble=[],
-              recycling=dict(task="t", rows=rows, random_answer_success=chance))
+              recycling=dict(task="t", rows=rows, random_answer_success=chance,
+                             baselines=baselines, classes=2))
+
+
+def _correct(right: int, n: int = 100) -> str:
+  """A run's per-example test record: `right` of `n` correct."""
+  return "1" * right + "0" * (n - right)
+
+
+def test_the_permutation_interval_leaves_out_zero_exactly_when_p_is_below_005():
+  # The miniature's 20-token against 1-token prompts (one seed of five learned):
+  # every 20-token run is above every 1-token run, so p = 2/252, yet Welch's t
+  # interval, which the report used to print, contains 0.
+  long = [25.3, 25.5, 47.3, 31.2, 26.1]
+  short = [24.9, 24.7, 25.0, 24.9, 24.8]
+  r = stats.permutation_test(long, short)
+  assert r["p"] == pytest.approx(2 / 252)
+  assert r["welch_ci"][0] < 0 < r["welch_ci"][1]
+  assert 0 < r["ci"][0] < r["effect"] < r["ci"][1]
+  # The interval is the set of shifts the test does not reject: just inside
+  # its edges the shifted test keeps p >= 0.05; just outside it rejects.
+  a, b = np.asarray(long), np.asarray(short)
+  for edge, inward in ((r["ci"][0], +1e-6), (r["ci"][1], -1e-6)):
+    assert stats.permutation_test(a - (edge + inward), b)["p"] >= 0.05
+    assert stats.permutation_test(a - (edge - 1e-3 * np.sign(inward)), b)["p"] < 0.05
+  # On any data, 0 is outside the interval exactly when p < 0.05.
+  rng = np.random.RandomState(1)
+  for _ in range(60):
+    x, y = rng.randn(5) + 2 * rng.rand(), rng.randn(5)
+    t = stats.permutation_test(x, y)
+    assert (t["ci"][0] <= 0 <= t["ci"][1]) == (t["p"] >= 0.05), t
+  # With 3 runs a side no shift is ever rejected (the smallest p is 0.1): the
+  # interval is unbounded, and the table says so.
+  t = stats.permutation_test([1.0, 2.0, 3.0], [7.0, 8.0, 9.0])
+  assert t["ci"] == (-math.inf, math.inf)
+  row = stats.claim("c", "k", t)
+  assert row["ci"] == [None, None] and "[-inf, +inf]" in stats.effect_text(row)
+  json.dumps(row, allow_nan=False)  # the results file stays strict JSON
+
+
+def test_prompts_that_never_beat_chance_are_not_a_test_of_init_length_or_ensembles():
+  fam = _family_results(successes=30, cases=60, chance=25.0)
+  prompt = lambda init, seed, right: dict(  # noqa: E731
+      size="s", init=init, length=20, seed=seed, score=float(right), family_method="prompt",
+      test_correct=_correct(right), method="prompt tuning")
+  # Every prompt of both sides at chance (25 of 100 on a four-way task), but
+  # the sampled-vocabulary side is ahead by noise that a permutation test
+  # alone would call significant.
+  fam["init"] = ([prompt("random_uniform", i, 24) for i in range(5)] +
+                 [prompt("sampled_vocab", i, 30) for i in range(5)] +
+                 [prompt("class_labels", i, 25) for i in range(5)])
+  fam["length"] = ([{**prompt("sampled_vocab", i, 30), "length": 20} for i in range(5)] +
+                   [{**prompt("sampled_vocab", i, 24), "length": 1} for i in range(5)])
+  fam["scale"] += [{**prompt("sampled_vocab", i, 25), "size": "c"} for i in range(5)]
+  fam["ensemble"] = [dict(size="c", members=5, vote=30.0, vote_correct=_correct(30),
+                          selected_seed=0, selected_score=25.0, selected_correct=_correct(25),
+                          mean_correct=[0.25] * 100, single_mean=25.0)]
+  out = experiments_family.claims(fam, config.QUICK)
+  prompts = [c for c in out if "init beats" in c["claim"] or "1-token" in c["claim"]
+             or "ensemble" in c["claim"]]
+  assert len(prompts) == 5
+  for c in prompts:
+    assert c["verdict"].startswith("not testable here: no prompt on either side beats chance")
+    assert c["numbers"]
+  # One prompt of the sampled side that learned (45 of 100: p < 0.05 against
+  # 25%) makes the comparison a test again, whatever it says.
+  fam["init"][5] = prompt("sampled_vocab", 0, 45)
+  fam["length"][0] = {**prompt("sampled_vocab", 0, 45), "length": 20}
+  out = experiments_family.claims(fam, config.QUICK)
+  sampled = next(c for c in out if "sampled vocab init" in c["claim"])
+  assert sampled["verdict"] == "reproduced (p < 0.05)" and sampled["p"] == pytest.approx(2 / 252)
+  # Class labels against random uniform: still no prompt of either side learned.
+  assert next(c for c in out if "class labels init" in c["claim"])["verdict"].startswith(
+      "not testable here: no prompt")
+  assert next(c for c in out if "1-token" in c["claim"])["verdict"] == "reproduced (p < 0.05)"
+  # The bar, from the binomial tail summed here: P(X >= 32 | 100, 0.25) is
+  # 0.069 and P(X >= 33) is 0.045.
+  tail = lambda k: sum(math.comb(100, i) * 0.25 ** i * 0.75 ** (100 - i)  # noqa: E731
+                       for i in range(k, 101))
+  assert tail(32) > 0.05 > tail(33)
+  assert experiments_family.learned(prompt("x", 0, 32), 25.0) is False
+  assert experiments_family.learned(prompt("x", 0, 33), 25.0) is True
+
+
+def test_recycling_counts_only_source_prompts_that_learned_their_task():
+  fam = _family_results(successes=0, cases=0, chance=25.0)
+  rec = fam["recycling"]
+  rec["baselines"] = {"a_seed0": {"no prompt": 50.0}, "b_seed0": {"no prompt": 52.0},
+                      "c_seed0": {"no prompt": 50.0}}
+  case = lambda source, target, method, success: dict(  # noqa: E731
+      source=source, target=target, method=method, success=success, best_baseline=50.0,
+      source_score={"a_seed0": 80.0, "b_seed0": 53.0, "c_seed0": 51.0}[source],
+      recycled=70.0 if success else 50.0, untrained_recycled=50.0, untrained_success=False,
+      orthogonal_success=False, larger_target=target > source, smaller_target=target < source)
+  # a's prompt learned (80 against 50); b's (53 against its 52) and c's (51
+  # against 50) did not. Their cases fail, and would drag a's rate down.
+  rec["rows"] = [case(s, t, m, s == "a_seed0" and t == "b_seed0")
+                 for s in ("a_seed0", "b_seed0", "c_seed0")
+                 for t in ("a_seed0", "b_seed0", "c_seed0") if s != t
+                 for m in config.QUICK.family_recyclers]
+  examples = config.QUICK.test_examples
+  assert experiments_family.learned_sources(rec, examples) == {"a_seed0"}
+  out = [c for c in experiments_family.claims(fam, config.QUICK) if "Lester 2022" in c["claim"]]
+  rates = [c for c in out if "more often than chance" in c["claim"]]
+  assert len(rates) == len(config.QUICK.family_recyclers)
+  for c in rates:
+    assert "50.0% of 2 cases" in c["numbers"] and "1 of 3 source prompts" in c["numbers"]
+    assert "every case: 16.7% of 6" in c["numbers"]
+  # No source prompt that learned: nothing to recycle, so no test at all.
+  for r in rec["rows"]:
+    r["source_score"] = 50.0
+  out = [c for c in experiments_family.claims(fam, config.QUICK) if "Lester 2022" in c["claim"]]
+  assert out and all(c["verdict"].startswith("not testable here: no source prompt beats")
+                     for c in out)
+
+
+def test_report_only_rewrites_the_claims_from_the_results_file_and_runs_nothing(
+    tmp_path, monkeypatch):
+  from benchmarks import machine
+  fam = _family_results(successes=55, cases=60, chance=25.0)
+  for b in fam["backbones"]:
+    b["quality"] = {"heldout_loss": 5.0}
+  fam["sweeps"], fam["recycling"]["support"] = [], dict(skip=1000, take=4000)
+  for r in fam["scale"]:
+    r.update(trainable_parameters=10, test_correct=_correct(int(r["score"])))
+  results = dict(quick=False, preset="miniature", suite=dataclasses.asdict(config.MINIATURE),
+                 machine=machine.cpu_info(), family=fam, seconds=60.0,
+                 claims=[dict(claim="a stale claim", control="-", verdict="inconclusive",
+                              numbers="")])
+  (tmp_path / "research_miniature.json").write_text(json.dumps(results))
+  monkeypatch.setattr(experiments_family, "run_family",
+                      lambda *a, **k: pytest.fail("--report_only trained something"))
+  assert cli.main(["--suite", "miniature", "--report_only", "--out", str(tmp_path)]) == 0
+  rewritten = json.loads((tmp_path / "research_miniature.json").read_text())
+  names = [c["claim"] for c in rewritten["claims"]]
+  assert "a stale claim" not in names and any("Lester 2022" in n for n in names)
+  text = (tmp_path / "research_miniature.md").read_text()
+  assert "Raw figures: `research_miniature.json`" in text
+  assert "| b | prompt | 52.0 +- 1.6 | 5 of 5 |" in text  # 50-54 of 100 against 25%
+  # No results file: one line naming what to run first.
+  assert cli.main(["--suite", "miniature", "--report_only", "--out",
+                   str(tmp_path / "empty")]) == 1
 
 
 def test_the_run_cache_is_keyed_by_every_setting_that_changes_a_result(tmp_path):

@@ -45,6 +45,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "benchmarks/results/<machine>/, or a temporary folder with --quick)")
   parser.add_argument("--work_dir", default=None, help="run folders (cached between runs)")
   parser.add_argument("--no_progress", action="store_true")
+  parser.add_argument("--report_only", action="store_true",
+                      help="run nothing: recompute the claims (the current verdict rules) from "
+                      "the results JSON this preset wrote in --out, and rewrite its report")
   args = parser.parse_args(argv)
   from prompt_tuning.cli import environment
   from prompt_tuning.miniature import NotMade
@@ -55,11 +58,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   suite = config.PRESETS[preset]
   quick = preset == "quick"
   family_spec = args.family or config.PRESET_FAMILIES.get(preset)
-  name = "research" if preset in ("full", "quick") else f"research_{preset}"
+  name = report.report_name(preset)
   out = args.out or (tempfile.mkdtemp(prefix="research_quick_") if quick
                      else machine.results_dir())
   work_dir = args.work_dir or os.path.join(
       environment.project_cache_dir(), "research_quick" if quick else "research")
+  if args.report_only:
+    return rewrite_report(out, name, family_spec)
   try:
     family = load_family(family_spec, suite) if family_spec else None
     results = experiments.run_suite(suite, work_dir, quick=quick,
@@ -72,7 +77,43 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 1
   results["preset"] = preset
   report.write(results, suite, out, name)
+  _print_claims(results)
+  print(f"wrote {os.path.join(out, name + '.md')} ({results['seconds'] / 60:.1f} min)")
+  return 0
+
+
+def _print_claims(results) -> None:
   for c in results["claims"]:
     print(f"{c['verdict'][:24]:>24}  {c['claim']}: {report.effect_text(c)}; {c['numbers']}")
-  print(f"wrote {os.path.join(out, name + '.md')} ({results['seconds'] / 60:.1f} min)")
+
+
+def rewrite_report(out: str, name: str, family_spec: Optional[str]) -> int:
+  """`--report_only`: the claims of NAME.json in `out` recomputed, NAME.{json,md} rewritten.
+
+  The runs' figures are kept as they are; only what the rules make of them
+  changes. Results written before the family recorded its chance rate get it
+  from the family's class labels.
+  """
+  import json
+  from benchmarks.research import claims as claims_lib
+  from benchmarks.research import experiments_family
+  path = os.path.join(out, name + ".json")
+  if not os.path.exists(path):
+    print(f"research suite failed: --report_only reads {path}, which does not exist: run "
+          f"the suite first", file=sys.stderr)
+    return 1
+  with open(path) as f:
+    results = json.load(f)
+  suite = config.suite_of(results)
+  fam = results.get("family")
+  if fam is not None and "chance" not in fam:
+    family = load_family(family_spec or "byte", suite)
+    fam["chance"] = experiments_family.chance_of(family.tasks.class_labels,
+                                                 family.tasks.classification)
+    fam["recycling"].setdefault("classes", len(
+        family.tasks.class_labels.get(family.tasks.binary, ())) or 2)
+  results["claims"] = claims_lib.claims(results, suite)
+  report.write(results, suite, out, name)
+  _print_claims(results)
+  print(f"rewrote {os.path.join(out, name + '.md')} from {path} (no run)")
   return 0

@@ -72,7 +72,7 @@ def run_family(family: Family, suite: Suite, work_dir: str, progress) -> dict[st
       backbones=[dict(size=b.name, seed=b.seed, parameters=_parameters(b), quality=b.quality,
                       path=b.path) for b in family.backbones],
       untestable=dict(family.untestable), sweeps=[], scale=[], init=[], length=[],
-      ensemble=[])
+      ensemble=[], chance=chance_of(go.labels, go.task))
   rate_of = {}
   for size in sizes:
     bb = family.of(size)
@@ -198,8 +198,39 @@ def recycling(family: Family, suite: Suite, go: _Runner, rate_of) -> dict[str, A
                                              if r["method"] == suite.family_recyclers[0]],
                                             suite.test_examples, classes)
   return dict(task=task, support=dict(skip=suite.recycle_skip, take=suite.recycle_take),
-              baselines=baselines, rows=rows, random_answer_success=chance,
+              baselines=baselines, rows=rows, random_answer_success=chance, classes=classes,
               sources={f"{k[0]} seed {k[1]}": v[0] for k, v in sources.items()})
+
+
+def chance_of(labels, task: str) -> float:
+  """The accuracy (%) of answering uniformly at random among `task`'s class labels: the
+  bar a run must clear to have learned anything (the family's tasks are balanced)."""
+  return 100.0 / max(len(labels.get(task, ())), 2)
+
+
+def learned(run: dict[str, Any], chance: float) -> bool:
+  """Did a run beat chance on its test split (one-sided exact binomial, p < 0.05)?"""
+  correct = run["test_correct"]
+  return stats.above_chance(correct.count("1"), len(correct), chance / 100.0)
+
+
+def none_learned(chance: float) -> str:
+  """The reason a comparison between prompts that all stayed at chance is not a test."""
+  return (f"no prompt on either side beats chance ({chance:.0f}%) on the test split "
+          "(one-sided exact binomial test, p < 0.05): at this size the prompts did not "
+          "learn the task, so any difference is noise")
+
+
+def learned_sources(rec: dict[str, Any], examples: int) -> set[str]:
+  """The source backbones whose own trained prompt beats that backbone's strongest
+  zero-shot baseline (one-sided exact binomial on the test split, p < 0.05): a
+  prompt that did not learn its task has nothing to carry to another backbone."""
+  out = set()
+  for r in rec["rows"]:
+    bar = max(rec["baselines"][r["source"]].values())
+    if stats.above_chance(round(r["source_score"] * examples / 100.0), examples, bar / 100.0):
+      out.add(r["source"])
+  return out
 
 
 def _rate(rows, key="success") -> float:
@@ -221,8 +252,8 @@ def claims(fam: dict[str, Any], suite: Suite) -> list[dict[str, Any]]:
       return {**row, "verdict": stats.not_testable(untestable[key])}
     return row
 
-  def scores(rows, **match):
-    return [r["score"] for r in rows if all(r.get(k) == v for k, v in match.items())]
+  def rows_of(rows, **match):
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
 
   gaps = {}
   for size in sizes:
@@ -246,61 +277,104 @@ def claims(fam: dict[str, Any], suite: Suite) -> list[dict[str, Any]]:
       row["verdict"] = stats.verdict(row["p"], row["effect"], expected_sign=-1)
     out.append(gate("scale", row))
   small = (fam["init"] or fam["length"] or [{"size": sizes[0]}])[0]["size"]
+  chance = fam["chance"]
+
+  def prompts_compared(claim: str, control: str, a: list, b: list) -> dict[str, Any]:
+    """Two sets of prompt runs across seeds; not a test when none of them learned."""
+    row = _across_seeds(claim, control, [r["score"] for r in a], [r["score"] for r in b])
+    if row.get("p") is not None and not any(learned(r, chance) for r in a + b):
+      return stats.untestable(claim, control, none_learned(chance), row["numbers"])
+    return row
+
   for init in ("sampled_vocab", "class_labels"):
-    out.append(gate("init", _across_seeds(
+    out.append(gate("init", prompts_compared(
         f"Lester 2021: {init.replace('_', ' ')} init beats random uniform ({task}, {name} "
-        f"{small})", "random-uniform init", scores(fam["init"], init=init),
-        scores(fam["init"], init="random_uniform"))))
+        f"{small})", "random-uniform init", rows_of(fam["init"], init=init),
+        rows_of(fam["init"], init="random_uniform"))))
   lengths = sorted({r["length"] for r in fam["length"]})
   if 1 in lengths and len(lengths) > 1:
     longer = suite.family_prompt_length if suite.family_prompt_length in lengths else lengths[-1]
-    out.append(gate("length", _across_seeds(
+    out.append(gate("length", prompts_compared(
         f"Lester 2021: a {longer}-token prompt beats a 1-token prompt ({task}, {name} "
-        f"{small})", "a 1-token prompt", scores(fam["length"], length=longer),
-        scores(fam["length"], length=1))))
+        f"{small})", "a 1-token prompt", rows_of(fam["length"], length=longer),
+        rows_of(fam["length"], length=1))))
   for r in fam["ensemble"]:
     vote = np.frombuffer(r["vote_correct"].encode(), np.uint8) == ord("1")
     selected = np.frombuffer(r["selected_correct"].encode(), np.uint8) == ord("1")
+    members = rows_of(fam["scale"], size=r["size"], family_method="prompt")[:r["members"]]
     where = f"{task}, {name} {r['size']}, {r['members']} prompts"
-    out.append(gate("ensemble", stats.claim(
-        f"Lester 2021: an ensemble beats the best single prompt ({where})",
-        f"the single prompt with the best validation score (seed {r['selected_seed']})",
-        stats.mcnemar(vote, selected),
-        numbers=f"vote {r['vote']:.1f} vs selected {r['selected_score']:.1f} (test split)")))
-    out.append(gate("ensemble", stats.claim(
-        f"Lester 2021: an ensemble beats the average prompt ({where})",
-        "the members' mean accuracy on each example",
-        stats.paired_bootstrap(100.0 * vote, 100.0 * np.asarray(r["mean_correct"])),
-        numbers=f"vote {r['vote']:.1f} vs mean {r['single_mean']:.1f}")))
-  rec = fam["recycling"]
+    pairs = ((f"Lester 2021: an ensemble beats the best single prompt ({where})",
+              f"the single prompt with the best validation score (seed {r['selected_seed']})",
+              lambda: stats.mcnemar(vote, selected),
+              f"vote {r['vote']:.1f} vs selected {r['selected_score']:.1f} (test split)"),
+             (f"Lester 2021: an ensemble beats the average prompt ({where})",
+              "the members' mean accuracy on each example",
+              lambda: stats.paired_bootstrap(100.0 * vote, 100.0 * np.asarray(r["mean_correct"])),
+              f"vote {r['vote']:.1f} vs mean {r['single_mean']:.1f}"))
+    for claim_name, control, test, numbers in pairs:
+      if not any(learned(m, chance) for m in members):
+        out.append(gate("ensemble", stats.untestable(claim_name, control, none_learned(chance),
+                                                     numbers)))
+      else:
+        out.append(gate("ensemble", stats.claim(claim_name, control, test(), numbers=numbers)))
+  out += recycling_claims(fam, suite, gate)
+  return out
+
+
+def recycling_claims(fam: dict[str, Any], suite: Suite, gate) -> list[dict[str, Any]]:
+  """Lester 2022's claims, over the cases whose source prompt learned its task (the
+  rates over every case are in the numbers)."""
+  from benchmarks.research.claims import _across_seeds
+  out, name, rec = [], fam["name"], fam["recycling"]
   chance = rec["random_answer_success"]
+  examples = suite.test_examples
+  kept = learned_sources(rec, examples)
+  sources = sorted({r["source"] for r in rec["rows"]})
+  used = (f"the {len(kept)} of {len(sources)} source prompts that beat their own backbone's "
+          f"strongest zero-shot baseline ({', '.join(sorted(kept)) or 'none'})")
+  no_source = ("no source prompt beats its own backbone's strongest zero-shot baseline "
+               "(one-sided exact binomial test, p < 0.05): there is no learned prompt to recycle")
   for method in suite.family_recyclers:
-    rows = [r for r in rec["rows"] if r["method"] == method]
-    k = sum(r["success"] for r in rows)
-    numbers = (f"{_rate(rows):.1f}% of {len(rows)} (paper's best setting: "
-               f"{PAPER_RECYCLING_SUCCESS}%); controls: untrained prompt recycled "
+    every = [r for r in rec["rows"] if r["method"] == method]
+    rows = [r for r in every if r["source"] in kept]
+    claim = (f"Lester 2022: {method} recycling beats the target's strongest zero-shot baseline "
+             f"more often than chance ({rec['task']}, {name})")
+    control = "the success rate of a prompt answering at random under the same rule (simulated)"
+    compared = (f"Lester 2022: a {method}-recycled trained prompt scores above a recycled "
+                f"untrained prompt ({rec['task']}, {name})")
+    if not rows:
+      out.append(gate("recycling", stats.untestable(claim, control, no_source)))
+      out.append(gate("recycling", stats.untestable(
+          compared, "the same recycler applied to an untrained prompt", no_source)))
+      continue
+    rows_chance = stats.random_answer_success_rate(
+        [r["best_baseline"] for r in rows], examples,
+        rec.get("classes", 2))
+    numbers = (f"{_rate(rows):.1f}% of {len(rows)} cases from {used} (every case: "
+               f"{_rate(every):.1f}% of {len(every)}); paper's best setting: "
+               f"{PAPER_RECYCLING_SUCCESS}%; controls: untrained prompt recycled "
                f"{_rate(rows, 'untrained_success'):.1f}%, random orthogonal map "
-               f"{_rate(rows, 'orthogonal_success'):.1f}%, random answers {chance:.1f}% "
-               f"(simulated)")
+               f"{_rate(rows, 'orthogonal_success'):.1f}%, random answers {rows_chance:.1f}% "
+               f"(simulated; every case: {chance:.1f}%)")
     out.append(gate("recycling", stats.claim(
-        f"Lester 2022: {method} recycling beats the target's strongest zero-shot baseline more "
-        f"often than chance ({rec['task']}, {name})",
-        "the success rate of a prompt answering at random under the same rule (simulated)",
-        stats.binomial_test(k, len(rows), chance / 100.0), numbers=numbers)))
+        claim, control, stats.binomial_test(sum(r["success"] for r in rows), len(rows),
+                                            rows_chance / 100.0), numbers=numbers)))
     out.append(gate("recycling", stats.claim(
-        f"Lester 2022: a {method}-recycled trained prompt scores above a recycled untrained "
-        f"prompt ({rec['task']}, {name})", "the same recycler applied to an untrained prompt",
+        compared, "the same recycler applied to an untrained prompt",
         stats.paired_bootstrap([r["recycled"] for r in rows],
                                [r["untrained_recycled"] for r in rows]),
         numbers=f"{np.mean([r['recycled'] for r in rows]):.1f} vs "
-                f"{np.mean([r['untrained_recycled'] for r in rows]):.1f} (mean accuracy)")))
-  larger = [float(r["success"]) * 100 for r in rec["rows"] if r["larger_target"]]
-  smaller = [float(r["success"]) * 100 for r in rec["rows"] if r["smaller_target"]]
+                f"{np.mean([r['untrained_recycled'] for r in rows]):.1f} (mean accuracy, "
+                f"{len(rows)} cases from learned source prompts)")))
+  cases = [r for r in rec["rows"] if r["source"] in kept]
+  larger = [float(r["success"]) * 100 for r in cases if r["larger_target"]]
+  smaller = [float(r["success"]) * 100 for r in cases if r["smaller_target"]]
   claim = f"Lester 2022: recycling toward a larger target succeeds more often ({name})"
+  control = "recycling toward a smaller target"
   if len(larger) >= 2 and len(smaller) >= 2:
-    out.append(gate("recycling", _across_seeds(claim, "recycling toward a smaller target",
-                                                larger, smaller, unit="recycled prompts")))
+    out.append(gate("recycling", _across_seeds(claim, control, larger, smaller,
+                                                unit="recycled prompts from learned sources")))
   else:
-    out.append(gate("recycling", stats.untestable(claim, "recycling toward a smaller target",
-                                                  "the family has one size")))
+    why = no_source if not kept else "fewer than two cases toward a larger and a smaller target"
+    out.append(gate("recycling", stats.untestable(claim, control, why)))
   return out

@@ -15,9 +15,12 @@ from benchmarks.research.stats import aggregate, effect_text, pm  # noqa: F401  
 RULES = ("Verdicts: \"reproduced (p < 0.05)\" when the effect goes the paper's way and its "
          "test rejects no effect at 0.05; \"contradicted (p < 0.05)\" when it goes the other "
          "way as significantly; otherwise \"inconclusive\"; \"not testable here\" with the "
-         "reason. Across seeds: an exact permutation test of the difference in means (Welch's "
-         "95% interval); on one shared test set: McNemar's exact test (accuracies) or a paired "
-         "bootstrap over examples (continuous scores). Every run selects its checkpoint (and, "
+         "reason. Across seeds: an exact permutation test of the difference in means, with the "
+         "95% interval that inverts it (the shifts the test does not reject, so it leaves out "
+         "0 exactly when p < 0.05); on one shared test set: McNemar's exact test (accuracies) or a paired "
+         "bootstrap over examples (continuous scores). A comparison of prompts none of which "
+         "beats chance on the test split (one-sided exact binomial, p < 0.05) is \"not "
+         "testable here\": those prompts learned nothing to compare. Every run selects its checkpoint (and, "
          "in the family experiments, its learning rate) on the validation split; every score "
          "is on the held-out test split.")
 
@@ -37,6 +40,15 @@ def _runs_note(results: dict[str, Any]) -> str:
     parts.append(f"the family's size, initialization and length runs took "
                  f"{runs['family_train_minutes']:.1f} min of training when they ran")
   return f" ({'; '.join(parts)})"
+
+
+def report_name(preset: str) -> str:
+  """The report's file name: research, or research_<preset> for a named preset."""
+  return "research" if preset in ("quick", "full") else f"research_{preset}"
+
+
+def _name(results: dict[str, Any]) -> str:
+  return report_name(results.get("preset") or ("quick" if results["quick"] else "full"))
 
 
 def _flags(results: dict[str, Any]) -> str:
@@ -79,7 +91,7 @@ def markdown(results: dict[str, Any]) -> str:
            f"Written by `python -m benchmarks.research{_flags(results)}` "
            f"in {results['seconds'] / 60:.1f} min{_runs_note(results)} on "
            f"{machine.describe(info)} (AVX2: {'yes' if info['avx2'] else 'no'}; load average "
-           f"at start {info['load_average'][0]:.1f}). Raw figures: `research.json`. Seeds "
+           f"at start {info['load_average'][0]:.1f}). Raw figures: `{_name(results)}.json`. Seeds "
            f"{list(suite.seeds)}; scores are mean +- sd over seeds on the test split.", "",
            RULES, "", "## Claims", ""] + claims_table(results["claims"])
   if results.get("inseparable"):
@@ -120,26 +132,49 @@ def family_markdown(fam: dict[str, Any]) -> list[str]:
             "| size | method | rates | selected |", "| --- | --- | --- | --- |"]
   for s in fam["sweeps"]:
     lines.append(f"| {s['size']} | {s['method']} | {s['rates']} | {s['selected']:g} |")
-  lines += ["", "| size | method | test score |", "| --- | --- | --- |"]
+  chance = fam.get("chance")
+
+  def learned(group_rows) -> str:
+    """How many of a group's runs beat chance (the claims' test of having learned)."""
+    if chance is None or not all("test_correct" in r for r in group_rows):
+      return "-"
+    from benchmarks.research.experiments_family import learned as learned_run
+    return f"{sum(learned_run(r, chance) for r in group_rows)} of {len(group_rows)}"
+
+  def members(rows, group, *keys):
+    return [r for r in rows if all(r[k] == group[k] for k in keys)]
+
+  above = (f"runs above chance ({chance:.0f}%)" if chance is not None else "runs above chance")
+  lines += ["", f"| size | method | test score | {above} |", "| --- | --- | --- | --- |"]
   for r in aggregate(fam["scale"], "size", "method"):
-    lines.append(f"| {r['size']} | {r['method']} | {pm(r)} |")
-  lines += ["", "| initialization / length | test score |", "| --- | --- |"]
+    lines.append(f"| {r['size']} | {r['method']} | {pm(r)} | "
+                 f"{learned(members(fam['scale'], r, 'size', 'method'))} |")
+  lines += ["", f"| initialization / length | test score | {above} |", "| --- | --- | --- |"]
   for r in aggregate(fam["init"], "init"):
-    lines.append(f"| {r['init']} | {pm(r)} |")
+    lines.append(f"| {r['init']} | {pm(r)} | {learned(members(fam['init'], r, 'init'))} |")
   for r in sorted(aggregate(fam["length"], "length"), key=lambda r: r["length"]):
-    lines.append(f"| {r['length']} tokens | {pm(r)} |")
+    lines.append(f"| {r['length']} tokens | {pm(r)} | "
+                 f"{learned(members(fam['length'], r, 'length'))} |")
   rec = fam["recycling"]
   lines += ["", f"Recycling ({rec['task']}; support: skip the {rec['support']['skip']} most "
             f"frequent pieces, take {rec['support']['take']}; random answers would succeed "
-            f"{rec['random_answer_success']:.1f}% of the time):", "",
-            "| recycler | success | untrained prompt | random orthogonal map | mean accuracy | "
-            "cases |", "| --- | --- | --- | --- | --- | --- |"]
+            f"{rec['random_answer_success']:.1f}% of the time). Each source prompt's own test "
+            "score against its backbone's strongest zero-shot baseline; the claims count the "
+            "cases whose source prompt beats it (one-sided exact binomial, p < 0.05):", "",
+            "| source prompt | its test score | its backbone's strongest zero-shot baseline |",
+            "| --- | --- | --- |"]
+  for label, score in sorted(rec.get("sources", {}).items()):
+    backbone = label.split(" seed ")[0]
+    lines.append(f"| {label} | {score:.1f} | "
+                 f"{max(rec['baselines'].get(backbone, {0: float('nan')}).values()):.1f} |")
+  lines += ["", "| recycler | success | untrained prompt | random orthogonal map | "
+            "mean accuracy | cases |", "| --- | --- | --- | --- | --- | --- |"]
   for m in sorted({r["method"] for r in rec["rows"]}):
     rows = [r for r in rec["rows"] if r["method"] == m]
     rate = lambda k: 100.0 * np.mean([r[k] for r in rows])  # noqa: E731
     lines.append(f"| {m} | {rate('success'):.1f}% | {rate('untrained_success'):.1f}% | "
                  f"{rate('orthogonal_success'):.1f}% | "
-                 f"{np.mean([r['recycled'] for r in rows]):.1f} | {len(rows)} |")
+                 f"{np.mean([r['recycled'] for r in rows]):.1f} | {len(rows)} (every case) |")
   return lines
 
 

@@ -9,7 +9,7 @@ significantly), "inconclusive", or "not testable here: <reason>".
 The tests: on one shared evaluation set, paired per example (McNemar's exact
 test for two accuracies, a paired bootstrap for continuous scores); across
 seeds (independent runs), an exact permutation test of the difference in
-means, with Welch's t interval for the effect. Effects are in points (%)
+means, with the interval that inverts it (the shifts it does not reject). Effects are in points (%)
 with their 95% interval.
 """
 
@@ -141,39 +141,94 @@ def welch_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float
   return float(diff - half), float(diff + half)
 
 
+def _relabellings(n: int, k: int, max_exact: int, resamples: int,
+                  seed: int) -> tuple[np.ndarray, bool]:
+  """Masks [R, n] marking which of `n` pooled runs each relabelling puts on side a
+  (`k` of them): every relabelling when there are at most `max_exact`, else
+  `resamples` random ones (the same ones for every shift, so that the p of a
+  shift is a function of the shift alone). Also: whether they are exact."""
+  if math.comb(n, k) <= max_exact:
+    combos = list(itertools.combinations(range(n), k))
+    masks = np.zeros((len(combos), n), bool)
+    for i, idx in enumerate(combos):
+      masks[i, list(idx)] = True
+    return masks, True
+  rng = np.random.RandomState(seed)
+  masks = np.zeros((resamples, n), bool)
+  for i in range(resamples):
+    masks[i, rng.permutation(n)[:k]] = True
+  return masks, False
+
+
+def _permutation_p(a: np.ndarray, b: np.ndarray, masks: np.ndarray, exact: bool) -> float:
+  """The two-sided p of |mean(a) - mean(b)| over the relabellings in `masks`."""
+  pooled = np.concatenate([a, b])
+  k = len(a)
+  observed = abs(a.mean() - b.mean())
+  side_a = masks.astype(np.float64) @ pooled
+  diffs = np.abs(side_a / k - (pooled.sum() - side_a) / (len(pooled) - k))
+  count = int(np.sum(diffs >= observed - 1e-9 * max(1.0, observed)))
+  return count / len(masks) if exact else (count + 1) / (len(masks) + 1)
+
+
+def _shift_bound(a: np.ndarray, b: np.ndarray, masks: np.ndarray, exact: bool,
+                 direction: int, alpha: float) -> float:
+  """The edge, on one side of the observed difference, of the shifts d for which
+  the test of (a - d) against b does not reject at `alpha` (bisection; -inf or
+  +inf when no shift is rejected: too few runs for any p below alpha)."""
+  observed = a.mean() - b.mean()
+  span = float(np.ptp(np.concatenate([a, b]))) + abs(observed) + 1.0
+  inside, outside = observed, None
+  for _ in range(40):
+    probe = observed + direction * span
+    if _permutation_p(a - probe, b, masks, exact) < alpha:
+      outside = probe
+      break
+    span *= 2.0
+  if outside is None:
+    return direction * math.inf
+  for _ in range(60):
+    middle = (inside + outside) / 2.0
+    if _permutation_p(a - middle, b, masks, exact) < alpha:
+      outside = middle
+    else:
+      inside = middle
+  return float(inside)
+
+
 def permutation_test(a: Sequence[float], b: Sequence[float], max_exact: int = 50000,
                      resamples: int = 20000, seed: int = 0) -> dict[str, Any]:
-  """Across seeds: a two-sided permutation test of mean(a) - mean(b).
+  """Across seeds: a two-sided permutation test of mean(a) - mean(b), with the 95%
+  interval that inverts it.
 
   Exact (every relabelling of the pooled runs) when there are at most
   `max_exact` relabellings, else `resamples` random ones. With 5 seeds per
   side the smallest possible p is 2/252 = 0.008; with 3 it is 0.1, which is
-  why the suite uses at least 5. The interval is Welch's.
+  why the suite uses at least 5. The interval is the set of shifts d for which
+  the same test of (a - d) against b does not reject at 0.05, so it leaves
+  out 0 exactly when p < 0.05 and cannot disagree with the verdict (Welch's
+  t interval, which can, is kept beside it as `welch_ci`).
   """
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   if len(a) < 2 or len(b) < 2:
     raise ValueError(f"a permutation test needs two runs a side: {len(a)} and {len(b)}")
-  pooled, k = np.concatenate([a, b]), len(a)
-  observed = abs(a.mean() - b.mean())
-  total = math.comb(len(pooled), k)
-  if total <= max_exact:
-    picks = (list(c) for c in itertools.combinations(range(len(pooled)), k))
-    count = 0
-    for idx in picks:
-      mask = np.zeros(len(pooled), bool)
-      mask[idx] = True
-      count += abs(pooled[mask].mean() - pooled[~mask].mean()) >= observed - 1e-9
-    p, how = count / total, f"exact, {total} relabellings"
-  else:
-    rng = np.random.RandomState(seed)
-    count = 0
-    for _ in range(resamples):
-      perm = rng.permutation(pooled)
-      count += abs(perm[:k].mean() - perm[k:].mean()) >= observed - 1e-9
-    p, how = (count + 1) / (resamples + 1), f"{resamples} random relabellings"
+  masks, exact = _relabellings(len(a) + len(b), len(a), max_exact, resamples, seed)
+  how = (f"exact, {len(masks)} relabellings" if exact else
+         f"{resamples} random relabellings")
+  ci = (_shift_bound(a, b, masks, exact, -1, ALPHA), _shift_bound(a, b, masks, exact, +1, ALPHA))
   return dict(test=f"permutation test across seeds ({len(a)} vs {len(b)} runs; {how})",
-              p=float(p), effect=float(a.mean() - b.mean()), ci=welch_interval(a, b),
-              n=(len(a), len(b)))
+              p=_permutation_p(a, b, masks, exact), effect=float(a.mean() - b.mean()),
+              ci=ci, welch_ci=welch_interval(a, b), n=(len(a), len(b)))
+
+
+def above_chance(successes: int, n: int, rate: float) -> bool:
+  """Does `successes` of `n` beat the chance `rate` (a fraction)? One-sided exact
+  binomial test at 0.05: whether a run learned its task at all."""
+  from scipy import stats as scipy_stats
+  if n == 0:
+    return False
+  rate = min(max(rate, 0.0), 1.0)
+  return bool(scipy_stats.binomtest(successes, n, rate, alternative="greater").pvalue < ALPHA)
 
 
 def binomial_test(successes: int, n: int, rate: float) -> dict[str, Any]:
@@ -196,11 +251,11 @@ def claim(name: str, control: str, result: dict[str, Any], expected_sign: int = 
           numbers: str = "") -> dict[str, Any]:
   """One row of the claims table: what is claimed, against which control, the test,
   the effect with its 95% interval, p and the verdict."""
-  lo, hi = result["ci"]
+  bound = lambda x: round(float(x), 3) if math.isfinite(x) else None  # noqa: E731
   return dict(claim=name, control=control, verdict=verdict(result["p"], result["effect"],
                                                            expected_sign),
               test=result["test"], effect=round(float(result["effect"]), 3),
-              ci=[round(float(lo), 3), round(float(hi), 3)], p=float(result["p"]),
+              ci=[bound(x) for x in result["ci"]], p=float(result["p"]),
               numbers=numbers)
 
 
@@ -211,13 +266,15 @@ def untestable(name: str, control: str, reason: str, numbers: str = "") -> dict[
 
 
 def effect_text(c: dict[str, Any]) -> str:
-  """A claim's effect as "+3.1 [0.4, 5.8], p = 0.008" (or "-")."""
+  """A claim's effect as "+3.1 [0.4, 5.8], p = 0.008" (or "-"; an interval edge that
+  no shift reaches reads "-inf" / "+inf")."""
   if c.get("effect") is None:
     return "-"
   p = c["p"]
-  return (f"{c['effect']:+.1f} [{c['ci'][0]:+.1f}, {c['ci'][1]:+.1f}], "
-          f"p = {p:.3g}" if p >= 0.001 else
-          f"{c['effect']:+.1f} [{c['ci'][0]:+.1f}, {c['ci'][1]:+.1f}], p < 0.001")
+  lo, hi = ("-inf" if c["ci"][0] is None else f"{c['ci'][0]:+.1f}",
+            "+inf" if c["ci"][1] is None else f"{c['ci'][1]:+.1f}")
+  return (f"{c['effect']:+.1f} [{lo}, {hi}], p = {p:.3g}" if p >= 0.001 else
+          f"{c['effect']:+.1f} [{lo}, {hi}], p < 0.001")
 
 
 def random_answer_success_rate(baselines: Sequence[float], examples: int, classes: int,
@@ -226,10 +283,12 @@ def random_answer_success_rate(baselines: Sequence[float], examples: int, classe
   would reach under recycling's rule (beat the target's strongest zero-shot
   baseline, in % of `examples`), simulated once per case (one baseline per case)."""
   rng = np.random.RandomState(seed)
-  rates = []
+  rate_of: dict[float, float] = {}  # cases that share a baseline share one simulation
   for best in baselines:
-    accuracy = 100.0 * rng.binomial(examples, 1.0 / classes, size=trials) / examples
-    rates.append(np.mean(accuracy > best))
+    if best not in rate_of:
+      accuracy = 100.0 * rng.binomial(examples, 1.0 / classes, size=trials) / examples
+      rate_of[best] = float(np.mean(accuracy > best))
+  rates = [rate_of[best] for best in baselines]
   return 100.0 * float(np.mean(rates)) if rates else float("nan")
 
 
