@@ -1,0 +1,148 @@
+"""The continuous batcher's calls: several steps per call, and calls pipelined.
+
+The device side runs on the tiny random T5 (as in test_serving.py): a call of
+k steps gives what k calls of one step give, and a row that joins at a call
+boundary decodes as it does alone. The host side runs on a fake of the
+device side, which records the order of dispatches and reads.
+"""
+
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from prompt_tuning.models import params as params_lib
+from prompt_tuning.models.t5 import T5
+from prompt_tuning.serving import continuous
+from tests.test_serving import CONFIG, P
+
+ROWS, LENGTH = 3, 8
+
+
+@pytest.fixture(scope="module")
+def engine():
+  from prompt_tuning.serving import engine as engine_lib
+  params = params_lib.init_params(T5(CONFIG), jax.random.PRNGKey(0))
+  eng = engine_lib.Engine(CONFIG, params, P, engine_lib.load_vocabulary("byte"),
+                          engine_lib.EngineConfig(capacity=4, batch_buckets=(1,),
+                                                  length_buckets=(16,), target_buckets=(8,)))
+  rng = np.random.RandomState(0)
+  for name in ("copy", "sort"):
+    eng.prompts.put(name, rng.uniform(-2, 2, (P, CONFIG.emb_dim)).astype(np.float32))
+  return eng
+
+
+def _settings(temperature=(0.0, 1.0, 0.0)):
+  """Row 1 samples (seed 3), the others are greedy."""
+  return (np.asarray(temperature, np.float32), np.zeros(ROWS, np.int32),
+          np.ones(ROWS, np.float32), np.asarray([0, 3, 0], np.int32), np.zeros(ROWS, np.int32))
+
+
+def _fresh(*rows):
+  fresh = np.zeros(ROWS, bool)
+  fresh[list(rows)] = True
+  return fresh
+
+
+def _calls(programs, counts, fresh, settings):
+  """Calls of `counts` steps each, the first with `fresh` rows: tokens [S, R], logp [S, R]."""
+  tokens, logp = [], []
+  for i, k in enumerate(counts):
+    out = programs.step(k, fresh if i == 0 else _fresh(), *settings)
+    tokens.append(out[0])
+    logp.append(out[1])
+  return np.concatenate(tokens), np.concatenate(logp)
+
+
+def test_k_steps_per_call_equal_k_single_steps_and_rows_join_between_calls(engine):
+  bank, rows_of = engine.prompts.snapshot()
+  ids = [engine.tokenize(w) for w in ("hello", "abc", "serve")]
+  assert continuous.StepPrograms(engine, ROWS, LENGTH, 4).step_counts == (1, 2, 4)
+  assert continuous.StepPrograms(engine, ROWS, LENGTH, 6).step_counts == (1, 2, 4, 6)
+  settings = _settings()
+  runs = []
+  for before, after in (([4], [2]), ([1] * 4, [1] * 2)):  # Row 2 joins after 4 steps.
+    programs = continuous.StepPrograms(engine, ROWS, LENGTH, 4)
+    programs.insert(bank, [0, 1], ids[:2], [rows_of["copy"], rows_of["sort"]], True)
+    first = _calls(programs, before, _fresh(0, 1), settings)
+    programs.insert(bank, [2], ids[2:], [rows_of["sort"]], True)
+    then = _calls(programs, after, _fresh(2), settings)
+    runs.append((first, then))
+  (first_a, then_a), (first_b, then_b) = runs
+  for a, b in ((first_a, first_b), (then_a, then_b)):
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-5, atol=1e-5)
+  # Rows 0 and 1 went on from their last tokens on the device; each row got what it gets alone.
+  for row, (prompt, k) in enumerate((("copy", 0), ("sort", 1), ("sort", 2))):
+    alone = continuous.StepPrograms(engine, ROWS, LENGTH, 4)
+    alone.insert(bank, [row], [ids[k]], [rows_of[prompt]], True)
+    tokens, logp = _calls(alone, [4, 2], _fresh(row), settings)
+    got = (np.concatenate([first_a[0], then_a[0]])[:, row] if row < 2 else then_a[0][:, row])
+    np.testing.assert_array_equal(got, tokens[:len(got), row])
+  # The sampled row differs from greedy decoding of the same input (the settings matter).
+  greedy = continuous.StepPrograms(engine, ROWS, LENGTH, 4)
+  greedy.insert(bank, [1], [ids[1]], [rows_of["sort"]], True)
+  tokens, _ = _calls(greedy, [4], _fresh(1), _settings((0.0, 0.0, 0.0)))
+  assert not np.array_equal(tokens[:, 1], first_a[0][:, 1])
+
+
+class _FakePrograms:
+  """The device side's interface on the host: row r's token at position t is 10 + 100 r + t,
+  so a row's tokens show whether it restarted where it should."""
+
+  def __init__(self, rows, most):
+    self.rows = rows
+    self.step_counts = tuple(k for k in (1, 2, 4, 8) if k <= most)
+    self.engine = types.SimpleNamespace(
+        prompts=types.SimpleNamespace(snapshot=lambda: (None, {"p": 0})),
+        config=types.SimpleNamespace(length_buckets=(16,)))
+    self.position = np.zeros(rows, np.int64)
+    self.log = []
+    self.calls = 0
+
+  def insert_buckets(self):
+    return (self.rows,)
+
+  def insert(self, bank, slots, inputs, index, prompted):
+    self.log.append(("insert", tuple(slots)))
+
+  def dispatch(self, steps, fresh, *settings):
+    self.position[fresh] = 0
+    pos = self.position[None, :] + np.arange(steps)[:, None]
+    tokens = (10 + 100 * np.arange(self.rows)[None, :] + pos).astype(np.int32)
+    self.position += steps
+    self.calls += 1
+    self.log.append(("dispatch", self.calls))
+    zeros = np.zeros((steps, self.rows), np.float32)
+    return (self.calls, tokens, zeros, np.zeros((steps, self.rows, 5), np.float32),
+            np.zeros((steps, self.rows, 5), np.int32))
+
+  def fetch(self, out):
+    self.log.append(("fetch", out[0]))
+    return out[1:]
+
+
+def test_calls_stay_within_every_budget_and_the_next_is_dispatched_before_a_read():
+  programs = _FakePrograms(rows=2, most=8)
+  vocab = types.SimpleNamespace(decode=lambda ids: "".join(chr(32 + t % 90) for t in ids))
+  stats = []
+  batcher = continuous.ContinuousBatcher(programs, vocab, on_step=stats.append)
+  budgets = [3, 13, 6, 9, 1, 20]
+  seqs = [continuous.Completion(inputs=[5, 1], prompt="p", max_tokens=n) for n in budgets]
+  batcher.submit(seqs)
+  batcher.start()
+  batcher.stop()
+  for seq, n in zip(seqs, budgets):
+    assert seq.finish_reason == "length" and len(seq.output) == n
+    row = (seq.output[0] - 10) // 100
+    assert seq.output == [10 + 100 * row + t for t in range(n)]  # from position 0 on
+  # No call ran a row past its budget: every row of every call delivered all its steps.
+  assert all(s.tokens == s.rows * s.steps for s in stats)
+  assert sum(s.tokens for s in stats) == sum(budgets)
+  assert max(s.steps for s in stats) == 8 and min(s.steps for s in stats) == 1
+  # Pipelined: call c + 1 was dispatched before call c was read.
+  order = [entry for entry in programs.log if entry[0] != "insert"]
+  for c in range(1, programs.calls):
+    assert order.index(("dispatch", c + 1)) < order.index(("fetch", c))
+  assert batcher.steps_for([5, 9]) == 4 and batcher.steps_for([13]) == 8
