@@ -129,14 +129,21 @@ def test_calls_stay_within_every_budget_and_the_next_is_dispatched_before_a_read
   stats = []
   batcher = continuous.ContinuousBatcher(programs, vocab, on_step=stats.append)
   budgets = [3, 13, 6, 9, 1, 20]
-  seqs = [continuous.Completion(inputs=[5, 1], prompt="p", max_tokens=n) for n in budgets]
+  events = {k: [] for k in range(len(budgets))}
+  # Every other one streams: those get an event per token, the others one event at the end.
+  seqs = [continuous.Completion(inputs=[5, 1], prompt="p", max_tokens=n, stream=k % 2 == 0,
+                                on_event=events[k].append) for k, n in enumerate(budgets)]
   batcher.submit(seqs)
   batcher.start()
   batcher.stop()
-  for seq, n in zip(seqs, budgets):
+  for k, (seq, n) in enumerate(zip(seqs, budgets)):
     assert seq.finish_reason == "length" and len(seq.output) == n
     row = (seq.output[0] - 10) // 100
     assert seq.output == [10 + 100 * row + t for t in range(n)]  # from position 0 on
+    assert seq.text == vocab.decode(seq.output)
+    assert len(events[k]) == (n if seq.stream else 1)
+    assert "".join(e.text for e in events[k]) == seq.text
+    assert [e.finish_reason for e in events[k]] == [None] * (len(events[k]) - 1) + ["length"]
   # No call ran a row past its budget: every row of every call delivered all its steps.
   assert all(s.tokens == s.rows * s.steps for s in stats)
   assert sum(s.tokens for s in stats) == sum(budgets)

@@ -75,6 +75,7 @@ class Completion:
   sampling: Sampling = Sampling()
   stop: Sequence[str] = ()
   on_event: Callable[[Event], None] = lambda event: None  # called on the decode thread
+  stream: bool = True                  # an event per token; False: only the last one (or an error)
   cancelled: bool = False              # set by the request when its client leaves
   submitted: float = dataclasses.field(default_factory=time.monotonic)
   first_token_at: Optional[float] = None
@@ -513,6 +514,8 @@ class ContinuousBatcher:
         seq.last_token_at = now
         entry = (token, logp_S[s], list(zip(ids_S[s], top_S[s])))
         seq.entries.append(entry)
+        if not (seq.stream or seq.stop or token == EOS_ID or len(seq.output) >= seq.max_tokens):
+          continue  # Nobody reads this token's text before the end: decoded then, once.
         event = self._advance(seq, token)
         event.tokens = [entry]
         if event.finish_reason is not None:  # Later tokens of the call are dropped.
