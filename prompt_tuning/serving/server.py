@@ -78,8 +78,9 @@ class ServeConfig:
     decode_rows: rows the continuous batcher decodes at once (/v1/completions).
     decode_steps: the most decoding steps per device call of the continuous
       batcher: requests join and leave between calls, and a call's tokens
-      stream together. A call takes the most steps (a power of two, or this)
-      within every running row's `max_tokens`.
+      stream together. A call takes a power of two of steps, or this many:
+      the count that delivers the most tokens per unit of time, given the
+      running rows' `max_tokens` (`ContinuousBatcher.steps_for`).
   """
   host: str = "127.0.0.1"
   port: int = 8000
