@@ -6,6 +6,7 @@ boundary decodes as it does alone. The host side runs on a fake of the
 device side, which records the order of dispatches and reads.
 """
 
+import time
 import types
 
 import jax
@@ -87,32 +88,83 @@ def test_k_steps_per_call_equal_k_single_steps_and_rows_join_between_calls(engin
   assert not np.array_equal(tokens[:, 1], first_a[0][:, 1])
 
 
+def test_a_call_attends_only_the_encoded_positions_its_rows_need():
+  """A short row steps at the narrow width (the prompt and 4 input positions) until a
+  long one joins, then at the wide one; its tokens equal those of steps at full width."""
+  from prompt_tuning.serving import engine as engine_lib
+  params = params_lib.init_params(T5(CONFIG), jax.random.PRNGKey(0))
+  eng = engine_lib.Engine(CONFIG, params, P, engine_lib.load_vocabulary("byte"),
+                          engine_lib.EngineConfig(capacity=2, batch_buckets=(1,),
+                                                  length_buckets=(4, 16), target_buckets=(8,)))
+  eng.prompts.put("copy", np.random.RandomState(0).uniform(-2, 2, (P, CONFIG.emb_dim)))
+  bank, rows_of = eng.prompts.snapshot()
+  short, long = eng.tokenize("ab"), eng.tokenize("a longer input")
+  programs = continuous.StepPrograms(eng, ROWS, LENGTH, 4)
+  assert programs.widths == (P + 4, P + 16)
+  assert programs.encoded_positions(len(short), True) == P + 4
+  assert programs.encoded_positions(len(long), False) == 16
+  assert programs.width_for(16) == P + 16 and programs.width_for(P + 4) == P + 4
+  settings = _settings((0.0, 0.0, 0.0))
+  tokens = {}
+  for narrow in (P + 4, P + 16):
+    programs = continuous.StepPrograms(eng, ROWS, LENGTH, 4)
+    programs.insert(bank, [0], [short], [rows_of["copy"]], True)
+    first = programs.step(2, _fresh(0), *settings, width=narrow)
+    programs.insert(bank, [1], [long], [rows_of["copy"]], True)
+    then = programs.step(4, _fresh(1), *settings, width=P + 16)
+    tokens[narrow] = (first, then)
+  for a, b in zip(tokens[P + 4], tokens[P + 16]):
+    np.testing.assert_array_equal(a[0][:, :2], b[0][:, :2])
+    np.testing.assert_allclose(a[1][:, :2], b[1][:, :2], rtol=1e-5, atol=1e-5)
+  # The width matters: a long row cut to the narrow width decodes otherwise.
+  cut = continuous.StepPrograms(eng, ROWS, LENGTH, 4)
+  cut.insert(bank, [1], [long], [rows_of["copy"]], True)
+  assert not np.array_equal(cut.step(4, _fresh(1), *settings, width=P + 4)[1][:, 1],
+                            tokens[P + 4][1][1][:, 1])
+
+
 class _FakePrograms:
   """The device side's interface on the host: row r's token at position t is 10 + 100 r + t,
-  so a row's tokens show whether it restarted where it should."""
+  so a row's tokens show whether it restarted where it should; a row whose input starts
+  with 2 emits EOS at the position its input's second id names."""
 
-  def __init__(self, rows, most):
+  def __init__(self, rows, most, length_buckets=(16,)):
     self.rows = rows
     self.step_counts = tuple(k for k in (1, 2, 4, 8) if k <= most)
     self.engine = types.SimpleNamespace(
         prompts=types.SimpleNamespace(snapshot=lambda: (None, {"p": 0})),
-        config=types.SimpleNamespace(length_buckets=(16,)))
+        config=types.SimpleNamespace(length_buckets=length_buckets))
+    self.widths = tuple(3 + l for l in length_buckets)  # a prompt of 3
     self.position = np.zeros(rows, np.int64)
+    self.eos_at = np.full(rows, -1)
     self.log = []
+    self.dispatches = []  # (steps, fresh rows, width) per call
+    self.taken = []  # (row, the call it joined, its input) per admitted request
     self.calls = 0
 
   def insert_buckets(self):
     return (self.rows,)
 
+  def encoded_positions(self, input_length, prompted):
+    return 3 + min(l for l in self.engine.config.length_buckets if l >= input_length)
+
+  def width_for(self, encoded):
+    return min(w for w in self.widths if w >= encoded)
+
   def insert(self, bank, slots, inputs, index, prompted):
+    for slot, ids in zip(slots, inputs):
+      self.eos_at[slot] = ids[1] if ids[0] == 2 else -1
+      self.taken.append((slot, self.calls, tuple(ids)))  # taken for the next call
     self.log.append(("insert", tuple(slots)))
 
-  def dispatch(self, steps, fresh, *settings):
+  def dispatch(self, steps, fresh, *settings, width=None):
     self.position[fresh] = 0
     pos = self.position[None, :] + np.arange(steps)[:, None]
     tokens = (10 + 100 * np.arange(self.rows)[None, :] + pos).astype(np.int32)
+    tokens[pos == self.eos_at[None, :]] = continuous.EOS_ID
     self.position += steps
     self.calls += 1
+    self.dispatches.append((steps, set(np.flatnonzero(fresh).tolist()), width))
     self.log.append(("dispatch", self.calls))
     zeros = np.zeros((steps, self.rows), np.float32)
     return (self.calls, tokens, zeros, np.zeros((steps, self.rows, 5), np.float32),
@@ -159,3 +211,72 @@ def test_calls_take_the_best_step_count_and_the_next_is_dispatched_before_a_read
   assert batcher.steps_for([1] + [30] * 15) == 8  # one row idles 7 steps: cheaper than a call
   assert batcher.steps_for([2, 2, 2, 40]) == 2  # 8 tokens in 4 steps' time (8: 14 in 10)
   assert batcher.steps_for([3, 13]) == 4  # 7 tokens in 6 (2: 4 in 4; 8: 11 in 10)
+
+
+def test_a_row_is_taken_by_a_waiting_request_at_the_call_after_its_last_token():
+  """Rows leave as soon as their last token is in a call (budget) or is read (EOS):
+  a waiting request takes the row at the next call, and no row decodes past its
+  `max_tokens`. A request that arrives mid-decode joins at the next call boundary.
+  Each call attends the narrowest encoding width its running rows need."""
+  programs = _FakePrograms(rows=3, most=8, length_buckets=(4, 16))
+  vocab = types.SimpleNamespace(decode=lambda ids: "".join(chr(32 + t % 90) for t in ids))
+  batcher = continuous.ContinuousBatcher(programs, vocab)
+  late = []
+
+  def submit_late(event):
+    # Runs on the decode thread at the first delivery, with every row mid-decode.
+    if not late:
+      late.append(continuous.Completion(inputs=[5, 5, 99] + [5] * 7, prompt="p", max_tokens=7))
+      batcher.submit(late)
+  # (budget, EOS position or None, input length): two end with EOS, at positions 4 and 0.
+  specs = [(11, None, 3), (5, None, 3), (30, 4, 12), (9, None, 3), (6, 0, 3), (17, None, 3),
+           (2, None, 3), (13, None, 14)]
+  seqs = []
+  for tag, (n, eos, length) in enumerate(specs):
+    inputs = [2 if eos is not None else 5, eos or 0, tag] + [5] * (length - 3)
+    seqs.append(continuous.Completion(inputs=inputs, prompt="p", max_tokens=n,
+                                      on_event=submit_late if tag == 0 else (lambda e: None)))
+  batcher.submit(seqs)
+  batcher.start()
+  deadline = time.time() + 30
+  while not (late and all(s.finish_reason for s in seqs + late)) and time.time() < deadline:
+    time.sleep(0.01)
+  batcher.stop()
+  for seq, (n, eos, _) in zip(seqs, specs):
+    if eos is None:
+      assert seq.finish_reason == "length" and len(seq.output) == n
+    else:
+      assert seq.finish_reason == "stop" and len(seq.output) == eos + 1
+      assert seq.output[-1] == continuous.EOS_ID
+  assert late[0].finish_reason == "length" and len(late[0].output) == 7
+  by_tag = {**{tag: seq for tag, seq in enumerate(seqs)}, 99: late[0]}
+  # Every request took a row once, the first three at the first call, and the late
+  # one after the first call (it arrived mid-decode) but not at the first.
+  assert sorted(ids[2] for _, _, ids in programs.taken) == sorted(by_tag)
+  assert [c for _, c, _ in programs.taken[:3]] == [0, 0, 0]
+  assert next(c for _, c, ids in programs.taken if ids[2] == 99) > 0
+  steps = [k for k, _, _ in programs.dispatches]
+  rows = {}
+  for row, call, ids in programs.taken:
+    rows.setdefault(row, []).append((call, by_tag[ids[2]]))
+  for row, occupants in rows.items():
+    for (a, seq), (b, _) in zip(occupants, occupants[1:]):
+      assert row in programs.dispatches[a][1] and row in programs.dispatches[b][1]  # fresh
+      if seq.finish_reason == "length":
+        # Freed at the call after the one holding its last token, not a call later.
+        assert sum(steps[a:b - 1]) < seq.max_tokens <= sum(steps[a:b])
+      else:
+        # Its EOS is read after the next call is dispatched: one more call, no more.
+        last = next(c for c in range(a, b) if sum(steps[a:c + 1]) >= len(seq.output))
+        assert b - last <= 2, (a, b, last)
+  # The long inputs (12, 14 and 10 tokens) need 3 + 16 encoded positions, the rest 3 + 4:
+  # each call took the narrowest width holding its running rows.
+  long_calls = set()
+  for row, occupants in rows.items():
+    for k, (a, seq) in enumerate(occupants):
+      if len(seq.inputs) > 4:
+        end = occupants[k + 1][0] if k + 1 < len(occupants) else len(steps)
+        long_calls |= set(range(a, end))
+  assert long_calls and len(long_calls) < len(steps)
+  for c, (_, _, width) in enumerate(programs.dispatches):
+    assert width == (19 if c in long_calls else 7), c

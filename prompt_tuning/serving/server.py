@@ -305,12 +305,17 @@ def warmup_plan(engine: Engine, config: ServeConfig, programs: continuous.StepPr
   c = engine.config
   dec = decoding.DecodingConfig(max_decode_length=config.default_decode_length)
   smallest = programs.insert_buckets()[0]
-  # Every step count: which one a call takes depends on the running rows' budgets.
-  first = [functools.partial(programs.step_program, k) for k in programs.step_counts]
+  # Every step count: which one a call takes depends on the running rows' budgets. The
+  # narrowest encoding first (short inputs); wider ones before the other inserts, since
+  # compiling one on first use stalls every running row.
+  first = [functools.partial(programs.step_program, k, programs.widths[0])
+           for k in programs.step_counts]
   first += [lambda: programs.insert_program(smallest, c.length_buckets[0], True),
            lambda: engine._generate_program(c.batch_buckets[0], c.length_buckets[0], dec)]  # pylint: disable=protected-access
-  rest = [functools.partial(programs.insert_program, b, l, True)
-          for b in programs.insert_buckets() for l in c.length_buckets]
+  rest = [functools.partial(programs.step_program, k, w)
+          for w in programs.widths[1:] for k in programs.step_counts]
+  rest += [functools.partial(programs.insert_program, b, l, True)
+           for b in programs.insert_buckets() for l in c.length_buckets]
   return WarmUp(engine, first, rest + engine.warmup_tasks([dec]))
 
 
