@@ -170,6 +170,13 @@ class _FakePrograms:
     return (self.calls, tokens, zeros, np.zeros((steps, self.rows, 5), np.float32),
             np.zeros((steps, self.rows, 5), np.int32))
 
+  def ready(self, out):
+    self.log.append(("ready", out[0]))
+    self.on_ready(out[0])
+
+  def on_ready(self, call):
+    """Runs when the host sees call `call` (1-based) done: as if it ran until then."""
+
   def fetch(self, out):
     self.log.append(("fetch", out[0]))
     return out[1:]
@@ -200,10 +207,11 @@ def test_calls_take_the_best_step_count_and_the_next_is_dispatched_before_a_read
   assert all(s.tokens <= s.rows * s.steps for s in stats)
   assert sum(s.tokens for s in stats) == sum(budgets)
   assert {s.steps for s in stats} >= {1, 8}
-  # Pipelined: call c + 1 was dispatched before call c was read.
+  # Pipelined: call c + 1 was dispatched once call c had run, before call c was read.
   order = [entry for entry in programs.log if entry[0] != "insert"]
   for c in range(1, programs.calls):
-    assert order.index(("dispatch", c + 1)) < order.index(("fetch", c))
+    assert (order.index(("ready", c)) < order.index(("dispatch", c + 1))
+            < order.index(("fetch", c)))
   # The step count that delivers the most tokens per unit of time, a call costing
   # CALL_COST_STEPS (2) steps beyond its own.
   assert batcher.CALL_COST_STEPS == 2.0
@@ -280,3 +288,29 @@ def test_a_row_is_taken_by_a_waiting_request_at_the_call_after_its_last_token():
   assert long_calls and len(long_calls) < len(steps)
   for c, (_, _, width) in enumerate(programs.dispatches):
     assert width == (19 if c in long_calls else 7), c
+
+
+def test_a_request_that_arrives_during_a_call_joins_the_next():
+  """The next call is dispatched once the last has run, after admitting what arrived
+  while it ran: a request sent during call c decodes from call c + 1 on (with a call
+  queued ahead, it would wait until c + 2)."""
+  programs = _FakePrograms(rows=2, most=8)
+  vocab = types.SimpleNamespace(decode=lambda ids: "".join(chr(32 + t % 90) for t in ids))
+  batcher = continuous.ContinuousBatcher(programs, vocab)
+  late = continuous.Completion(inputs=[5, 0, 7], prompt="p", max_tokens=3)
+
+  def on_ready(call):
+    if call == 2:  # It arrives while call 2 runs.
+      batcher.submit([late])
+  programs.on_ready = on_ready
+  first = continuous.Completion(inputs=[5, 0, 1], prompt="p", max_tokens=40)
+  batcher.submit([first])
+  batcher.start()
+  deadline = time.time() + 30
+  while not (first.finish_reason and late.finish_reason) and time.time() < deadline:
+    time.sleep(0.01)
+  batcher.stop()
+  assert len(first.output) == 40 and len(late.output) == 3
+  joined = [c for row, c, ids in programs.taken if ids[2] == 7]
+  assert joined == [2]  # 0-based: the third call
+  assert programs.log.index(("ready", 2)) < programs.log.index(("insert", (1,)))

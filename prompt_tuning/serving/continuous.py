@@ -302,6 +302,11 @@ class StepPrograms:
     return tuple(out)
 
   @staticmethod
+  def ready(out: tuple[jax.Array, ...]) -> None:
+    """Waits until a dispatched call has run (its outputs stay on the device)."""
+    jax.block_until_ready(out)
+
+  @staticmethod
   def fetch(out: tuple[jax.Array, ...]) -> tuple[np.ndarray, ...]:
     """A dispatched call's outputs on the host (waits for the call)."""
     return tuple(jax.device_get(out))  # One transfer for the four arrays.
@@ -328,15 +333,21 @@ class _Call:
   occupants: list[Optional[Completion]]
   steps: int
   dispatched: float
+  ready: Optional[float] = None  # when the host saw it done
 
 
 class ContinuousBatcher:
   """The host side: a thread that admits requests into free rows and steps them.
 
-  Calls are pipelined: the next call is dispatched (JAX dispatch returns at
-  once) before the host reads the previous one's tokens, turns them into text
-  and hands them to the requests, so the device does not wait for that work.
-  The next call starts from each row's last token on the device. A row whose
+  Calls are pipelined: once a call has run, the requests that arrived
+  meanwhile are admitted and the next call is dispatched (JAX dispatch
+  returns at once) before the host reads the previous one's tokens, turns
+  them into text and hands them to the requests, so the device does not
+  wait for that work. The next call starts from each row's last token on the
+  device. Dispatching only once the last call has run (rather than as soon
+  as it was dispatched) lets a request that arrived during a call join the
+  next one: with a call queued ahead, it would wait a call longer, and each
+  client's next request (sent when its last one ends) with it. A row whose
   every token is already in a dispatched call (its `max_tokens` reached) is
   free for a new request at the next call; a row that ends otherwise (EOS, a
   stop string, its client gone) is found when its call is read, so it takes
@@ -427,6 +438,12 @@ class ContinuousBatcher:
   def _run(self) -> None:
     call: Optional[_Call] = None  # dispatched, not yet read
     while True:
+      if call is not None:
+        try:
+          self.programs.ready(call.out)
+        except Exception:  # pylint: disable=broad-except
+          pass  # Raised again where it is read (`_deliver`), and handled there.
+        call.ready = time.monotonic()
       with self._cond:
         while (not self._closing and not self._pending and not self.running
                and call is None):
@@ -534,9 +551,10 @@ class ContinuousBatcher:
     """Reads a call's tokens and hands them to its rows' requests."""
     token_SR, logp_SR, top_logp, top_ids = self.programs.fetch(call.out)
     now = time.monotonic()
+    ready = call.ready or now
     # The call ran from when it was dispatched or the one before it ended.
     start = max(call.dispatched, self._last_ready)
-    self._last_ready = now
+    self._last_ready = ready
     steps = call.steps
     rows, delivered = sum(s is not None for s in call.occupants), 0
     for i, seq in enumerate(call.occupants):
@@ -573,7 +591,7 @@ class ContinuousBatcher:
             self._on_finish(seq)
           break
     if self._on_step is not None:
-      self._on_step(StepStats(rows=rows, tokens=delivered, seconds=now - start, steps=steps))
+      self._on_step(StepStats(rows=rows, tokens=delivered, seconds=ready - start, steps=steps))
 
   def _advance(self, seq: Completion, token: int) -> Event:
     """The text the new token adds, and whether the sequence has ended."""
