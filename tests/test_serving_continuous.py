@@ -314,3 +314,31 @@ def test_a_request_that_arrives_during_a_call_joins_the_next():
   joined = [c for row, c, ids in programs.taken if ids[2] == 7]
   assert joined == [2]  # 0-based: the third call
   assert programs.log.index(("ready", 2)) < programs.log.index(("insert", (1,)))
+
+
+def test_a_cancelled_row_leaves_at_the_next_call_dispatched():
+  """A request whose client leaves while a call runs (as a disconnect, seen on the
+  event loop, sets `cancelled`) takes no part in the next call dispatched and gets no
+  more tokens; the other row goes on."""
+  programs = _FakePrograms(rows=2, most=8)
+  vocab = types.SimpleNamespace(decode=lambda ids: "".join(chr(32 + t % 90) for t in ids))
+  stats = []
+  batcher = continuous.ContinuousBatcher(programs, vocab, on_step=stats.append)
+  stay = continuous.Completion(inputs=[5, 0, 1], prompt="p", max_tokens=40)
+  gone = continuous.Completion(inputs=[5, 0, 2], prompt="p", max_tokens=40)
+
+  def on_ready(call):
+    if call == 2:  # The client leaves while call 2 runs (call 1 was read).
+      gone.cancelled = True
+  programs.on_ready = on_ready
+  batcher.submit([stay, gone])
+  batcher.start()
+  deadline = time.time() + 30
+  while not stay.finish_reason and time.time() < deadline:
+    time.sleep(0.01)
+  batcher.stop()
+  assert len(stay.output) == 40 and gone.finish_reason is None
+  assert len(gone.output) == programs.dispatches[0][0]  # call 1's tokens, none after
+  # Call 3 is the next dispatched after the client left: the row is free in it.
+  assert [s.rows for s in stats[:3]] == [2, 2, 1]
+  assert all(s.rows == 1 for s in stats[2:])
