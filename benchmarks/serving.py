@@ -34,6 +34,7 @@ every request draws its output length n between 4 and 64 tokens (greedy).
   whole_loop          /v1/generate with max_decode_length 64 (one compiled
                       loop; a batch ends with its longest row), aiohttp
   continuous          /v1/completions, max_tokens n, streamed, aiohttp
+  continuous_unstreamed  the same, not streamed (one JSON answer, as whole_loop)
   continuous_openai   the same through the async `openai` client
 
 Every response is checked against the same request sent alone to /v1/generate
@@ -307,7 +308,9 @@ def lengths_markdown(result: dict) -> str:
       "decode loop per batch, which ends with its longest row.",
       "- **continuous**: `/v1/completions` with `max_tokens` n, streamed, aiohttp: rows "
       "join and leave the running batch between decoding calls.",
-      "- **continuous_openai**: the same through the async `openai` client.",
+      "- **continuous_unstreamed**: the same, not streamed: one JSON answer per request, "
+      "as whole_loop's.",
+      "- **continuous_openai**: the streamed one through the async `openai` client.",
       "",
       "| clients | mode | requests/s | tokens/s | p50 ms | p99 ms | TTFT p50 ms | "
       "TTFT p99 ms | ms / decoding call | decoding busy |",
@@ -321,12 +324,15 @@ def lengths_markdown(result: dict) -> str:
                    f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {fmt(r['ttft_p50_ms'])} | "
                    f"{fmt(r['ttft_p99_ms'])} | {fmt(r.get('decode_call_ms'))} | "
                    f"{'-' if busy is None else format(busy, '.0%')} |")
-  lines += ["", "| clients | throughput continuous / whole loop | p99 continuous vs whole "
-            "loop | TTFT p50 (continuous) |", "| --- | --- | --- | --- |"]
+  lines += ["", "| clients | throughput / whole loop: streamed | not streamed | p99 ms: "
+            "whole loop | streamed | not streamed | TTFT p50 (streamed) |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
   for clients, row in result["summary"].items():
     c, w = row["continuous"], row["whole_loop"]
-    lines.append(f"| {clients} | {row['throughput_ratio']:.2f}x | {c['p99_ms']:.1f} vs "
-                 f"{w['p99_ms']:.1f} ms | {fmt(c['ttft_p50_ms'])} ms |")
+    u = row.get("continuous_unstreamed")
+    lines.append(f"| {clients} | {row['throughput_ratio']:.2f}x | "
+                 f"{fmt(row.get('throughput_ratio_unstreamed'), '.2f')}x | {w['p99_ms']:.1f} | "
+                 f"{c['p99_ms']:.1f} | {fmt(u and u['p99_ms'])} | {fmt(c['ttft_p50_ms'])} ms |")
   lines += ["", f"Outputs: {result['responses_checked']} responses checked against the same "
             "request sent alone to `/v1/generate` before the load (whole loop: equal; a "
             "completion: its prefix, equal where it ended with EOS): "
@@ -337,7 +343,7 @@ def lengths_markdown(result: dict) -> str:
 
 # The `lengths` workload.
 LENGTHS = (4, 64)
-LENGTH_MODES = ("whole_loop", "continuous", "continuous_openai")
+LENGTH_MODES = ("whole_loop", "continuous", "continuous_unstreamed", "continuous_openai")
 LENGTH_FLAGS = ["--batch_buckets=1,2,4,8,16", "--decode_rows=16", f"--max_wait_ms={MAX_WAIT_MS}",
                 f"--max_decode_length={LENGTHS[1]}", f"--default_decode_length={LENGTHS[1]}",
                 "--compilation_cache_dir="]
@@ -382,6 +388,15 @@ async def load_lengths(url: str, mode: str, jobs: list[tuple[str, str, int]], cl
           return False, None, 0, None
         return True, (body["outputs"][0]["text"], None), n, None
       first, parts, finish, count = None, [], None, 0
+      if mode == "continuous_unstreamed":
+        async with session.post("/v1/completions", json={
+            "model": prompt, "prompt": text, "max_tokens": n, "temperature": 0}) as r:
+          body = await r.json()
+        if r.status != 200:
+          return False, None, 0, None
+        choice = body["choices"][0]
+        return True, (choice["text"], choice["finish_reason"]), body["usage"][
+            "completion_tokens"], None
       if mode == "continuous":
         async with session.post("/v1/completions", json={
             "model": prompt, "prompt": text, "max_tokens": n, "temperature": 0,
@@ -529,6 +544,8 @@ def main_lengths(args, info: dict) -> None:
                                           "decode_busy"))
   for row in summary.values():
     row["throughput_ratio"] = row["continuous"]["rps"] / row["whole_loop"]["rps"]
+    row["throughput_ratio_unstreamed"] = (row["continuous_unstreamed"]["rps"]
+                                          / row["whole_loop"]["rps"])
   result = dict(machine=info, workload="lengths", backbone=path,
                 random_backbone=args.random_backbone, prompts=NUM_PROMPTS,
                 prompt_length=PROMPT_LENGTH, lengths=LENGTHS, rounds=ROUNDS,

@@ -259,7 +259,7 @@ def test_continuous_batching_equals_one_at_a_time(live):
   def record(stats):
     rows_per_step.append(stats.rows)
     on_step(stats)
-  waited = []
+  waited, running_at_admission = [], []
 
   def admit_once_all_are_queued(admitted):
     # The first admission waits until every request has arrived, so that the
@@ -268,6 +268,7 @@ def test_continuous_batching_equals_one_at_a_time(live):
     while not waited and len(admitted) + decoder.queued < len(jobs) and time.time() < deadline:
       time.sleep(0.01)
     waited.append(True)
+    running_at_admission.append(decoder.running)
     admit(admitted)
   decoder._on_step, decoder._admit = record, admit_once_all_are_queued
   try:
@@ -276,6 +277,8 @@ def test_continuous_batching_equals_one_at_a_time(live):
   finally:
     decoder._on_step, decoder._admit = on_step, admit
   assert max(rows_per_step) == ROWS  # All rows busy: the queue fed them as others left.
+  # Later requests joined while others were mid-decode (between their calls).
+  assert running_at_admission[0] == 0 and max(running_at_admission[1:]) > 0
   for a, b in zip(alone, together):
     assert (a.text, a.finish_reason) == (b.text, b.finish_reason)
     np.testing.assert_allclose(a.logprobs.token_logprobs, b.logprobs.token_logprobs,

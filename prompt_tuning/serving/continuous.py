@@ -75,6 +75,7 @@ class Completion:
   sampling: Sampling = Sampling()
   stop: Sequence[str] = ()
   on_event: Callable[[Event], None] = lambda event: None  # called on the decode thread
+  stream: bool = True                  # an event per token; False: only the last one (or an error)
   cancelled: bool = False              # set by the request when its client leaves
   submitted: float = dataclasses.field(default_factory=time.monotonic)
   first_token_at: Optional[float] = None
@@ -126,6 +127,32 @@ class StepPrograms:
     self.cross = jax.device_put({n: zeros(s) for n, s in template.items() if n in cross})
     self.cache = jax.device_put({n: zeros(s) for n, s in template.items() if n not in cross})
     self.enc_mask = jax.device_put(np.zeros((rows, self.encoded_length), bool))
+    # Each row's last chosen token stays on the device: the next call starts
+    # from it without waiting for the host to read the previous call.
+    self.last = jax.device_put(np.zeros((rows,), np.int32))
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    """Encoded positions a call may attend (a program each): the prompt and an input
+    length bucket. A call reads the narrowest that holds every row's encoding, since the
+    cross-attention over all M positions dominated a step on a CPU (for the small
+    backbone, 2.2 ms against 1.0 ms at the 26 positions of a short input)."""
+    p = self.engine.prompts.shape[0]
+    return tuple(sorted({p + l for l in self.engine.config.length_buckets}))
+
+  def width_for(self, encoded: int) -> int:
+    """The narrowest of `widths` holding `encoded` positions."""
+    return bucket(encoded, self.widths, "encoded length")
+
+  @property
+  def step_counts(self) -> tuple[int, ...]:
+    """Steps one call may take (a program each): powers of two up to `steps_per_call`."""
+    counts = {self.steps_per_call}
+    k = 1
+    while k < self.steps_per_call:
+      counts.add(k)
+      k *= 2
+    return tuple(sorted(counts))
 
   # Programs (compiled once per shape; the bank and every row's settings are arguments).
 
@@ -135,7 +162,7 @@ class StepPrograms:
     cfg = self.engine.model_config
     position_R = cache[self._index_name]
     # Read only for its shape: the cross-attention keys and values come from the cache.
-    encoded = jnp.zeros((self.rows, self.encoded_length, cfg.emb_dim), cfg.activation_dtype)
+    encoded = jnp.zeros((self.rows, enc_mask_RM.shape[1], cfg.emb_dim), cfg.activation_dtype)
     logits, mutated = self.plain.apply(
         {"params": params, "cache": tree_lib.unflatten({**cache, **cross})}, encoded,
         enc_mask_RM, token_R[:, None], decode=True, cross_cache="use", mutable=["cache"],
@@ -165,14 +192,22 @@ class StepPrograms:
     top_logp, top_ids = jax.lax.top_k(logits_RV, TOP_LOGPROBS)
     return cache, token_R, logp_R, top_logp - logz_R[:, None], top_ids
 
-  def _steps_fn(self, frozen, cross, enc_mask_RM, cache, token_R, *settings):
-    """`steps_per_call` steps, each feeding the last token chosen: outputs [S, R, ...]."""
+  def _steps_fn(self, steps, width, frozen, cross, enc_mask_RM, cache, last_R, fresh_R,
+                *settings):
+    """`steps` steps, each feeding the last token chosen; a fresh row starts from the
+    decoder's start token (0), and every row attends the first `width` encoded positions
+    (where each running row's encoding lies; the rest is padding). Returns the cache,
+    each row's last token, and outputs [S, R, ...]."""
+    cross = {n: v[:, :, :width] for n, v in cross.items()}  # [R, N, M, D] -> [R, N, W, D]
+    enc_mask_RM = enc_mask_RM[:, :width]
+
     def one(carry, _):
       cache, token_R = carry
       cache, token_R, *out = self._step_fn(frozen, cross, enc_mask_RM, cache, token_R, *settings)
       return (cache, token_R), (token_R, *out)
-    (cache, _), outs = jax.lax.scan(one, (cache, token_R), None, length=self.steps_per_call)
-    return (cache, *outs)
+    start_R = jnp.where(fresh_R, 0, last_R).astype(jnp.int32)
+    (cache, last_R), outs = jax.lax.scan(one, (cache, start_R), None, length=steps)
+    return (cache, last_R, *outs)
 
   def _insert_fn(self, prompted, frozen, bank, cross, enc_mask_RM, cache, tokens_bl, index_b,
                  slots_b):
@@ -197,14 +232,21 @@ class StepPrograms:
     cache[self._index_name] = cache[self._index_name].at[slots_b].set(0, mode="drop")
     return cross, enc_mask_RM, cache
 
-  def step_program(self) -> Callable:
+  def step_program(self, steps: Optional[int] = None, width: Optional[int] = None
+                   ) -> Callable:
+    """The program of `steps` steps per call (default: `steps_per_call`) attending
+    `width` encoded positions (of `widths`; default: the narrowest)."""
+    steps = self.steps_per_call if steps is None else steps
+    width = self.widths[0] if width is None else width
     r = self.rows
     ints = jax.ShapeDtypeStruct((r,), jnp.int32)
     floats = jax.ShapeDtypeStruct((r,), jnp.float32)
     return self.engine.program(
-        ("step", r, self.length, self.steps_per_call), lambda: self._steps_fn,
+        ("step", r, self.length, steps, width),
+        lambda: (lambda *args: self._steps_fn(steps, width, *args)),
         self.engine._frozen, self.cross,  # pylint: disable=protected-access
-        self.enc_mask, self.cache, ints, floats, ints, floats, ints, ints, donate=(3,))
+        self.enc_mask, self.cache, self.last, jax.ShapeDtypeStruct((r,), jnp.bool_), floats,
+        ints, floats, ints, ints, donate=(3, 4))
 
   def insert_program(self, b: int, l: int, prompted: bool) -> Callable:
     bank, _ = self.engine.prompts.snapshot()
@@ -219,6 +261,12 @@ class StepPrograms:
     """Row counts admitted together: the engine's batch buckets up to R, and R."""
     return tuple(sorted({b for b in self.engine.config.batch_buckets if b < self.rows}
                         | {self.rows}))
+
+  def encoded_positions(self, input_length: int, prompted: bool) -> int:
+    """Encoded positions (the prompt's and the padded input's) of a row admitted with
+    an input of `input_length` tokens."""
+    l = bucket(input_length, self.engine.config.length_buckets, "input length")
+    return l + (self.engine.prompts.shape[0] if prompted else 0)
 
   def insert(self, bank: jax.Array, slots: Sequence[int], inputs: Sequence[Sequence[int]],
              index: Sequence[int], prompted: bool) -> None:
@@ -238,32 +286,82 @@ class StepPrograms:
         self.engine._frozen, bank, self.cross, self.enc_mask, self.cache, tokens, index_b,  # pylint: disable=protected-access
         slots_b)
 
-  def step(self, token_R: np.ndarray, temperature_R: np.ndarray, top_k_R: np.ndarray,
-           top_p_R: np.ndarray, seed_R: np.ndarray, stream_R: np.ndarray
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`steps_per_call` tokens for every row: (tokens [S, R], their log-probabilities
-    [S, R], top log-probabilities [S, R, 5], top ids [S, R, 5])."""
-    program = self.step_program()
-    self.cache, *out = program(self.engine._frozen, self.cross, self.enc_mask, self.cache,  # pylint: disable=protected-access
-                               token_R, temperature_R, top_k_R, top_p_R, seed_R, stream_R)
-    return tuple(jax.device_get(tuple(out)))  # One transfer for the four arrays.
+  def dispatch(self, steps: int, fresh_R: np.ndarray, temperature_R: np.ndarray,
+               top_k_R: np.ndarray, top_p_R: np.ndarray, seed_R: np.ndarray,
+               stream_R: np.ndarray, width: Optional[int] = None) -> tuple[jax.Array, ...]:
+    """Starts a call of `steps` steps for every row (rows `fresh_R` from the start token),
+    attending `width` encoded positions (default: all), and returns at once: (tokens
+    [S, R], their log-probabilities [S, R], top log-probabilities [S, R, 5], top ids
+    [S, R, 5]), still on the device (`fetch`).
+
+    The host arrays are copied: the call may run after the caller changes them."""
+    program = self.step_program(steps, self.widths[-1] if width is None else width)
+    self.cache, self.last, *out = program(
+        self.engine._frozen, self.cross, self.enc_mask, self.cache, self.last,  # pylint: disable=protected-access
+        *(np.array(a) for a in (fresh_R, temperature_R, top_k_R, top_p_R, seed_R, stream_R)))
+    return tuple(out)
+
+  @staticmethod
+  def ready(out: tuple[jax.Array, ...]) -> None:
+    """Waits until a dispatched call has run (its outputs stay on the device)."""
+    jax.block_until_ready(out)
+
+  @staticmethod
+  def fetch(out: tuple[jax.Array, ...]) -> tuple[np.ndarray, ...]:
+    """A dispatched call's outputs on the host (waits for the call)."""
+    return tuple(jax.device_get(out))  # One transfer for the four arrays.
+
+  def step(self, steps: int, fresh_R: np.ndarray, *settings: np.ndarray,
+           width: Optional[int] = None) -> tuple[np.ndarray, ...]:
+    """`dispatch`, then `fetch`."""
+    return self.fetch(self.dispatch(steps, fresh_R, *settings, width=width))
 
 
 @dataclasses.dataclass
 class StepStats:
-  """One decoding call (`steps_per_call` steps), for metrics."""
+  """One decoding call (`steps` steps), for metrics."""
   rows: int             # rows that decoded
   tokens: int           # tokens delivered
-  seconds: float
+  seconds: float        # the call's time on the device, as the host saw it
+  steps: int = 1
+
+
+@dataclasses.dataclass
+class _Call:
+  """A dispatched call: its outputs (on the device) and the rows' occupants when it started."""
+  out: tuple[jax.Array, ...]
+  occupants: list[Optional[Completion]]
+  steps: int
+  dispatched: float
+  ready: Optional[float] = None  # when the host saw it done
 
 
 class ContinuousBatcher:
   """The host side: a thread that admits requests into free rows and steps them.
 
+  Calls are pipelined: once a call has run, the requests that arrived
+  meanwhile are admitted and the next call is dispatched (JAX dispatch
+  returns at once) before the host reads the previous one's tokens, turns
+  them into text and hands them to the requests, so the device does not
+  wait for that work. The next call starts from each row's last token on the
+  device. Dispatching only once the last call has run (rather than as soon
+  as it was dispatched) lets a request that arrived during a call join the
+  next one: with a call queued ahead, it would wait a call longer, and each
+  client's next request (sent when its last one ends) with it. A row whose
+  every token is already in a dispatched call (its `max_tokens` reached) is
+  free for a new request at the next call; a row that ends otherwise (EOS, a
+  stop string, its client gone) is found when its call is read, so it takes
+  part in one more call, whose tokens are dropped.
+
+  Each call takes the number of steps (of `StepPrograms.step_counts`) that
+  delivers the most tokens per unit of time (`steps_for`): a call has a cost
+  of its own, so short calls for a row about to end cost more than that row's
+  idle steps in a longer call. A row's tokens beyond its budget are dropped.
+
   Args:
     programs: the device state and programs.
     vocabulary: turns each row's ids into text (stop strings are matched on it).
-    on_step: called on the decode thread after every step.
+    on_step: called on the decode thread after every call.
     on_finish: called on the decode thread when a sequence finishes (not when
       it is cancelled).
   """
@@ -284,8 +382,11 @@ class ContinuousBatcher:
     self._closing = False
     self._thread: Optional[threading.Thread] = None
     self._seeds = itertools.count(1)
-    # Host copies of each row's settings, sent with every step.
-    self._token = np.zeros((r,), np.int32)
+    self._last_ready = 0.0
+    # Host copies of each row's settings, sent with every call.
+    self._fresh = np.zeros((r,), bool)      # admitted since the last call: start afresh
+    self._left = np.zeros((r,), np.int64)   # tokens not yet in a dispatched call
+    self._encoded = np.zeros((r,), np.int64)  # encoded positions (prompt and padded input)
     self._temperature = np.zeros((r,), np.float32)
     self._top_k = np.zeros((r,), np.int32)
     self._top_p = np.ones((r,), np.float32)
@@ -298,7 +399,7 @@ class ContinuousBatcher:
 
   @property
   def running(self) -> int:
-    """Rows decoding now."""
+    """Rows whose requests still need decoding calls."""
     return sum(s is not None for s in self._slots)
 
   @property
@@ -335,11 +436,19 @@ class ContinuousBatcher:
   # The decode thread.
 
   def _run(self) -> None:
+    call: Optional[_Call] = None  # dispatched, not yet read
     while True:
+      if call is not None:
+        try:
+          self.programs.ready(call.out)
+        except Exception:  # pylint: disable=broad-except
+          pass  # Raised again where it is read (`_deliver`), and handled there.
+        call.ready = time.monotonic()
       with self._cond:
-        while not self._closing and not self._pending and not self.running:
+        while (not self._closing and not self._pending and not self.running
+               and call is None):
           self._cond.wait()
-        if self._closing and not self._pending and not self.running:
+        if self._closing and not self._pending and not self.running and call is None:
           return
         admitted = []
         free = [i for i, s in enumerate(self._slots) if s is None]
@@ -350,14 +459,19 @@ class ContinuousBatcher:
       try:
         if admitted:
           self._admit(admitted)
-        if self.running:
-          self._step()
+        following = self._dispatch() if self.running else None
+        if call is not None:
+          previous, call = call, None
+          self._deliver(previous)
+        call = following
       except Exception as e:  # pylint: disable=broad-except
         log.exception("decode step failed")
-        for i, seq in enumerate(self._slots):
-          if seq is not None:
-            self._slots[i] = None
-            seq.on_event(Event(error=e))
+        seqs = {id(s): s for s in self._slots + (call.occupants if call else [])
+                if s is not None and s.finish_reason is None}
+        self._slots = [None] * self.rows
+        call = None
+        for seq in seqs.values():
+          seq.on_event(Event(error=e))
 
   def _admit(self, admitted: list[tuple[int, Completion]]) -> None:
     bank, rows_of = self.programs.engine.prompts.snapshot()
@@ -379,31 +493,82 @@ class ContinuousBatcher:
         for slot, seq in part:
           self._slots[slot] = seq
           sampling = seq.sampling
-          self._token[slot] = 0  # the decoder's start token
+          self._fresh[slot] = True  # from the decoder's start token
+          self._left[slot] = seq.max_tokens
+          self._encoded[slot] = self.programs.encoded_positions(len(seq.inputs), prompted)
           self._temperature[slot] = sampling.temperature
           self._top_k[slot] = sampling.top_k
           self._top_p[slot] = sampling.top_p
           self._seed[slot] = sampling.seed & 0x7FFFFFFF
           self._stream[slot] = sampling.stream_index
 
-  def _step(self) -> None:
-    start = time.monotonic()
-    token_SR, logp_SR, top_logp, top_ids = self.programs.step(
-        self._token, self._temperature, self._top_k, self._top_p, self._seed, self._stream)
-    now = time.monotonic()
-    steps = token_SR.shape[0]
-    rows, delivered = self.running, 0
+  # What a call costs beyond its steps, in steps: dispatching it and the
+  # inserts around it, reading it back, and waking the decode thread. On the
+  # 2-core EPYC under load, calls of 2 and of 8 steps took 10.2 and 26.0 ms
+  # (steps 2.2 ms, an insert 1.8 ms): about 4 ms, or two steps.
+  CALL_COST_STEPS = 2.0
+
+  def steps_for(self, left: Sequence[int]) -> int:
+    """The step count (of the compiled ones) that delivers the most tokens per unit of
+    time, a call costing CALL_COST_STEPS steps beyond its own; `left` holds the running
+    rows' budgets. A row that ends inside a call idles until the call ends."""
+    def rate(k):
+      return sum(min(n, k) for n in left) / (self.CALL_COST_STEPS + k)
+    best = self.programs.step_counts[0]
+    for k in self.programs.step_counts[1:]:
+      if rate(k) > rate(best):  # A tie keeps the shorter call: rows rejoin sooner.
+        best = k
+    return best
+
+  def _dispatch(self) -> Optional[_Call]:
+    """Starts the next call over the running rows (a cancelled row is freed first)."""
     for i, seq in enumerate(self._slots):
-      if seq is None:
-        continue
-      self._token[i] = token_SR[-1, i]  # What the row's next call starts from.
+      if seq is not None and seq.cancelled:
+        self._slots[i] = None
+    active = [i for i, s in enumerate(self._slots) if s is not None]
+    if not active:
+      return None
+    steps = self.steps_for([int(self._left[i]) for i in active])
+    # Only rows that still decode need their encodings in reach: a free row's output is
+    # never read.
+    width = self.programs.width_for(max(int(self._encoded[i]) for i in active))
+    out = self.programs.dispatch(steps, self._fresh, self._temperature, self._top_k,
+                                 self._top_p, self._seed, self._stream, width=width)
+    call = _Call(out=out, occupants=list(self._slots), steps=steps,
+                 dispatched=time.monotonic())
+    self._fresh[:] = False
+    for i in active:
+      self._left[i] -= steps
+      if self._left[i] <= 0:  # Its last token is in this call: the row is free.
+        self._slots[i] = None
+    return call
+
+  def _free(self, slot: int, seq: Completion) -> None:
+    if self._slots[slot] is seq:
+      self._slots[slot] = None
+
+  def _deliver(self, call: _Call) -> None:
+    """Reads a call's tokens and hands them to its rows' requests."""
+    token_SR, logp_SR, top_logp, top_ids = self.programs.fetch(call.out)
+    now = time.monotonic()
+    ready = call.ready or now
+    # The call ran from when it was dispatched or the one before it ended.
+    start = max(call.dispatched, self._last_ready)
+    self._last_ready = ready
+    steps = call.steps
+    rows, delivered = sum(s is not None for s in call.occupants), 0
+    for i, seq in enumerate(call.occupants):
+      if seq is None or seq.finish_reason is not None:
+        continue  # An ended row's extra call: its tokens are dropped.
       # A call's tokens arrive together: each counts the call's time per step.
       gap = (now - (seq.last_token_at or start)) / steps
+      tokens_S, logp_S = token_SR[:, i].tolist(), logp_SR[:, i].tolist()
+      ids_S, top_S = top_ids[:, i].tolist(), top_logp[:, i].tolist()
       for s in range(steps):
         if seq.cancelled:  # Its client left: the row is free from here on.
-          self._slots[i] = None
+          self._free(i, seq)
           break
-        token = int(token_SR[s, i])
+        token = tokens_S[s]
         seq.output.append(token)
         delivered += 1
         if seq.first_token_at is None:
@@ -411,13 +576,14 @@ class ContinuousBatcher:
         else:
           seq.gaps.append(gap)
         seq.last_token_at = now
-        entry = (token, float(logp_SR[s, i]),
-                 list(zip(top_ids[s, i].tolist(), top_logp[s, i].tolist())))
+        entry = (token, logp_S[s], list(zip(ids_S[s], top_S[s])))
         seq.entries.append(entry)
+        if not (seq.stream or seq.stop or token == EOS_ID or len(seq.output) >= seq.max_tokens):
+          continue  # Nobody reads this token's text before the end: decoded then, once.
         event = self._advance(seq, token)
         event.tokens = [entry]
         if event.finish_reason is not None:  # Later tokens of the call are dropped.
-          self._slots[i] = None
+          self._free(i, seq)
           seq.finish_reason = event.finish_reason
         seq.on_event(event)
         if event.finish_reason is not None:
@@ -425,7 +591,7 @@ class ContinuousBatcher:
             self._on_finish(seq)
           break
     if self._on_step is not None:
-      self._on_step(StepStats(rows=rows, tokens=delivered, seconds=time.monotonic() - start))
+      self._on_step(StepStats(rows=rows, tokens=delivered, seconds=ready - start, steps=steps))
 
   def _advance(self, seq: Completion, token: int) -> Event:
     """The text the new token adds, and whether the sequence has ended."""

@@ -225,6 +225,7 @@ class Completions:
           inbox.put((index, event))
         seqs.append(continuous.Completion(
             inputs=row, prompt=prompt, max_tokens=max_tokens, stop=stop, on_event=on_event,
+            stream=body.stream,
             sampling=continuous.Sampling(seed=seed, stream_index=index, **sampling)))
     self.decoder.submit(seqs)
     usage = dict(prompt_tokens=sum(len(r) for r in ids))

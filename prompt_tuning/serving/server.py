@@ -76,10 +76,11 @@ class ServeConfig:
     backbone_name: the `model` that names the backbone without a prompt on the
       OpenAI-compatible routes.
     decode_rows: rows the continuous batcher decodes at once (/v1/completions).
-    decode_steps: decoding steps per device call of the continuous batcher:
-      requests join and leave between calls, and a call's tokens stream
-      together. More steps per call spread the cost of a call (about twice a
-      step's on a 2-core CPU) over more tokens.
+    decode_steps: the most decoding steps per device call of the continuous
+      batcher: requests join and leave between calls, and a call's tokens
+      stream together. A call takes a power of two of steps, or this many:
+      the count that delivers the most tokens per unit of time, given the
+      running rows' `max_tokens` (`ContinuousBatcher.steps_for`).
   """
   host: str = "127.0.0.1"
   port: int = 8000
@@ -304,11 +305,17 @@ def warmup_plan(engine: Engine, config: ServeConfig, programs: continuous.StepPr
   c = engine.config
   dec = decoding.DecodingConfig(max_decode_length=config.default_decode_length)
   smallest = programs.insert_buckets()[0]
-  first = [programs.step_program,
-           lambda: programs.insert_program(smallest, c.length_buckets[0], True),
+  # Every step count: which one a call takes depends on the running rows' budgets. The
+  # narrowest encoding first (short inputs); wider ones before the other inserts, since
+  # compiling one on first use stalls every running row.
+  first = [functools.partial(programs.step_program, k, programs.widths[0])
+           for k in programs.step_counts]
+  first += [lambda: programs.insert_program(smallest, c.length_buckets[0], True),
            lambda: engine._generate_program(c.batch_buckets[0], c.length_buckets[0], dec)]  # pylint: disable=protected-access
-  rest = [functools.partial(programs.insert_program, b, l, True)
-          for b in programs.insert_buckets() for l in c.length_buckets]
+  rest = [functools.partial(programs.step_program, k, w)
+          for w in programs.widths[1:] for k in programs.step_counts]
+  rest += [functools.partial(programs.insert_program, b, l, True)
+           for b in programs.insert_buckets() for l in c.length_buckets]
   return WarmUp(engine, first, rest + engine.warmup_tasks([dec]))
 
 
