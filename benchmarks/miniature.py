@@ -40,14 +40,20 @@ def markdown(result: dict[str, Any]) -> str:
       f"{pre['learning_rate']:g}"
       + ("; trained longer (a larger size came out worse): "
          + ", ".join(f"{k} {v} steps" for k, v in pre.get("longer", [])) if pre.get("longer")
-         else "") + ".", "",
+         else "")
+      + ("; at their own peak rate: " + ", ".join(f"{k} {v:g}" for k, v in pre.get("rates", []))
+         if pre.get("rates") else "") + ".", "",
       "Quality: on the held-out entries' text, span-corruption cross-entropy per target "
       "token (EOS included) and token accuracy (argmax = target), "
       "1,024 chunks of 70 tokens.", "",
-      "| size | parameters | held-out loss | token accuracy | train wall s | train CPU s |",
-      "|------|-----------:|--------------:|---------------:|-------------:|------------:|"]
+      "| size | parameters | steps | peak rate | held-out loss | token accuracy | train wall s "
+      "| train CPU s |",
+      "|------|-----------:|------:|----------:|--------------:|---------------:|-------------:"
+      "|------------:|"]
   for r in result["sizes"]:
-    lines.append(f"| {r['size']} | {r['parameters']:,} | {r['heldout_loss']:.3f} | "
+    own = r.get("pretrain", {})
+    lines.append(f"| {r['size']} | {r['parameters']:,} | {own.get('steps', pre['steps'])} | "
+                 f"{own.get('learning_rate', pre['learning_rate']):g} | {r['heldout_loss']:.3f} | "
                  f"{r['heldout_token_accuracy']:.1f}% | {r['train_wall_seconds']:.0f} | "
                  f"{r['train_cpu_seconds']:.0f} |")
   lines += ["", "Family done (no larger size worse): "

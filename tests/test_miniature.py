@@ -243,10 +243,26 @@ def test_a_larger_size_that_is_worse_is_not_done():
   records = [{"size": "xs", "heldout_loss": 5.0, "heldout_token_accuracy": 20.0},
              {"size": "s", "heldout_loss": 4.0, "heldout_token_accuracy": 30.0},
              {"size": "m", "heldout_loss": 4.5, "heldout_token_accuracy": 31.0},
-             {"size": "l", "heldout_loss": 3.9, "heldout_token_accuracy": 30.5}]
+             {"size": "l", "heldout_loss": 3.9, "heldout_token_accuracy": 29.0}]
+  # 31.0% vs 29.0% of 1,024 x 14 tokens each: z = 0.02 / sqrt(2 * 0.3 * 0.7 / 14336) = 3.69,
+  # two-sided p = 0.00022 (by hand).
   assert miniature.check_order(records) == [
       "m (held-out loss 4.500) is worse than s (4.000)",
-      "l (token accuracy 30.5%) is worse than m (31.0%)"]
+      "l (token accuracy 29.0%) is worse than m (31.0%, p = 0.00022)"]
+
+
+def test_a_token_accuracy_lower_by_noise_alone_is_not_worse():
+  from prompt_tuning import miniature
+  # The family as made: s 32.26%, m 32.20% of 14,336 held-out tokens (z = 0.11, p = 0.91),
+  # while the loss orders them.
+  records = [{"size": "s", "heldout_loss": 4.807, "heldout_token_accuracy": 32.261,
+              "heldout_examples": 1024},
+             {"size": "m", "heldout_loss": 4.736, "heldout_token_accuracy": 32.199,
+              "heldout_examples": 1024, "heldout_tokens": 14336}]
+  assert miniature.check_order(records) == []
+  # The same drop on 1,000 times the tokens is significant (z = 0.11 -> 3.6).
+  records = [dict(r, heldout_tokens=14336000) for r in records]
+  assert [p.split(" (")[0] for p in miniature.check_order(records)] == ["m"]
 
 
 def test_missing_corpus_package_is_one_line_naming_pip(monkeypatch, capsys, tmp_path):
@@ -278,3 +294,33 @@ def test_a_size_with_its_own_learning_rate_is_named_by_it_and_the_others_keep_th
   assert "_lr0.0005_" in miniature.backbone_path("/c", "l", cfg)
   assert miniature.backbone_path("/c", "m", cfg) == miniature.backbone_path(
       "/c", "m", miniature.PretrainConfig(steps=600, learning_rate=2e-3))
+
+
+def test_a_second_pretraining_seed_is_its_own_folder_and_named_by_make_and_status(
+    tiny_family, monkeypatch, capsys):
+  from prompt_tuning import miniature
+  from prompt_tuning.miniature import __main__ as cli
+  from prompt_tuning.tasks import miniature as tasks_lib
+  spec, cache = tiny_family
+  tasks_lib.prepare(spec, cache)
+  cfg = miniature.PretrainConfig(steps=4, seed=1)
+  assert "_seed1_" in miniature.backbone_path("/c", "xs", cfg)
+  assert miniature.backbone_path("/c", "xs", cfg) != miniature.backbone_path(
+      "/c", "xs", miniature.PretrainConfig(steps=4))
+  # The one line of a missing seed names the command that makes that seed.
+  with pytest.raises(miniature.NotMade, match=r"_seed1_.* is missing: python -m "
+                     r"prompt_tuning.miniature make --sizes xs --seed 1$"):
+    miniature.require("xs", cfg, spec, cache)
+  # `make` and `status` pass --seed on (the rest of PretrainConfig as it is).
+  seen = []
+  monkeypatch.setattr(miniature, "make", lambda c, sizes, log: seen.append((c, sizes)) or {
+      "sizes": []})
+  monkeypatch.setattr(miniature, "require", lambda size, c: seen.append((c, size)) or (
+      _ for _ in ()).throw(miniature.NotMade(f"{size} seed {c.seed} not made")))
+  assert cli.main(["make", "--seed", "1", "--sizes", "xs,s"]) == 0
+  assert cli.main(["status", "--seed", "1", "--sizes", "m"]) == 0
+  assert [(c.seed, what) for c, what in seen] == [(1, ["xs", "s"]), (1, "m")]
+  assert seen[0][0] == miniature.PretrainConfig(seed=1)
+  assert "m: m seed 1 not made" in capsys.readouterr().out
+  assert cli.main(["status", "--sizes", "m"]) == 0
+  assert seen[-1][0].seed == miniature.PretrainConfig().seed

@@ -298,3 +298,43 @@ def test_linear_combination_is_the_linear_map_so_its_rows_match_linear():
   np.testing.assert_allclose(methods.fit_linear_combination(source, target)(prompt),
                              methods.fit_linear(source, target)(prompt), rtol=1e-4, atol=1e-4)
   assert set(config.FULL.family_recyclers) == {"linear", "linear_combination", "mlp"}
+
+
+def test_the_miniature_preset_runs_what_issue_34_asks():
+  m = config.PRESETS["miniature"]
+  assert m is config.MINIATURE and m.family_experiments and m.byte_experiments == ()
+  assert config.PRESET_FAMILIES["miniature"] == "benchmarks.research.family:miniature_family"
+  # Across seeds at least 5 a side; the ensemble's 5 members are the size axis's seeds.
+  assert len(m.seeds) >= 5 and m.ensemble_size == 5 <= len(m.seeds)
+  assert len(m.prompt_rates) == len(m.finetune_rates) == 3
+  assert m.family_lengths == (1, 5, 20, 100) and m.family_prompt_length in m.family_lengths
+  assert m.sampled_top == 5000 and (m.recycle_skip, m.recycle_take) == (1000, 4000)
+  assert set(m.family_recyclers) == {"linear", "linear_combination", "mlp"}
+  assert len(m.backbone_seeds) >= 2  # recycling across pretraining seeds, both directions
+  # The test split of miniature_pos (372 examples) is scored whole.
+  assert m.test_examples == 372
+
+
+def test_the_miniature_suite_without_its_family_is_one_line_naming_the_make(
+    tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("PROMPT_TUNING_CACHE", str(tmp_path / "cache"))
+  assert cli.main(["--suite", "miniature", "--no_progress", "--out", str(tmp_path / "out"),
+                   "--work_dir", str(tmp_path / "work")]) == 1
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "python -m prompt_tuning.miniature make" in err, err
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_preset_names_its_report():
+  from benchmarks import report as report_lib
+  from benchmarks.research import report
+  assert report_lib.renderer("research_miniature") is report.markdown
+  results = {"quick": False, "preset": "miniature"}
+  assert report._flags(results) == " --suite miniature"  # pylint: disable=protected-access
+  assert report._flags({"quick": True}) == " --quick"  # pylint: disable=protected-access
+  # The run's CPU time is reported (on a shared machine wall time says little).
+  note = report._runs_note({"cpu_seconds": 600.0, "runs": dict(  # pylint: disable=protected-access
+      trained=3, cached=2, train_minutes=0.0, family_train_minutes=4.5)})
+  assert note == (" (3 runs trained now, 2 found in the run cache; 10.0 min of CPU (user + "
+                  "system); the family's size, initialization and length runs took 4.5 min of "
+                  "training when they ran)")

@@ -1,5 +1,5 @@
-"""`python -m benchmarks.research [--quick] [--family MODULE:FUNCTION]`: runs the suite and
-writes its report."""
+"""`python -m benchmarks.research [--quick | --suite miniature] [--family MODULE:FUNCTION]`:
+runs the suite and writes its report."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    epilog="See `benchmarks/research/__init__.py` for what the "
                                    "suite runs and the claims it tests.")
   parser.add_argument("--quick", action="store_true", help="a smoke run of every stage")
+  parser.add_argument("--suite", choices=sorted(config.PRESETS), default=None,
+                      help="the preset (default: quick with --quick, else full); 'miniature' "
+                      "runs Lester et al. 2021 and 2022 on the real-language miniature family "
+                      "(its backbones made first: python -m prompt_tuning.miniature make, and "
+                      "make --seed 1) and writes research_miniature.{json,md}")
   parser.add_argument("--family", default=None, help="the backbone family of the Lester et "
                       "al. experiments: 'byte' or 'package.module:function' returning a "
                       "benchmarks.research.family.Family (default: the byte family with "
@@ -42,23 +47,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--no_progress", action="store_true")
   args = parser.parse_args(argv)
   from prompt_tuning.cli import environment
+  from prompt_tuning.miniature import NotMade
   environment.configure()
   import logging
   logging.basicConfig(level=logging.WARNING)
-  suite = config.QUICK if args.quick else config.FULL
-  out = args.out or (tempfile.mkdtemp(prefix="research_quick_") if args.quick
+  preset = args.suite or ("quick" if args.quick else "full")
+  suite = config.PRESETS[preset]
+  quick = preset == "quick"
+  family_spec = args.family or config.PRESET_FAMILIES.get(preset)
+  name = "research" if preset in ("full", "quick") else f"research_{preset}"
+  out = args.out or (tempfile.mkdtemp(prefix="research_quick_") if quick
                      else machine.results_dir())
   work_dir = args.work_dir or os.path.join(
-      environment.project_cache_dir(), "research_quick" if args.quick else "research")
+      environment.project_cache_dir(), "research_quick" if quick else "research")
   try:
-    family = load_family(args.family, suite) if args.family else None
-    results = experiments.run_suite(suite, work_dir, quick=args.quick,
+    family = load_family(family_spec, suite) if family_spec else None
+    results = experiments.run_suite(suite, work_dir, quick=quick,
                                     show_progress=not args.no_progress, family=family)
   except config.SuiteError as e:
     print(f"research suite failed: {e}", file=sys.stderr)
     return 1
-  report.write(results, suite, out)
+  except NotMade as e:  # a family backbone not made: one line naming its command
+    print(f"research suite failed: {e}", file=sys.stderr)
+    return 1
+  results["preset"] = preset
+  report.write(results, suite, out, name)
   for c in results["claims"]:
     print(f"{c['verdict'][:24]:>24}  {c['claim']}: {report.effect_text(c)}; {c['numbers']}")
-  print(f"wrote {os.path.join(out, 'research.md')} ({results['seconds'] / 60:.1f} min)")
+  print(f"wrote {os.path.join(out, name + '.md')} ({results['seconds'] / 60:.1f} min)")
   return 0

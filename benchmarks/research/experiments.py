@@ -150,7 +150,7 @@ def run_suite(suite: Suite, work_dir: str, quick: bool = False, show_progress: b
   from prompt_tuning.models.t5 import T5
   import prompt_tuning.tasks  # noqa: F401  (registers the research tasks)
   from tqdm import tqdm
-  start = time.time()
+  start, cpu_start = time.time(), time.process_time()
   RUN_COUNTS.update(trained=0, cached=0)
   bar = tqdm(desc="research", disable=not show_progress)
   step = lambda: bar.update()  # noqa: E731
@@ -175,7 +175,12 @@ def run_suite(suite: Suite, work_dir: str, quick: bool = False, show_progress: b
   bar.close()
   results["claims"] = claims_lib.claims(results, suite)
   results["seconds"] = time.time() - start
+  # This process's CPU seconds (user + system, all threads): on a shared machine
+  # the figure that says what the run costs on cores of its own.
+  results["cpu_seconds"] = time.process_time() - cpu_start
+  fam = results.get("family") or {}
   results["runs"] = dict(RUN_COUNTS, train_minutes=round(sum(
       r["train_seconds"] for k in ("length", "methods", "multitask") for r in results.get(k, ()))
-      / 60, 1))
+      / 60, 1), family_train_minutes=round(sum(
+          r["train_seconds"] for k in ("scale", "init", "length") for r in fam.get(k, ())) / 60, 1))
   return results

@@ -81,8 +81,10 @@ def run_family(family: Family, suite: Suite, work_dir: str, progress) -> dict[st
       rate_of[(size, method.rules)] = rate
       out["sweeps"].append(dict(size=size, method=method.name, rates=list(rates), selected=rate))
       out["scale"] += [{**r, "family_method": method.rules} for r in rows]
-  small = family.of(sizes[0])
-  pt_rate = rate_of[(sizes[0], "prompt")]
+  # Initialization and length on one size (the smallest unless the suite names
+  # another: the smallest may be too weak a model for a prompt to move it).
+  small = family.of(suite.family_claims_size or sizes[0])
+  pt_rate = rate_of[(small.name, "prompt")]
   for init in INITS:
     for seed in suite.seeds:
       out["init"].append({**go(go.prompt(init, rate=pt_rate), small, seed), "init": init})
@@ -243,17 +245,18 @@ def claims(fam: dict[str, Any], suite: Suite) -> list[dict[str, Any]]:
     if row.get("p") is not None:
       row["verdict"] = stats.verdict(row["p"], row["effect"], expected_sign=-1)
     out.append(gate("scale", row))
+  small = (fam["init"] or fam["length"] or [{"size": sizes[0]}])[0]["size"]
   for init in ("sampled_vocab", "class_labels"):
     out.append(gate("init", _across_seeds(
         f"Lester 2021: {init.replace('_', ' ')} init beats random uniform ({task}, {name} "
-        f"{sizes[0]})", "random-uniform init", scores(fam["init"], init=init),
+        f"{small})", "random-uniform init", scores(fam["init"], init=init),
         scores(fam["init"], init="random_uniform"))))
   lengths = sorted({r["length"] for r in fam["length"]})
   if 1 in lengths and len(lengths) > 1:
     longer = suite.family_prompt_length if suite.family_prompt_length in lengths else lengths[-1]
     out.append(gate("length", _across_seeds(
         f"Lester 2021: a {longer}-token prompt beats a 1-token prompt ({task}, {name} "
-        f"{sizes[0]})", "a 1-token prompt", scores(fam["length"], length=longer),
+        f"{small})", "a 1-token prompt", scores(fam["length"], length=longer),
         scores(fam["length"], length=1))))
   for r in fam["ensemble"]:
     vote = np.frombuffer(r["vote_correct"].encode(), np.uint8) == ord("1")

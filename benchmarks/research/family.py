@@ -158,7 +158,8 @@ def miniature_family(suite: Any) -> Family:
   from prompt_tuning.miniature import family as mini
   from prompt_tuning.tasks import gcide
   from prompt_tuning.tasks import miniature as tasks_lib
-  corpus = tasks_lib.find(tasks_lib.CorpusSpec())
+  from prompt_tuning import miniature
+  corpus = miniature.corpus()  # NotMade (one line naming the make command) if not made
   members = []
   for size in mini.SIZES:
     for seed in suite.backbone_seeds:

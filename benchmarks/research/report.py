@@ -27,15 +27,28 @@ def _runs_note(results: dict[str, Any]) -> str:
   runs = results.get("runs")
   if not runs:
     return ""
-  return (f" ({runs['trained']} runs trained now, {runs['cached']} found in the run cache; "
-          f"the byte tables' runs took {runs['train_minutes']:.1f} min of training when they "
-          f"ran)")
+  parts = [f"{runs['trained']} runs trained now, {runs['cached']} found in the run cache"]
+  if results.get("cpu_seconds") is not None:
+    parts.append(f"{results['cpu_seconds'] / 60:.1f} min of CPU (user + system)")
+  if runs.get("train_minutes"):
+    parts.append(f"the byte tables' runs took {runs['train_minutes']:.1f} min of training "
+                 f"when they ran")
+  if runs.get("family_train_minutes"):
+    parts.append(f"the family's size, initialization and length runs took "
+                 f"{runs['family_train_minutes']:.1f} min of training when they ran")
+  return f" ({'; '.join(parts)})"
 
 
-def write(results: dict[str, Any], suite: Suite, out_dir: str) -> None:
-  """research.json and research.md (`markdown`) in `out_dir`, and the plots."""
-  report_lib.write("research", results, out_dir=out_dir)
-  plot(results, suite, out_dir)
+def _flags(results: dict[str, Any]) -> str:
+  preset = results.get("preset") or ("quick" if results["quick"] else "full")
+  return {"quick": " --quick", "full": ""}.get(preset, f" --suite {preset}")
+
+
+def write(results: dict[str, Any], suite: Suite, out_dir: str, name: str = "research") -> None:
+  """NAME.json and NAME.md (`markdown`) in `out_dir`, and the plots (research, or
+  research_miniature for the miniature preset)."""
+  report_lib.write(name, results, out_dir=out_dir)
+  plot(results, suite, out_dir, name)
 
 
 def claims_table(claims: list[dict[str, Any]]) -> list[str]:
@@ -63,7 +76,7 @@ def markdown(results: dict[str, Any]) -> str:
   """research.md from research.json: the claims, then every experiment's table."""
   suite, info = suite_of(results), results["machine"]
   lines = ["# Research suite: the papers' claims, tested against controls", "",
-           f"Written by `python -m benchmarks.research{' --quick' if results['quick'] else ''}` "
+           f"Written by `python -m benchmarks.research{_flags(results)}` "
            f"in {results['seconds'] / 60:.1f} min{_runs_note(results)} on "
            f"{machine.describe(info)} (AVX2: {'yes' if info['avx2'] else 'no'}; load average "
            f"at start {info['load_average'][0]:.1f}). Raw figures: `research.json`. Seeds "
@@ -130,8 +143,8 @@ def family_markdown(fam: dict[str, Any]) -> list[str]:
   return lines
 
 
-def plot(results: dict[str, Any], suite: Suite, out_dir: str) -> None:
-  """research_length_and_methods.png (the byte tables) in `out_dir`."""
+def plot(results: dict[str, Any], suite: Suite, out_dir: str, name: str = "research") -> None:
+  """NAME_length_and_methods.png in `out_dir`."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -152,5 +165,5 @@ def plot(results: dict[str, Any], suite: Suite, out_dir: str) -> None:
   axes[1].set(xlabel="trainable parameters", ylabel="test score (%)",
               title=f"Methods (circles: {suite.methods_task}; squares: {suite.multitask_task})")
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "research_length_and_methods.png"), dpi=110)
+  fig.savefig(os.path.join(out_dir, f"{name}_length_and_methods.png"), dpi=110)
   plt.close(fig)

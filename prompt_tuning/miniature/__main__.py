@@ -19,6 +19,9 @@ def main(argv=None) -> int:
                       help="sizes trained longer, e.g. l=600 (when a larger size is worse)")
   parser.add_argument("--rates", default=None,
                       help="sizes trained at their own peak learning rate, e.g. l=0.001")
+  parser.add_argument("--seed", type=int, default=None,
+                      help="pretraining seed (weights and data order; default: PretrainConfig's). "
+                      "Recycling reads a second seed of every size: make --seed 1")
   parser.add_argument("--cache_dir", default=None, help="default: $PROMPT_TUNING_CACHE or "
                       "~/.cache/prompt_tuning")
   args = parser.parse_args(argv)
@@ -29,6 +32,8 @@ def main(argv=None) -> int:
   cfg = miniature.PretrainConfig()
   if args.steps:
     cfg = dataclasses.replace(cfg, steps=args.steps)
+  if args.seed is not None:
+    cfg = dataclasses.replace(cfg, seed=args.seed)
   if args.longer:
     pairs = [item.split("=") for item in args.longer.split(",")]
     cfg = dataclasses.replace(cfg, longer=tuple((k, int(v)) for k, v in pairs))
