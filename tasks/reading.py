@@ -105,7 +105,7 @@ def _source(task: str):
   def dataset_fn(split, shuffle_files=False, seed=None):
     del shuffle_files, seed
     return tf.data.Dataset.from_tensor_slices(
-        examples(task, split, synthetic.SPLIT_SIZES[split]))
+        synthetic.string_arrays(examples(task, split, synthetic.SPLIT_SIZES[split])))
   return synthetic._in_memory_source_class()(  # pylint: disable=protected-access
       dataset_fn, splits=tuple(synthetic.SPLIT_SIZES),
       num_input_examples=dict(synthetic.SPLIT_SIZES))

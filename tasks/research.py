@@ -108,7 +108,7 @@ def _source(name: str):
     data = examples(name, split, synthetic.SPLIT_SIZES[split])
     if "task_index" in data:
       data["task_index"] = tf.constant(data["task_index"], tf.int32)
-    return tf.data.Dataset.from_tensor_slices(data)
+    return tf.data.Dataset.from_tensor_slices(synthetic.string_arrays(data))
   return synthetic._in_memory_source_class()(  # pylint: disable=protected-access
       dataset_fn, splits=tuple(synthetic.SPLIT_SIZES),
       num_input_examples=dict(synthetic.SPLIT_SIZES))

@@ -122,6 +122,16 @@ def rank_examples(task: str, split: str, count: int) -> dict[str, list]:
           "uid": [f"{split}-{i}" for i in range(count)]}
 
 
+def string_arrays(data: dict[str, list]) -> dict[str, object]:
+  """`data` with each list of strings made a numpy object array, for
+  `tf.data.Dataset.from_tensor_slices`: the same tf.string elements, but
+  converted in one pass (a list of 50,000 strings took about 0.13 s, on every
+  dataset built over a split). Other values are kept as they are (a list of
+  ints stays int32 there, where an array of them would be int64)."""
+  return {k: np.asarray(v, dtype=object) if isinstance(v, list) and v and isinstance(v[0], str)
+          else v for k, v in data.items()}
+
+
 def _source(task: str, instruction: bool, rank: bool = False):
   import tensorflow as tf
 
@@ -129,10 +139,10 @@ def _source(task: str, instruction: bool, rank: bool = False):
     del shuffle_files, seed
     count = SPLIT_SIZES[split]
     if rank:
-      return tf.data.Dataset.from_tensor_slices(rank_examples(task, split, count))
+      return tf.data.Dataset.from_tensor_slices(string_arrays(rank_examples(task, split, count)))
     data = examples(task, split, count, instruction,
                     salt="" if instruction else "/bare")
-    return tf.data.Dataset.from_tensor_slices(data)
+    return tf.data.Dataset.from_tensor_slices(string_arrays(data))
   return _in_memory_source_class()(dataset_fn, splits=tuple(SPLIT_SIZES),
                                    num_input_examples=dict(SPLIT_SIZES))
 

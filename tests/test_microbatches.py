@@ -7,11 +7,11 @@ to rtol 1e-5 (plain SGD, where the update is the gradient); after two steps of
 the paper's Adafactor, which divides by the root of a running mean of squared
 gradients and so magnifies rounding in near-zero entries, to 2e-4 of the
 largest entry. With dropout on, the step is deterministic. The sharded case runs
-in a subprocess with 8 virtual devices (`python -m tests.test_microbatches`).
+in test_sharding.py's 8-device process (`test_microbatches_on_a_sharded_data_axis`).
 """
 
+import functools
 import json
-import os
 import subprocess
 import sys
 
@@ -70,13 +70,23 @@ def test_split_interleaves_rows():
   assert np.asarray(parts["x"]).tolist() == [[0, 2, 4, 6], [1, 3, 5, 7]]
 
 
+@functools.lru_cache(maxsize=None)
+def _single_batch_sgd():
+  """The model, its parameters and the single-batch sgd(1) step's output: the reference
+  of every k below, compiled and run once per process."""
+  model, trainable, frozen = _setup()
+  sgd = optax.sgd(1.0)
+  one = _step(model, sgd, 1)(trainable, sgd.init(trainable), frozen, _batch(),
+                             jax.random.PRNGKey(0))
+  return model, trainable, frozen, one
+
+
 @pytest.mark.parametrize("k", [2, 8])
 def test_microbatched_update_equals_the_single_batch_update(k):
-  model, trainable, frozen = _setup()
+  model, trainable, frozen, one = _single_batch_sgd()
   rng = jax.random.PRNGKey(0)
   # sgd(1): the update is minus the gradient, compared directly.
   sgd = optax.sgd(1.0)
-  one = _step(model, sgd, 1)(trainable, sgd.init(trainable), frozen, _batch(), rng)
   many = _step(model, sgd, k)(trainable, sgd.init(trainable), frozen, _batch(), rng)
   _assert_close(one[0], many[0], f"sgd update, k={k}")
   assert not np.allclose(one[0]["encoder_prompt"]["prompt"],
@@ -131,61 +141,6 @@ def test_microbatches_must_divide_the_per_device_batch():
       "NUM_MICROBATCHES=4 does not divide the per-device batch 2 (BATCH_SIZE=16 over 8 "
       "data-parallel replicas); expected a divisor of it")
   assert "must be a positive integer; got 0" in validation.microbatch_problem(0, 16, 1)
-
-
-def test_microbatches_on_a_sharded_data_axis(tmp_path):
-  out = tmp_path / "sharded.json"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             TF_CPP_MIN_LOG_LEVEL="2")
-  proc = subprocess.run([sys.executable, "-m", "tests.test_microbatches", str(out)],
-                        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.load(open(out))
-  reference = np.asarray(results.pop("1x1 k=1"))
-  assert set(results) == {"8x1 k=2", "2x4 k=4"}
-  for name, prompt in results.items():
-    _assert_close(reference, np.asarray(prompt), name)
-
-
-def _sharded_worker(out):
-  """On 8 devices: one step on several meshes, with and without microbatches."""
-  from prompt_tuning.runtime import partitioning
-  from prompt_tuning.runtime import setup as setup_lib
-  from prompt_tuning.runtime.specs import ModelSpec
-  from prompt_tuning.train import loop
-  from tests.test_sharding import MODEL_CONFIG
-  assert jax.device_count() == 8
-  rng = np.random.RandomState(0)
-  tgt = rng.randint(2, 384, size=(16, 6)).astype(np.int32)
-  batch = dict(encoder_input_tokens=rng.randint(2, 384, size=(16, 12)).astype(np.int32),
-               decoder_input_tokens=np.concatenate([np.zeros((16, 1), np.int32), tgt[:, :-1]],
-                                                   1),
-               decoder_target_tokens=tgt, decoder_loss_weights=(tgt > 0).astype(np.float32))
-  spec = ModelSpec(MODEL_CONFIG, None, soft.SoftPrompt(length=4))
-  opt = optimizers.prompt_tuning_adafactor()
-  results = {}
-  for shape, k in (((1, 1), 1), ((8, 1), 2), ((2, 4), 4)):
-    config = partitioning.PartitioningConfig(mesh_shape=shape, num_devices=shape[0] * shape[1])
-    mesh = partitioning.make_mesh(config)
-    setup = setup_lib.build(spec, config, mesh, seed=0)
-    opt_sh = partitioning.optimizer_shardings(jax.eval_shape(opt.init, setup.trainable),
-                                              setup.trainable, setup.trainable_shardings, mesh)
-    opt_state = jax.jit(opt.init, out_shardings=opt_sh)(setup.trainable)
-    step = loop.jit_train_step(setup.model, opt, 1e-4, False, mesh, setup.trainable_shardings,
-                               opt_sh, setup.frozen_shardings, partitioning_config=config,
-                               num_microbatches=k)
-    with mesh, partitioning.logical_rules_context(config):
-      trainable, _, _ = step(setup.trainable, opt_state, setup.frozen,
-                             partitioning.local_batch_to_global(batch, mesh), np.int32(1),
-                             np.int32(0))
-    results[f"{shape[0]}x{shape[1]} k={k}"] = np.asarray(
-        jax.device_get(trainable["encoder_prompt"]["prompt"])).tolist()
-  with open(out, "w") as f:
-    json.dump(results, f)
-
-
-if __name__ == "__main__":
-  _sharded_worker(sys.argv[1])
 
 
 def test_benchmark_script_help_and_dry_run(tmp_path):

@@ -74,12 +74,14 @@ def eight_devices(backbone, tmp_path_factory):
   two-process test on 4 of its devices (one process start instead of two)."""
   root = tmp_path_factory.mktemp("eight")
   out = root / "meshes.json"
-  _finish(_worker(out, backbone, root, ["1,1@1", "1,8", "2,4", "4,2", "8,1", "2,2@4"], 8))
+  _finish(_worker(out, backbone, root, ["1,1@1", "1,8", "2,4", "4,2", "8,1", "2,2@4",
+                                        "microbatches"], 8))
   return root, json.load(open(out))
 
 
 def test_every_mesh_matches_one_device(eight_devices, initial_prompt):
   results = dict(eight_devices[1])
+  del results["microbatches"]  # test_microbatches_on_a_sharded_data_axis's
   ref = results.pop("1,1@1")
   assert ref["devices"] == 8 and ref["step"] == STEPS
   assert sorted(results) == ["1,8", "2,2@4", "2,4", "4,2", "8,1"]
@@ -88,6 +90,17 @@ def test_every_mesh_matches_one_device(eight_devices, initial_prompt):
     np.testing.assert_allclose(r["prompt"], ref["prompt"], rtol=1e-5, atol=1e-5, err_msg=mesh)
   # The runs did train: the prompt moved from its initial value.
   _assert_moved(ref["prompt"], initial_prompt, "one device")
+
+
+def test_microbatches_on_a_sharded_data_axis(eight_devices):
+  """One step over k microbatches on a sharded data axis (8x1, k=2; 2x4, k=4) equals the
+  single-batch step on one device (tests/test_microbatches.py's tolerance)."""
+  from tests.test_microbatches import _assert_close
+  results = dict(eight_devices[1]["microbatches"])
+  reference = np.asarray(results.pop("1x1 k=1"))
+  assert set(results) == {"8x1 k=2", "2x4 k=4"}
+  for name, prompt in results.items():
+    _assert_close(reference, np.asarray(prompt), name)
 
 
 def _free_port():

@@ -358,8 +358,10 @@ def test_file_task_trains_a_prompt_end_to_end(tmp_path):
   previous = vocabularies.current_config()
   try:
     gin.clear_config()
+    # 150 steps: the held-out loss has levelled off by then (6.490 -> 4.436; 4.431 after
+    # 300 steps).
     assert main_lib.main(["train", "--gin_file=runs/prompt_finetune.gin", *common,
-                          "--gin.TRAIN_STEPS=300", "--gin.CHECKPOINT_PERIOD=300",
+                          "--gin.TRAIN_STEPS=150", "--gin.CHECKPOINT_PERIOD=150",
                           "--gin.ReportSpec.log_period=50", "--gin.train.optimizer="
                           "@prompt_tuning_adafactor()"]) == 0
     gin.clear_config()
@@ -387,7 +389,7 @@ def test_file_task_trains_a_prompt_end_to_end(tmp_path):
     print(f"validation loss {initial:.3f} -> {after:.3f}")
     assert after < 0.75 * initial, (initial, after)
     records = [json.loads(line) for line in open(os.path.join(run, "eval", "metrics.jsonl"))]
-    assert records[-1]["step"] == 300
+    assert records[-1]["step"] == 150
     # The eval binary's accuracy is the share of the infer binary's decoded answers that
     # equal their targets, counted here.
     gin.clear_config()
@@ -395,7 +397,7 @@ def test_file_task_trains_a_prompt_end_to_end(tmp_path):
                           "--gin.MAX_INFER_EXAMPLES=16",
                           "--gin.DecodingConfig.max_decode_length=12"]) == 0
     rows = [json.loads(line) for line in open(os.path.join(
-        run, "infer", "pt_file_sentiment-validation-step_300.jsonl"))]
+        run, "infer", "pt_file_sentiment-validation-step_150.jsonl"))]
     assert len(rows) == 16
     expected = 100.0 * np.mean([r["prediction"] == r["target"] for r in rows])
     assert records[-1]["accuracy"] == pytest.approx(expected, abs=1e-6)
