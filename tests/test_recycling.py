@@ -43,6 +43,19 @@ def test_mlp_learns_the_map_approximately():
   assert rel < 0.2, rel
 
 
+def test_mlp_stops_early_on_held_out_support_rows_instead_of_fitting_noise():
+  # Target rows unrelated to the source rows: nothing to learn, so a good fit
+  # predicts about the mean (error about the targets' variance, 1). Trained to
+  # the end with no early stop (one evaluation, after the last step) the MLP
+  # fits the noise of 400 rows and does worse on new rows.
+  rng = np.random.RandomState(0)
+  source, target = rng.randn(400, 16), rng.randn(400, 16)
+  new, truth = rng.randn(200, 16), rng.randn(200, 16)
+  stopped = np.mean((methods.fit_mlp(source, target)(new) - truth) ** 2)
+  to_the_end = np.mean((methods.fit_mlp(source, target, eval_every=2000)(new) - truth) ** 2)
+  assert stopped < 1.25 < to_the_end, (stopped, to_the_end)
+
+
 def test_prompt_width_mismatch_is_a_clear_error():
   source, target, _ = _tables()
   with pytest.raises(ValueError, match=r"shape \(5, 33\) does not fit the source model: "

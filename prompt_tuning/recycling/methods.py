@@ -6,7 +6,8 @@ number of prompts [P, Hs] -> [P, Ht]. No task data, no paired prompts, no
 training on the target model.
 
   linear              W = argmin ||S W - T||: the prompt maps as p W.
-  mlp                 Dense(4 Ht) -> ReLU -> Dense(Ht), trained on S -> T.
+  mlp                 Dense(4 Ht) -> ReLU -> Dense(Ht), trained on S -> T
+                      (minibatches, early stopping on held-out support rows).
   linear_combination  each prompt row as a least-squares combination of the
                       source support embeddings; the same weights applied to
                       the target support embeddings. With exact minimum-norm
@@ -80,16 +81,33 @@ def fit_linear_combination(source_NH: np.ndarray, target_NH: np.ndarray) -> Recy
 
 
 def fit_mlp(source_NH: np.ndarray, target_NH: np.ndarray, steps: int = 2000,
-            learning_rate: float = 1e-3, seed: int = 0) -> Recycler:
-  """Dense(4H) -> ReLU -> Dense(H) trained with Adam on the support pairs."""
+            learning_rate: float = 1e-3, seed: int = 0, batch_size: int = 256,
+            held_out: float = 0.1, eval_every: int = 50) -> Recycler:
+  """Dense(4H) -> ReLU -> Dense(H) trained with Adam on the support pairs.
+
+  Minibatches of `batch_size` rows, at most `steps` steps, and early stopping:
+  a seeded `held_out` share of the support (at least one row) is kept out of
+  training, scored every `eval_every` steps, and the parameters of the best
+  score are the recycler's. An MLP of 4 Ht hidden units has more parameters
+  than a few thousand support rows can pin down: trained on all of them, full
+  batch, for 2,000 steps, its error on held-out support rows rose while its
+  training error fell (miniature m -> l: 2.09 in unit scale, against 1.14 at
+  the best step; the linear map: 1.03), and it cost 30 times the time.
+  """
   _check_support(source_NH, target_NH)
   hs, ht = source_NH.shape[1], target_NH.shape[1]
-  # Standardize inputs and outputs; the MLP learns in unit scale.
-  mu_s, sd_s = source_NH.mean(0), source_NH.std(0) + 1e-6
-  mu_t, sd_t = target_NH.mean(0), target_NH.std(0) + 1e-6
-  x = jnp.asarray((source_NH - mu_s) / sd_s, jnp.float32)
-  y = jnp.asarray((target_NH - mu_t) / sd_t, jnp.float32)
-  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+  rng = np.random.RandomState(seed)
+  order = rng.permutation(len(source_NH))
+  n_held = max(1, int(round(held_out * len(order)))) if len(order) > 1 else 0
+  held, fit_rows = order[:n_held], order[n_held:]
+  # Standardize inputs and outputs (statistics of the rows trained on); the MLP
+  # learns in unit scale.
+  mu_s, sd_s = source_NH[fit_rows].mean(0), source_NH[fit_rows].std(0) + 1e-6
+  mu_t, sd_t = target_NH[fit_rows].mean(0), target_NH[fit_rows].std(0) + 1e-6
+  scale = lambda a, mu, sd: jnp.asarray((a - mu) / sd, jnp.float32)  # noqa: E731
+  x, y = scale(source_NH[fit_rows], mu_s, sd_s), scale(target_NH[fit_rows], mu_t, sd_t)
+  x_held, y_held = scale(source_NH[held], mu_s, sd_s), scale(target_NH[held], mu_t, sd_t)
+  k1, k2, k_batches = jax.random.split(jax.random.PRNGKey(seed), 3)
   params = {"w1": jax.random.normal(k1, (hs, 4 * ht)) * np.sqrt(2.0 / hs),
             "b1": jnp.zeros((4 * ht,)),
             "w2": jax.random.normal(k2, (4 * ht, ht)) * np.sqrt(1.0 / (4 * ht)),
@@ -100,19 +118,28 @@ def fit_mlp(source_NH: np.ndarray, target_NH: np.ndarray, steps: int = 2000,
     return h @ p["w2"] + p["b2"][None]
 
   opt = optax.adam(learning_rate)
+  batch = min(batch_size, x.shape[0])
 
   @jax.jit
-  def train(params):
-    def body(carry, _):
+  def train_chunk(params, opt_state, keys):
+    """`len(keys)` minibatch steps, then the held-out error of the result."""
+    def body(carry, key):
       p, s = carry
-      loss, g = jax.value_and_grad(lambda q: jnp.mean((forward(q, x) - y) ** 2))(p)
+      idx = jax.random.randint(key, (batch,), 0, x.shape[0])
+      g = jax.grad(lambda q: jnp.mean((forward(q, x[idx]) - y[idx]) ** 2))(p)
       updates, s = opt.update(g, s, p)
-      return (optax.apply_updates(p, updates), s), loss
-    (params, _), losses = jax.lax.scan(body, (params, opt.init(params)), None, length=steps)
-    return params, losses
+      return (optax.apply_updates(p, updates), s), None
+    (params, opt_state), _ = jax.lax.scan(body, (params, opt_state), keys)
+    error = (jnp.mean((forward(params, x_held) - y_held) ** 2) if n_held else jnp.float32(0))
+    return params, opt_state, error
 
-  params, _ = train(params)
-  params = jax.device_get(params)
+  opt_state, best, best_error = opt.init(params), params, np.inf
+  keys = jax.random.split(k_batches, max(steps, 1))
+  for start in range(0, steps, eval_every):
+    params, opt_state, error = train_chunk(params, opt_state, keys[start:start + eval_every])
+    if float(error) < best_error:
+      best, best_error = params, float(error)
+  params = jax.device_get(best)
 
   def apply(p):
     return np.asarray(forward(params, jnp.asarray((p - mu_s) / sd_s))) * sd_t + mu_t
