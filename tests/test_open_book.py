@@ -1,0 +1,186 @@
+"""Open-book QA over the dictionary (tasks/dictionary_qa.py): the store, the questions,
+recall@k, the registered tasks and the bad inputs. Everything here is built from a
+few KB of the dictionary or from entries the test makes; nothing is pretrained."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from prompt_tuning.tasks import dictionary_qa as dq
+from prompt_tuning.tasks import gcide
+
+
+def _words(texts):
+  """A stand-in tokenizer: one piece per word (the book only counts pieces)."""
+  return [t.split() for t in texts]
+
+
+def _entries(n=120):
+  """Entries with known classes, etymologies and unique definitions (letters-only words)."""
+  pos = ["n.", "v. t.", "a.", "adv."]
+  languages = ["[L. x]", "[F. x]", "[AS. x]", "[Gr. x]"]
+  raw = {}
+  for i in range(n):
+    word = "w" + "".join("abcdefghij"[int(d)] for d in f"{i:04d}")
+    raw[word] = {"pos": [{"etymology": f"{languages[i % 4]} {i}", "part_of_speech": pos[i % 4],
+                          "definitions": [{"text": f"Something meaning {word[1:]} kind {i}."
+                                                   + (" Of a longer sort." if i % 3 else ""),
+                                           "examples": []}]}]}
+  return gcide.clean(raw)
+
+
+def _slice_entries(count=80):
+  """A few KB of the installed dictionary, cleaned (words from one letter, file order)."""
+  with open(os.path.join(gcide.data_dir(), "words_Q.json")) as f:
+    raw = json.load(f)
+  keys = list(raw)[200:200 + count]
+  return gcide.clean({k: raw[k] for k in keys})
+
+
+def test_questions_come_from_held_out_entries_only_with_splits_disjoint_by_headword():
+  entries = _entries()
+  held = tuple(sorted(entries)[::2])
+  book = dq.build(entries, held, _words, log=lambda line: None)
+  assert len(book.passages) == len(entries)  # every sense, held out or not, is in the store
+  heads = {s: {q["headword"] for q in rows} for s, rows in book.questions.items()}
+  assert all(heads.values()), {s: len(h) for s, h in heads.items()}
+  assert not heads["train"] & heads["validation"] and not heads["train"] & heads["test"]
+  assert not heads["validation"] & heads["test"]
+  assert set().union(*heads.values()) <= set(held)
+  for split, rows in book.questions.items():
+    assert all(gcide.task_split_of(q["headword"]) == split for q in rows)
+  assert {q["form"] for rows in book.questions.values() for q in rows} == set(dq.FORMS)
+  assert dq.build(entries, held, _words, log=lambda line: None) == book  # deterministic
+
+
+def test_every_gold_passage_holds_its_answer_on_the_dictionary():
+  entries = _slice_entries()
+  held = tuple(sorted(entries))
+  book = dq.build(entries, held, _words, log=lambda line: None)
+  text = {p["id"]: p["text"] for p in book.passages}
+  rows = [q for rows in book.questions.values() for q in rows]
+  assert {q["form"] for q in rows} == set(dq.FORMS), [q["form"] for q in rows]
+  for q in rows:
+    assert q["gold"] and all(i.startswith(q["headword"] + "#") for i in q["gold"]), q
+    for i in q["gold"]:
+      passage = text[i]
+      assert passage.startswith(q["headword"] + " "), (q, passage)
+      if q["form"] == "pos":
+        tag = re.match(re.escape(q["headword"]) + r" \(([^)]*)\)", passage).group(1)
+        assert tag in gcide.POS_CLASSES[q["answer"]], (q, passage)
+      elif q["form"] == "etymology":
+        assert gcide.language_of(passage) == q["answer"], (q, passage)
+      else:
+        assert q["answer"] == q["headword"] and q["question"].startswith("word meaning ")
+        asked = q["question"].split()[2:]
+        assert len(asked) >= 2 and all(w in passage.lower() for w in asked), (q, passage)
+        assert q["answer"] not in q["question"]
+
+
+def test_recall_at_k_on_a_hand_made_store():
+  top = np.array([[3, 1, 2], [0, 4, 1], [2, 0, 4]])
+  gold = [[1], [2, 9], [2, 4]]
+  # Question 0 finds its passage second; question 1 never; question 2 first.
+  assert dq.recall_at_k(top, gold, (1, 2, 3)) == pytest.approx(
+      {1: 100 / 3, 2: 200 / 3, 3: 200 / 3})
+  from prompt_tuning.retrieval import bm25, store
+  st = store.PassageStore([store.Passage(str(i), t) for i, t in enumerate([
+      "apple (n.) A red fruit of the orchard.", "banana (n.) A long yellow fruit.",
+      "carrot (n.) An orange root eaten raw.", "daisy (n.) A white flower of the meadow.",
+      "eagle (n.) A large bird of prey."])])
+  found, _ = bm25.BM25Retriever(st).retrieve(["yellow fruit", "bird prey", "red fruit", "meadow"],
+                                             3)
+  assert dq.recall_at_k(found, [[1], [4], [0], [2]], (1, 3)) == {1: 75.0, 3: 75.0}
+
+
+def test_a_store_whose_passages_exceed_the_budget_says_how_many_were_cut_or_refuses():
+  entries = _entries(40)
+  calls = []
+
+  def encode(texts):
+    calls.append(len(texts))
+    return _words(texts)
+
+  full = {f"{w}#0.0": dq.passage_text(w, e.senses[0], e.senses[0].definitions[0])
+          for w, e in entries.items()}
+  long_ids = {i for i, text in full.items() if len(text.split()) > 10}
+  assert 0 < len(long_ids) < len(entries)
+  with pytest.raises(ValueError, match=rf"^open book: {len(long_ids)} of 40 passages are longer "
+                                       r"than 10 pieces .*refused"):
+    dq.build(entries, tuple(entries), encode, passage_tokens=10, long_passages="refuse")
+  assert calls == [40]  # refused after measuring, before cutting or asking anything
+  lines = []
+  book = dq.build(entries, tuple(entries), _words, passage_tokens=10, log=lines.append)
+  assert book.cut == len(long_ids) and len(lines) == 1
+  assert lines[0].startswith(f"open book: {len(long_ids)} of 40 passages were longer than 10 "
+                             "pieces")
+  for p in book.passages:
+    assert len(p["text"].split()) <= 10
+    assert (p["text"] == full[p["id"]]) == (p["id"] not in long_ids)
+  questions = [q for rows in book.questions.values() for q in rows]
+  assert questions and not any(set(q["gold"]) & long_ids for q in questions)
+  with pytest.raises(ValueError, match="long_passages='trim'; expected one of"):
+    dq.build(entries, tuple(entries), _words, long_passages="trim")
+
+
+def test_a_reranker_asked_to_keep_more_than_it_retrieves_is_one_line():
+  with pytest.raises(ValueError, match=r"^a re-ranker asked to keep 20 of 5 retrieved passages"):
+    dq.check_reader(5, 20)
+  with pytest.raises(ValueError, match="caches BM25's top 20"):
+    dq.check_reader(50, 5)
+  dq.check_reader(20, 5)
+  for mode, (retrieved, read) in dq.READERS.items():
+    dq.check_reader(retrieved, read)
+    assert mode == (f"k{read}" if read == retrieved else f"rerank{read}of{retrieved}")
+
+
+def test_every_mode_is_registered_for_the_miniature():
+  import seqio
+  import prompt_tuning.tasks  # noqa: F401  registers the miniature's tasks
+  names = set(seqio.TaskRegistry.names())
+  assert {f"miniature_open_book_{m}" for m in
+          ("closed", "oracle", "k1", "k5", "k20", "rerank5of20")} <= names
+
+
+def test_the_registered_tasks_read_a_prepared_book_from_a_dictionary_slice(tmp_path):
+  """End to end on 80 entries: corpus and vocabulary, book (cached), the tasks' inputs."""
+  from prompt_tuning.tasks import miniature
+  folder = tmp_path / "gcide"
+  folder.mkdir()
+  with open(os.path.join(gcide.data_dir(), "words_Q.json")) as f:
+    raw = json.load(f)
+  with open(folder / "words_Q.json", "w") as f:
+    json.dump({k: raw[k] for k in list(raw)[200:280]}, f)
+  spec = miniature.CorpusSpec(seed=0, pieces=200, folder=str(folder), held_out_fraction=0.5)
+  cache = str(tmp_path / "cache")
+  corpus = miniature.prepare(spec, cache, log=lambda line: None)
+  book = dq.prepare(corpus, log=lambda line: None)
+  assert book.path == dq.book_dir(corpus) and os.path.basename(book.path).endswith(
+      dq.book_key(0))
+  record = book.record()
+  assert record["passages"] == len(book.passages) > 80
+  k = min(dq.MAX_RETRIEVED, len(book.passages))
+  rows = book.questions("train")
+  assert rows and book.top("train").shape == (len(rows), k)
+  recall = record["recall_at_k"]["train"]["all"]
+  assert recall == pytest.approx({str(x): v for x, v in dq.recall_at_k(
+      book.top("train"), book.gold_positions("train"), [1, 5, 20]).items()})
+  assert dq.prepare(corpus, log=lambda line: 1 / 0).path == book.path  # cached: no work
+  miniature.register("obtest", spec, cache)
+  import seqio
+  vocab = corpus.vocabulary()
+  for mode, width in (("closed", dq.QUESTION_TOKENS + 1), ("oracle", dq.SEGMENT_LENGTH),
+                      ("k5", 5 * dq.SEGMENT_LENGTH), ("rerank5of20", 20 * dq.SEGMENT_LENGTH)):
+    task = seqio.get_mixture_or_task(dq.task_name("obtest", mode))
+    ex = next(task.source.get_dataset("train").as_numpy_iterator())
+    assert ex["inputs"].shape == (width,), mode
+    first = vocab.decode(ex["inputs"][:dq.SEGMENT_LENGTH].tolist())
+    # (The slice's 200-piece vocabulary has no ':'; the miniature's has.)
+    assert first.startswith("question") and rows[0]["question"] in first, (mode, first)
+    assert ("context" in first) == (mode != "closed"), (mode, first)
+    if mode == "oracle":
+      assert rows[0]["headword"] in first.split("context")[1]
+    assert ex["targets"].decode() == rows[0]["answer"]
