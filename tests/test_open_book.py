@@ -217,3 +217,36 @@ def test_the_benchmarks_quick_mode_runs_every_method_and_writes_the_claims(tmp_p
   text = open(tmp_path / "open_book_quick.md").read()
   assert "| fine-tuned FiD reader k=5 |" in text and "## Claims" in text
   assert json.load(open(tmp_path / "open_book_quick.json"))["recall_at_k"] == res["recall_at_k"]
+
+
+def test_a_frozen_readers_store_with_passages_longer_than_a_segment_is_one_line(tmp_path,
+                                                                               caplog):
+  """The generic open-book task (retrieval/tasks.py): its store is measured at registration."""
+  import logging
+  import seqio
+  from prompt_tuning.retrieval import tasks
+  texts = ["amara lives in oslo", "bento works at a bakery " * 2, "dalia " * 10]
+  passages = tmp_path / "passages.jsonl"
+  passages.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n"
+                              for i, t in enumerate(texts)))
+  questions = tmp_path / "train.jsonl"
+  questions.write_text(json.dumps({"question": "where does amara live", "answer": "oslo"}) + "\n")
+  # 48 bytes less EOS less the template's 20 ("question:  context: ") leave 27: two are longer.
+  with pytest.raises(ValueError, match=r"^open_book_task pt_obqa_long: 2 of 3 passages of .* "
+                                       r"longer than the 27 tokens .*longest 60.*refused") as e:
+    tasks.open_book_task("pt_obqa_long", {"train": str(questions)}, str(passages),
+                         num_passages=1, segment_length=48, long_passages="refuse")
+  assert "\n" not in str(e.value) and "pt_obqa_long" not in seqio.TaskRegistry.names()
+  with caplog.at_level(logging.WARNING, logger="prompt_tuning.retrieval.tasks"):
+    tasks.open_book_task("pt_obqa_long", {"train": str(questions)}, str(passages),
+                         num_passages=1, segment_length=48)
+  lines = [r.getMessage() for r in caplog.records if "pt_obqa_long" in r.getMessage()]
+  assert len(lines) == 1 and "2 of 3 passages" in lines[0] and "cut" in lines[0], lines
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="prompt_tuning.retrieval.tasks"):
+    tasks.open_book_task("pt_obqa_long", {"train": str(questions)}, str(passages),
+                         num_passages=1, segment_length=128)
+  assert not caplog.records  # every passage fits
+  with pytest.raises(ValueError, match="long_passages='drop'; expected one of"):
+    tasks.open_book_task("pt_obqa_long", {"train": str(questions)}, str(passages),
+                         num_passages=1, long_passages="drop")
