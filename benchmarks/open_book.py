@@ -235,14 +235,14 @@ def run(args, log=print):
     if mode in dq.READERS:
       dq.check_reader(*dq.READERS[mode])
   corpus = tasks_lib.find()
-  backbone = mini.require(SIZE, mini.PretrainConfig())
-  cfg = mini.backbone_config(SIZE)
+  backbone = mini.require(args.size, mini.PretrainConfig())
+  cfg = mini.backbone_config(args.size)
   book = dq.prepare(corpus, log=log)
   processor = spm.SentencePieceProcessor(model_file=corpus.spm_path)
   decode = lambda ids: processor.decode([i for i in ids if 2 < i < 8000])  # noqa: E731
   test_rows = book.questions("test")[:args.eval]
   gold = book.gold_positions("test")[:args.eval]
-  res = dict(quick=args.quick, machine=machine.cpu_info(), size=SIZE,
+  res = dict(quick=args.quick, machine=machine.cpu_info(), size=args.size,
              backbone=os.path.basename(backbone), book=book.record(),
              settings=dict(steps=args.steps, batch_size=args.batch_size, seeds=args.seeds,
                            prompt_length=P, train_questions=args.train,
@@ -382,6 +382,8 @@ def main(argv=None):
   parser.add_argument("--seeds", type=int, default=0, help="0: 5 (quick: 2)")
   parser.add_argument("--steps", type=int, default=0, help="0: 300 (quick: 4)")
   parser.add_argument("--batch_size", type=int, default=8)
+  parser.add_argument("--size", default=SIZE, choices=("xs", "s", "m", "l"),
+                      help="the miniature backbone")
   parser.add_argument("--eval", type=int, default=0, help="test questions; 0: 500 (quick: 16)")
   parser.add_argument("--train", type=int, default=0, help="train questions; 0: 4000 (quick: 64)")
   parser.add_argument("--prompt_lr", type=float, default=0.3)

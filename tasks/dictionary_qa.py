@@ -9,9 +9,12 @@ held out or not):
 headword, part of speech (the dictionary's tag), the etymology of the
 sense's part-of-speech block (as the dictionary writes it; none where
 `gcide`'s rules 3 and 4 dropped it) and the definition. A passage longer
-than `PASSAGE_TOKENS` pieces of the miniature's vocabulary is cut at that
-length when the store is built (`OpenBook.cut` counts them), so that a
-question and a passage always fit one segment of `SEGMENT_LENGTH`.
+than `PASSAGE_TOKENS` pieces of the miniature's vocabulary is cut at a
+word boundary when the store is built, so that a question and a passage
+always fit one segment of `SEGMENT_LENGTH`. One line says how many were
+cut (`OpenBook.cut`; 12,988 of 171,910), and a question whose answer sat
+in a cut passage is dropped. `long_passages="refuse"` refuses such a store
+instead.
 
 Questions ask about held-out entries only (pretraining never saw their
 text), with the split of `gcide.task_split_of` (by headword, 60/20/20), in
@@ -38,6 +41,10 @@ zymurgy"), and near-identical definitions ("A genus of ...", "Same as ...")
 for the word questions. The query forms were tuned on the validation split
 until BM25's recall@1 fell in 50-70% with recall@20 at 90% or more (the
 measured figures are in docs/open_book.md).
+
+`prepare(corpus)` builds the book once and caches it beside the corpus
+(`Book`: the store, the questions, the bm25s index, BM25's top 20 of every
+question and recall@k), in a folder keyed by everything that changes it.
 
 Registered (by `register`, from `tasks/miniature.py`; nothing is read until
 a dataset is):
@@ -68,13 +75,13 @@ QUESTION_TOKENS = 31       # a question's budget, the template's words included
 SEGMENT_LENGTH = PASSAGE_TOKENS + QUESTION_TOKENS + 1  # + EOS: 128
 TEMPLATE = "question: {question} context: {passage}"
 FORMS = ("pos", "etymology", "word")
-# (mode, segments retrieved, passages read): the registered inputs.
+# mode: (segments retrieved, passages read), the registered reader inputs.
 READERS = {"k1": (1, 1), "k5": (5, 5), "k20": (20, 20), "rerank5of20": (20, 5)}
 # How many of a definition's words a word question keeps (tuned on validation, word
 # questions: 2 words gave BM25 recall@1/20 of 43%/74%, 3 words 70%/93%, 4 words 85%/98%).
 WORD_COUNT = 3
 _WORD = re.compile(r"[a-z]+")
-VERSION = 1  # bump when passages or questions change: the cache folder is named by it
+VERSION = 1  # bump when passages or questions change: the cache key hashes it
 
 
 @dataclasses.dataclass(frozen=True)
