@@ -52,6 +52,7 @@ RENDERERS = {
     "scaling": "benchmarks.scaling:markdown",
     "serving": "benchmarks.serving:markdown",
     "step_ceiling": "benchmarks.step_ceiling:markdown",
+    "open_book": "benchmarks.open_book:markdown",
     "step_profile": "benchmarks.step_profile:markdown",
     "train_step": "benchmarks.train_step:markdown",
     "train_step_xla_defaults": "benchmarks.train_step:xla_defaults_markdown",

@@ -29,6 +29,7 @@ Registered seqio tasks (`register(prefix)`, done for "miniature" when
   <prefix>_headword          definition -> headword (generation, exact match)
   <prefix>_binary            definition -> noun / verb (recycling's task)
   <prefix>_{pos,etymology,binary}_rank   the same, by rank classification
+  <prefix>_open_book_<mode>  open-book QA over the dictionary (`dictionary_qa`)
 
 The task splits (train / validation / test) come from held-out entries only.
 """
@@ -286,6 +287,8 @@ def register(prefix: str = "miniature", spec: CorpusSpec = CorpusSpec(),
           preprocessors=[benchmarks.expand_candidates(gcide.LABELS[task]), *tokenize],
           output_features=features, postprocess_fn=postprocessors.rank_candidate,
           metric_fns=[metrics.rank_classification])
+  from prompt_tuning.tasks import dictionary_qa
+  dictionary_qa.register(prefix, locate, vocab, source_class)
 
 
 def task_examples(task: str, split: str, corpus: Corpus) -> dict[str, list]:

@@ -53,6 +53,8 @@ SECONDS = {
     "tests/test_training_guarantees.py::test_sigkill_anywhere_then_resume_equals_uninterrupted_run":
         80,
     "tests/test_tasks.py::test_every_registered_task_yields_examples_on_mock_data": 55,
+    "tests/test_open_book.py::test_the_benchmarks_quick_mode_runs_every_method_and_writes_the_claims":
+        150,
     "tests/test_docs.py::test_runnable_command_exits_0_and_says_what_it_should": 20,
     "tests/test_docs.py::test_runnable_command_exits_0_and_says_what_it_should[README.md:"
     "prompt-tuning quickstart": 60,

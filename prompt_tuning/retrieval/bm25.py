@@ -32,6 +32,10 @@ class BM25Retriever:
     self._index.index(bm25s.tokenize([p.contents for p in store.passages], stopwords=None,
                                      show_progress=False), show_progress=False)
 
+  def save(self, folder: str) -> None:
+    """Writes the index (bm25s's files) to `folder`, for later reading with bm25s.BM25.load."""
+    self._index.save(folder, show_progress=False)
+
   def check_k(self, k: int) -> None:
     if not 1 <= k <= len(self.store):
       raise ValueError(f"k={k} passages asked of a store of {len(self.store)} passages "

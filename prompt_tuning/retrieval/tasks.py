@@ -16,11 +16,17 @@ with EOS and padded to `segment_length`. The `inputs` feature is the N
 segments back to back ([N * S] ids, no EOS of its own), so
 TASK_FEATURE_LENGTHS['inputs'] must be N * S; `inputs_pretokenized` is the
 question. Retrieval runs once per split, when the split is first read.
+
+A passage that cannot fit a segment even beside an empty question is found
+when the task is registered: `long_passages='cut'` (the default) logs one
+warning line saying how many of the store's passages will be cut, and
+`'refuse'` raises ValueError in one line instead.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -30,6 +36,9 @@ from prompt_tuning.retrieval.bm25 import BM25Retriever
 from prompt_tuning.retrieval.store import PassageStore
 from prompt_tuning.tasks import local_files
 from prompt_tuning.tasks import metrics as metrics_lib
+
+log = logging.getLogger(__name__)
+LONG_PASSAGES = ("cut", "refuse")
 
 
 def segments(vocabulary: Any, question: str, passages: Sequence[str], segment_length: int,
@@ -53,7 +62,7 @@ def open_book_task(name: str, splits: Mapping[str, str], passages: Union[str, Se
                    num_passages: int, num_candidates: int = 0, segment_length: int = 64,
                    question_field: str = "question", answer_field: str = "answer",
                    template: str = "question: {question} context: {passage}",
-                   vocabulary: Optional[Any] = None) -> str:
+                   vocabulary: Optional[Any] = None, long_passages: str = "cut") -> str:
   """Registers (or re-registers) the seqio task; returns its name.
 
   Args:
@@ -63,6 +72,9 @@ def open_book_task(name: str, splits: Mapping[str, str], passages: Union[str, Se
       lets the reader's re-ranker keep k of them.
     vocabulary: a seqio vocabulary; default the byte vocabulary of the
       quickstart's synthetic backbones.
+    long_passages: "cut" (warn, in one line, how many passages are longer than
+      a segment holds, and cut them) or "refuse" (ValueError, before any
+      retrieval).
   """
   import seqio
   import tensorflow as tf
@@ -71,9 +83,25 @@ def open_book_task(name: str, splits: Mapping[str, str], passages: Union[str, Se
   if num_passages < 1 or n < num_passages:
     raise ValueError(f"open_book_task: num_passages={num_passages}, num_candidates="
                      f"{num_candidates}; expected 1 <= num_passages <= num_candidates")
+  if long_passages not in LONG_PASSAGES:
+    raise ValueError(f"open_book_task: long_passages={long_passages!r}; expected one of "
+                     f"{LONG_PASSAGES}")
   retriever = _retriever(paths)  # Reads the store now: an empty one fails here.
   retriever.check_k(n)
   vocab = vocabulary or seqio.ByteVocabulary()
+  # A passage longer than this is cut whatever its question (the template's own
+  # words and EOS take the rest of the segment).
+  room = segment_length - 1 - len(vocab.encode(template.format(question="", passage="")))
+  lengths = [len(vocab.encode(p.contents)) for p in retriever.store]
+  long_ones = sum(length > room for length in lengths)
+  if long_ones:
+    line = (f"open_book_task {name}: {long_ones} of {len(lengths)} passages of "
+            f"{retriever.store.source} are longer than the {room} tokens a segment of "
+            f"segment_length={segment_length} leaves them (the longest {max(lengths)})")
+    if long_passages == "refuse":
+      raise ValueError(f"{line}; refused (long_passages='refuse'): raise segment_length or "
+                       "shorten the passages")
+    log.warning("%s; they are cut to fit (long_passages='refuse' refuses instead)", line)
 
   @functools.lru_cache(maxsize=None)
   def examples(split: str) -> dict[str, Any]:
