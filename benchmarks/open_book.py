@@ -237,7 +237,8 @@ def run(args, log=print):
   corpus = tasks_lib.find()
   backbone = mini.require(args.size, mini.PretrainConfig())
   cfg = mini.backbone_config(args.size)
-  book = dq.prepare(corpus, log=log)
+  from prompt_tuning.retrieval import dictionary_book
+  book = dictionary_book.prepare(corpus, log=log)
   processor = spm.SentencePieceProcessor(model_file=corpus.spm_path)
   decode = lambda ids: processor.decode([i for i in ids if 2 < i < 8000])  # noqa: E731
   test_rows = book.questions("test")[:args.eval]

@@ -42,7 +42,8 @@ for the word questions. The query forms were tuned on the validation split
 until BM25's recall@1 fell in 50-70% with recall@20 at 90% or more (the
 measured figures are in docs/open_book.md).
 
-`prepare(corpus)` builds the book once and caches it beside the corpus
+`prompt_tuning.retrieval.dictionary_book.prepare(corpus)` (or `python -m
+prompt_tuning.miniature book`) builds the book once and caches it beside the corpus
 (`Book`: the store, the questions, the bm25s index, BM25's top 20 of every
 question and recall@k), in a folder keyed by everything that changes it.
 
@@ -63,7 +64,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -317,57 +317,22 @@ class Book:
     return [[self.positions[i] for i in q["gold"]] for q in self.questions(split)]
 
 
-def prepare(corpus, log=print, long_passages: str = "cut") -> Book:
-  """Makes (or finds cached) the book: store, questions, BM25 index, each split's
-  top MAX_RETRIEVED and recall@1/5/20 (book.json); about a minute the first time."""
-  from prompt_tuning.retrieval import bm25
-  from prompt_tuning.retrieval import store as store_lib
+def prepared(corpus) -> Book:
+  """The corpus's prepared book; NotMade (one line naming the command) if it is not.
+
+  Building it needs BM25 (`prompt_tuning.retrieval`, a layer above the
+  tasks): `python -m prompt_tuning.miniature book`, or
+  `prompt_tuning.retrieval.dictionary_book.prepare(corpus)`.
+  """
   path = book_dir(corpus)
-  if os.path.exists(os.path.join(path, "DONE")):
-    return Book(path)
-  import sentencepiece as spm
-  processor = spm.SentencePieceProcessor(model_file=corpus.spm_path)
-  entries = gcide.load_entries(corpus.spec.folder)
-  book = build(entries, corpus.held_out(), processor.encode, corpus.spec.seed,
-               long_passages=long_passages, log=log)
-  work = path + ".partial"
-  shutil.rmtree(work, ignore_errors=True)
-  os.makedirs(work)
-  _write_jsonl(os.path.join(work, "passages.jsonl"), book.passages)
-  store = store_lib.PassageStore([store_lib.Passage(p["id"], p["text"]) for p in book.passages],
-                                 source=os.path.join(path, "passages.jsonl"))
-  retriever = bm25.BM25Retriever(store, **BM25_PARAMS)
-  retriever.save(os.path.join(work, "index"))
-  k = min(MAX_RETRIEVED, len(store))
-  recall = {}
-  for split, rows in book.questions.items():
-    _write_jsonl(os.path.join(work, f"{split}.jsonl"), rows)
-    top = (retriever.retrieve([r["question"] for r in rows], k)[0] if rows
-           else np.zeros((0, k), np.int64))
-    np.save(os.path.join(work, f"top_{split}.npy"), top.astype(np.int32))
-    gold = [[store.position(i) for i in r["gold"]] for r in rows]
-    ks = [x for x in (1, 5, 20) if x <= k]
-    recall[split] = {form: {str(x): v for x, v in recall_at_k(
-        top[sel], [gold[i] for i in sel], ks).items()} if len(sel) else None
-        for form in (*FORMS, "all")
-        for sel in [[i for i, r in enumerate(rows) if form in ("all", r["form"])]]}
-  record = {"passages": len(book.passages), "cut": book.cut, "passage_tokens": PASSAGE_TOKENS,
-            "longest_before_cut": book.longest, "segment_length": SEGMENT_LENGTH,
-            "questions": {s: {f: sum(r["form"] == f for r in rows) for f in FORMS}
-                          for s, rows in book.questions.items()},
-            "recall_at_k": recall, "key": book_key(corpus.spec.seed)}
-  with open(os.path.join(work, "book.json"), "w") as f:
-    json.dump(record, f, indent=1)
-  open(os.path.join(work, "DONE"), "w").close()
-  shutil.rmtree(path, ignore_errors=True)
-  os.rename(work, path)
-  log(f"open book: {record['passages']} passages ({record['cut']} cut to {PASSAGE_TOKENS} "
-      f"pieces), questions {record['questions']}, validation recall@k "
-      f"{recall['validation']['all']}")
+  if not os.path.exists(os.path.join(path, "DONE")):
+    state = "half-written (no DONE)" if os.path.exists(path + ".partial") else "missing"
+    raise gcide.NotMade(f"the dictionary's open book at {path} is {state}: build it with `python -m "
+                  f"prompt_tuning.miniature book` (about a minute on 2 cores)")
   return Book(path)
 
 
-def _write_jsonl(path: str, rows: Sequence[dict]) -> None:
+def write_jsonl(path: str, rows: Sequence[dict]) -> None:
   with open(path, "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
 
@@ -429,8 +394,8 @@ def task_name(prefix: str, mode: str) -> str:
 def register(prefix: str, locate: Callable[[], Any], vocabulary: Any, source_class: Any) -> None:
   """Registers `<prefix>_open_book_<mode>` for every mode (see the module docstring).
 
-  Nothing is read until a dataset is: then `locate()` finds the corpus and the
-  book is prepared (or found cached). Inputs are pretokenized ([N * S] ids, the
+  Nothing is read until a dataset is: then `locate()` finds the corpus and its
+  prepared book is read (`prepared`: one line naming the command if it is not). Inputs are pretokenized ([N * S] ids, the
   segments' EOS included, none of their own), so TASK_FEATURE_LENGTHS['inputs']
   is N x SEGMENT_LENGTH (QUESTION_TOKENS + 1 closed book).
   """
@@ -442,7 +407,7 @@ def register(prefix: str, locate: Callable[[], Any], vocabulary: Any, source_cla
   @functools.lru_cache(maxsize=None)
   def examples(mode: str, split: str):
     corpus = locate()
-    book = prepare(corpus)
+    book = prepared(corpus)
     import sentencepiece as spm
     processor = spm.SentencePieceProcessor(model_file=corpus.spm_path)
     inputs, rows = reader_inputs(book, split, mode, processor.encode)

@@ -73,6 +73,11 @@ _SPACE = re.compile(r"\s+")
 _TOKEN = re.compile(r"(?:(?<=[\[\s(])|^)([A-Z][A-Za-z]*\.)")
 
 
+class NotMade(FileNotFoundError):
+  """A cached step of the miniature (its corpus, a backbone, the open book) has not
+  been made; the message names the command that makes it."""
+
+
 class CorpusNotInstalled(ImportError):
   """The dictionary package is missing; the message names the pip command."""
 

@@ -137,8 +137,7 @@ def corpus_dir(spec: CorpusSpec, cache_dir: Optional[str] = None) -> str:
   return os.path.join(cache_dir, "miniature", f"corpus_{corpus_key(spec)}")
 
 
-class NotMade(FileNotFoundError):
-  """A cached step of the miniature has not been made; the message names the command."""
+NotMade = gcide.NotMade  # a cached step not made; the message names the command
 
 
 def find(spec: CorpusSpec = CorpusSpec(), cache_dir: Optional[str] = None) -> Corpus:

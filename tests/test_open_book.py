@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 
+from prompt_tuning.retrieval import dictionary_book
 from prompt_tuning.tasks import dictionary_qa as dq
 from prompt_tuning.tasks import gcide
 
@@ -157,7 +158,12 @@ def test_the_registered_tasks_read_a_prepared_book_from_a_dictionary_slice(tmp_p
   spec = miniature.CorpusSpec(seed=0, pieces=200, folder=str(folder), held_out_fraction=0.5)
   cache = str(tmp_path / "cache")
   corpus = miniature.prepare(spec, cache, log=lambda line: None)
-  book = dq.prepare(corpus, log=lambda line: None)
+  # Not built yet: the tasks' reader names the command that builds it.
+  with pytest.raises(miniature.NotMade, match=r"is missing: build it with `python -m "
+                     r"prompt_tuning.miniature book`"):
+    dq.prepared(corpus)
+  book = dictionary_book.prepare(corpus, log=lambda line: None)
+  assert dq.prepared(corpus).path == book.path
   assert book.path == dq.book_dir(corpus) and os.path.basename(book.path).endswith(
       dq.book_key(0))
   record = book.record()
@@ -168,7 +174,8 @@ def test_the_registered_tasks_read_a_prepared_book_from_a_dictionary_slice(tmp_p
   recall = record["recall_at_k"]["train"]["all"]
   assert recall == pytest.approx({str(x): v for x, v in dq.recall_at_k(
       book.top("train"), book.gold_positions("train"), [1, 5, 20]).items()})
-  assert dq.prepare(corpus, log=lambda line: 1 / 0).path == book.path  # cached: no work
+  # Cached: no work.
+  assert dictionary_book.prepare(corpus, log=lambda line: 1 / 0).path == book.path
   miniature.register("obtest", spec, cache)
   import seqio
   vocab = corpus.vocabulary()

@@ -1,4 +1,5 @@
-"""`python -m prompt_tuning.miniature make|status`: makes the real-language family."""
+"""`python -m prompt_tuning.miniature make|status|book`: makes the real-language family
+(and `book`: the dictionary's open book for the frozen reader)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m prompt_tuning.miniature",
                                    description=__doc__)
-  parser.add_argument("command", choices=("make", "status"))
+  parser.add_argument("command", choices=("make", "status", "book"))
   parser.add_argument("--sizes", default=None, help="comma-separated sizes (default: all)")
   parser.add_argument("--steps", type=int, default=None, help="pretraining steps per size")
   parser.add_argument("--longer", default=None,
@@ -46,6 +47,16 @@ def main(argv=None) -> int:
       print(f"error: unknown size {size!r}; expected some of {list(miniature.SIZES)}",
             file=sys.stderr)
       return 2
+  if args.command == "book":
+    from prompt_tuning.retrieval import dictionary_book
+    try:
+      from prompt_tuning.tasks.miniature import find
+      book = dictionary_book.prepare(find(), log=lambda m: print(m, flush=True))
+    except (miniature.NotMade, ImportError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 1
+    print(f"open book: {book.path}")
+    return 0
   if args.command == "status":
     for size in sizes:
       try:
