@@ -40,6 +40,7 @@ TOGETHER = {
     "tests/test_provenance.py": 20,
     "tests/test_quickstart.py": 200,
     "tests/test_serving.py": 60,
+    "tests/test_serving_continuous.py": 10,
     "tests/test_serving_openai.py": 30,
     "tests/test_sharding.py": 160,
     "tests/test_train_evaluation.py": 130,
@@ -49,6 +50,8 @@ TOGETHER = {
 # The seconds (setup + call) of each test whose node id starts with the key (the longest
 # key that matches wins), measured with `-n 2` on a 2-core machine.
 SECONDS = {
+    "tests/test_open_book.py::test_the_benchmarks_quick_mode_runs_every_method_and_writes_the_claims":
+        60,
     "tests/test_research_suite.py::test_quick_run_writes_every_figure_and_tests_every_claim": 150,
     "tests/test_training_guarantees.py::test_sigkill_anywhere_then_resume_equals_uninterrupted_run":
         80,

@@ -194,13 +194,14 @@ def test_the_registered_tasks_read_a_prepared_book_from_a_dictionary_slice(tmp_p
 
 
 def test_the_benchmarks_quick_mode_runs_every_method_and_writes_the_claims(tmp_path):
-  """`benchmarks/open_book.py --quick` on the cached `m` backbone (skipped, with the
-  one line naming the command, where the miniature is not made)."""
+  """`benchmarks/open_book.py --quick` on the cached `xs` backbone, the cheapest to
+  set up (skipped, with the one line naming the command, where the miniature is
+  not made)."""
   from prompt_tuning.miniature import family as mini
   from prompt_tuning.tasks import miniature
   try:
     miniature.find()
-    mini.require("m", mini.PretrainConfig())
+    mini.require("xs", mini.PretrainConfig())
   except miniature.NotMade as e:
     pytest.skip(str(e))
   from benchmarks import open_book
@@ -208,16 +209,17 @@ def test_the_benchmarks_quick_mode_runs_every_method_and_writes_the_claims(tmp_p
   with pytest.raises(SystemExit):  # an unknown method is refused before any work
     open_book.main(["--quick", "--methods", "frozen reader k=50", "--out", str(tmp_path)])
   assert not os.listdir(tmp_path)
-  res = open_book.main(["--quick", "--out", str(tmp_path)])
+  res = open_book.main(["--quick", "--size", "xs", "--out", str(tmp_path)])
   assert set(res["methods"]) == set(open_book.METHODS)
   for name, entry in res["methods"].items():
     assert len(entry["values"]) == len(entry["correct"]) == 2, name
     assert all(len(c) == res["test_questions"] == 16 for c in entry["correct"])
     assert [100.0 * c.count("1") / 16 for c in entry["correct"]] == pytest.approx(entry["values"])
   params = {n: e["trainable_parameters"] for n, e in res["methods"].items()}
-  assert params["frozen reader k=5"] == params["closed-book prompt tuning"] == open_book.P * 96
+  width = 16  # xs: configs/models/miniature_xs.gin
+  assert params["frozen reader k=5"] == params["closed-book prompt tuning"] == open_book.P * width
   assert params["frozen reader, re-ranked 5 of 20"] > params["frozen reader k=5"]
-  assert params["fine-tuned FiD reader k=5"] == 2_348_896  # every weight of m
+  assert params["fine-tuned FiD reader k=5"] == 268_528  # every weight of xs
   assert [c["claim"] for c in res["claims"]][0].startswith(open_book.CLAIM)
   assert all(stats.is_verdict(c["verdict"]) for c in res["claims"])
   assert all(c["verdict"].startswith("not testable here: 2 seeds") for c in res["claims"])
