@@ -165,11 +165,6 @@ def predict(s, trainable, inputs, decode, batch_size=16, compiled=None) -> list[
   return out
 
 
-def count(tree) -> int:
-  import jax
-  return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
-
-
 def mean_sd(values):
   return dict(mean=float(np.mean(values)),
               sd=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
@@ -178,14 +173,11 @@ def mean_sd(values):
 
 # --- the claims ------------------------------------------------------------------------
 
-def _correct(run) -> np.ndarray:
-  return np.frombuffer(run.encode(), np.uint8) == ord("1")
-
-
 def compare(res, name_a, name_b, claim, control, expected_sign=1):
   """A claims-table row: name_a - name_b, across seeds (the verdict) and paired per
   example (McNemar over (question, seed) pairs, each seed against the same seed)."""
   from benchmarks.research import stats
+  from benchmarks.research.runs import correct_vector
   a, b = res["methods"].get(name_a), res["methods"].get(name_b)
   if a is None or b is None:
     return stats.untestable(claim, control, f"{name_a if a is None else name_b} was not run")
@@ -193,8 +185,8 @@ def compare(res, name_a, name_b, claim, control, expected_sign=1):
              f"({len(a['values'])} vs {len(b['values'])} seeds, {res['test_questions']} test "
              "questions)")
   seeds = min(len(a["correct"]), len(b["correct"]))
-  paired = stats.mcnemar(np.concatenate([_correct(x) for x in a["correct"][:seeds]]),
-                         np.concatenate([_correct(x) for x in b["correct"][:seeds]]))
+  paired = stats.mcnemar(*(np.concatenate([correct_vector(x) for x in side["correct"][:seeds]])
+                           for side in (a, b)))
   paired_text = (f"McNemar (paired per question and seed): {paired['effect']:+.1f} "
                  f"[{paired['ci'][0]:+.1f}, {paired['ci'][1]:+.1f}], p = {paired['p']:.3g}, "
                  f"discordant {paired['discordant'][0]} / {paired['discordant'][1]}")
@@ -225,6 +217,7 @@ def claims(res):
 # --- the run -------------------------------------------------------------------------
 
 def run(args, log=print):
+  from benchmarks.research.runs import count_parameters
   from prompt_tuning.miniature import family as mini
   from prompt_tuning.tasks import dictionary_qa as dq
   from prompt_tuning.tasks import miniature as tasks_lib
@@ -305,7 +298,7 @@ def run(args, log=print):
       for f in dq.FORMS:
         sel = [x for x, r in zip(right, test_rows) if r["form"] == f]
         entry["by_form"][f].append(100.0 * float(np.mean(sel)) if sel else None)
-      entry.update(trainable_parameters=count(trained), step_seconds=per_step)
+      entry.update(trainable_parameters=count_parameters(trained), step_seconds=per_step)
       if seed == 0:
         entry["examples"] = [dict(question=r["question"], answer=r["answer"], said=g)
                              for r, g in list(zip(test_rows, guess))[:5]]
@@ -326,6 +319,7 @@ def markdown(res) -> str:
   from benchmarks.research import stats
   m, st = res["machine"], res["settings"]
   rec = res["recall_at_k"]
+  forms = ", ".join(f"{v} {k}" for k, v in res["test_forms"].items())
   lines = [f"# Open-book QA over the dictionary: the frozen reader (miniature {res['size']})", "",
            "Made by " + ", then ".join(f"`{c}`" for c in res["commands"]) + ". "
            f"Machine: {machine.describe(m)}, load average at start {m['load_average'][0]:.1f} "
@@ -333,7 +327,7 @@ def markdown(res) -> str:
            f"Backbone `{res['backbone']}`, frozen except in the fine-tuned reader. Store: "
            f"{res['book']['passages']:,} passages ({res['book']['cut']:,} cut to "
            f"{res['book']['passage_tokens']} pieces). Test: the first {res['test_questions']} "
-           f"questions of the test split ({', '.join(f'{v} {k}' for k, v in res['test_forms'].items())}). "
+           f"questions of the test split ({forms}). "
            f"Training: {st['steps']} steps of Adafactor, batch {st['batch_size']}, from the first "
            f"{st['train_questions']} train questions; prompts of {st['prompt_length']} tokens at "
            f"rate {st['prompt_lr']}, the fine-tuned reader at {st['finetune_lr']}"

@@ -124,7 +124,8 @@ QUICK = Suite(sizes=("tiny",), pretrain_steps=(("tiny", 150),), seeds=(0, 1), st
 # miniature_pos); prompt tuning, whose gradient through these small frozen
 # backbones is tiny, gets twice the steps, as the paper also trains prompts
 # longer. The initialization and length experiments run on s: xs is too weak a
-# model for a prompt to move (held-out token accuracy 19%), and s costs the same.
+# model for a prompt to move (held-out token accuracy 24.9%, against 32% for s, m
+# and l), and s costs the same.
 # One prompt seed per backbone is recycled (every ordered pair of the 8
 # backbones: 56 cases per recycler).
 MINIATURE = Suite(

@@ -19,7 +19,8 @@ from benchmarks.research import stats
 from benchmarks.research.config import Suite
 from benchmarks.research.family import Backbone, Family
 from benchmarks.research.methods import FINETUNE, family_prompt
-from benchmarks.research.runs import Method, count_parameters, correct_of, run, score_detail
+from benchmarks.research.runs import (Method, correct_vector, count_parameters, run,
+                                      score_detail)
 
 INITS = ("random_uniform", "sampled_vocab", "class_labels")
 # Lester et al. 2022, Table 2: the best setting's success rate.
@@ -202,6 +203,11 @@ def recycling(family: Family, suite: Suite, go: _Runner, rate_of) -> dict[str, A
               sources={f"{k[0]} seed {k[1]}": v[0] for k, v in sources.items()})
 
 
+def rows_of(rows: Sequence[dict[str, Any]], **match) -> list[dict[str, Any]]:
+  """The rows whose fields equal every `match`."""
+  return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
 def chance_of(labels, task: str) -> float:
   """The accuracy (%) of answering uniformly at random among `task`'s class labels: the
   bar a run must clear to have learned anything (the family's tasks are balanced)."""
@@ -226,10 +232,10 @@ def learned_sources(rec: dict[str, Any], examples: int) -> set[str]:
   zero-shot baseline (one-sided exact binomial on the test split, p < 0.05): a
   prompt that did not learn its task has nothing to carry to another backbone."""
   out = set()
-  for r in rec["rows"]:
-    bar = max(rec["baselines"][r["source"]].values())
-    if stats.above_chance(round(r["source_score"] * examples / 100.0), examples, bar / 100.0):
-      out.add(r["source"])
+  for source, score in {(r["source"], r["source_score"]) for r in rec["rows"]}:
+    bar = max(rec["baselines"][source].values())
+    if stats.above_chance(round(score * examples / 100.0), examples, bar / 100.0):
+      out.add(source)
   return out
 
 
@@ -251,9 +257,6 @@ def claims(fam: dict[str, Any], suite: Suite) -> list[dict[str, Any]]:
     if key in untestable:
       return {**row, "verdict": stats.not_testable(untestable[key])}
     return row
-
-  def rows_of(rows, **match):
-    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
 
   gaps = {}
   for size in sizes:
@@ -299,8 +302,7 @@ def claims(fam: dict[str, Any], suite: Suite) -> list[dict[str, Any]]:
         f"{small})", "a 1-token prompt", rows_of(fam["length"], length=longer),
         rows_of(fam["length"], length=1))))
   for r in fam["ensemble"]:
-    vote = np.frombuffer(r["vote_correct"].encode(), np.uint8) == ord("1")
-    selected = np.frombuffer(r["selected_correct"].encode(), np.uint8) == ord("1")
+    vote, selected = correct_vector(r["vote_correct"]), correct_vector(r["selected_correct"])
     members = rows_of(fam["scale"], size=r["size"], family_method="prompt")[:r["members"]]
     where = f"{task}, {name} {r['size']}, {r['members']} prompts"
     pairs = ((f"Lester 2021: an ensemble beats the best single prompt ({where})",

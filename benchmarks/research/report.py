@@ -17,12 +17,12 @@ RULES = ("Verdicts: \"reproduced (p < 0.05)\" when the effect goes the paper's w
          "way as significantly; otherwise \"inconclusive\"; \"not testable here\" with the "
          "reason. Across seeds: an exact permutation test of the difference in means, with the "
          "95% interval that inverts it (the shifts the test does not reject, so it leaves out "
-         "0 exactly when p < 0.05); on one shared test set: McNemar's exact test (accuracies) or a paired "
-         "bootstrap over examples (continuous scores). A comparison of prompts none of which "
-         "beats chance on the test split (one-sided exact binomial, p < 0.05) is \"not "
-         "testable here\": those prompts learned nothing to compare. Every run selects its checkpoint (and, "
-         "in the family experiments, its learning rate) on the validation split; every score "
-         "is on the held-out test split.")
+         "0 exactly when p < 0.05); on one shared test set: McNemar's exact test (accuracies) "
+         "or a paired bootstrap over examples (continuous scores). A comparison of prompts "
+         "none of which beats chance on the test split (one-sided exact binomial, p < 0.05) "
+         "is \"not testable here\": those prompts learned nothing to compare. Every run "
+         "selects its checkpoint (and, in the family experiments, its learning rate) on the "
+         "validation split; every score is on the held-out test split.")
 
 
 def _runs_note(results: dict[str, Any]) -> str:
@@ -47,12 +47,17 @@ def report_name(preset: str) -> str:
   return "research" if preset in ("quick", "full") else f"research_{preset}"
 
 
+def _preset(results: dict[str, Any]) -> str:
+  """The preset a results file was made with (files from before presets: quick or full)."""
+  return results.get("preset") or ("quick" if results["quick"] else "full")
+
+
 def _name(results: dict[str, Any]) -> str:
-  return report_name(results.get("preset") or ("quick" if results["quick"] else "full"))
+  return report_name(_preset(results))
 
 
 def _flags(results: dict[str, Any]) -> str:
-  preset = results.get("preset") or ("quick" if results["quick"] else "full")
+  preset = _preset(results)
   return {"quick": " --quick", "full": ""}.get(preset, f" --suite {preset}")
 
 
@@ -132,29 +137,28 @@ def family_markdown(fam: dict[str, Any]) -> list[str]:
             "| size | method | rates | selected |", "| --- | --- | --- | --- |"]
   for s in fam["sweeps"]:
     lines.append(f"| {s['size']} | {s['method']} | {s['rates']} | {s['selected']:g} |")
+  from benchmarks.research.experiments_family import learned as learned_run, rows_of
   chance = fam.get("chance")
 
-  def learned(group_rows) -> str:
-    """How many of a group's runs beat chance (the claims' test of having learned)."""
-    if chance is None or not all("test_correct" in r for r in group_rows):
+  def learned(rows, group, *keys) -> str:
+    """How many runs of a group (the rows matching `group` on `keys`) beat chance: the
+    claims' test of having learned."""
+    runs = rows_of(rows, **{k: group[k] for k in keys})
+    if chance is None or not all("test_correct" in r for r in runs):
       return "-"
-    from benchmarks.research.experiments_family import learned as learned_run
-    return f"{sum(learned_run(r, chance) for r in group_rows)} of {len(group_rows)}"
-
-  def members(rows, group, *keys):
-    return [r for r in rows if all(r[k] == group[k] for k in keys)]
+    return f"{sum(learned_run(r, chance) for r in runs)} of {len(runs)}"
 
   above = (f"runs above chance ({chance:.0f}%)" if chance is not None else "runs above chance")
   lines += ["", f"| size | method | test score | {above} |", "| --- | --- | --- | --- |"]
   for r in aggregate(fam["scale"], "size", "method"):
     lines.append(f"| {r['size']} | {r['method']} | {pm(r)} | "
-                 f"{learned(members(fam['scale'], r, 'size', 'method'))} |")
+                 f"{learned(fam['scale'], r, 'size', 'method')} |")
   lines += ["", f"| initialization / length | test score | {above} |", "| --- | --- | --- |"]
   for r in aggregate(fam["init"], "init"):
-    lines.append(f"| {r['init']} | {pm(r)} | {learned(members(fam['init'], r, 'init'))} |")
+    lines.append(f"| {r['init']} | {pm(r)} | {learned(fam['init'], r, 'init')} |")
   for r in sorted(aggregate(fam["length"], "length"), key=lambda r: r["length"]):
     lines.append(f"| {r['length']} tokens | {pm(r)} | "
-                 f"{learned(members(fam['length'], r, 'length'))} |")
+                 f"{learned(fam['length'], r, 'length')} |")
   rec = fam["recycling"]
   lines += ["", f"Recycling ({rec['task']}; support: skip the {rec['support']['skip']} most "
             f"frequent pieces, take {rec['support']['take']}; random answers would succeed "

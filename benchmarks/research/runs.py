@@ -275,6 +275,11 @@ def run(method: Method, task: str, bb: Backbone | str, seed: int, suite: Suite, 
   return {**result, "run_dir": run_dir}
 
 
+def correct_vector(text: str) -> np.ndarray:
+  """Per-example correctness written as "1"/"0" characters, as a bool vector."""
+  return np.frombuffer(text.encode(), np.uint8) == ord("1")
+
+
 def correct_of(result: Mapping[str, Any]) -> np.ndarray:
   """A run's per-example test correctness as a bool vector."""
-  return np.frombuffer(result["test_correct"].encode(), np.uint8) == ord("1")
+  return correct_vector(result["test_correct"])

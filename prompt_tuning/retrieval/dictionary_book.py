@@ -18,6 +18,7 @@ import numpy as np
 from prompt_tuning.retrieval import bm25
 from prompt_tuning.retrieval import store as store_lib
 from prompt_tuning.tasks import dictionary_qa as dq
+from prompt_tuning.tasks import gcide
 
 
 def prepare(corpus, log=print, long_passages: str = "cut") -> "dq.Book":
@@ -28,9 +29,9 @@ def prepare(corpus, log=print, long_passages: str = "cut") -> "dq.Book":
     return dq.Book(path)
   import sentencepiece as spm
   processor = spm.SentencePieceProcessor(model_file=corpus.spm_path)
-  entries = dq.gcide.load_entries(corpus.spec.folder)
+  entries = gcide.load_entries(corpus.spec.folder)
   book = dq.build(entries, corpus.held_out(), processor.encode, corpus.spec.seed,
-               long_passages=long_passages, log=log)
+                  long_passages=long_passages, log=log)
   work = path + ".partial"
   shutil.rmtree(work, ignore_errors=True)
   os.makedirs(work)
