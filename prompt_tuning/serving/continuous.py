@@ -76,6 +76,8 @@ class Completion:
   stop: Sequence[str] = ()
   on_event: Callable[[Event], None] = lambda event: None  # called on the decode thread
   stream: bool = True                  # an event per token; False: only the last one (or an error)
+  logprobs: bool = True                # keep each token's log-probabilities and alternatives in
+                                       # `entries` and events (False: (id, logp, ()) in events only)
   cancelled: bool = False              # set by the request when its client leaves
   submitted: float = dataclasses.field(default_factory=time.monotonic)
   first_token_at: Optional[float] = None
@@ -557,13 +559,50 @@ class ContinuousBatcher:
     self._last_ready = ready
     steps = call.steps
     rows, delivered = sum(s is not None for s in call.occupants), 0
+    # One conversion per array, not one per row: this runs once per call for every row.
+    tokens_RS, logp_RS = token_SR.T.tolist(), logp_SR.T.tolist()
+    tops = None
     for i, seq in enumerate(call.occupants):
       if seq is None or seq.finish_reason is not None:
         continue  # An ended row's extra call: its tokens are dropped.
+      if seq.cancelled:  # Its client left: the row is free from here on.
+        self._free(i, seq)
+        continue
       # A call's tokens arrive together: each counts the call's time per step.
       gap = (now - (seq.last_token_at or start)) / steps
-      tokens_S, logp_S = token_SR[:, i].tolist(), logp_SR[:, i].tolist()
-      ids_S, top_S = top_ids[:, i].tolist(), top_logp[:, i].tolist()
+      tokens_S, logp_S = tokens_RS[i], logp_RS[i]
+      if seq.logprobs and tops is None:
+        tops = (np.swapaxes(top_ids, 0, 1).tolist(), np.swapaxes(top_logp, 0, 1).tolist())
+
+      def entry(s, seq=seq, i=i, tokens_S=tokens_S, logp_S=logp_S):
+        if not seq.logprobs:
+          return (tokens_S[s], logp_S[s], ())
+        return (tokens_S[s], logp_S[s], list(zip(tops[0][i][s], tops[1][i][s])))
+      if not (seq.stream or seq.stop):
+        # Nobody reads a token's text before the end (decoded then, once): the row's
+        # tokens up to its budget or EOS go in at once.
+        m = min(steps, seq.max_tokens - len(seq.output))
+        if EOS_ID in tokens_S[:m]:
+          m = tokens_S.index(EOS_ID) + 1
+        if m <= 0:
+          continue
+        seq.output.extend(tokens_S[:m])
+        delivered += m
+        if seq.first_token_at is None:
+          seq.first_token_at = now
+          seq.gaps.extend([gap] * (m - 1))
+        else:
+          seq.gaps.extend([gap] * m)
+        seq.last_token_at = now
+        if seq.logprobs:
+          seq.entries.extend(entry(s) for s in range(m))
+        token = tokens_S[m - 1]
+        if token != EOS_ID and len(seq.output) < seq.max_tokens:
+          continue
+        event = self._advance(seq, token)
+        event.tokens = [entry(m - 1)]
+        self._finish(i, seq, event)
+        continue
       for s in range(steps):
         if seq.cancelled:  # Its client left: the row is free from here on.
           self._free(i, seq)
@@ -576,22 +615,25 @@ class ContinuousBatcher:
         else:
           seq.gaps.append(gap)
         seq.last_token_at = now
-        entry = (token, logp_S[s], list(zip(ids_S[s], top_S[s])))
-        seq.entries.append(entry)
-        if not (seq.stream or seq.stop or token == EOS_ID or len(seq.output) >= seq.max_tokens):
-          continue  # Nobody reads this token's text before the end: decoded then, once.
+        tokens = [entry(s)]
+        if seq.logprobs:
+          seq.entries.append(tokens[0])
         event = self._advance(seq, token)
-        event.tokens = [entry]
+        event.tokens = tokens
         if event.finish_reason is not None:  # Later tokens of the call are dropped.
-          self._free(i, seq)
-          seq.finish_reason = event.finish_reason
-        seq.on_event(event)
-        if event.finish_reason is not None:
-          if self._on_finish is not None:
-            self._on_finish(seq)
+          self._finish(i, seq, event)
           break
+        seq.on_event(event)
     if self._on_step is not None:
       self._on_step(StepStats(rows=rows, tokens=delivered, seconds=ready - start, steps=steps))
+
+  def _finish(self, slot: int, seq: Completion, event: Event) -> None:
+    """Hands a sequence its last event; its row is free."""
+    self._free(slot, seq)
+    seq.finish_reason = event.finish_reason
+    seq.on_event(event)
+    if self._on_finish is not None:
+      self._on_finish(seq)
 
   def _advance(self, seq: Completion, token: int) -> Event:
     """The text the new token adds, and whether the sequence has ended."""

@@ -225,7 +225,7 @@ class Completions:
           inbox.put((index, event))
         seqs.append(continuous.Completion(
             inputs=row, prompt=prompt, max_tokens=max_tokens, stop=stop, on_event=on_event,
-            stream=body.stream,
+            stream=body.stream, logprobs=body.logprobs is not None,
             sampling=continuous.Sampling(seed=seed, stream_index=index, **sampling)))
     self.decoder.submit(seqs)
     usage = dict(prompt_tokens=sum(len(r) for r in ids))
@@ -263,6 +263,9 @@ class Completions:
   async def _stream(self, request, seqs, events, head, usage, logprobs, include_usage):
     left = len(seqs)
     completion_tokens = 0
+    # A chunk without logprobs is this head, then its index, text and finish reason:
+    # rendered once here, as `_sse` would render the whole chunk, rather than per token.
+    prefix = b"data: " + _dumps(head)[:-1] + b',"choices":[{"index":'
     try:
       failed = False
       while left and not failed:
@@ -285,6 +288,11 @@ class Completions:
             left -= 1
           if not event.text and event.finish_reason is None and logprobs is None:
             continue  # Nothing to say yet (text held back while a stop string may start).
+          if logprobs is None:
+            out.append(b"".join((prefix, str(index).encode(), b',"text":', _dumps(event.text),
+                                 b',"finish_reason":', _dumps(event.finish_reason),
+                                 b',"logprobs":null}]}\n\n')))
+            continue
           choice = dict(index=index, text=event.text, finish_reason=event.finish_reason,
                         logprobs=self._logprobs(event.tokens, logprobs))
           out.append(_sse({**head, "choices": [choice]}))
@@ -366,8 +374,12 @@ class Completions:
                                       total_tokens=prompt_tokens + completion)))
 
 
+def _dumps(content: Any) -> bytes:
+  return json.dumps(content, separators=(",", ":")).encode()
+
+
 def _sse(content: Any) -> bytes:
-  return b"data: " + json.dumps(content, separators=(",", ":")).encode() + b"\n\n"
+  return b"data: " + _dumps(content) + b"\n\n"
 
 
 def _openai_error_body(status: int, code: str, message: str,
