@@ -342,3 +342,37 @@ def test_a_cancelled_row_leaves_at_the_next_call_dispatched():
   # Call 3 is the next dispatched after the client left: the row is free in it.
   assert [s.rows for s in stats[:3]] == [2, 2, 1]
   assert all(s.rows == 1 for s in stats[2:])
+
+
+def test_unstreamed_rows_take_a_calls_tokens_at_once_and_keep_logprobs_only_when_asked():
+  """A row that neither streams nor has stop strings takes its tokens of a call in one go
+  (up to its budget or EOS, as token by token would); `entries` holds each token's
+  (id, log-probability, alternatives) only for a completion that asked for logprobs."""
+  programs = _FakePrograms(rows=3, most=8)
+  vocab = types.SimpleNamespace(decode=lambda ids: "".join(chr(32 + t % 90) for t in ids))
+  batcher = continuous.ContinuousBatcher(programs, vocab)
+  events = {k: [] for k in range(3)}
+  # Row budgets 13 and 5; the third emits EOS at position 6 (its input starts with 2).
+  seqs = [continuous.Completion(inputs=ids, prompt="p", max_tokens=n, stream=False,
+                                logprobs=k == 0, on_event=events[k].append)
+          for k, (ids, n) in enumerate((([5, 0, 1], 13), ([5, 0, 2], 5), ([2, 6, 3], 20)))]
+  batcher.submit(seqs)
+  batcher.start()
+  batcher.stop()
+  first, second, third = seqs
+  assert first.finish_reason == second.finish_reason == "length"
+  assert len(first.output) == 13 and len(second.output) == 5
+  assert third.finish_reason == "stop" and len(third.output) == 7
+  assert third.output[-1] == continuous.EOS_ID and continuous.EOS_ID not in third.output[:-1]
+  for k, seq in enumerate(seqs):
+    row = (seq.output[0] - 10) // 100
+    want = [10 + 100 * row + t for t in range(len(seq.output))]
+    if seq is third:
+      want[-1] = continuous.EOS_ID
+    assert seq.output == want
+    assert len(events[k]) == 1 and events[k][0].text == seq.text
+    assert len(seq.gaps) == len(seq.output) - 1
+  assert [e[0] for e in first.entries] == first.output
+  assert all(len(alternatives) == 5 for _, _, alternatives in first.entries)
+  assert second.entries == [] and third.entries == []
+  assert events[1][0].tokens == [(second.output[-1], 0.0, ())]
