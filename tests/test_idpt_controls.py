@@ -63,9 +63,9 @@ def test_the_quick_run_measures_every_method_and_writes_claims_with_verdicts(tmp
   res = idpt.main(["--quick", "--out", str(tmp_path / "out"),
                    "--work_dir", str(tmp_path / "work")])
   names = {m.name for m, _ in idpt.methods(idpt.QUICK, lambda: np.arange(100))}
-  assert {m["method"] for m in res["summary"]} == names and len(names) == 5
-  assert all(m["seeds"] == 1 and m["parameters"] > 0 for m in res["summary"])
-  params = {m["method"]: m["parameters"] for m in res["summary"]}
+  assert {m["method"] for m in res["methods"]} == names and len(names) == 5
+  assert all(m["seeds"] == 1 and m["parameters"] > 0 for m in res["methods"])
+  params = {m["method"]: m["parameters"] for m in res["methods"]}
   assert params[idpt.IDPT] == params[idpt.ZEROED]  # equal budget: only the reading differs
   assert params[f"{idpt.STATIC} (10 tokens)"] == 10 * 16  # xs width 16
   assert params[f"{idpt.STATIC} (20 tokens)"] == 20 * 16
@@ -82,3 +82,9 @@ def test_the_quick_run_measures_every_method_and_writes_claims_with_verdicts(tmp
   text = open(tmp_path / "out" / "idpt_miniature_quick.md").read()
   assert "## Claims" in text and "step time x prompt tuning" in text
   assert "PARTIAL" not in text
+  # --report_only recomputes the claims and the table from the JSON alone, byte for byte.
+  again = idpt.main(["--quick", "--report_only", "--out", str(tmp_path / "out"),
+                     "--work_dir", str(tmp_path / "nothing_runs_here")])
+  assert again["claims"] == res["claims"] and again["methods"] == res["methods"]
+  assert open(tmp_path / "out" / "idpt_miniature_quick.md").read() == text
+  assert not os.path.exists(tmp_path / "nothing_runs_here")
