@@ -7,10 +7,11 @@ pretrained encoder (a T5 encoder); a small trained network of learned
 queries attending to that reading writes the prompt, and only that network
 trains. One generator serves the whole multi-task training mixture (the
 tasks of T0's P3 collection), which tells tasks apart by their natural-
-language templates, not by a task index. (Checked against the paper with
-the project's search tool, which returns its ar5iv page, 2204.10019, from
-the abstract on; the section's generator sizes are not quoted here because
-that text was not reachable.)
+language templates, not by a task index. (The project's search tool reaches
+only the paper's abstract, ar5iv 2204.10019, which confirms the frozen-LM
+framing and the three methods; the sec. 2 details above were not re-read
+from the section text, and the generator's size is not quoted for that
+reason: check sec. 2 before relying on them.)
 
 Two generators here, both giving a [P, H] prompt per example joined to the
 input like a soft prompt:
