@@ -259,8 +259,12 @@ def _mean_sd(rows) -> str:
 def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
   """Per method: rate, scores, per-task means, parameters and cost against prompt tuning."""
   out = []
-  base = next((r for r in result["rows"] if r["method"] == f"{STATIC} "
-               f"({result['settings']['prompt_length']} tokens)" and r.get("steps_per_sec")), None)
+  base_name = f"{STATIC} ({result['settings']['prompt_length']} tokens)"
+  base_rows = [r for r in result["rows"] if r["method"] == base_name and "failed" not in r]
+  base_sps = [r["steps_per_sec"] for r in base_rows if r.get("steps_per_sec")]
+  # Prompt tuning's median over its runs: one run's rate swings with the machine's load.
+  base = dict(trainable_parameters=base_rows[0]["trainable_parameters"],
+              steps_per_sec=float(np.median(base_sps)) if base_sps else None) if base_rows else None
   for name, sweep in result["sweeps"].items():
     rows = [r for r in result["rows"] if r["method"] == name and "failed" not in r]
     if not rows:
@@ -275,7 +279,8 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
         pos=100.0 * m[:, :half].mean(), etymology=100.0 * m[:, half:].mean(),
         above_chance=sum(_learned(r) for r in rows), parameters=params,
         parameters_x=params / base["trainable_parameters"] if base else None,
-        step_time_x=(base["steps_per_sec"] / float(np.median(sps))) if base and sps else None))
+        step_time_x=(base["steps_per_sec"] / float(np.median(sps)))
+        if base and base["steps_per_sec"] and sps else None))
   return out
 
 
@@ -322,9 +327,10 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append(f"| {name} | " + " | ".join(
         "non-finite" if v is None or v == -math.inf else f"{v:.1f}" for v in vals)
         + f" | {sw['selected']:g} |")
-  lines += ["", "Step time is the median over a method's runs of its last logging window "
-            "(compilation excluded), relative to the 10-token static prompt's first run; the "
-            "machine's two cores were shared with other work, so read it to about +-20%.", ""]
+  lines += ["", "Step time: the median over a method's runs of the step rate in its last "
+            "logging window (compilation excluded), relative to the same median of the "
+            f"{s['prompt_length']}-token static prompt (prompt tuning); the machine's two "
+            "cores were shared with other work, so read it to about +-20%.", ""]
   return "\n".join(lines)
 
 
