@@ -389,6 +389,12 @@ def markdown(res) -> str:
     return f"| {name} | {r['mean']:.1f} ± {r['sd']:.1f} | {', '.join(f'{v:.1f}' for v in r['values'])} |"
   if "idpt" in res:
     lines += ["## ID-PT vs one static prompt (mixture of held-out formats, equal steps)", "",
+              "**A demonstration that runs, not evidence: it cannot separate the methods.** "
+              "The formats carry no task marker and their inputs look alike, so no method "
+              "can tell the task from the input; 3 seeds, no significance test, and the "
+              "two sides train different parameter counts. ID-PT's claim is tested against "
+              "equal-budget controls in idpt_miniature.md (`python -m "
+              "benchmarks.research.idpt`, issue 35).", "",
               "Exact match (%), mean ± sd over seeds.", "",
               "| method / task | exact match | per seed |", "| --- | ---: | --- |"]
     for name, per in res["idpt"].items():
@@ -398,6 +404,11 @@ def markdown(res) -> str:
   if "reader" in res:
     r, st = res["reader"], res["settings"]
     lines += ["## Frozen reader (open-book QA, 10,000 passages)", "",
+              "**A demonstration that runs, not evidence: this question set is capped.** No "
+              "reader can exceed about 81% here (many questions give only a last name that "
+              "about 41 people share, so reading more passages cannot help by construction), "
+              "and there is no fine-tuned reader to compare with. The frozen reader is "
+              "tested on the dictionary's open-book QA instead (docs/open_book.md).", "",
               f"Backbone: `{r['backbone']}` (the small quickstart backbone pretrained on "
               "`reading_pretrain`: the synthetic tasks plus copying the last word of a "
               "longer input, `tail: kag fo mivu parl` -> `parl`, "

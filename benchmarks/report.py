@@ -41,6 +41,7 @@ RENDERERS = {
     "giants": "benchmarks.giants:markdown",
     "bf16_cpu": "benchmarks.bf16_cpu:markdown",
     "gpu": "benchmarks.gpu:markdown",
+    "idpt": "benchmarks.research.idpt:markdown",
     "inference": "benchmarks.inference:markdown",
     "memory": "benchmarks.memory:markdown",
     "microbatches": "benchmarks.microbatches:markdown",

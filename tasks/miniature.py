@@ -30,6 +30,9 @@ Registered seqio tasks (`register(prefix)`, done for "miniature" when
   <prefix>_binary            definition -> noun / verb (recycling's task)
   <prefix>_{pos,etymology,binary}_rank   the same, by rank classification
   <prefix>_open_book_<mode>  open-book QA over the dictionary (`dictionary_qa`)
+  <prefix>_pos_etymology     pos + etymology, equal rates, no task marker (ID-PT's)
+  <prefix>_pos_etymology_marked   the same with a `task_index` feature (0: pos,
+                             1: etymology), from <prefix>_task_index_<task>
 
 The task splits (train / validation / test) come from held-out entries only.
 """
@@ -56,6 +59,9 @@ INPUTS_LENGTH = 64         # span-corruption inputs (EOS included)
 CHUNK_LENGTH, TARGETS_LENGTH = span_corruption.chunk_lengths(INPUTS_LENGTH)
 FEATURE_LENGTHS = {"inputs": 64, "targets": 16}  # the tasks' lengths
 MAKE_COMMAND = "python -m prompt_tuning.miniature make"
+# The mixture ID-PT is tested on (benchmarks/research/idpt.py), in task-index order.
+MIXTURE_TASKS = ("pos", "etymology")
+MIXTURE = "pos_etymology"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,6 +292,17 @@ def register(prefix: str = "miniature", spec: CorpusSpec = CorpusSpec(),
           preprocessors=[benchmarks.expand_candidates(gcide.LABELS[task]), *tokenize],
           output_features=features, postprocess_fn=postprocessors.rank_candidate,
           metric_fns=[metrics.rank_classification])
+  # Issue 35's mixture of two tasks whose inputs differ in form (a definition for the
+  # part of speech, a bare headword for the etymology), so that an input-dependent
+  # prompt can tell them apart: unmarked, and marked with a task index.
+  for i, task in enumerate(MIXTURE_TASKS):
+    seqio.TaskRegistry.add(f"{prefix}_task_index_{task}",
+                           source=source_class(examples_fn(task), splits),
+                           preprocessors=[*tokenize, benchmarks.add_task_index(i)],
+                           output_features=features, metric_fns=[metrics.exact_match])
+  seqio.MixtureRegistry.add(f"{prefix}_{MIXTURE}", [(f"{prefix}_{t}", 1.0) for t in MIXTURE_TASKS])
+  seqio.MixtureRegistry.add(f"{prefix}_{MIXTURE}_marked",
+                            [(f"{prefix}_task_index_{t}", 1.0) for t in MIXTURE_TASKS])
   from prompt_tuning.tasks import dictionary_qa
   dictionary_qa.register(prefix, locate, vocab, source_class)
 

@@ -53,6 +53,7 @@ SECONDS = {
     "tests/test_open_book.py::test_the_benchmarks_quick_mode_runs_every_method_and_writes_the_claims":
         60,
     "tests/test_research_suite.py::test_quick_run_writes_every_figure_and_tests_every_claim": 150,
+    "tests/test_idpt_controls.py::test_the_quick_run_measures_every_method": 60,
     "tests/test_training_guarantees.py::test_sigkill_anywhere_then_resume_equals_uninterrupted_run":
         80,
     "tests/test_tasks.py::test_every_registered_task_yields_examples_on_mock_data": 55,

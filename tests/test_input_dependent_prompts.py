@@ -54,6 +54,41 @@ def test_the_prompt_is_written_from_the_backbone_encoders_reading():
   assert not np.allclose(np.asarray(enc2[:, :3]), np.asarray(enc[:, :3]))
 
 
+def _prompts(setup, params, tokens):
+  """The generated prompt rows [B, P, H] of `tokens` (the prompt module's own output,
+  given the backbone's reading where it takes one)."""
+  def prompt_rows(model, tokens_BL):
+    features = {}
+    if model.encoder_prompt.needs_backbone_reading:
+      features[idp.READING] = model.encoder(tokens_BL, deterministic=True,
+                                            prompt_features={idp.READ_PASS: True})
+    embedded = jnp.zeros(tokens_BL.shape + (CFG.emb_dim,))
+    joined, _ = model.encoder_prompt(embedded, tokens_BL, tokens_BL > 0, **features)
+    return joined[:, :3]
+  return np.asarray(setup.model.apply({"params": params}, tokens, method=prompt_rows))
+
+
+def test_a_zeroed_reading_keeps_the_parameters_and_removes_the_input_dependence():
+  """Issue 35's control: the same generator (same parameter tree) fed zeros writes
+  one prompt for every input, while the reading generator's prompts differ."""
+  tokens = jnp.asarray([[5, 6, 7, 1], [8, 9, 1, 0], [20, 21, 22, 1]], jnp.int32)
+  reading, zeroed = setup_lib.build(_spec()), setup_lib.build(_spec(zero_reading=True))
+  assert (jax.tree.map(jnp.shape, reading.trainable) ==
+          jax.tree.map(jnp.shape, zeroed.trainable))
+  # The same trained generator in both: only the reading differs.
+  generator = jax.tree.map(lambda x: x + 0.1, reading.trainable)
+  with_reading = _prompts(reading, freezing.merge(generator, reading.frozen), tokens)
+  without = _prompts(zeroed, freezing.merge(generator, zeroed.frozen), tokens)
+  assert not np.allclose(with_reading[0], with_reading[1])
+  assert not np.allclose(with_reading[0], with_reading[2])
+  np.testing.assert_array_equal(without[0], without[1])  # padding changes nothing either
+  np.testing.assert_array_equal(without[0], without[2])
+  assert np.all(np.isfinite(without)) and np.abs(without).max() > 0
+  # No reading pass is made for it (the wrapper skips it): no backbone reading reaches it.
+  assert not zeroed.model.encoder_prompt.needs_backbone_reading
+  assert reading.model.encoder_prompt.needs_backbone_reading
+
+
 def test_without_the_wrapper_the_backbone_reading_is_one_clear_error():
   spec = _spec().replace(model_class=None)
   with pytest.raises(ValueError, match="model_class = @InputDependentT5"):

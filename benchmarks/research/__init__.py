@@ -40,8 +40,10 @@ Two kinds of experiment:
                 prompt recycled, a random orthogonal map, and random answers
                 (simulated); held against the paper's 88.9%.
 
-Open-book reading and recursive LMs (Levine et al. 2022) have their own
-evidence script, benchmarks/giants.py.
+ID-PT against equal-budget controls on the miniature (Levine et al. 2022,
+issue 35) is its own experiment, `python -m benchmarks.research.idpt`
+(`idpt`). Open-book reading and recursive LMs have their own scripts
+(benchmarks/open_book.py; benchmarks/giants.py runs them end to end).
 
 Runs are cached in folders keyed by every setting that changes a result
 (`runs.run_settings`: method and its settings, learning rate, steps, seed,

@@ -265,7 +265,9 @@ def run(method: Method, task: str, bb: Backbone | str, seed: int, suite: Suite, 
                 validation_score=validation[selected], score=test, split="test",
                 test_correct="".join("1" if c else "0" for c in correct),
                 trainable_parameters=count_parameters(trained),
-                train_seconds=round(seconds, 1), key=run_key(settings))
+                train_seconds=round(seconds, 1), key=run_key(settings),
+                # The last logging window's rate (compilation excluded): step cost.
+                steps_per_sec=summary.get("last_metrics", {}).get("steps_per_sec"))
   if method.rules == "prompt":
     prompt = trained.get("encoder_prompt", {}).get("prompt")
     if prompt is not None and getattr(prompt, "ndim", 0) == 2:

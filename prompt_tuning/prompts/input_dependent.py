@@ -1,24 +1,42 @@
-"""Input-dependent prompt tuning (ID-PT, Levine et al. 2022, sec. 3): a prompt written per input.
+"""Input-dependent prompt tuning (ID-PT, Levine et al. 2022, sec. 2): a prompt written per input.
 
-Two generators, both giving a [P, H] prompt per example joined to the input
-like a soft prompt:
+The paper's setting (sec. 2, "input-dependent prompt tuning for multi-tasking a
+frozen LM"): the frozen LM is J1-Large, a 7B *decoder-only* model, and it is
+not the reader. Each input is first read by a separate, much smaller frozen
+pretrained encoder (a T5 encoder); a small trained network of learned
+queries attending to that reading writes the prompt, and only that network
+trains. One generator serves the whole multi-task training mixture (the
+tasks of T0's P3 collection), which tells tasks apart by their natural-
+language templates, not by a task index. (The project's search tool reaches
+only the paper's abstract, ar5iv 2204.10019, which confirms the frozen-LM
+framing and the three methods; the sec. 2 details above were not re-read
+from the section text, and the generator's size is not quoted for that
+reason: check sec. 2 before relying on them.)
 
-- `FrozenReadingPrompt`, the paper's: the input is first read by a *frozen
-  pretrained* encoder (by default the backbone's own encoder, run on the
-  input without a prompt; optionally a separate, e.g. smaller, frozen T5
-  encoder read from its own checkpoint). P learned queries then cross-attend
-  to that reading through a few attention layers (`QueryGenerator`). Only
-  the queries and that network train. The backbone reading needs the model
-  wrapper `InputDependentT5` (`ModelSpec.model_class = @InputDependentT5`),
-  which runs the encoder twice: once to read, once with the prompt.
+Two generators here, both giving a [P, H] prompt per example joined to the
+input like a soft prompt:
+
+- `FrozenReadingPrompt`, the paper's: queries cross-attend, through a few
+  attention layers (`QueryGenerator`), to a frozen encoder's reading of the
+  input. With `reader_checkpoint` the reader is a separate frozen T5 encoder
+  read from its own checkpoint (the paper's arrangement: a small reader
+  beside a large frozen LM). By default, for convenience on one backbone,
+  the reader is the backbone's own encoder run on the input without a prompt,
+  which needs the model wrapper `InputDependentT5`
+  (`ModelSpec.model_class = @InputDependentT5`) and runs the encoder twice:
+  once to read, once with the prompt.
 - `InputDependentPrompt`, the earlier from-scratch generator: a small
   Transformer over the frozen token *embeddings*, then the queries. Kept as
   an option; it needs no wrapper.
 
 Neither reads a task index: one generator serves a multi-task mixture.
-Departure from the paper: its generator sat on a 7B decoder-only LM; here the
-frozen reader is a T5 encoder, and the reading enters through a learned
-projection when its width differs from the generator's.
+Departures from the paper: the frozen LM is a T5 encoder-decoder, not a
+decoder-only LM, so the prompt enters the encoder's input; the default
+reader is that same backbone's encoder rather than a separate one; and the
+reading enters through a learned projection when its width differs from the
+generator's. `zero_reading` is a control of our own (issue 35): the same
+generator fed zeros, so that equal parameters without input dependence can
+be compared.
 
 Shape key: B batch, L input length, R reading length, P prompt length, H model
 width, G generator width, D reader width.
@@ -172,6 +190,10 @@ class FrozenReadingPrompt(LengthPrompt):
     project_reader: a learned projection from the reading's width to the
       generator's. Without it the generator runs at the backbone's width H,
       and a reader of another width is an error.
+    zero_reading: a control (issue 35): the generator is fed a reading of zeros
+      (with every position visible) instead of the input's, so its parameters
+      are the same but the prompt no longer depends on the input; nothing reads
+      the input, and the wrapper skips its reading pass.
     model_config: the backbone's config, filled by the ModelSpec.
   """
   width: int = 64
@@ -181,21 +203,28 @@ class FrozenReadingPrompt(LengthPrompt):
   reader_checkpoint: Optional[str] = None
   reader_config: Optional[T5Config] = None
   project_reader: bool = True
+  zero_reading: bool = False
   model_config: Optional[T5Config] = None
 
   @property
   def reads_backbone(self) -> bool:
     return self.reader_checkpoint is None
 
+  @property
+  def needs_backbone_reading(self) -> bool:
+    """Whether `InputDependentT5` must hand this module the backbone's reading."""
+    return self.reads_backbone and not self.zero_reading
+
   def frozen_patterns(self) -> tuple[str, ...]:
     """Parameters under this module that stay frozen (the separate reader)."""
-    return () if self.reads_backbone else (r"encoder_prompt/reader/.*",)
+    # A zeroed reading builds no reader, and a pattern must match something.
+    return () if self.reads_backbone or self.zero_reading else (r"encoder_prompt/reader/.*",)
 
   def frozen_checkpoints(self) -> tuple[tuple[str, str, nn.Module], ...]:
     """(sub-path, checkpoint, model to read it as) for the frozen parts the backbone's
     checkpoint does not hold; the setup reads them (T5 names: token_embedder/,
     encoder/, decoder/; only the first two are kept)."""
-    if self.reads_backbone:
+    if self.reads_backbone or self.zero_reading:
       return ()
     return (("reader", self.reader_checkpoint, T5(self.reader_config, parent=None)),)
 
@@ -218,7 +247,13 @@ class FrozenReadingPrompt(LengthPrompt):
     self._check(h)
     if features.get(READ_PASS):
       return embedded_BLH, mask_BL  # The wrapper's reading pass: no prompt.
-    if self.reads_backbone:
+    if self.zero_reading:
+      # The same [B, R, D] shape as a real reading (R = L), all zeros and all
+      # visible: no value or mask the generator sees depends on the input.
+      d = h if self.reads_backbone else self.reader_config.emb_dim
+      reading = jnp.zeros(tokens_BL.shape + (d,), jnp.float32)
+      reading_mask = jnp.ones_like(mask_BL)
+    elif self.reads_backbone:
       if READING not in features:
         raise ValueError("FrozenReadingPrompt reads the input with the backbone's encoder and "
                          "needs the wrapper: bind ModelSpec.model_class = @InputDependentT5 "
@@ -242,7 +277,7 @@ class InputDependentT5(T5):
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False,
              prompt_features: Optional[dict[str, Any]] = None) -> tuple[Array, Array]:
     features = dict(prompt_features or {})
-    if getattr(self.encoder_prompt, "reads_backbone", False):
+    if getattr(self.encoder_prompt, "needs_backbone_reading", False):
       reading, mask = self.encoder(encoder_input_tokens, deterministic=True,
                                    prompt_features={**features, READ_PASS: True})
       features[READING] = (jax.lax.stop_gradient(reading), mask)
