@@ -39,7 +39,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from benchmarks.research import stats
+from benchmarks.research import experiments_family, stats
 from benchmarks.research.config import Suite
 from benchmarks.research.runs import Method, correct_vector, run
 
@@ -207,8 +207,7 @@ def _matrix(rows) -> np.ndarray:
 
 
 def _learned(r) -> bool:
-  c = r["test_correct"]
-  return stats.above_chance(c.count("1"), len(c), CHANCE / 100.0)
+  return experiments_family.learned(r, CHANCE)
 
 
 def claims(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -237,9 +236,8 @@ def claims(result: dict[str, Any]) -> list[dict[str, Any]]:
     if not idpt:
       out.append(stats.untestable(claim, control, "ID-PT has no finished run", numbers))
     elif not any(_learned(r) for r in idpt + rows):
-      out.append(stats.untestable(claim, control, (
-          f"no prompt on either side beats chance ({CHANCE:.0f}%) on the test split "
-          "(one-sided exact binomial test, p < 0.05): any difference is noise"), numbers))
+      out.append(stats.untestable(claim, control, experiments_family.none_learned(CHANCE),
+                                  numbers))
     else:
       if len(idpt) > 1 and len(rows) > 1:
         perm = stats.permutation_test([r["score"] for r in idpt], [r["score"] for r in rows])

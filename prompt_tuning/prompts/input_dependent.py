@@ -211,20 +211,25 @@ class FrozenReadingPrompt(LengthPrompt):
     return self.reader_checkpoint is None
 
   @property
+  def builds_reader(self) -> bool:
+    """Whether this module holds a separate frozen reader (read from its checkpoint)."""
+    return not (self.reads_backbone or self.zero_reading)
+
+  @property
   def needs_backbone_reading(self) -> bool:
     """Whether `InputDependentT5` must hand this module the backbone's reading."""
     return self.reads_backbone and not self.zero_reading
 
   def frozen_patterns(self) -> tuple[str, ...]:
     """Parameters under this module that stay frozen (the separate reader)."""
-    # A zeroed reading builds no reader, and a pattern must match something.
-    return () if self.reads_backbone or self.zero_reading else (r"encoder_prompt/reader/.*",)
+    # A pattern must match something: no reader, no pattern.
+    return (r"encoder_prompt/reader/.*",) if self.builds_reader else ()
 
   def frozen_checkpoints(self) -> tuple[tuple[str, str, nn.Module], ...]:
     """(sub-path, checkpoint, model to read it as) for the frozen parts the backbone's
     checkpoint does not hold; the setup reads them (T5 names: token_embedder/,
     encoder/, decoder/; only the first two are kept)."""
-    if self.reads_backbone or self.zero_reading:
+    if not self.builds_reader:
       return ()
     return (("reader", self.reader_checkpoint, T5(self.reader_config, parent=None)),)
 
