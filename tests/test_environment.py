@@ -21,7 +21,8 @@ def test_xla_defaults_never_override_the_users_flags():
 
 def test_the_cpu_defaults_can_be_turned_off(monkeypatch):
   monkeypatch.setattr(environment, "quiet_logs", lambda: None)
-  monkeypatch.setattr(environment, "has_amx", lambda text=None: False)  # the same on any CPU
+  # The same on any CPU: an AVX2 one, where the YNNPACK default applies.
+  monkeypatch.setattr(environment, "cpu_flags", lambda text=None: frozenset({"avx2"}))
   for switch, expected in (("0", "--xla_dump_to=/d"),
                            ("1", "--xla_dump_to=/d --xla_cpu_experimental_ynn_fusion_type=")):
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/d")
@@ -33,31 +34,35 @@ def test_the_cpu_defaults_can_be_turned_off(monkeypatch):
 _CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
 model name\t: Intel(R) Xeon(R) Platinum 8480+
-flags\t\t: fpu sse2 avx2 avx512f {extra} arch_capabilities
+flags\t\t: fpu sse2 avx2 {extra} arch_capabilities
 bugs\t\t: spectre_v1
 
 processor\t: 1
-flags\t\t: fpu sse2 avx2
+flags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile
 """
 
 
-@pytest.mark.parametrize("extra, amx", [
-    ("avx512_bf16 amx_bf16 amx_tile amx_int8", True),
-    ("avx512_bf16 amx_tile", False),   # tiles without bfloat16 support
-    ("avx512_bf16", False),            # an AVX-512 CPU without AMX (e.g. AMD Zen 4)
-    ("", False),
+@pytest.mark.parametrize("extra, amx, ynn_off", [
+    ("avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", True, True),  # Sapphire Rapids
+    ("avx512f avx512_bf16 amx_tile", False, False),  # tiles without bfloat16 support
+    ("avx512f avx512_bf16", False, False),  # an AVX-512 CPU without AMX (e.g. AMD Zen 4)
+    ("", False, True),                      # AVX2 only (the second CPU's flags are not read)
 ])
-def test_amx_is_read_from_the_first_cpus_flags(extra, amx):
+def test_amx_and_avx512_are_read_from_the_first_cpus_flags(extra, amx, ynn_off):
   text = _CPUINFO.format(extra=extra)
   assert environment.has_amx(text) is amx
   defaults = environment.cpu_xla_defaults(text, knows_flag=lambda name: True)
   assert ("xla_cpu_use_onednn" in defaults) is amx
-  assert environment.CPU_XLA_FLAGS.items() <= defaults.items()
+  # YNNPACK dot fusions off where it measured faster (AVX2, and kept with AMX);
+  # jaxlib's default on an AVX-512 CPU without AMX, where it measured faster.
+  assert (environment.CPU_XLA_FLAGS.items() <= defaults.items()) is ynn_off
+  assert ("xla_cpu_experimental_ynn_fusion_type" in defaults) is ynn_off
   assert not environment.has_amx("no flags line here")
+  assert environment.cpu_xla_defaults("no flags line here") == environment.CPU_XLA_FLAGS
 
 
 def test_amx_defaults_only_with_flags_jaxlib_knows_and_never_over_the_users():
-  text = _CPUINFO.format(extra="amx_bf16 amx_tile")
+  text = _CPUINFO.format(extra="avx512f amx_bf16 amx_tile")
   assert "xla_cpu_use_onednn" not in environment.cpu_xla_defaults(text, lambda name: False)
   defaults = environment.cpu_xla_defaults(text, lambda name: True)
   assert environment.merged_xla_flags("--xla_cpu_use_onednn=false", defaults) == (
@@ -75,7 +80,8 @@ def test_configure_turns_onednn_on_where_the_cpu_has_amx(monkeypatch):
   monkeypatch.setattr(environment, "quiet_logs", lambda: None)
   monkeypatch.setenv("PROMPT_TUNING_XLA_DEFAULTS", "1")
   for amx in (True, False):
-    monkeypatch.setattr(environment, "has_amx", lambda text=None, amx=amx: amx)
+    flags = frozenset({"avx2", "avx512f"} | (environment.AMX_CPU_FLAGS if amx else set()))
+    monkeypatch.setattr(environment, "cpu_flags", lambda text=None, flags=flags: flags)
     monkeypatch.setenv("XLA_FLAGS", "")
     environment.configure(compilation_cache=False, tensorflow=False)
     assert ("--xla_cpu_use_onednn=true" in os.environ["XLA_FLAGS"]) is amx

@@ -8,6 +8,10 @@ imported: XLA reads its flags, and TensorFlow its log level, once at import.
   cores capped at AVX2 the prompt-tuning train step of T5 1.1 small ran
   about 1.2x faster that way, and on an AVX2-only AMD EPYC so did the
   quickstart's pretraining step (benchmarks/README.md, "XLA CPU options").
+  Not on an AVX-512 CPU without AMX: on an AMD EPYC Zen 4 the same step ran
+  at 0.96x jaxlib's default with them off, slower in every round
+  (benchmarks/results/amd-epyc-avx512/train_step_xla_defaults.md), so there
+  jaxlib's own default stays. A CPU with AMX keeps them off, as measured there.
   On a CPU with AMX (`amx_bf16` and `amx_tile` in /proc/cpuinfo: Intel
   Sapphire Rapids and later), XLA's oneDNN path is turned on as well
   (`AMX_XLA_FLAGS`), where the installed jaxlib knows the flag: on such a
@@ -41,6 +45,8 @@ AMX_XLA_FLAGS = {
 }
 # The CPU flags that say a core has AMX with bfloat16 tiles.
 AMX_CPU_FLAGS = frozenset({"amx_bf16", "amx_tile"})
+# The CPU flag of AVX-512 (foundation): without AMX, `CPU_XLA_FLAGS` are left out.
+AVX512_CPU_FLAG = "avx512f"
 # XLA aborts on a flag it does not know; these defaults were measured with
 # jaxlib 0.10.2 and 0.11.2, and are left out for older ones.
 _MIN_JAXLIB_FOR_FLAGS = (0, 10)
@@ -110,10 +116,13 @@ def jaxlib_knows_flag(name: str) -> bool:
 
 def cpu_xla_defaults(cpuinfo_text: Optional[str] = None,
                      knows_flag=jaxlib_knows_flag) -> dict[str, str]:
-  """The XLA flags the binaries default to on this CPU: `CPU_XLA_FLAGS`, and
+  """The XLA flags the binaries default to on this CPU: `CPU_XLA_FLAGS` except on
+  an AVX-512 CPU without AMX (where jaxlib's default measured faster), and
   `AMX_XLA_FLAGS` where the CPU has AMX and jaxlib knows each flag."""
-  defaults = dict(CPU_XLA_FLAGS)
-  if has_amx(cpuinfo_text):
+  flags = cpu_flags(cpuinfo_text)
+  amx = AMX_CPU_FLAGS <= flags
+  defaults = {} if AVX512_CPU_FLAG in flags and not amx else dict(CPU_XLA_FLAGS)
+  if amx:
     defaults.update({k: v for k, v in AMX_XLA_FLAGS.items() if knows_flag(k)})
   return defaults
 
