@@ -178,11 +178,13 @@ def specs(backbone, cfg):
 # --- parts ---------------------------------------------------------------------------
 
 
-def part_cost(make, rounds, batch_size=16, reader_ks=(1, 5, 20), segment_length=33):
+def part_cost(make, rounds, batch_size=16, reader_ks=(1, 5, 20), segment_length=33,
+              input_length=16, target_length=8):
   """Trainable parameters and median train-step seconds, methods alternating.
 
   The frozen reader is timed at each k of the reader part, on segments of the
-  reader part's length (33: the longest question + passage, EOS included).
+  reader part's length (33: the longest question + passage, EOS included);
+  the other methods on inputs of `input_length` tokens.
   """
   import jax
   import optax
@@ -202,24 +204,30 @@ def part_cost(make, rounds, batch_size=16, reader_ks=(1, 5, 20), segment_length=
     if k:
       seg = np.zeros((k, segment_length), np.int32)
       seg[:, :6] = 7
-      b = batch_of([seg.reshape(-1)] * batch_size, words[:batch_size], k * segment_length, 8)
+      b = batch_of([seg.reshape(-1)] * batch_size, words[:batch_size], k * segment_length,
+                   target_length)
     else:
-      b = batch_of(words[:batch_size], words[:batch_size], 16, 8)
+      b = batch_of(words[:batch_size], words[:batch_size], input_length, target_length)
     step = jax.jit(step_lib.make_train_step(s.model, opt))
     state = (s.trainable, opt.init(s.trainable))
     out = step(*state, s.frozen, b, jax.random.PRNGKey(0))
     jax.block_until_ready(out)
     steps[name] = (step, state, s.frozen, b, count(s.trainable))
   times = {name: [] for name in steps}
+  cpu = {name: [] for name in steps}  # the process's CPU seconds: steadier on a shared machine
   for r in range(rounds):
     for name, (step, state, frozen, b, _) in steps.items():
-      t = time.perf_counter()
+      t, c = time.perf_counter(), time.process_time()
       jax.block_until_ready(step(*state, frozen, b, jax.random.PRNGKey(r)))
       times[name].append(time.perf_counter() - t)
+      cpu[name].append(time.process_time() - c)
   base = statistics.median(times["prompt tuning"])
+  base_cpu = statistics.median(cpu["prompt tuning"])
   return {name: dict(trainable_params=steps[name][4],
                      step_ms=1000 * statistics.median(t),
-                     step_time_vs_prompt_tuning=statistics.median(t) / base)
+                     step_time_vs_prompt_tuning=statistics.median(t) / base,
+                     cpu_ms=1000 * statistics.median(cpu[name]),
+                     cpu_time_vs_prompt_tuning=statistics.median(cpu[name]) / base_cpu)
           for name, t in times.items()}
 
 

@@ -40,6 +40,7 @@ RENDERERS = {
     "attention_loop": "benchmarks.attention_loop:markdown",
     "giants": "benchmarks.giants:markdown",
     "bf16_cpu": "benchmarks.bf16_cpu:markdown",
+    "cost_miniature": "benchmarks.research.cost:markdown",
     "gpu": "benchmarks.gpu:markdown",
     "idpt": "benchmarks.research.idpt:markdown",
     "inference": "benchmarks.inference:markdown",
