@@ -30,13 +30,9 @@ suite's verdict words and chance gate.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import os
-import sys
-import tempfile
 import time
 from typing import Any, Optional, Sequence
 
@@ -44,7 +40,7 @@ import numpy as np
 
 from benchmarks.research import experiments_family, idpt, stats
 from benchmarks.research.config import Suite
-from benchmarks.research.runs import Method, count_parameters, run
+from benchmarks.research.runs import Method, count_parameters
 
 NAME = "recursion_miniature"
 TASK = "miniature_definition_etymology"
@@ -164,16 +160,10 @@ def class_labels() -> dict[str, tuple[str, ...]]:
 
 
 def _one(method: Method, task: str, bb, seed: int, settings: Settings, work_dir: str):
-  """One run; a run whose loss went non-finite (a rate too high) is a row saying so."""
-  from prompt_tuning.tasks import miniature as tasks_lib
-  from prompt_tuning.train.loop import NonFiniteLossError
-  try:
-    r = run(method, task, bb, seed, settings.suite(), work_dir,
-            feature_lengths=dict(tasks_lib.FEATURE_LENGTHS), class_labels=class_labels())
-  except NonFiniteLossError as e:
-    return dict(method=method.name, task=task, seed=seed, learning_rate=method.learning_rate,
-                failed=str(e).split(";")[0], validation_score=-math.inf)
-  return {**idpt._row(r), "run_dir": r["run_dir"]}  # pylint: disable=protected-access
+  """One run's row, with its folder (stage 1's prompt is read from it)."""
+  # pylint: disable-next=protected-access
+  r = idpt._one(method, task, bb, seed, settings, work_dir, labels=class_labels())
+  return {**idpt._row(r), **({"run_dir": r["run_dir"]} if "run_dir" in r else {})}  # pylint: disable=protected-access
 
 
 def run_all(settings: Settings, work_dir: str, save=lambda result: None,
@@ -204,12 +194,9 @@ def run_all(settings: Settings, work_dir: str, save=lambda result: None,
     save(out)
 
   def sweep(method: Method, task: str) -> None:
-    runs = [_one(method.with_rate(r), task, bb, settings.seeds[0], settings, work_dir)
-            for r in settings.rates]
-    best = max(runs, key=lambda r: (r["validation_score"], -r["learning_rate"]))
-    out["sweeps"][method.name] = dict(
-        task=task, validation={f"{r['learning_rate']:g}": r["validation_score"] for r in runs},
-        selected=best["learning_rate"])
+    best, out["sweeps"][method.name] = idpt.pick_rate(
+        [_one(method.with_rate(r), task, bb, settings.seeds[0], settings, work_dir)
+         for r in settings.rates], task)
     record(best)
 
   def textual_for(seed: int) -> Optional[Method]:
@@ -257,21 +244,13 @@ def claims(result: dict[str, Any]) -> list[dict[str, Any]]:
   """Each claim of `CLAIMS`, per example and seed on the shared test set."""
   by, out = _by_method(result), []
   for better, control, claim in CLAIMS:
-    (name, rows), (control_name, control_rows) = _named(by, better), _named(by, control)
+    (_, rows), (control_name, control_rows) = _named(by, better), _named(by, control)
     claim += " (miniature, definition -> etymology language)"
     numbers = (f"{idpt._mean_sd(rows)} vs {idpt._mean_sd(control_rows)} "  # pylint: disable=protected-access
                f"({len(rows)} vs {len(control_rows)} seeds, test split)")
-    if not rows or not control_rows:
-      out.append(stats.untestable(claim, control_name, "a side has no finished run", numbers))
-    elif not any(experiments_family.learned(r, CHANCE) for r in rows + control_rows):
-      out.append(stats.untestable(claim, control_name, experiments_family.none_learned(CHANCE),
-                                  numbers))
-    else:
-      if len(rows) > 1 and len(control_rows) > 1:
-        perm = stats.permutation_test([r["score"] for r in rows], [r["score"] for r in control_rows])
-        numbers += f"; across seeds alone: permutation p = {perm['p']:.3g}"
-      test = idpt.seed_example_bootstrap(idpt._matrix(rows), idpt._matrix(control_rows))  # pylint: disable=protected-access
-      out.append(stats.claim(claim, control_name, test, numbers=numbers))
+    out.append(idpt.tested(claim, control_name, rows, control_rows, numbers, CHANCE)
+               if rows and control_rows else
+               stats.untestable(claim, control_name, "a side has no finished run", numbers))
   return out
 
 
@@ -302,8 +281,6 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown(result: dict[str, Any]) -> str:
   s = result["settings"]
   fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
-  status = ("**PARTIAL: the run stopped before every seed finished; the rows below are "
-            "those that did.**\n\n" if result.get("partial") else "")
   lines = [
       "# Recursion on a two-step dictionary task (Levine et al. 2022, issue 35)", "",
       f"Written by `python -m benchmarks.research.recursion{' --quick' if s['size'] == 'xs' else ''}`"
@@ -315,16 +292,8 @@ def markdown(result: dict[str, Any]) -> str:
       f"{s['seeds']}; scores: rank-classification accuracy (%) on one shared test set of "
       f"{s['test_examples']} examples, mean +- sd over seeds (pass 1 alone: exact match of the "
       f"headword). Connector: {dict(s['connector'])}, {result['connector_parameters']:,} "
-      f"parameters; pass 1's answer: at most {s['answer_length']} pieces.", "", status +
-      "Verdicts as in research_miniature.md: \"reproduced (p < 0.05)\", \"contradicted "
-      "(p < 0.05)\", \"inconclusive\", or \"not testable here\" with the reason (no run on "
-      "either side beats chance, 25%). Test: a bootstrap that resamples each side's seeds "
-      "and the shared examples together (paired per example), 95% percentile interval.",
-      "", "## Claims", "", "| claim | control | effect [95% interval], p | verdict | numbers |",
-      "| --- | --- | --- | --- | --- |"]
-  for c in result["claims"]:
-    lines.append(f"| {c['claim']} | {c['control']} | {stats.effect_text(c)} | {c['verdict']} "
-                 f"| {c['numbers']} |")
+      f"parameters; pass 1's answer: at most {s['answer_length']} pieces.", "",
+      *idpt.claims_section(result)]
   lines += ["", "## Methods", "", "| method | task | rate | test score | runs above chance | "
             "trainable parameters | x prompt tuning | step time x prompt tuning |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -354,41 +323,8 @@ def finish(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.research.recursion",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("--quick", action="store_true", help="xs, a few steps, one seed")
-  parser.add_argument("--size", default=None, help="the miniature size (default: m; quick: xs)")
-  parser.add_argument("--steps", type=int, default=None)
-  parser.add_argument("--out", default=None, help="default: benchmarks/results/<machine>/ "
-                      "(a temporary folder with --quick)")
-  parser.add_argument("--work_dir", default=None, help="run folders (cached between runs)")
-  parser.add_argument("--report_only", action="store_true", help="run nothing: recompute the "
-                      "claims and the table of the results JSON in --out, and rewrite them")
-  args = parser.parse_args(argv)
-  from benchmarks import machine, report
-  from prompt_tuning.cli import environment
-  environment.configure()
-  settings = QUICK if args.quick else FULL
-  settings = dataclasses.replace(settings, **{k: v for k, v in dict(
-      size=args.size, steps=args.steps).items() if v is not None})
-  out = args.out or (tempfile.mkdtemp(prefix="recursion_quick_") if args.quick
-                     else machine.results_dir())
-  name = NAME + ("_quick" if args.quick else "")
-  work_dir = args.work_dir or os.path.join(environment.project_cache_dir(),
-                                           "recursion_quick" if args.quick else "recursion")
-  save = lambda result: report.write(name, finish(dict(result)), out_dir=out)  # noqa: E731
-  if args.report_only:
-    with open(os.path.join(out, name + ".json")) as f:
-      result = json.load(f)
-    ran_on = {k: result[k] for k in ("machine", "machine_text") if k in result}
-    result = {**finish(result), **ran_on}  # where it ran, not where it was rewritten
-  else:
-    result = finish(run_all(settings, work_dir, save=save))
-  report.write(name, result, out_dir=out)
-  for c in result["claims"]:
-    print(f"{c['verdict'][:24]:>24}  {c['claim']}: {stats.effect_text(c)}; {c['numbers']}")
-  print(f"wrote {os.path.join(out, name + '.md')}", file=sys.stderr)
-  return result
+  return idpt.experiment_main(argv, "benchmarks.research.recursion", __doc__.split("\n\n")[0],
+                              NAME, FULL, QUICK, run_all, finish)
 
 
 if __name__ == "__main__":
