@@ -50,11 +50,13 @@ def test_every_claim_is_tested_once_a_side_learned_and_none_before():
   learned = dict(rows=_rows(recursion.NEURAL + " (10 + 10 tokens)", [70, 72, 68, 71, 69])
                  + _rows(recursion.TEXTUAL + " (10 + 10 tokens)", [70, 72, 68, 71, 69])
                  + _rows(recursion.STEP2 + p, [70, 72, 68, 71, 69])
+                 + _rows(recursion.STEP2_EQUAL + " (89 tokens)", [70, 72, 68, 71, 69])
                  + _rows(recursion.ONE_PASS + p, [40, 42, 38, 41, 39])
                  + _rows(recursion.EQUAL + " (89 tokens)", [40, 42, 38, 41, 39]))
   out = recursion.claims(learned)
   assert [c["control"] for c in out] == [recursion.ONE_PASS + p, recursion.EQUAL + " (89 tokens)",
-                                         recursion.ONE_PASS + p, recursion.ONE_PASS + p]
+                                         recursion.ONE_PASS + p, recursion.ONE_PASS + p,
+                                         recursion.EQUAL + " (89 tokens)"]
   for c in out:
     assert c["verdict"] == stats.REPRODUCED, c
     assert c["p"] < 0.05 and c["ci"][0] > 0 and "permutation p" in c["numbers"]
@@ -69,11 +71,11 @@ def test_every_claim_is_tested_once_a_side_learned_and_none_before():
 def test_the_quick_run_measures_every_method_and_writes_claims_with_verdicts(quick):
   res, tmp = quick
   measured = {m["method"]: m for m in res["methods"]}
-  assert len(measured) == 6 and all(m["seeds"] == 1 and m["parameters"] > 0
+  assert len(measured) == 7 and all(m["seeds"] == 1 and m["parameters"] > 0
                                     for m in measured.values())
   params = {}
   for prefix in (recursion.ONE_PASS, recursion.EQUAL, recursion.NEURAL, recursion.TEXTUAL,
-                 recursion.STEP1, recursion.STEP2):
+                 recursion.STEP1, recursion.STEP2, recursion.STEP2_EQUAL):
     (name,) = [n for n in measured if n.startswith(prefix + " (")]
     params[prefix] = measured[name]["parameters"]
   assert all(m["step_time_x"] > 0 and m["parameters_x"] > 0 for m in measured.values())
@@ -82,6 +84,7 @@ def test_the_quick_run_measures_every_method_and_writes_claims_with_verdicts(qui
   assert params[recursion.TEXTUAL] == 10 * width  # prompt 2 alone: prompt 1 is frozen
   assert params[recursion.NEURAL] == connector + 10 * width
   assert 0 <= params[recursion.EQUAL] - connector < width
+  assert params[recursion.STEP2_EQUAL] == params[recursion.EQUAL]
   assert len(res["claims"]) == len(recursion.CLAIMS)
   for c in res["claims"]:
     assert stats.is_verdict(c["verdict"]), c

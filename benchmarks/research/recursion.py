@@ -16,10 +16,11 @@ step 2 the etymology task (word -> language). Every method:
     trained together through both passes;
   - the equal-budget control: one pass with ceil(connector parameters / H)
     tokens, as many trainable numbers as the connector holds;
-  - step 2 alone: one pass of P tokens on the same entries with the headword
-    as input (`miniature_definition_etymology_headword`): the control that
-    the task is two-step in fact, i.e. that the language is read from the
-    word better than from its definition.
+  - step 2 alone: one pass of P tokens, and one of the equal-budget length, on
+    the same entries with the headword as input
+    (`miniature_definition_etymology_headword`): the control that the task is
+    two-step in fact, i.e. that the language is read from the word better
+    than from its definition by the same prompt.
 
 Every method trains with Adam over the same rate sweep, steps, batch and data
 order per seed, its rate picked on the first seed's validation score, and
@@ -49,6 +50,7 @@ STEP1_TASK = "miniature_headword"
 ONE_PASS, EQUAL = "one pass", "one pass, the connector's parameters"
 TEXTUAL, NEURAL = "textual recursion", "neural recursion"
 STEP1, STEP2 = "textual pass 1 alone (definition -> headword)", "step 2 alone (headword input)"
+STEP2_EQUAL = STEP2 + ", the connector's parameters"
 CHANCE = 25.0  # 4 balanced languages
 
 
@@ -130,9 +132,10 @@ def methods(settings: Settings, config, frequent_ids) -> list[tuple[Method, str]
       settings, sampled_top(path, np.asarray(frequent_ids())[:5000], seed)),
                   optimizer="adam", model_class=recursive.NeuralRecursionT5,
                   settings=(f"{dict(settings.connector)}",))
+  equal = equal_length(settings, config)
   return [(prompt(ONE_PASS, p), TASK), (prompt(STEP2, p), STEP2_TASK),
-          (prompt(EQUAL, equal_length(settings, config)), TASK), (neural, TASK),
-          (prompt(STEP1, p), STEP1_TASK)]
+          (prompt(EQUAL, equal), TASK), (neural, TASK),
+          (prompt(STEP1, p), STEP1_TASK), (prompt(STEP2_EQUAL, equal), STEP2_TASK)]
 
 
 def textual(settings: Settings, first_prompt: str, frequent_ids) -> Method:
@@ -237,6 +240,8 @@ CLAIMS = (  # (the better side, the control, the claim)
     (TEXTUAL, ONE_PASS, "Levine 2022: textual recursion beats one pass with a prompt"),
     (STEP2, ONE_PASS, "The task is two-step: the language is read from the headword better "
                       "than from its definition"),
+    (STEP2_EQUAL, EQUAL, "The task is two-step: the language is read from the headword better "
+                         "than from its definition, at the connector's budget"),
 )
 
 
