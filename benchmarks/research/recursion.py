@@ -40,6 +40,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from benchmarks.research import experiments_family, idpt, stats
+# pylint: disable=protected-access  (idpt's run and row helpers serve this experiment too)
 from benchmarks.research.config import Suite
 from benchmarks.research.runs import Method, count_parameters
 
@@ -164,9 +165,8 @@ def class_labels() -> dict[str, tuple[str, ...]]:
 
 def _one(method: Method, task: str, bb, seed: int, settings: Settings, work_dir: str):
   """One run's row, with its folder (stage 1's prompt is read from it)."""
-  # pylint: disable-next=protected-access
   r = idpt._one(method, task, bb, seed, settings, work_dir, labels=class_labels())
-  return {**idpt._row(r), **({"run_dir": r["run_dir"]} if "run_dir" in r else {})}  # pylint: disable=protected-access
+  return {**idpt._row(r), **({"run_dir": r["run_dir"]} if "run_dir" in r else {})}
 
 
 def run_all(settings: Settings, work_dir: str, save=lambda result: None,
@@ -251,7 +251,7 @@ def claims(result: dict[str, Any]) -> list[dict[str, Any]]:
   for better, control, claim in CLAIMS:
     (_, rows), (control_name, control_rows) = _named(by, better), _named(by, control)
     claim += " (miniature, definition -> etymology language)"
-    numbers = (f"{idpt._mean_sd(rows)} vs {idpt._mean_sd(control_rows)} "  # pylint: disable=protected-access
+    numbers = (f"{idpt._mean_sd(rows)} vs {idpt._mean_sd(control_rows)} "
                f"({len(rows)} vs {len(control_rows)} seeds, test split)")
     out.append(idpt.tested(claim, control_name, rows, control_rows, numbers, CHANCE)
                if rows and control_rows else
@@ -273,7 +273,7 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
       sps = [r["steps_per_sec"] for r in rows if r.get("steps_per_sec")]
       params = rows[0]["trainable_parameters"]
       # Medians over runs: one run's step rate swings with the machine's load.
-      row.update(score=idpt._mean_sd(rows), parameters=params,  # pylint: disable=protected-access
+      row.update(score=idpt._mean_sd(rows), parameters=params,
                  above_chance=(sum(experiments_family.learned(r, CHANCE) for r in rows)
                                if sweep["task"] != STEP1_TASK else None),
                  parameters_x=params / base_rows[0]["trainable_parameters"] if base_rows else None,
@@ -288,8 +288,9 @@ def markdown(result: dict[str, Any]) -> str:
   fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
   lines = [
       "# Recursion on a two-step dictionary task (Levine et al. 2022, issue 35)", "",
-      f"Written by `python -m benchmarks.research.recursion{' --quick' if s['size'] == 'xs' else ''}`"
-      f" on {result.get('machine_text', 'an unrecorded machine')}. Backbone: miniature "
+      f"Written by `python -m benchmarks.research.recursion"
+      f"{' --quick' if s['size'] == 'xs' else ''}` on "
+      f"{result.get('machine_text', 'an unrecorded machine')}. Backbone: miniature "
       f"{s['size']} (frozen, width {result['width']}). Task: a held-out entry's definition -> "
       f"the language of the word it defines (4 balanced languages, chance 25%). {s['steps']} "
       f"steps, batch {s['batch_size']}, Adam for every method, rates {s['rates']} (picked on "
