@@ -50,6 +50,7 @@ RENDERERS = {
     "prompt_methods": "benchmarks.prompt_methods:markdown",
     "recycling": "prompt_tuning.recycling.harness:markdown",
     "recycling_speed": "benchmarks.recycling_speed:markdown",
+    "recursion": "benchmarks.research.recursion:markdown",
     "research": "benchmarks.research.report:markdown",
     "scaling": "benchmarks.scaling:markdown",
     "serving": "benchmarks.serving:markdown",

@@ -219,9 +219,31 @@ def task_split_of(headword: str, seed: int = 0) -> str:
   return TASK_SPLITS[-1][0]
 
 
-TASKS = ("pos", "etymology", "headword", "binary")
+# Issue 35's two-step task: a definition -> the etymology language of the word it
+# defines (step 1 is the headword task, step 2 the etymology task). Its twin reads
+# the headword instead (step 2 alone) on the same entries, in the same order: the
+# gap between the two says how little of the language the definition gives away.
+TWO_STEP, TWO_STEP_HEADWORD = "definition_etymology", "definition_etymology_headword"
+TASKS = ("pos", "etymology", "headword", "binary", TWO_STEP, TWO_STEP_HEADWORD)
 # Each classification task's labels, in candidate order (the rank classifier's).
-LABELS = {"pos": tuple(POS_CLASSES), "etymology": tuple(LANGUAGES), "binary": BINARY_CLASSES}
+LABELS = {"pos": tuple(POS_CLASSES), "etymology": tuple(LANGUAGES), "binary": BINARY_CLASSES,
+          TWO_STEP: tuple(LANGUAGES), TWO_STEP_HEADWORD: tuple(LANGUAGES)}
+
+
+def _single_language(entry: Entry) -> Optional[str]:
+  """The one language an entry's etymologies name, or None (none, or several)."""
+  languages = {language_of(s.etymology) for s in entry.senses if s.etymology}
+  languages.discard(None)
+  return languages.pop() if len(languages) == 1 else None
+
+
+def _headword_definition(word: str, entry: Entry) -> Optional[str]:
+  """The headword task's input for a single-word headword: its first definition,
+  unless that gives the word away."""
+  if not re.fullmatch(r"[a-z]+", word):
+    return None
+  d = entry.senses[0].definitions[0]
+  return None if word in d.lower() else d
 
 
 def _raw_examples(task: str, entries: dict[str, Entry], words: Sequence[str]
@@ -237,16 +259,19 @@ def _raw_examples(task: str, entries: dict[str, Entry], words: Sequence[str]
           continue
         out.extend((d, label) for d in s.definitions)
     elif task == "etymology":
-      languages = {language_of(s.etymology) for s in entry.senses if s.etymology}
-      languages.discard(None)
-      if len(languages) == 1:  # One language for the headword, or no example.
-        out.append((w, languages.pop()))
+      language = _single_language(entry)  # One language for the headword, or no example.
+      if language:
+        out.append((w, language))
     elif task == "headword":
-      # Single words only, from a definition that does not give them away.
-      if re.fullmatch(r"[a-z]+", w):
-        d = entry.senses[0].definitions[0]
-        if w not in d.lower():
-          out.append((d, w))
+      d = _headword_definition(w, entry)
+      if d:
+        out.append((d, w))
+    elif task in (TWO_STEP, TWO_STEP_HEADWORD):
+      # The headword task's definitions of words with one language: pass 1 of a
+      # recursion can be trained on the headword task and meet the same inputs.
+      d, language = _headword_definition(w, entry), _single_language(entry)
+      if d and language:
+        out.append((d if task == TWO_STEP else w, language))
     else:
       raise ValueError(f"Unknown GCIDE task {task!r}; expected one of {TASKS}")
   return out
@@ -264,8 +289,10 @@ def task_examples(task: str, entries: dict[str, Entry], held: Sequence[str], spl
     raise ValueError(f"Unknown split {split!r}; expected one of {[n for n, _ in TASK_SPLITS]}")
   words = [w for w in held if w in entries and task_split_of(w, seed) == split]
   pairs = _raw_examples(task, entries, words)
+  # The two-step task's twin draws the same entries in the same order.
+  order = TWO_STEP if task == TWO_STEP_HEADWORD else task
   rng = np.random.RandomState(int.from_bytes(
-      hashlib.sha256(f"{task}/{split}/{seed}".encode()).digest()[:4], "little"))
+      hashlib.sha256(f"{order}/{split}/{seed}".encode()).digest()[:4], "little"))
   if task in LABELS:
     by_label = {label: [p for p in pairs if p[1] == label] for label in LABELS[task]}
     count = min(len(v) for v in by_label.values())

@@ -28,7 +28,12 @@ Registered seqio tasks (`register(prefix)`, done for "miniature" when
   <prefix>_etymology         headword -> Latin / French / Anglo-Saxon / Greek
   <prefix>_headword          definition -> headword (generation, exact match)
   <prefix>_binary            definition -> noun / verb (recycling's task)
-  <prefix>_{pos,etymology,binary}_rank   the same, by rank classification
+  <prefix>_definition_etymology   definition -> the language of the word it defines:
+                             two steps, the headword task then the etymology task
+                             (recursion's, benchmarks/research/recursion.py)
+  <prefix>_definition_etymology_headword   the same entries, the headword as input
+                             (step 2 alone: the control that the task is two-step)
+  <prefix>_{pos,etymology,binary,...}_rank   the classification tasks, by rank classification
   <prefix>_open_book_<mode>  open-book QA over the dictionary (`dictionary_qa`)
   <prefix>_pos_etymology     pos + etymology, equal rates, no task marker (ID-PT's)
   <prefix>_pos_etymology_marked   the same with a `task_index` feature (0: pos,

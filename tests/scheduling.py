@@ -39,6 +39,7 @@ TOGETHER = {
     "tests/test_own_data_recipe.py": 150,
     "tests/test_provenance.py": 20,
     "tests/test_quickstart.py": 200,
+    "tests/test_recursion_controls.py": 80,
     "tests/test_serving.py": 60,
     "tests/test_serving_continuous.py": 10,
     "tests/test_serving_openai.py": 30,

@@ -143,7 +143,8 @@ def _fake_entries(n=480):
   return gcide.clean(raw)
 
 
-@pytest.mark.parametrize("task", ["pos", "etymology", "binary", "headword"])
+@pytest.mark.parametrize("task", ["pos", "etymology", "binary", "headword", gcide.TWO_STEP,
+                                  gcide.TWO_STEP_HEADWORD])
 def test_tasks_are_balanced_with_disjoint_splits(task):
   entries = _fake_entries()
   held = tuple(sorted(entries))
@@ -164,6 +165,37 @@ def test_tasks_are_balanced_with_disjoint_splits(task):
   else:
     assert gcide.majority_baseline(task, entries, held) < 1.0
   assert splits["train"] == gcide.task_examples(task, entries, held, "train")  # deterministic
+
+
+def test_the_two_step_task_asks_a_definitions_word_for_its_language_and_its_twin_the_word():
+  """Step 1 is the headword task (the same definitions), step 2 the word's language; the
+  twin reads the word on the same entries, in the same order, with the same labels."""
+  raw = {"Capital": {"pos": [{"etymology": "[L. c]", "part_of_speech": "n.",
+                               "definitions": [{"text": "Not a single lower-case word."}]}]},
+         "twolang": {"pos": [{"etymology": "[L. a]", "part_of_speech": "n.",
+                               "definitions": [{"text": "First sense."}]},
+                              {"etymology": "[Gr. b]", "part_of_speech": "v. t.",
+                               "definitions": [{"text": "Second sense."}]}]},
+         "giveaway": {"pos": [{"etymology": "[F. g]", "part_of_speech": "n.",
+                                "definitions": [{"text": "What a giveaway says."}]}]}}
+  extra = gcide.clean(raw)
+  entries = {**_fake_entries(), **extra}
+  held = tuple(sorted(entries))
+  seen = set()
+  for split in ("train", "validation", "test"):
+    two = gcide.task_examples(gcide.TWO_STEP, entries, held, split)
+    twin = gcide.task_examples(gcide.TWO_STEP_HEADWORD, entries, held, split)
+    word_of = dict(zip(*(gcide.task_examples("headword", entries, held, split)[k]
+                         for k in ("inputs", "targets"))))
+    assert len(two["inputs"]) > 0 and twin["targets"] == two["targets"]
+    assert twin["label"] == two["label"]
+    assert twin["inputs"] == [word_of[d] for d in two["inputs"]]  # step 1's answer
+    assert two["targets"] == [gcide.language_of(entries[w].senses[0].etymology)
+                              for w in twin["inputs"]]  # step 2's answer
+    seen |= set(twin["inputs"])
+  # No example where step 1 has no single-word answer, the word is in its definition,
+  # or the word's etymologies name two languages.
+  assert not seen & set(extra) and len(extra) == 3
 
 
 # --- the family on the slice -----------------------------------------------------------

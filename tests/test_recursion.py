@@ -11,7 +11,7 @@ import pytest
 from prompt_tuning import decoding
 from prompt_tuning import trees as tree_lib
 from prompt_tuning.models.t5 import T5
-from prompt_tuning.prompts import recursive, soft
+from prompt_tuning.prompts import initializers, recursive, soft
 from prompt_tuning.runtime import setup as setup_lib
 from prompt_tuning.runtime.specs import ModelSpec
 from prompt_tuning.runtime import freezing
@@ -57,6 +57,19 @@ def test_textual_recursion_decodes_with_prompt_1_then_reads_input_and_answer_wit
       recursive.append_tokens(tokens, answer), method=second_model.encode)
   np.testing.assert_allclose(np.asarray(enc), np.asarray(ref_enc), rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(np.asarray(mask), np.asarray(ref_mask))
+
+
+def test_freeze_first_keeps_prompt_1_as_given_and_frozen_under_the_default_rules():
+  first = (np.arange(2 * CFG.emb_dim, dtype=np.float32).reshape(2, CFG.emb_dim) - 5) / 50
+  spec = ModelSpec(CFG, encoder_prompt=recursive.RecursionPrompts(
+      length=2, freeze_first=True, first_init=initializers.from_array(first)),
+                   model_class=functools.partial(recursive.TextualRecursionT5, answer_length=3))
+  built = setup_lib.build(spec)
+  assert set(tree_lib.flatten(built.trainable)) == {"encoder_prompt/second"}
+  np.testing.assert_array_equal(np.asarray(tree_lib.flatten(built.frozen)["encoder_prompt/first"]),
+                                first)
+  assert set(tree_lib.flatten(setup_lib.build(_textual()).trainable)) == {
+      "encoder_prompt/first", "encoder_prompt/second"}
 
 
 def _neural():

@@ -120,16 +120,28 @@ def class_labels() -> dict[str, tuple[str, ...]]:
   return out
 
 
-def _one(method: Method, task: str, bb, seed: int, settings: Settings, work_dir: str):
-  """One run; a run whose loss went non-finite (a rate too high) is a row saying so."""
+def _one(method: Method, task: str, bb, seed: int, settings: Settings, work_dir: str,
+         labels: Optional[dict[str, tuple[str, ...]]] = None):
+  """One run (`labels`: the rank classifier's, by task; None: this mixture's); a run whose
+  loss went non-finite (a rate too high) is a row saying so."""
   from prompt_tuning.tasks import miniature as tasks_lib
   from prompt_tuning.train.loop import NonFiniteLossError
   try:
     return run(method, task, bb, seed, settings.suite(), work_dir,
-               feature_lengths=dict(tasks_lib.FEATURE_LENGTHS), class_labels=class_labels())
+               feature_lengths=dict(tasks_lib.FEATURE_LENGTHS),
+               class_labels=class_labels() if labels is None else labels)
   except NonFiniteLossError as e:
     return dict(method=method.name, seed=seed, learning_rate=method.learning_rate,
                 failed=str(e).split(";")[0], validation_score=-math.inf)
+
+
+def pick_rate(sweep: Sequence[dict[str, Any]], task: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """A sweep's best run by validation score (the lower rate on a tie), and the sweep's
+  record: its task, each rate's validation score, the rate selected."""
+  best = max(sweep, key=lambda r: (r["validation_score"], -r["learning_rate"]))
+  return best, dict(task=task, validation={
+      f"{r['learning_rate']:g}": r["validation_score"] for r in sweep},
+                    selected=best["learning_rate"])
 
 
 def run_all(settings: Settings, work_dir: str, save=lambda result: None,
@@ -149,12 +161,9 @@ def run_all(settings: Settings, work_dir: str, save=lambda result: None,
                              sweeps={}, rows=[], partial=True)
   start = time.time()
   for method, task in plan:  # the sweeps first: each method's rate, on the first seed
-    sweep = [_one(method.with_rate(r), task, bb, settings.seeds[0], settings, work_dir)
-             for r in settings.rates]
-    best = max(sweep, key=lambda r: (r["validation_score"], -r["learning_rate"]))
-    out["sweeps"][method.name] = dict(
-        task=task, validation={f"{r['learning_rate']:g}": r["validation_score"] for r in sweep},
-        selected=best["learning_rate"])
+    best, out["sweeps"][method.name] = pick_rate(
+        [_one(method.with_rate(r), task, bb, settings.seeds[0], settings, work_dir)
+         for r in settings.rates], task)
     out["rows"].append(_row(best))
     log(f"{method.name}: rate {best['learning_rate']:g} ({time.time() - start:.0f} s)")
     save(out)
@@ -233,18 +242,24 @@ def claims(result: dict[str, Any]) -> list[dict[str, Any]]:
     claim += " (miniature pos + etymology, no task markers)"
     numbers = (f"{_mean_sd(idpt)} vs {_mean_sd(rows)} ({len(idpt)} vs {len(rows)} seeds, "
                "test split)")
-    if not idpt:
-      out.append(stats.untestable(claim, control, "ID-PT has no finished run", numbers))
-    elif not any(_learned(r) for r in idpt + rows):
-      out.append(stats.untestable(claim, control, experiments_family.none_learned(CHANCE),
-                                  numbers))
-    else:
-      if len(idpt) > 1 and len(rows) > 1:
-        perm = stats.permutation_test([r["score"] for r in idpt], [r["score"] for r in rows])
-        numbers += f"; across seeds alone: permutation p = {perm['p']:.3g}"
-      out.append(stats.claim(claim, control, seed_example_bootstrap(_matrix(idpt), _matrix(rows)),
-                             numbers=numbers))
+    out.append(tested(claim, control, idpt, rows, numbers) if idpt else
+               stats.untestable(claim, control, "ID-PT has no finished run", numbers))
   return out
+
+
+def tested(claim: str, control: str, rows, control_rows, numbers: str,
+           chance: float = CHANCE) -> dict[str, Any]:
+  """A claim that `rows` beat `control_rows` (finished runs, on one shared test set):
+  "not testable here" where no run on either side beats `chance` (%), else the seed and
+  example bootstrap (and, where both sides have several seeds, a permutation test
+  across seeds alone, in the numbers)."""
+  if not any(experiments_family.learned(r, chance) for r in [*rows, *control_rows]):
+    return stats.untestable(claim, control, experiments_family.none_learned(chance), numbers)
+  if len(rows) > 1 and len(control_rows) > 1:
+    perm = stats.permutation_test([r["score"] for r in rows], [r["score"] for r in control_rows])
+    numbers += f"; across seeds alone: permutation p = {perm['p']:.3g}"
+  return stats.claim(claim, control, seed_example_bootstrap(_matrix(rows), _matrix(control_rows)),
+                     numbers=numbers)
 
 
 def _mean_sd(rows) -> str:
@@ -282,10 +297,27 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
   return out
 
 
-def markdown(result: dict[str, Any]) -> str:
-  s = result["settings"]
+def claims_section(result: dict[str, Any]) -> list[str]:
+  """The report's lines from the run's state and the verdicts' legend to the claims
+  table (this experiment's and recursion's)."""
   status = ("**PARTIAL: the run stopped before every seed finished; the rows below are "
             "those that did.**\n\n" if result.get("partial") else "")
+  lines = [
+      status + "Verdicts as in research_miniature.md: \"reproduced (p < 0.05)\", "
+      "\"contradicted (p < 0.05)\", \"inconclusive\", or \"not testable here\" with the "
+      "reason (no run on either side beats chance, 25%). Test: a bootstrap that resamples "
+      "each side's seeds and the shared examples together (paired per example), 95% "
+      "percentile interval.",
+      "", "## Claims", "", "| claim | control | effect [95% interval], p | verdict | numbers |",
+      "| --- | --- | --- | --- | --- |"]
+  for c in result["claims"]:
+    lines.append(f"| {c['claim']} | {c['control']} | {stats.effect_text(c)} | {c['verdict']} "
+                 f"| {c['numbers']} |")
+  return lines
+
+
+def markdown(result: dict[str, Any]) -> str:
+  s = result["settings"]
   lines = [
       "# ID-PT against controls of equal budget (Levine et al. 2022, issue 35)", "",
       f"Written by `python -m benchmarks.research.idpt{' --quick' if s['size'] == 'xs' else ''}` "
@@ -295,16 +327,8 @@ def markdown(result: dict[str, Any]) -> str:
       f"{s['batch_size']}, Adam for every method, rates {s['rates']} swept on seed "
       f"{s['seeds'][0]} and selected on validation ({s['eval_examples']} examples); seeds "
       f"{s['seeds']}; scores: rank-classification accuracy (%) on one shared test set of "
-      f"{s['test_examples']} examples (half per task), mean +- sd over seeds.", "", status +
-      "Verdicts as in research_miniature.md: \"reproduced (p < 0.05)\", \"contradicted "
-      "(p < 0.05)\", \"inconclusive\", or \"not testable here\" with the reason (no run on "
-      "either side beats chance, 25%). Test: a bootstrap that resamples each side's seeds "
-      "and the shared examples together (paired per example), 95% percentile interval.",
-      "", "## Claims", "", "| claim | control | effect [95% interval], p | verdict | numbers |",
-      "| --- | --- | --- | --- | --- |"]
-  for c in result["claims"]:
-    lines.append(f"| {c['claim']} | {c['control']} | {stats.effect_text(c)} | {c['verdict']} "
-                 f"| {c['numbers']} |")
+      f"{s['test_examples']} examples (half per task), mean +- sd over seeds.", "",
+      *claims_section(result)]
   lines += ["", "## Methods", "", "| method | rate | test score | pos | etymology | runs above "
             "chance | trainable parameters | x prompt tuning | step time x prompt tuning |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -341,11 +365,15 @@ def finish(result: dict[str, Any]) -> dict[str, Any]:
   return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.research.idpt",
-                                   description=__doc__.split("\n\n")[0])
+def experiment_main(argv: Optional[Sequence[str]], module: str, description: str, name: str,
+                    full, quick, run_all_fn, finish_fn) -> dict[str, Any]:
+  """The command line an experiment of `Settings` presets shares (this one, recursion):
+  --quick, --size, --steps, --out, --work_dir and --report_only; runs `run_all_fn`,
+  writes NAME.{json,md} (after every run too) and prints each claim's verdict."""
+  parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
   parser.add_argument("--quick", action="store_true", help="xs, a few steps, one seed")
-  parser.add_argument("--size", default=None, help="the miniature size (default: l; quick: xs)")
+  parser.add_argument("--size", default=None, help=f"the miniature size (default: {full.size}; "
+                      f"quick: {quick.size})")
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--out", default=None, help="default: benchmarks/results/<machine>/ "
                       "(a temporary folder with --quick)")
@@ -356,27 +384,33 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   from benchmarks import machine, report
   from prompt_tuning.cli import environment
   environment.configure()
-  settings = QUICK if args.quick else FULL
+  settings = quick if args.quick else full
   settings = dataclasses.replace(settings, **{k: v for k, v in dict(
       size=args.size, steps=args.steps).items() if v is not None})
-  out = args.out or (tempfile.mkdtemp(prefix="idpt_quick_") if args.quick
+  short = name.split("_")[0]
+  out = args.out or (tempfile.mkdtemp(prefix=f"{short}_quick_") if args.quick
                      else machine.results_dir())
-  name = NAME + ("_quick" if args.quick else "")
+  name += "_quick" if args.quick else ""
   work_dir = args.work_dir or os.path.join(environment.project_cache_dir(),
-                                           "idpt_quick" if args.quick else "idpt")
-  save = lambda result: report.write(name, finish(dict(result)), out_dir=out)  # noqa: E731
+                                           f"{short}_quick" if args.quick else short)
+  save = lambda result: report.write(name, finish_fn(dict(result)), out_dir=out)  # noqa: E731
   if args.report_only:
     with open(os.path.join(out, name + ".json")) as f:
       result = json.load(f)
     ran_on = {k: result[k] for k in ("machine", "machine_text") if k in result}
-    result = {**finish(result), **ran_on}  # where it ran, not where it was rewritten
+    result = {**finish_fn(result), **ran_on}  # where it ran, not where it was rewritten
   else:
-    result = finish(run_all(settings, work_dir, save=save))
+    result = finish_fn(run_all_fn(settings, work_dir, save=save))
   report.write(name, result, out_dir=out)
   for c in result["claims"]:
     print(f"{c['verdict'][:24]:>24}  {c['claim']}: {stats.effect_text(c)}; {c['numbers']}")
   print(f"wrote {os.path.join(out, name + '.md')}", file=sys.stderr)
   return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+  return experiment_main(argv, "benchmarks.research.idpt", __doc__.split("\n\n")[0], NAME, FULL,
+                         QUICK, run_all, finish)
 
 
 if __name__ == "__main__":

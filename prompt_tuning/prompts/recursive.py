@@ -53,6 +53,9 @@ class RecursionPrompts(LengthPrompt):
     first_init, second_init: the soft prompts' initializers.
     connector_width, connector_layers, query_layers, num_heads, mlp_dim: the
       connector's small Transformer (over pass 1's output) and query layers.
+    freeze_first: prompt 1 stays frozen under the default freezing rules
+      (textual recursion's stage 2, with `first_init` reading stage 1's prompt),
+      as `SECOND_PASS_RULES` in configs/prompts/recursion_textual.gin does.
   """
   neural: bool = False
   first_init: Callable[..., Array] = nn.initializers.uniform(0.5)
@@ -62,6 +65,11 @@ class RecursionPrompts(LengthPrompt):
   query_layers: int = 1
   num_heads: int = 4
   mlp_dim: int = 128
+  freeze_first: bool = False
+
+  def frozen_patterns(self) -> tuple[str, ...]:
+    """Parameters under this module that stay frozen (prompt 1, in stage 2)."""
+    return ("encoder_prompt/first",) if self.freeze_first else ()
 
   @nn.compact
   def __call__(self, embedded_BLH: Array, tokens_BL: Array, mask_BL: Array,
