@@ -56,15 +56,14 @@ def methods(backbone: str, config, source_dir: str) -> dict[str, Any]:
   return make
 
 
-def measure(size: str, rounds: int, batch_size: int) -> dict[str, Any]:
+def measure(size: str, backbone: str, rounds: int, batch_size: int,
+            segment_length: int) -> dict[str, Any]:
   """One size's rows: params, step ms and both relative to prompt tuning."""
   from prompt_tuning.miniature import family
-  from prompt_tuning.tasks import dictionary_qa
   config = family.backbone_config(size)
-  backbone = family.require(size)
   with tempfile.TemporaryDirectory() as tmp:
     rows = giants.part_cost(methods(backbone, config, tmp), rounds, batch_size=batch_size,
-                            reader_ks=READER_KS, segment_length=dictionary_qa.SEGMENT_LENGTH,
+                            reader_ks=READER_KS, segment_length=segment_length,
                             input_length=INPUT_LENGTH, target_length=TARGET_LENGTH)
   base = rows["prompt tuning"]["trainable_params"]
   for row in rows.values():
@@ -117,8 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   environment.configure()
   from prompt_tuning.miniature import family
   sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-  for size in sizes:  # every backbone present before any work
-    family.require(size)
+  backbones = {size: family.require(size) for size in sizes}  # all present before any work
   from prompt_tuning.tasks import dictionary_qa
   out = dict(machine=machine.cpu_info(), load_average=list(os.getloadavg()),
              rounds=args.rounds, batch_size=args.batch_size,
@@ -127,7 +125,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                  argv if argv is not None else sys.argv[1:]), sizes={})
   start = time.time()
   for size in sizes:
-    out["sizes"][size] = measure(size, args.rounds, args.batch_size)
+    out["sizes"][size] = measure(size, backbones[size], args.rounds, args.batch_size,
+                                 out["segment_length"])
     print(size, {k: round(v["step_time_vs_prompt_tuning"], 2)
                  for k, v in out["sizes"][size]["rows"].items()}, flush=True)
   out["seconds"] = time.time() - start

@@ -269,15 +269,24 @@ def _mean_sd(rows) -> str:
   return f"{np.mean(s):.1f} +- {np.std(s, ddof=1) if len(s) > 1 else 0.0:.1f}"
 
 
+def cost_against(rows, base_rows) -> dict[str, Any]:
+  """A method's trainable parameters, and those and its step time relative to
+  prompt tuning's `base_rows` (None where prompt tuning has no run or no rate).
+  Step rates are medians over runs: one run's rate swings with the machine's load."""
+  sps = [r["steps_per_sec"] for r in rows if r.get("steps_per_sec")]
+  base_sps = [r["steps_per_sec"] for r in base_rows if r.get("steps_per_sec")]
+  params = rows[0]["trainable_parameters"]
+  return dict(parameters=params,
+              parameters_x=params / base_rows[0]["trainable_parameters"] if base_rows else None,
+              step_time_x=float(np.median(base_sps)) / float(np.median(sps))
+              if base_sps and sps else None)
+
+
 def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
   """Per method: rate, scores, per-task means, parameters and cost against prompt tuning."""
   out = []
   base_name = f"{STATIC} ({result['settings']['prompt_length']} tokens)"
   base_rows = [r for r in result["rows"] if r["method"] == base_name and "failed" not in r]
-  base_sps = [r["steps_per_sec"] for r in base_rows if r.get("steps_per_sec")]
-  # Prompt tuning's median over its runs: one run's rate swings with the machine's load.
-  base = dict(trainable_parameters=base_rows[0]["trainable_parameters"],
-              steps_per_sec=float(np.median(base_sps)) if base_sps else None) if base_rows else None
   for name, sweep in result["sweeps"].items():
     rows = [r for r in result["rows"] if r["method"] == name and "failed" not in r]
     if not rows:
@@ -285,15 +294,10 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
       continue
     m = _matrix(rows)
     half = m.shape[1] // 2
-    sps = [r["steps_per_sec"] for r in rows if r.get("steps_per_sec")]
-    params = rows[0]["trainable_parameters"]
     out.append(dict(
         method=name, rate=sweep["selected"], seeds=len(rows), score=_mean_sd(rows),
         pos=100.0 * m[:, :half].mean(), etymology=100.0 * m[:, half:].mean(),
-        above_chance=sum(_learned(r) for r in rows), parameters=params,
-        parameters_x=params / base["trainable_parameters"] if base else None,
-        step_time_x=(base["steps_per_sec"] / float(np.median(sps)))
-        if base and base["steps_per_sec"] and sps else None))
+        above_chance=sum(_learned(r) for r in rows), **cost_against(rows, base_rows)))
   return out
 
 

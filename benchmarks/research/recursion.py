@@ -206,8 +206,8 @@ def run_all(settings: Settings, work_dir: str, save=lambda result: None,
     return textual(settings, stage1[seed], frequent) if seed in stage1 else None
   for method, task in plan:
     sweep(method, task)
-  if textual_for(settings.seeds[0]):
-    sweep(textual_for(settings.seeds[0]), TASK)
+  if first := textual_for(settings.seeds[0]):
+    sweep(first, TASK)
   for seed in settings.seeds[1:]:  # seed by seed, so that a cut run stays balanced
     for method, task in plan:
       record(_one(method.with_rate(out["sweeps"][method.name]["selected"]), task, bb, seed,
@@ -264,21 +264,15 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
   both relative to one pass (prompt tuning)."""
   by = _by_method(result)
   _, base_rows = _named(by, ONE_PASS)
-  base_sps = [r["steps_per_sec"] for r in base_rows if r.get("steps_per_sec")]
   out = []
   for name, sweep in result["sweeps"].items():
     rows = by.get(name, [])
     row = dict(method=name, task=sweep["task"], rate=sweep["selected"], seeds=len(rows))
     if rows:
-      sps = [r["steps_per_sec"] for r in rows if r.get("steps_per_sec")]
-      params = rows[0]["trainable_parameters"]
-      # Medians over runs: one run's step rate swings with the machine's load.
-      row.update(score=idpt._mean_sd(rows), parameters=params,
+      row.update(score=idpt._mean_sd(rows),
                  above_chance=(sum(experiments_family.learned(r, CHANCE) for r in rows)
                                if sweep["task"] != STEP1_TASK else None),
-                 parameters_x=params / base_rows[0]["trainable_parameters"] if base_rows else None,
-                 step_time_x=float(np.median(base_sps) / np.median(sps))
-                 if base_sps and sps else None)
+                 **idpt.cost_against(rows, base_rows))
     out.append(row)
   return out
 
