@@ -106,6 +106,26 @@ def _filter_rows(logits_RV: jax.Array, top_k_R: jax.Array, top_p_R: jax.Array) -
   return jnp.where(use_p & (logits_RV < cutoff), decoding.NEG_INF, logits_RV)
 
 
+def _record(seq: Completion, tokens: Sequence[int], gap: float, now: float) -> None:
+  """Appends tokens that reached `seq` together at `now`, `gap` seconds apart (the
+  first token of a sequence has no gap before it)."""
+  gaps = len(tokens) - (seq.first_token_at is None)
+  if seq.first_token_at is None:
+    seq.first_token_at = now
+  seq.output.extend(tokens)
+  seq.gaps.extend([gap] * gaps)
+  seq.last_token_at = now
+
+
+def _entry(tokens_S: Sequence[int], logp_S: Sequence[float], top, s: int
+           ) -> tuple[int, float, Sequence[tuple[int, float]]]:
+  """(id, log-probability, alternatives) of a row's step s; `top` is the row's
+  (ids [S][K], log-probabilities [S][K]), or None for no alternatives."""
+  if top is None:
+    return (tokens_S[s], logp_S[s], ())
+  return (tokens_S[s], logp_S[s], list(zip(top[0][s], top[1][s])))
+
+
 class StepPrograms:
   """The device side: R rows of decoder state, and the programs that admit and step them."""
 
@@ -571,13 +591,11 @@ class ContinuousBatcher:
       # A call's tokens arrive together: each counts the call's time per step.
       gap = (now - (seq.last_token_at or start)) / steps
       tokens_S, logp_S = tokens_RS[i], logp_RS[i]
-      if seq.logprobs and tops is None:
-        tops = (np.swapaxes(top_ids, 0, 1).tolist(), np.swapaxes(top_logp, 0, 1).tolist())
-
-      def entry(s, seq=seq, i=i, tokens_S=tokens_S, logp_S=logp_S):
-        if not seq.logprobs:
-          return (tokens_S[s], logp_S[s], ())
-        return (tokens_S[s], logp_S[s], list(zip(tops[0][i][s], tops[1][i][s])))
+      top = None
+      if seq.logprobs:
+        if tops is None:
+          tops = (np.swapaxes(top_ids, 0, 1).tolist(), np.swapaxes(top_logp, 0, 1).tolist())
+        top = (tops[0][i], tops[1][i])
       if not (seq.stream or seq.stop):
         # Nobody reads a token's text before the end (decoded then, once): the row's
         # tokens up to its budget or EOS go in at once.
@@ -586,21 +604,15 @@ class ContinuousBatcher:
           m = tokens_S.index(EOS_ID) + 1
         if m <= 0:
           continue
-        seq.output.extend(tokens_S[:m])
+        _record(seq, tokens_S[:m], gap, now)
         delivered += m
-        if seq.first_token_at is None:
-          seq.first_token_at = now
-          seq.gaps.extend([gap] * (m - 1))
-        else:
-          seq.gaps.extend([gap] * m)
-        seq.last_token_at = now
         if seq.logprobs:
-          seq.entries.extend(entry(s) for s in range(m))
+          seq.entries.extend(_entry(tokens_S, logp_S, top, s) for s in range(m))
         token = tokens_S[m - 1]
         if token != EOS_ID and len(seq.output) < seq.max_tokens:
           continue
         event = self._advance(seq, token)
-        event.tokens = [entry(m - 1)]
+        event.tokens = [_entry(tokens_S, logp_S, top, m - 1)]
         self._finish(i, seq, event)
         continue
       for s in range(steps):
@@ -608,14 +620,9 @@ class ContinuousBatcher:
           self._free(i, seq)
           break
         token = tokens_S[s]
-        seq.output.append(token)
+        _record(seq, (token,), gap, now)
         delivered += 1
-        if seq.first_token_at is None:
-          seq.first_token_at = now
-        else:
-          seq.gaps.append(gap)
-        seq.last_token_at = now
-        tokens = [entry(s)]
+        tokens = [_entry(tokens_S, logp_S, top, s)]
         if seq.logprobs:
           seq.entries.append(tokens[0])
         event = self._advance(seq, token)
