@@ -162,3 +162,47 @@ def test_attempt_sources_can_change_and_bad_sources_are_named(tmp_path):
   with pytest.raises(ValueError, match="model width is 16"):
     nn.Module.init(module.clone(source_files=(wide,)), jax.random.PRNGKey(0), emb, tokens,
                    mask)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_attention_entropy_is_log_of_the_choices_when_uniform_and_zero_when_one_hot(jit):
+  entropy = jax.jit(attempt.attention_entropy) if jit else attempt.attention_entropy
+  for choices in (2, 5):
+    uniform = np.full((3, choices), 1.0 / choices, np.float32)
+    assert float(entropy(uniform)) == pytest.approx(np.log(choices), rel=1e-6)
+    one_hot = np.eye(choices, dtype=np.float32)[[0, choices - 1, 1]]
+    assert float(entropy(one_hot)) == 0.0  # 0 log 0 is 0, not nan
+  # The batch mean: one uniform row over 4 and one one-hot row give half of log 4.
+  mixed = np.asarray([[0.25] * 4, [0.0, 1.0, 0.0, 0.0]], np.float32)
+  assert float(entropy(mixed)) == pytest.approx(np.log(4) / 2, rel=1e-6)
+  # A skewed row lies strictly between, and equals the hand computation.
+  skewed = np.asarray([[0.7, 0.2, 0.1]], np.float32)
+  want = -np.sum(skewed * np.log(skewed))
+  assert float(entropy(skewed)) == pytest.approx(want, rel=1e-6)
+  assert 0 < want < np.log(3)
+
+
+def test_temperatures_by_name_and_the_entropy_they_give(tmp_path):
+  """The three temperatures of issue 35 by name; at d = 16 a larger T flattens the
+  attention (higher entropy), and the module's default stays the paper's d * e."""
+  assert attempt.temperature_of("d*e", 64) == pytest.approx(64 * np.e)
+  assert attempt.temperature_of("d*e", 16) == attempt.paper_temperature(16)
+  assert attempt.temperature_of("sqrt(d)", 64) == 8.0
+  assert attempt.temperature_of("1", 64) == 1.0
+  with pytest.raises(ValueError, match=r"Unknown ATTEMPT temperature 'd\*d'; expected one of "
+                                       r"\('d\*e', 'sqrt\(d\)', '1'\)"):
+    attempt.temperature_of("d*d", 64)
+  files = write_sources(tmp_path, 3)
+  module = attempt.AttemptPrompt(source_files=tuple(files), bottleneck=R,
+                                 init=nn.initializers.zeros)
+  assert module.temperature is None  # the file and gin format: a number, None the paper's
+  w = jax.tree.map(jnp.asarray, _weights())
+  emb, _, mask = _inputs()
+  entropies = {}
+  for name in attempt.TEMPERATURES:
+    m = module.clone(temperature=attempt.temperature_of(name, H))
+    weights, _, _ = m.apply({"params": w}, emb, mask, method=m.attention)
+    entropies[name] = float(attempt.attention_entropy(weights))
+  default, _, _ = module.apply({"params": w}, emb, mask, method=module.attention)
+  assert float(attempt.attention_entropy(default)) == pytest.approx(entropies["d*e"], rel=1e-6)
+  assert entropies["1"] < entropies["sqrt(d)"] < entropies["d*e"] <= np.log(4) + 1e-6

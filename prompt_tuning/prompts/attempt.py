@@ -30,6 +30,10 @@ embeddings too, which makes the pooled vector depend on the padding); a row
 with no real token pools to zeros. The authors' optional pretraining of G on
 the source tasks is not done here: G starts from its initializers.
 
+`TEMPERATURES` names the temperatures issue 35 compares (d * e, sqrt(d), 1) and
+`attention_entropy` says how far the weights are from uniform (log(S+1)) or
+one-hot (0); benchmarks/research/transfer.py reports both.
+
 The attention scores prompts through their pooled contents, not per-source
 weights, so sources can be added or removed without retraining.
 Shape key: B batch, L input length, P prompt length, H model width (d),
@@ -83,6 +87,38 @@ def max_pool(x_BLH: Array, mask_BL: Array) -> Array:
 def paper_temperature(width: int) -> float:
   """The paper's softmax temperature T = d * e for model width d."""
   return float(width) * math.e
+
+
+# The temperatures issue 35 compares, by name -> T for model width d: the paper's
+# d * e; sqrt(d), the usual scale of a dot product of d-wide vectors; and 1 (none).
+# `AttemptPrompt.temperature` stays a number (None: the paper's); these names
+# serve experiments and command lines that pick one.
+TEMPERATURES: dict[str, Callable[[int], float]] = {
+    "d*e": paper_temperature,
+    "sqrt(d)": lambda width: math.sqrt(float(width)),
+    "1": lambda width: 1.0,
+}
+
+
+def temperature_of(name: str, width: int) -> float:
+  """The temperature `name` ("d*e", "sqrt(d)" or "1") means at model width `width`."""
+  if name not in TEMPERATURES:
+    raise ValueError(f"Unknown ATTEMPT temperature {name!r}; expected one of "
+                     f"{tuple(TEMPERATURES)}")
+  return TEMPERATURES[name](width)
+
+
+def attention_entropy(weights_BC: Array) -> Array:
+  """The mean over the batch of the attention's entropy in nats, -sum_c a_c log a_c.
+
+  `weights_BC` are `AttemptPrompt.attention`'s mixture weights [B, S+1]. The
+  entropy is log(S+1) for uniform weights (the attention ignores the input,
+  the risk of a large temperature) and 0 for one-hot ones (one prompt chosen
+  outright, the paper's "too sparse"); 0 log 0 counts as 0.
+  """
+  w = jnp.asarray(weights_BC, jnp.float32)
+  terms = jnp.where(w > 0, -w * jnp.log(jnp.where(w > 0, w, 1.0)), 0.0)
+  return jnp.mean(jnp.sum(terms, axis=-1))
 
 
 @registry.configurable
