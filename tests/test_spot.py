@@ -127,6 +127,21 @@ def test_initializer_takes_the_best_source_or_the_weighted_mix(library):
     initializers.spot(lib, probe_path, top_k=0)
 
 
+def test_a_source_of_another_width_is_one_line_naming_it(library):
+  """Issue 35's bad input: a source prompt whose width is not the library's (a file
+  replaced behind the index) or not the model's; each refused in one line."""
+  lib, probe_path, _, _ = library
+  with pytest.raises(ValueError, match=r"has shape \(3, 4\) but the prompt parameter has shape "
+                                       r"\(3, 6\) \(\[prompt length, model width\]\)"):
+    initializers.spot(lib, probe_path)(jax.random.PRNGKey(0), (3, H + 2))
+  np.save(os.path.join(lib, "qa.npy"), np.zeros((3, H + 1), np.float32))
+  with pytest.raises(ValueError) as e:
+    spot.rank(lib, probe_path)
+  assert "\n" not in str(e.value)
+  assert str(e.value).startswith("The library's prompts have different widths (nli (3, 4), "
+                                 "qa (3, 5), sentiment (3, 4)); a library holds prompts of one")
+
+
 def test_spot_rank_cli_prints_the_ranking(library, capsys):
   lib, probe_path, probe, sources = library
   assert main_lib.main(["spot", "rank", "--library", lib, "--probe", probe_path]) == 0
