@@ -58,6 +58,7 @@ RENDERERS = {
     "open_book": "benchmarks.open_book:markdown",
     "step_profile": "benchmarks.step_profile:markdown",
     "train_step": "benchmarks.train_step:markdown",
+    "transfer": "benchmarks.research.transfer:markdown",
     "train_step_xla_defaults": "benchmarks.train_step:xla_defaults_markdown",
 }
 

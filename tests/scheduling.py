@@ -45,6 +45,7 @@ TOGETHER = {
     "tests/test_serving_openai.py": 30,
     "tests/test_sharding.py": 160,
     "tests/test_train_evaluation.py": 130,
+    "tests/test_transfer_controls.py": 60,
     "tests/test_wayward.py": 20,
 }
 

@@ -301,17 +301,17 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
   return out
 
 
-def claims_section(result: dict[str, Any]) -> list[str]:
+def claims_section(result: dict[str, Any], chance: float = CHANCE) -> list[str]:
   """The report's lines from the run's state and the verdicts' legend to the claims
-  table (this experiment's and recursion's)."""
+  table (this experiment's, recursion's and transfer's; `chance` in %)."""
   status = ("**PARTIAL: the run stopped before every seed finished; the rows below are "
             "those that did.**\n\n" if result.get("partial") else "")
   lines = [
       status + "Verdicts as in research_miniature.md: \"reproduced (p < 0.05)\", "
       "\"contradicted (p < 0.05)\", \"inconclusive\", or \"not testable here\" with the "
-      "reason (no run on either side beats chance, 25%). Test: a bootstrap that resamples "
-      "each side's seeds and the shared examples together (paired per example), 95% "
-      "percentile interval.",
+      f"reason (no run on either side beats chance, {chance:g}%). Test: a bootstrap that "
+      "resamples each side's seeds and the shared examples together (paired per example), "
+      "95% percentile interval.",
       "", "## Claims", "", "| claim | control | effect [95% interval], p | verdict | numbers |",
       "| --- | --- | --- | --- | --- |"]
   for c in result["claims"]:
