@@ -86,6 +86,7 @@ def test_the_quick_run_measures_every_method_and_writes_claims_with_verdicts(qui
   # Four real sources, exported and listed in a SPoT library; the target is none of them.
   assert [s["name"] for s in res["sources"]] == list(settings.sources)
   assert transfer.TARGET not in {s["task"] for s in res["sources"]}
+  assert not {s["seed"] for s in res["sources"]} & set(settings.seeds)  # no init shared
   (index,) = glob.glob(str(tmp / "work" / "spot_library_*" / "index.json"))
   listed = json.load(open(index))["sources"]
   assert [e["name"] for e in listed] == list(settings.sources)

@@ -3,7 +3,7 @@
     python -m benchmarks.research.transfer           # transfer_miniature.{json,md}
     python -m benchmarks.research.transfer --quick   # xs, a few steps, two seeds: structure only
 
-Source prompts: plain prompt tuning (P tokens, Adam, one rate, seed 0) on
+Source prompts: plain prompt tuning (P tokens, Adam, one rate, seeds 100-103) on
 four of the miniature's tasks, each exported as a `.npy` and listed in a
 SPoT library (`prompts/spot.py`): part of speech (definition -> noun / verb
 / adjective / adverb), etymology (headword -> language), headword
@@ -98,6 +98,9 @@ class Settings:
   prompt_length: int = 10      # P: every source, probe and target prompt
   source_steps: int = 300
   source_rate: float = 0.1
+  # Source i trains with seed source_seed + i: its init and data order share nothing
+  # with the target's seeds, so a probe is not like a source for starting where it did.
+  source_seed: int = 100
   probe_steps: int = 30
   sources: tuple[str, ...] = ("pos", "etymology", "headword", "definition_etymology")
   temperatures: tuple[str, ...] = ("d*e", "sqrt(d)", "1")
@@ -250,18 +253,19 @@ def run_all(settings: Settings, work_dir: str, save=lambda result: None,
         f"{row.get('score', row.get('failed'))} ({time.time() - start:.0f} s)")
     save(out)
 
-  # The sources: one prompt per task, seed 0, one rate.
+  # The sources: one prompt per task, one rate, each its own seed.
   source_method = dataclasses.replace(scratch(settings, frequent), name=f"source prompt "
                                       f"({settings.prompt_length} tokens)")
   files = {}
-  for name in settings.sources:
-    r = _run(source_method.with_rate(settings.source_rate), source_task(name), bb, 0, settings,
-             work_dir, steps=settings.source_steps)
+  for i, name in enumerate(settings.sources):
+    r = _run(source_method.with_rate(settings.source_rate), source_task(name), bb,
+             settings.source_seed + i, settings, work_dir, steps=settings.source_steps)
     if "failed" in r:
       raise RuntimeError(f"The {name} source prompt did not train: {r['failed']}; lower "
                          "Settings.source_rate")
     files[name] = os.path.join(r["run_dir"], "prompt.npy")
-    out["sources"].append(dict(name=name, task=source_task(name), score=r["score"],
+    out["sources"].append(dict(name=name, task=source_task(name), seed=r["seed"],
+                               score=r["score"],
                                steps=r["steps"], learning_rate=r["learning_rate"],
                                chance=(100.0 / len(class_labels()[source_task(name)])
                                        if source_task(name) in class_labels() else None)))
@@ -402,7 +406,8 @@ def markdown(result: dict[str, Any]) -> str:
       f"Written by `python -m benchmarks.research.transfer{' --quick' if quick else ''}` on "
       f"{result.get('machine_text', 'an unrecorded machine')}. Backbone: miniature {s['size']} "
       f"(frozen, width {result['width']}). Sources: {s['prompt_length']}-token prompts trained "
-      f"{s['source_steps']} steps (Adam, rate {s['source_rate']:g}, seed 0) on "
+      f"{s['source_steps']} steps (Adam, rate {s['source_rate']:g}, seeds from "
+      f"{s['source_seed']}, none a target seed) on "
       f"{', '.join(x['task'] for x in result['sources'])}. Target (held out): {result['target']} "
       f"(definition -> noun / verb, balanced, chance 50%). {s['steps']} steps, batch "
       f"{s['batch_size']}, Adam for every method, rates {s['rates']} (picked on seed "
