@@ -5,11 +5,33 @@ needs one is skipped with the reason when the folder is absent, and fails
 instead when PT_REQUIRE_FIXTURES=1 (CI sets it).
 """
 
+import contextlib
 import os
 import shutil
 
-import jax
-import pytest
+# The suite's models are tiny, so on a CPU compiling their programs costs far more
+# than running them: about two thirds of an in-process test's CPU time on a cold
+# compilation cache, as CI has. JAX's `jax_disable_most_optimizations` (LLVM at -O0,
+# no expensive passes) with XLA:CPU's older loop emitters compiles a tiny T5's train
+# step in about 40% of the time, and runs it about 1.6x slower. Both change how fast
+# the code runs, not what it computes (no fast-math either way). The binaries'
+# subprocesses inherit them through the environment, so every process of the suite
+# compiles alike. Tests that run hundreds of steps turn the optimizations back on
+# (`optimized_compiles` below). A value already in the environment wins.
+TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+
+
+def xla_flags(*extra: str) -> str:
+  """XLA_FLAGS for a subprocess of the suite: the suite's flags plus `extra`."""
+  return " ".join([os.environ.get("XLA_FLAGS", ""), *extra]).strip()
+
+
+if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = xla_flags(TEST_XLA_FLAGS)
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -74,6 +96,25 @@ def pytest_collection_modifyitems(config, items):
   if getattr(config, "workerinput", {}).get("slowest_first"):
     from tests import scheduling
     items[:] = scheduling.slowest_first(items, lambda item: item.nodeid)
+
+
+@contextlib.contextmanager
+def optimized_compiles():
+  """XLA's full optimizations for the programs compiled inside, for a test that runs
+  hundreds of steps (its run time outweighs the compile time saved)."""
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
+@pytest.fixture
+def optimized():
+  """`optimized_compiles` for one test."""
+  with optimized_compiles():
+    yield
 
 
 @pytest.fixture

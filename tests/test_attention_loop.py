@@ -21,7 +21,7 @@ from prompt_tuning.models import layers, t5
 from prompt_tuning.models import params as params_lib
 from prompt_tuning.models.t5 import T5
 from prompt_tuning.prompts import deep
-from tests.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG, xla_flags
 
 # Padding in the second row, so the mask's bias term differs per example.
 ENC = jnp.array([[5, 6, 7, 8, 9, 10, 11, 1], [12, 13, 1, 0, 0, 0, 0, 0]])
@@ -142,7 +142,7 @@ def test_the_loop_is_on_for_one_cpu_device_and_off_for_several():
   seen = {}
   for devices in (1, 2):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=xla_flags(f"--xla_force_host_platform_device_count={devices}"))
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, check=True,
                          capture_output=True, text=True).stdout.split()
     seen[int(out[-2])] = out[-1]

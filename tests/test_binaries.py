@@ -223,7 +223,7 @@ def test_unknown_task_suggests_close_names(workdir, capsys):
   assert "did you mean ['pt_test_sentiment'" in capsys.readouterr().err
 
 
-def test_prompt_learns_on_a_tiny_model(tmp_path):
+def test_prompt_learns_on_a_tiny_model(tmp_path, optimized):
   """A prompt on a frozen width-64 T5 (written in T5X's Orbax layout) cuts the
   validation loss of the sentiment task by at least 40%."""
   import orbax.checkpoint as ocp

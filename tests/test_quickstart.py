@@ -12,6 +12,7 @@ import pytest
 from prompt_tuning import backbones, quickstart, readers
 from prompt_tuning import trees as tree_lib
 from prompt_tuning.models.t5 import T5
+from tests.conftest import optimized_compiles
 
 # Shortened from the defaults (the tiny backbone, 3000 pretraining steps at 2e-3 after
 # 100 warmup steps, then 400 prompt steps) to fit a test: 700 pretraining steps at a
@@ -25,6 +26,13 @@ PROMPT = quickstart.PromptConfig(steps=200)
 # Exact-match points (out of 100) by which the trained prompt must win; the
 # full quickstart wins by 100 (see benchmarks/results/amd-epyc-avx2/quickstart.md).
 MARGIN = 30.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _optimized():
+  """The quickstart trains for hundreds of steps: full XLA optimizations pay here."""
+  with optimized_compiles():
+    yield
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 
 from prompt_tuning.models.t5 import T5Config
 from tests import sharding_worker
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, xla_flags
 
 # Every sharded dimension divides 8: vocab 384, heads 8, joined kv 64, mlp 128.
 MODEL_CONFIG = T5Config(vocab_size=384, emb_dim=64, num_heads=8, head_dim=8, mlp_dim=128,
@@ -55,7 +55,7 @@ def _assert_moved(prompt, initial, what):
 
 
 def _worker(out, backbone, model_dir, meshes, devices, steps=STEPS, extra_env=None):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(f"--xla_force_host_platform_device_count={devices}"),
              TF_CPP_MIN_LOG_LEVEL="2", **(extra_env or {}))
   return subprocess.Popen(
       [sys.executable, "-m", "tests.sharding_worker", str(out), backbone, str(model_dir),

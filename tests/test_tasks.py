@@ -329,7 +329,7 @@ TaskVocabularyConfig.kind = 'byte'
 """
 
 
-def test_file_task_trains_a_prompt_end_to_end(tmp_path):
+def test_file_task_trains_a_prompt_end_to_end(tmp_path, optimized):
   """A gin-registered TSV task, trained by the train binary, evaluated by the eval binary."""
   import jax
   import orbax.checkpoint as ocp
