@@ -98,6 +98,18 @@ def pytest_collection_modifyitems(config, items):
     items[:] = scheduling.slowest_first(items, lambda item: item.nodeid)
 
 
+def require_miniature_xs() -> None:
+  """Skips, with the one line naming the command, where the miniature's corpus or its
+  `xs` backbone is not made (the research experiments' quick runs need them)."""
+  from prompt_tuning.miniature import family as mini
+  from prompt_tuning.tasks import miniature
+  try:
+    miniature.find()
+    mini.require("xs", mini.PretrainConfig())
+  except miniature.NotMade as e:
+    pytest.skip(str(e))
+
+
 @contextlib.contextmanager
 def optimized_compiles():
   """XLA's full optimizations for the programs compiled inside, for a test that runs

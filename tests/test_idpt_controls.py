@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.research import idpt, stats
+from tests.conftest import require_miniature_xs
 
 
 def test_the_seed_and_example_bootstrap_finds_a_real_gap_and_not_a_null_one():
@@ -53,13 +54,7 @@ def test_every_control_gets_a_tested_claim_once_a_side_learned_and_none_before()
 def test_the_quick_run_measures_every_method_and_writes_claims_with_verdicts(tmp_path):
   """`--quick` on the cached xs backbone (skipped, with the one line naming the command,
   where the miniature is not made)."""
-  from prompt_tuning.miniature import family as mini
-  from prompt_tuning.tasks import miniature
-  try:
-    miniature.find()
-    mini.require("xs", mini.PretrainConfig())
-  except miniature.NotMade as e:
-    pytest.skip(str(e))
+  require_miniature_xs()
   res = idpt.main(["--quick", "--out", str(tmp_path / "out"),
                    "--work_dir", str(tmp_path / "work")])
   names = {m.name for m, _ in idpt.methods(idpt.QUICK, lambda: np.arange(100))}

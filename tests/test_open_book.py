@@ -12,6 +12,7 @@ import pytest
 from prompt_tuning.retrieval import dictionary_book
 from prompt_tuning.tasks import dictionary_qa as dq
 from prompt_tuning.tasks import gcide
+from tests.conftest import require_miniature_xs
 
 
 def _words(texts):
@@ -197,13 +198,7 @@ def test_the_benchmarks_quick_mode_runs_every_method_and_writes_the_claims(tmp_p
   """`benchmarks/open_book.py --quick` on the cached `xs` backbone, the cheapest to
   set up (skipped, with the one line naming the command, where the miniature is
   not made)."""
-  from prompt_tuning.miniature import family as mini
-  from prompt_tuning.tasks import miniature
-  try:
-    miniature.find()
-    mini.require("xs", mini.PretrainConfig())
-  except miniature.NotMade as e:
-    pytest.skip(str(e))
+  require_miniature_xs()
   from benchmarks import open_book
   from benchmarks.research import stats
   with pytest.raises(SystemExit):  # an unknown method is refused before any work

@@ -12,19 +12,14 @@ import numpy as np
 import pytest
 
 from benchmarks.research import stats, transfer
+from tests.conftest import require_miniature_xs
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
   """`--quick` on the cached xs backbone (skipped, with the one line naming the command,
   where the miniature is not made): (result, its folder)."""
-  from prompt_tuning.miniature import family as mini
-  from prompt_tuning.tasks import miniature
-  try:
-    miniature.find()
-    mini.require("xs", mini.PretrainConfig())
-  except miniature.NotMade as e:
-    pytest.skip(str(e))
+  require_miniature_xs()
   tmp = tmp_path_factory.mktemp("transfer_quick")
   res = transfer.main(["--quick", "--out", str(tmp / "out"), "--work_dir", str(tmp / "work")])
   return res, tmp

@@ -360,13 +360,19 @@ def markdown(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def finish(result: dict[str, Any]) -> dict[str, Any]:
+def finished(result: dict[str, Any], claims_of, summary_of) -> dict[str, Any]:
+  """`result` with the machine, its claims and its methods' summary: the last step
+  of each miniature experiment (this one, recursion, transfer)."""
   from benchmarks import machine
   info = machine.cpu_info()
-  result.pop("summary", None)  # the name this table had before; report.py reads "summary"
-  result.update(machine=info, machine_text=machine.describe(info), claims=claims(result),
-                methods=summary(result))
+  result.update(machine=info, machine_text=machine.describe(info), claims=claims_of(result),
+                methods=summary_of(result))
   return result
+
+
+def finish(result: dict[str, Any]) -> dict[str, Any]:
+  result.pop("summary", None)  # the name this table had before; report.py reads "summary"
+  return finished(result, claims, summary)
 
 
 def experiment_main(argv: Optional[Sequence[str]], module: str, description: str, name: str,

@@ -466,11 +466,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def finish(result: dict[str, Any]) -> dict[str, Any]:
-  from benchmarks import machine
-  info = machine.cpu_info()
-  result.update(machine=info, machine_text=machine.describe(info), claims=claims(result),
-                methods=summary(result))
-  return result
+  return idpt.finished(result, claims, summary)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
