@@ -110,6 +110,33 @@ def require_miniature_xs() -> None:
     pytest.skip(str(e))
 
 
+def assert_claims_well_formed(claims) -> None:
+  """Each research claim has a verdict word; a tested one has p in [0, 1] and a finite
+  95% interval, an untested one says why it is not testable here."""
+  import math
+  from benchmarks.research import stats
+  for c in claims:
+    assert stats.is_verdict(c["verdict"]), c
+    if c["p"] is not None:
+      assert 0.0 <= c["p"] <= 1.0 and len(c["ci"]) == 2 and all(map(math.isfinite, c["ci"])), c
+    else:
+      assert c["verdict"].startswith(stats.NOT_TESTABLE + ": "), c
+
+
+def report_only_again(experiment, name: str, res, tmp):
+  """Runs a research experiment's `--quick --report_only` over its quick run's folder
+  `tmp`; asserts that it re-derives the same claims and methods, rewrites
+  `name`_quick.md byte for byte and trains nothing; returns its result."""
+  report = tmp / "out" / f"{name}_quick.md"
+  text = open(report).read()
+  again = experiment.main(["--quick", "--report_only", "--out", str(tmp / "out"),
+                           "--work_dir", str(tmp / "nothing_runs_here")])
+  assert again["claims"] == res["claims"] and again["methods"] == res["methods"]
+  assert open(report).read() == text
+  assert not os.path.exists(tmp / "nothing_runs_here")
+  return again
+
+
 @contextlib.contextmanager
 def optimized_compiles():
   """XLA's full optimizations for the programs compiled inside, for a test that runs

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.research import idpt, stats
-from tests.conftest import require_miniature_xs
+from tests.conftest import assert_claims_well_formed, require_miniature_xs
 
 
 def test_the_seed_and_example_bootstrap_finds_a_real_gap_and_not_a_null_one():
@@ -66,12 +66,7 @@ def test_the_quick_run_measures_every_method_and_writes_claims_with_verdicts(tmp
   assert params[f"{idpt.STATIC} (20 tokens)"] == 20 * 16
   tested = {c["control"] for c in res["claims"]}
   assert len(res["claims"]) == 4 and len(tested) == 4
-  for c in res["claims"]:
-    assert stats.is_verdict(c["verdict"]), c
-    if c["p"] is not None:
-      assert 0.0 <= c["p"] <= 1.0 and len(c["ci"]) == 2
-    else:
-      assert c["verdict"].startswith(stats.NOT_TESTABLE + ": ")
+  assert_claims_well_formed(res["claims"])
   written = json.load(open(tmp_path / "out" / "idpt_miniature_quick.json"))
   assert not written["partial"] and written["claims"] == res["claims"]
   text = open(tmp_path / "out" / "idpt_miniature_quick.md").read()

@@ -3,14 +3,12 @@ measures every method and writes claims with p, interval and a verdict word; the
 equal-budget prompt holds the connector's parameters to within one token."""
 
 import json
-import math
-import os
 
 import numpy as np
 import pytest
 
 from benchmarks.research import recursion, stats
-from tests.conftest import require_miniature_xs
+from tests.conftest import assert_claims_well_formed, report_only_again, require_miniature_xs
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +79,7 @@ def test_the_quick_run_measures_every_method_and_writes_claims_with_verdicts(qui
   assert 0 <= params[recursion.EQUAL] - connector < width
   assert params[recursion.STEP2_EQUAL] == params[recursion.EQUAL]
   assert len(res["claims"]) == len(recursion.CLAIMS)
-  for c in res["claims"]:
-    assert stats.is_verdict(c["verdict"]), c
-    if c["p"] is not None:
-      assert 0.0 <= c["p"] <= 1.0 and len(c["ci"]) == 2 and all(map(math.isfinite, c["ci"]))
-    else:
-      assert c["verdict"].startswith(stats.NOT_TESTABLE + ": ")
+  assert_claims_well_formed(res["claims"])
   written = json.load(open(tmp / "out" / "recursion_miniature_quick.json"))
   assert not written["partial"] and written["claims"] == res["claims"]
   assert all(len(r["test_correct"]) == 16 for r in written["rows"])  # one shared test set
@@ -96,10 +89,5 @@ def test_the_quick_run_measures_every_method_and_writes_claims_with_verdicts(qui
 
 def test_report_only_rewrites_the_claims_and_the_table_from_the_json_alone(quick):
   res, tmp = quick
-  text = open(tmp / "out" / "recursion_miniature_quick.md").read()
-  again = recursion.main(["--quick", "--report_only", "--out", str(tmp / "out"),
-                          "--work_dir", str(tmp / "nothing_runs_here")])
-  assert again["claims"] == res["claims"] and again["methods"] == res["methods"]
-  assert open(tmp / "out" / "recursion_miniature_quick.md").read() == text
-  assert not os.path.exists(tmp / "nothing_runs_here")
+  again = report_only_again(recursion, "recursion_miniature", res, tmp)
   assert np.isclose(again["connector_parameters"], res["connector_parameters"])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from benchmarks.research import stats, transfer
-from tests.conftest import require_miniature_xs
+from tests.conftest import assert_claims_well_formed, report_only_again, require_miniature_xs
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +101,7 @@ def test_the_quick_run_measures_every_method_and_writes_claims_with_verdicts(qui
   assert {x["source"] for x in rows if x["method"] == transfer.EXHAUSTIVE} == {order[0]}
   # Claims: each with a verdict word, and p and a finite interval where tested.
   assert len(res["claims"]) == len(transfer.claim_list(res["settings"])) == 7
-  for c in res["claims"]:
-    assert stats.is_verdict(c["verdict"]), c
-    if c["p"] is not None:
-      assert 0.0 <= c["p"] <= 1.0 and len(c["ci"]) == 2 and all(map(math.isfinite, c["ci"]))
-    else:
-      assert c["verdict"].startswith(stats.NOT_TESTABLE + ": ")
+  assert_claims_well_formed(res["claims"])
   written = json.load(open(tmp / "out" / "transfer_miniature_quick.json"))
   assert not written["partial"] and written["claims"] == res["claims"]
   target_rows = [x for x in written["rows"] if x["task"] == transfer.TARGET]
@@ -120,9 +115,4 @@ def test_the_quick_run_measures_every_method_and_writes_claims_with_verdicts(qui
 
 def test_report_only_rewrites_the_claims_and_the_table_from_the_json_alone(quick):
   res, tmp = quick
-  text = open(tmp / "out" / "transfer_miniature_quick.md").read()
-  again = transfer.main(["--quick", "--report_only", "--out", str(tmp / "out"),
-                         "--work_dir", str(tmp / "nothing_runs_here")])
-  assert again["claims"] == res["claims"] and again["methods"] == res["methods"]
-  assert open(tmp / "out" / "transfer_miniature_quick.md").read() == text
-  assert not os.path.exists(tmp / "nothing_runs_here")
+  report_only_again(transfer, "transfer_miniature", res, tmp)

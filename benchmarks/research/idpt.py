@@ -360,6 +360,37 @@ def markdown(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def by_method(result: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+  """A result's finished rows, by method name."""
+  by: dict[str, list] = {}
+  for r in result["rows"]:
+    if "failed" not in r:
+      by.setdefault(r["method"], []).append(r)
+  return by
+
+
+def named(by, prefix: str) -> tuple[str, list]:
+  """The method whose name is `prefix` or starts with it and a parenthesis, with its rows."""
+  names = [n for n in by if n == prefix or n.startswith(prefix + " (")]
+  return (names[0], by[names[0]]) if names else (prefix, [])
+
+
+def claims_of_pairs(result: dict[str, Any], pairs, where: str,
+                    chance: float) -> list[dict[str, Any]]:
+  """Each (better, control, claim) of `pairs`, tested per example and seed on the shared
+  test set; `where` says on what, after the claim."""
+  by, out = by_method(result), []
+  for better, control, claim in pairs:
+    (_, rows), (control_name, control_rows) = named(by, better), named(by, control)
+    claim += where
+    numbers = (f"{_mean_sd(rows)} vs {_mean_sd(control_rows)} "
+               f"({len(rows)} vs {len(control_rows)} seeds, test split)")
+    out.append(tested(claim, control_name, rows, control_rows, numbers, chance)
+               if rows and control_rows else
+               stats.untestable(claim, control_name, "a side has no finished run", numbers))
+  return out
+
+
 def finished(result: dict[str, Any], claims_of, summary_of) -> dict[str, Any]:
   """`result` with the machine, its claims and its methods' summary: the last step
   of each miniature experiment (this one, recursion, transfer)."""

@@ -39,7 +39,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from benchmarks.research import experiments_family, idpt, stats
+from benchmarks.research import experiments_family, idpt
 # pylint: disable=protected-access  (idpt's run and row helpers serve this experiment too)
 from benchmarks.research.config import Suite
 from benchmarks.research.runs import Method, count_parameters
@@ -221,19 +221,6 @@ def run_all(settings: Settings, work_dir: str, save=lambda result: None,
   return out
 
 
-def _by_method(result) -> dict[str, list[dict[str, Any]]]:
-  by: dict[str, list] = {}
-  for r in result["rows"]:
-    if "failed" not in r:
-      by.setdefault(r["method"], []).append(r)
-  return by
-
-
-def _named(by, prefix: str) -> tuple[str, list]:
-  names = [n for n in by if n.startswith(prefix + " (")]
-  return (names[0], by[names[0]]) if names else (prefix, [])
-
-
 CLAIMS = (  # (the better side, the control, the claim)
     (NEURAL, ONE_PASS, "Levine 2022: neural recursion beats one pass with a prompt"),
     (NEURAL, EQUAL, "Levine 2022: neural recursion beats one pass at the connector's budget"),
@@ -247,23 +234,15 @@ CLAIMS = (  # (the better side, the control, the claim)
 
 def claims(result: dict[str, Any]) -> list[dict[str, Any]]:
   """Each claim of `CLAIMS`, per example and seed on the shared test set."""
-  by, out = _by_method(result), []
-  for better, control, claim in CLAIMS:
-    (_, rows), (control_name, control_rows) = _named(by, better), _named(by, control)
-    claim += " (miniature, definition -> etymology language)"
-    numbers = (f"{idpt._mean_sd(rows)} vs {idpt._mean_sd(control_rows)} "
-               f"({len(rows)} vs {len(control_rows)} seeds, test split)")
-    out.append(idpt.tested(claim, control_name, rows, control_rows, numbers, CHANCE)
-               if rows and control_rows else
-               stats.untestable(claim, control_name, "a side has no finished run", numbers))
-  return out
+  return idpt.claims_of_pairs(result, CLAIMS,
+                              " (miniature, definition -> etymology language)", CHANCE)
 
 
 def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
   """Per method: task, rate, score, runs above chance, parameters and step time,
   both relative to one pass (prompt tuning)."""
-  by = _by_method(result)
-  _, base_rows = _named(by, ONE_PASS)
+  by = idpt.by_method(result)
+  _, base_rows = idpt.named(by, ONE_PASS)
   out = []
   for name, sweep in result["sweeps"].items():
     rows = by.get(name, [])
@@ -314,13 +293,10 @@ def markdown(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def finish(result: dict[str, Any]) -> dict[str, Any]:
-  return idpt.finished(result, claims, summary)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   return idpt.experiment_main(argv, "benchmarks.research.recursion", __doc__.split("\n\n")[0],
-                              NAME, FULL, QUICK, run_all, finish)
+                              NAME, FULL, QUICK, run_all,
+                              lambda result: idpt.finished(result, claims, summary))
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from benchmarks.research import experiments_family, idpt, stats
+from benchmarks.research import experiments_family, idpt
 # pylint: disable=protected-access  (idpt's row helpers serve this experiment too)
 from benchmarks.research.config import Suite
 from benchmarks.research.runs import Method
@@ -326,20 +326,6 @@ def run_all(settings: Settings, work_dir: str, save=lambda result: None,
   return out
 
 
-def _by_method(result) -> dict[str, list[dict[str, Any]]]:
-  by: dict[str, list] = {}
-  for r in result["rows"]:
-    if "failed" not in r:
-      by.setdefault(r["method"], []).append(r)
-  return by
-
-
-def _named(by, prefix: str) -> tuple[str, list]:
-  """The method whose name is `prefix` or starts with it and a parenthesis."""
-  names = [n for n in by if n == prefix or n.startswith(prefix + " (")]
-  return (names[0], by[names[0]]) if names else (prefix, [])
-
-
 def claim_list(settings: dict[str, Any]) -> list[tuple[str, str, str]]:
   """(the better side, the control, the claim) for each claim tested."""
   temps = settings["temperatures"]
@@ -357,25 +343,17 @@ def claim_list(settings: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def claims(result: dict[str, Any]) -> list[dict[str, Any]]:
   """Each claim of `claim_list`, per example and seed on the shared test set."""
-  by, out = _by_method(result), []
-  for better, control, claim in claim_list(result["settings"]):
-    (_, rows), (control_name, control_rows) = _named(by, better), _named(by, control)
-    claim += " (miniature, held-out target: definition -> noun / verb)"
-    numbers = (f"{idpt._mean_sd(rows)} vs {idpt._mean_sd(control_rows)} "
-               f"({len(rows)} vs {len(control_rows)} seeds, test split)")
-    out.append(idpt.tested(claim, control_name, rows, control_rows, numbers, CHANCE)
-               if rows and control_rows else
-               stats.untestable(claim, control_name, "a side has no finished run", numbers))
-  return out
+  return idpt.claims_of_pairs(result, claim_list(result["settings"]),
+                              " (miniature, held-out target: definition -> noun / verb)", CHANCE)
 
 
 def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
   """Per method compared on every seed: its rate(s), score, runs above chance, attention
   entropy (ATTEMPT), parameters and step time against prompt tuning from scratch."""
-  by = _by_method(result)
-  _, base_rows = _named(by, SCRATCH)
-  names = [_named(by, SCRATCH)[0], EXHAUSTIVE, SPOT] + [
-      _named(by, attempt_name(t))[0] for t in result["settings"]["temperatures"]]
+  by = idpt.by_method(result)
+  _, base_rows = idpt.named(by, SCRATCH)
+  names = [idpt.named(by, SCRATCH)[0], EXHAUSTIVE, SPOT] + [
+      idpt.named(by, attempt_name(t))[0] for t in result["settings"]["temperatures"]]
   out = []
   for name in names:
     rows = by.get(name, [])
@@ -465,13 +443,10 @@ def markdown(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def finish(result: dict[str, Any]) -> dict[str, Any]:
-  return idpt.finished(result, claims, summary)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   return idpt.experiment_main(argv, "benchmarks.research.transfer", __doc__.split("\n\n")[0],
-                              NAME, FULL, QUICK, run_all, finish)
+                              NAME, FULL, QUICK, run_all,
+                              lambda result: idpt.finished(result, claims, summary))
 
 
 if __name__ == "__main__":
