@@ -139,8 +139,9 @@ def report_only_again(experiment, name: str, res, tmp):
 
 @contextlib.contextmanager
 def optimized_compiles():
-  """XLA's full optimizations for the programs compiled inside, for a test that runs
-  hundreds of steps (its run time outweighs the compile time saved)."""
+  """JAX's optimizations back on for the programs compiled inside, for a test that runs
+  hundreds of steps (its run time outweighs the compile time saved). The loop emitters
+  stay: with the optimizations on they ran a tiny T5's train step as fast as the default."""
   before = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", False)
   try:
