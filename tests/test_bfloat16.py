@@ -10,6 +10,7 @@ import pytest
 
 from prompt_tuning import decoding
 from prompt_tuning.cli import gin as gin_lib
+from prompt_tuning.models import layers
 from prompt_tuning.runtime import freezing
 from prompt_tuning.runtime import setup as setup_lib
 from prompt_tuning.train import optimizers
@@ -110,3 +111,80 @@ def test_bfloat16_loss_is_float32_loss_to_bfloat16_precision(tmp_path):
       s.trainable, s.frozen) for s in setups]
   assert float(losses[0]) != float(losses[1])  # the bfloat16 model did compute in bfloat16
   np.testing.assert_allclose(float(losses[0]), float(losses[1]), rtol=3e-2)
+
+
+# --- the products: bfloat16 operands, float32 sums ------------------------------
+
+# The weight products (as Dense and Embed.attend write them), one with a single row
+# (a decoding step of batch 1), and a batched one.
+_PRODUCTS = [("mi,io->mo", (6, 5), (5, 3)), ("mh,vh->mv", (1, 16), (32, 16)),
+             ("blnd,bknd->bnlk", (2, 3, 2, 4), (2, 5, 2, 4))]
+
+
+def _dot_generals(jaxpr):
+  """Every dot_general equation of `jaxpr`, sub-jaxprs (custom_vjp bodies) included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found.append(eqn)
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      found += _dot_generals(sub)
+  return found
+
+
+@pytest.mark.parametrize("subscripts, a_shape, b_shape", _PRODUCTS)
+def test_bfloat16_products_sum_in_float32_forward_and_backward(subscripts, a_shape, b_shape):
+  rng = np.random.RandomState(0)
+  a = jnp.asarray(rng.randn(*a_shape), jnp.bfloat16)
+  b = jnp.asarray(rng.randn(*b_shape), jnp.float32)  # a float32 kernel, say
+  w = jnp.asarray(rng.randn(*jnp.einsum(subscripts, a, b).shape), jnp.float32)
+
+  def loss(a, b, dtype):
+    out = layers.einsum(subscripts, a, b, dtype)
+    return jnp.sum(out.astype(jnp.float32) * w), out
+
+  (value, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+      a, b, jnp.bfloat16)
+  assert out.dtype == jnp.bfloat16
+  # Gradients in each operand's own dtype.
+  assert grads[0].dtype == jnp.bfloat16 and grads[1].dtype == jnp.float32
+  # Against float32 arithmetic on the same (bfloat16-rounded) operands.
+  b16 = b.astype(jnp.bfloat16).astype(jnp.float32)
+  (ref, ref_out), ref_grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+      a.astype(jnp.float32), b16, jnp.float32)
+  np.testing.assert_allclose(np.float32(out), ref_out, rtol=1e-2, atol=1e-2)
+  for g, r in zip(grads, ref_grads):
+    np.testing.assert_allclose(np.float32(g), r, rtol=2e-2, atol=2e-2)
+  # Every product of the step, forward and both backward ones, takes bfloat16 operands
+  # and sums in float32: the form XLA:CPU runs on AMX tiles.
+  jaxpr = jax.make_jaxpr(jax.grad(lambda a, b: loss(a, b, jnp.bfloat16)[0], argnums=(0, 1)))(
+      a, b).jaxpr
+  dots = _dot_generals(jaxpr)
+  assert len(dots) >= 3
+  for eqn in dots:
+    assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16, jnp.bfloat16], eqn
+    assert eqn.params["preferred_element_type"] == jnp.float32, eqn
+  # float32 activations: exactly jnp.einsum.
+  a32 = a.astype(jnp.float32)
+  np.testing.assert_array_equal(layers.einsum(subscripts, a32, b, jnp.float32),
+                                jnp.einsum(subscripts, a32, b))
+
+
+def test_a_product_whose_gradient_is_not_a_product_is_refused():
+  x = jnp.ones((2, 3), jnp.bfloat16)
+  with pytest.raises(ValueError, match="each appear in the other operand or the output"):
+    layers.einsum("ij,jk->k", x, jnp.ones((3, 4)), jnp.bfloat16)
+
+
+def test_the_weight_products_of_the_model_sum_in_float32_in_bfloat16():
+  x = jnp.ones((2, 3, 16), jnp.bfloat16)
+  dense = layers.Dense(8, ("embed", "mlp"), dtype=jnp.bfloat16)
+  embed = layers.Embed(32, 16, dtype=jnp.bfloat16)
+  for module, method in ((dense, None), (embed, "attend")):
+    variables = module.init(jax.random.PRNGKey(0), x, method=method)
+    out = module.apply(variables, x, method=method)
+    assert out.dtype == jnp.bfloat16 and out.shape[:2] == (2, 3)
+    loss = lambda v, x: jnp.sum(module.apply(v, x, method=method).astype(jnp.float32))  # noqa: E731
+    dots = _dot_generals(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(variables, x).jaxpr)
+    assert len(dots) == 3  # forward, and the gradients of the input and the weights
+    assert all(e.params["preferred_element_type"] == jnp.float32 for e in dots)

@@ -43,7 +43,7 @@ flags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile
 
 
 @pytest.mark.parametrize("extra, amx, ynn_off", [
-    ("avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", True, True),  # Sapphire Rapids
+    ("avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", True, False),  # Sapphire Rapids
     ("avx512f avx512_bf16 amx_tile", False, False),  # tiles without bfloat16 support
     ("avx512f avx512_bf16", False, False),  # an AVX-512 CPU without AMX (e.g. AMD Zen 4)
     ("", False, True),                      # AVX2 only (the second CPU's flags are not read)
@@ -51,40 +51,34 @@ flags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile
 def test_amx_and_avx512_are_read_from_the_first_cpus_flags(extra, amx, ynn_off):
   text = _CPUINFO.format(extra=extra)
   assert environment.has_amx(text) is amx
-  defaults = environment.cpu_xla_defaults(text, knows_flag=lambda name: True)
-  assert ("xla_cpu_use_onednn" in defaults) is amx
-  # YNNPACK dot fusions off where it measured faster (AVX2, and kept with AMX);
-  # jaxlib's default on an AVX-512 CPU without AMX, where it measured faster.
+  defaults = environment.cpu_xla_defaults(text)
+  # YNNPACK dot fusions off only where it measured faster (AVX2). On AVX-512
+  # jaxlib's default measured faster, and with AMX YNNPACK is the bfloat16 path
+  # onto the tiles. XLA's oneDNN flag is never set (it changed nothing there).
   assert (environment.CPU_XLA_FLAGS.items() <= defaults.items()) is ynn_off
   assert ("xla_cpu_experimental_ynn_fusion_type" in defaults) is ynn_off
+  assert "xla_cpu_use_onednn" not in defaults
   assert not environment.has_amx("no flags line here")
   assert environment.cpu_xla_defaults("no flags line here") == environment.CPU_XLA_FLAGS
 
 
-def test_amx_defaults_only_with_flags_jaxlib_knows_and_never_over_the_users():
-  text = _CPUINFO.format(extra="avx512f amx_bf16 amx_tile")
-  assert "xla_cpu_use_onednn" not in environment.cpu_xla_defaults(text, lambda name: False)
-  defaults = environment.cpu_xla_defaults(text, lambda name: True)
-  assert environment.merged_xla_flags("--xla_cpu_use_onednn=false", defaults) == (
-      "--xla_cpu_use_onednn=false --xla_cpu_experimental_ynn_fusion_type=")
-  assert "--xla_cpu_use_onednn=true" in environment.merged_xla_flags("", defaults)
+def test_the_users_xla_flags_win_over_the_defaults():
+  defaults = environment.cpu_xla_defaults(_CPUINFO.format(extra=""))
+  assert environment.merged_xla_flags("--xla_cpu_experimental_ynn_fusion_type=dot",
+                                      defaults) == "--xla_cpu_experimental_ynn_fusion_type=dot"
+  assert environment.merged_xla_flags("--xla_cpu_use_onednn=true", defaults) == (
+      "--xla_cpu_use_onednn=true --xla_cpu_experimental_ynn_fusion_type=")
 
 
-def test_the_installed_jaxlib_is_searched_for_the_flag():
-  # jaxlib 0.10.2 and 0.11.2 define it (XLA aborts at start-up on an unknown flag).
-  assert environment.jaxlib_knows_flag("xla_cpu_use_onednn")
-  assert not environment.jaxlib_knows_flag("xla_cpu_no_such_flag_at_all_37")
-
-
-def test_configure_turns_onednn_on_where_the_cpu_has_amx(monkeypatch):
+def test_configure_keeps_ynnpack_where_the_cpu_has_amx(monkeypatch):
   monkeypatch.setattr(environment, "quiet_logs", lambda: None)
   monkeypatch.setenv("PROMPT_TUNING_XLA_DEFAULTS", "1")
-  for amx in (True, False):
-    flags = frozenset({"avx2", "avx512f"} | (environment.AMX_CPU_FLAGS if amx else set()))
-    monkeypatch.setattr(environment, "cpu_flags", lambda text=None, flags=flags: flags)
+  for cpu, ynn_off in (({"avx2", "avx512f"} | environment.AMX_CPU_FLAGS, False),
+                       ({"avx2"}, True)):
+    monkeypatch.setattr(environment, "cpu_flags", lambda text=None, cpu=cpu: frozenset(cpu))
     monkeypatch.setenv("XLA_FLAGS", "")
     environment.configure(compilation_cache=False, tensorflow=False)
-    assert ("--xla_cpu_use_onednn=true" in os.environ["XLA_FLAGS"]) is amx
+    assert ("--xla_cpu_experimental_ynn_fusion_type=" in os.environ["XLA_FLAGS"]) is ynn_off
 
 
 _PROGRAM = """

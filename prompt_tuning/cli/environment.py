@@ -8,16 +8,18 @@ imported: XLA reads its flags, and TensorFlow its log level, once at import.
   cores capped at AVX2 the prompt-tuning train step of T5 1.1 small ran
   about 1.2x faster that way, and on an AVX2-only AMD EPYC so did the
   quickstart's pretraining step (benchmarks/README.md, "XLA CPU options").
-  Not on an AVX-512 CPU without AMX: on an AMD EPYC Zen 4 the same step ran
-  at 0.96x jaxlib's default with them off, slower in every round
-  (benchmarks/results/amd-epyc-avx512/train_step_xla_defaults.md), so there
-  jaxlib's own default stays. A CPU with AMX keeps them off, as measured there.
-  On a CPU with AMX (`amx_bf16` and `amx_tile` in /proc/cpuinfo: Intel
-  Sapphire Rapids and later), XLA's oneDNN path is turned on as well
-  (`AMX_XLA_FLAGS`), where the installed jaxlib knows the flag: on such a
-  Xeon a bfloat16 2048^3 matmul ran at 1426 GFLOP/s with it against 1169
-  without (issue 37). A flag the user already set in XLA_FLAGS wins, and
-  PROMPT_TUNING_XLA_DEFAULTS=0 leaves jaxlib's own defaults in place.
+  Only there: on an AVX-512 CPU jaxlib's own default stays. On an AMD EPYC
+  Zen 4 the same step ran at 0.96x jaxlib's default with them off
+  (benchmarks/results/amd-epyc-avx512/train_step_xla_defaults.md). On an
+  Intel Xeon with AMX (Sapphire Rapids) YNNPACK is what runs bfloat16
+  products on the AMX tiles: with its dots off, a bfloat16 product
+  accumulating in float32 fell from about 880-1,340 GFLOP/s to about 240,
+  and the bfloat16 train step from 1.22 s to 2.16 s, while the float32 step
+  was the same either way (1.96 against 2.02 s). XLA's oneDNN flag
+  (`xla_cpu_use_onednn`) changed no product there (jaxlib 0.10.2's wheel is
+  not built with it), so it is not set. A flag the user already set in
+  XLA_FLAGS wins, and PROMPT_TUNING_XLA_DEFAULTS=0 leaves jaxlib's own
+  defaults in place.
 - Logs: TensorFlow's C++ INFO/WARNING lines are hidden unless the user set
   TF_CPP_MIN_LOG_LEVEL. On a host with no NVIDIA driver, TensorFlow is
   imported once with stderr captured and its CPU-machine noise ("Could not
@@ -39,13 +41,9 @@ from typing import Optional
 CPU_XLA_FLAGS = {
     "xla_cpu_experimental_ynn_fusion_type": "",
 }
-# Added where the CPU has AMX: oneDNN's matmuls use the AMX tiles for bfloat16.
-AMX_XLA_FLAGS = {
-    "xla_cpu_use_onednn": "true",
-}
 # The CPU flags that say a core has AMX with bfloat16 tiles.
 AMX_CPU_FLAGS = frozenset({"amx_bf16", "amx_tile"})
-# The CPU flag of AVX-512 (foundation): without AMX, `CPU_XLA_FLAGS` are left out.
+# The CPU flag of AVX-512 (foundation): where a CPU has it, `CPU_XLA_FLAGS` are left out.
 AVX512_CPU_FLAG = "avx512f"
 # XLA aborts on a flag it does not know; these defaults were measured with
 # jaxlib 0.10.2 and 0.11.2, and are left out for older ones.
@@ -87,44 +85,12 @@ def has_amx(cpuinfo_text: Optional[str] = None) -> bool:
   return AMX_CPU_FLAGS <= cpu_flags(cpuinfo_text)
 
 
-def jaxlib_knows_flag(name: str) -> bool:
-  """Whether the installed jaxlib defines the XLA flag `name`.
-
-  XLA aborts the process on a flag it does not know, so this looks for the
-  name in jaxlib's shared libraries instead of trying it (a few hundredths of
-  a second: they are mapped, not read)."""
-  import importlib.util
-  import mmap
-  spec = importlib.util.find_spec("jaxlib")
-  if spec is None or not spec.submodule_search_locations:
-    return False
-  needle = name.encode()
-  for folder in spec.submodule_search_locations:
-    for root, _, files in os.walk(folder):
-      for file in files:
-        if not file.endswith((".so", ".pyd", ".dylib")):
-          continue
-        with open(os.path.join(root, file), "rb") as f:
-          try:
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-              if m.find(needle) >= 0:
-                return True
-          except ValueError:  # an empty file
-            continue
-  return False
-
-
-def cpu_xla_defaults(cpuinfo_text: Optional[str] = None,
-                     knows_flag=jaxlib_knows_flag) -> dict[str, str]:
-  """The XLA flags the binaries default to on this CPU: `CPU_XLA_FLAGS` except on
-  an AVX-512 CPU without AMX (where jaxlib's default measured faster), and
-  `AMX_XLA_FLAGS` where the CPU has AMX and jaxlib knows each flag."""
-  flags = cpu_flags(cpuinfo_text)
-  amx = AMX_CPU_FLAGS <= flags
-  defaults = {} if AVX512_CPU_FLAG in flags and not amx else dict(CPU_XLA_FLAGS)
-  if amx:
-    defaults.update({k: v for k, v in AMX_XLA_FLAGS.items() if knows_flag(k)})
-  return defaults
+def cpu_xla_defaults(cpuinfo_text: Optional[str] = None) -> dict[str, str]:
+  """The XLA flags the binaries default to on this CPU: `CPU_XLA_FLAGS` where it
+  lacks AVX-512 (AVX2), none where it has it, with or without AMX (jaxlib's
+  defaults measured faster there; with AMX, YNNPACK's dots are its bfloat16
+  path)."""
+  return {} if AVX512_CPU_FLAG in cpu_flags(cpuinfo_text) else dict(CPU_XLA_FLAGS)
 
 
 def _jaxlib_version() -> tuple[int, ...]:
