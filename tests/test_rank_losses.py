@@ -191,7 +191,7 @@ def _accuracy(model, params, task, lengths):
 # suite for time: its gradient stops once the gold candidate leads, so it climbs
 # slowly.
 @pytest.mark.parametrize("kind", ["cross_entropy"])
-def test_training_with_the_rank_loss_raises_rank_accuracy(tmp_path, kind, optimized):
+def test_training_with_the_rank_loss_raises_rank_accuracy(tmp_path, kind):
   """The train binary with runs/rank_loss.gin on synthetic_first_rank (8 candidates)."""
   lengths = {"inputs": 16, "targets": 4}
   run = str(tmp_path / "run")

@@ -120,7 +120,7 @@ def test_cli_reads_only_embedding_tables(tmp_path, monkeypatch, capsys):
   assert {path: files_digest(str(path)) for path in sources} == sources
 
 
-def test_harness_grid_and_report(tmp_path, optimized):
+def test_harness_grid_and_report(tmp_path):
   """Mechanics of the harness on two random backbones (no pretraining)."""
   import orbax.checkpoint as ocp
   from prompt_tuning import backbones as backbones_lib

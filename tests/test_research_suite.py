@@ -354,7 +354,7 @@ def test_the_run_cache_is_keyed_by_every_setting_that_changes_a_result(tmp_path)
              steps=20)
 
 
-def test_quick_run_writes_every_figure_and_tests_every_claim(tmp_path, optimized):
+def test_quick_run_writes_every_figure_and_tests_every_claim(tmp_path):
   import time
   out = tmp_path / "out"
   start = time.time()
