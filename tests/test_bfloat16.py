@@ -143,14 +143,14 @@ def test_bfloat16_products_sum_in_float32_forward_and_backward(subscripts, a_sha
     out = layers.einsum(subscripts, a, b, dtype)
     return jnp.sum(out.astype(jnp.float32) * w), out
 
-  (value, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+  (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
       a, b, jnp.bfloat16)
   assert out.dtype == jnp.bfloat16
   # Gradients in each operand's own dtype.
   assert grads[0].dtype == jnp.bfloat16 and grads[1].dtype == jnp.float32
   # Against float32 arithmetic on the same (bfloat16-rounded) operands.
   b16 = b.astype(jnp.bfloat16).astype(jnp.float32)
-  (ref, ref_out), ref_grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+  (_, ref_out), ref_grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
       a.astype(jnp.float32), b16, jnp.float32)
   np.testing.assert_allclose(np.float32(out), ref_out, rtol=1e-2, atol=1e-2)
   for g, r in zip(grads, ref_grads):

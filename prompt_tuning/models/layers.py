@@ -43,16 +43,21 @@ def einsum(subscripts: str, a: Array, b: Array, dtype: Any) -> Array:
   That is the form XLA:CPU sends to the AMX tiles of an Intel Xeon (through
   YNNPACK): on 2 Sapphire Rapids cores a bfloat16 2048^3 product ran at about
   1,340 GFLOP/s summing in float32 and about 210 with a bfloat16 result
-  (jaxlib 0.10.2), and the T5 1.1-small train step in bfloat16 went from 2.13 s
-  to 1.23 s (benchmarks/results/intel-xeon-avx512-amx/bf16_cpu.md). The
+  (jaxlib 0.10.2). The T5 1.1-small train step in bfloat16 takes 1.29 s there
+  against 1.83 s in float32 (benchmarks/results/intel-xeon-avx512-amx/bf16_cpu.md);
+  with bfloat16-result products it had been slower than float32. The
   weight products (`Dense`, `Embed.attend`) use it. The attention products do
   not: where YNNPACK declines a batched bfloat16 product summing in float32
   (a transposed operand, sides under 8), XLA:CPU's fallback has no kernel for
   it and the step fails at run time ("Unsupported element type for
   DotThunk::Execute: BF16 x BF16 = F32"), as a tiny model's attention did.
+
+  Below float32, `subscripts` must name two operands whose gradients are
+  products (`_einsum_terms`); anything else is a ValueError before tracing.
   """
   if not is_narrow(dtype):
     return jnp.einsum(subscripts, a.astype(dtype), b.astype(dtype))
+  _einsum_terms(subscripts)
   return _narrow_einsum(subscripts, jnp.dtype(dtype), a, b)
 
 
@@ -80,7 +85,6 @@ def _accumulated(subscripts: str, a: Array, b: Array) -> Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _narrow_einsum(subscripts: str, dtype: Any, a: Array, b: Array) -> Array:
-  _einsum_terms(subscripts)
   return _accumulated(subscripts, a.astype(dtype), b.astype(dtype)).astype(dtype)
 
 
