@@ -87,3 +87,19 @@ def test_cpu_info_has_what_the_tables_and_the_slug_read():
           "load_average"} <= set(info)
   assert machine.describe(info).startswith(info["cpu_model"])
   assert machine.slug(info)
+
+
+def test_step_profile_calls_ours_dot_rows_times_only_where_ynnpack_ran_them():
+  """Eigen's dot events end at the hand-off to its pool (not times); YNNPACK's
+  fusions run inside theirs. Which one ran follows from the recorded XLA flags."""
+  from benchmarks import step_profile
+  assert step_profile.dots_through_eigen("--xla_cpu_experimental_ynn_fusion_type= --a=1")
+  assert not step_profile.dots_through_eigen("--xla_cpu_enable_xprof_traceme=true")
+  assert not step_profile.dots_through_eigen("--xla_cpu_experimental_ynn_fusion_type=dot")
+  xeon = os.path.join(machine.RESULTS, "intel-xeon-avx512-amx", "step_profile.json")
+  epyc = os.path.join(machine.RESULTS, "amd-epyc-avx2", "step_profile.json")
+  with open(xeon) as f, open(epyc) as g:
+    on_xeon, on_epyc = step_profile.markdown(json.load(f)), step_profile.markdown(json.load(g))
+  assert "not a time" not in on_xeon and "every row is a time" in on_xeon
+  assert "| matmul | 1.548 |" in on_xeon
+  assert "not a time" in on_epyc and "hands the work to its own thread pool" in on_epyc

@@ -171,6 +171,28 @@ def test_rank_loss_on_a_task_without_candidates_is_one_clear_error(tmp_path):
                      None, 0.0, step_lib.Objective(rank_loss=rank.RankLoss()))
 
 
+def test_a_train_start_builds_each_subtasks_probe_dataset_once(monkeypatch):
+  """Whether a task is a rank task and which per-example features it passes through
+  are read from one element spec per (sub)task and split: each costs a tf.data
+  build of the task's preprocessors, paid at every train start."""
+  from prompt_tuning.runtime import data as data_lib
+  mixture = seqio.get_mixture_or_task("synthetic_bare_multitask")
+  monkeypatch.setattr(data_lib, "_SPEC_CACHE", {})
+  built = []
+  for task in mixture.tasks:
+    original = task.get_dataset
+
+    def counted(*args, _original=original, _name=task.name, **kwargs):
+      built.append(_name)
+      return _original(*args, **kwargs)
+    monkeypatch.setattr(task, "get_dataset", counted)
+  assert not rank_data.is_rank_task(mixture, "train")
+  assert data_lib.passthrough_features(mixture, "train") == ("task_index",)
+  assert rank_data.is_rank_task(mixture, "train") is False
+  assert sorted(built) == sorted(t.name for t in mixture.tasks), built
+  assert len(mixture.tasks) > 1
+
+
 def _accuracy(model, params, task, lengths):
   """Rank-classification accuracy on the validation split (decoding's scorer)."""
   right = total = 0

@@ -97,31 +97,33 @@ def train_batches(task_name: str, feature_lengths: Mapping[str, int], batch_size
 PASSTHROUGH_FEATURES = ("task_index",)
 
 
-# (task, split) -> its features: reading them builds a dataset per subtask, about
-# a second for a synthetic mixture, on every train and eval call. seqio tasks
-# hash by identity, and the key keeps the task alive.
-_PASSTHROUGH_CACHE: dict[tuple[Any, str], tuple[str, ...]] = {}
+# (task, split) -> the element spec of its preprocessed examples. Reading it builds
+# the dataset (tf.data traces every preprocessor): about a second for a synthetic
+# mixture's subtasks, asked on every train and eval start, by `passthrough_features`
+# and by rank_data.is_rank_task alike. seqio tasks hash by identity, and the key
+# keeps the task alive.
+_SPEC_CACHE: dict[tuple[Any, str], Any] = {}
+
+
+def element_spec(task: Any, split: str) -> Any:
+  """The element spec of one seqio Task's preprocessed, untrimmed examples on
+  `split` (found once per task object and split)."""
+  key = (task, split)
+  if key not in _SPEC_CACHE:
+    _SPEC_CACHE[key] = task.get_dataset(None, split=split, shuffle=False, num_epochs=1,
+                                        try_in_mem_cache=False).element_spec
+  return _SPEC_CACHE[key]
 
 
 def passthrough_features(task: Any, split: str) -> tuple[str, ...]:
-  """The PASSTHROUGH_FEATURES every (sub)task of `task` produces on `split`
-  (found once per task object and split)."""
-  key = (task, split)
-  if key not in _PASSTHROUGH_CACHE:
-    _PASSTHROUGH_CACHE[key] = _find_passthrough_features(task, split)
-  return _PASSTHROUGH_CACHE[key]
-
-
-def _find_passthrough_features(task: Any, split: str) -> tuple[str, ...]:
+  """The PASSTHROUGH_FEATURES every (sub)task of `task` produces on `split`."""
   import seqio
   tasks = task.tasks if isinstance(task, seqio.Mixture) else [task]
   found = None
   for t in tasks:
     if split not in t.splits:
       continue
-    spec = t.get_dataset(None, split=split, shuffle=False, num_epochs=1,
-                         try_in_mem_cache=False).element_spec
-    names = {n for n in PASSTHROUGH_FEATURES if n in spec}
+    names = {n for n in PASSTHROUGH_FEATURES if n in element_spec(t, split)}
     found = names if found is None else found & names
   return tuple(sorted(found or ()))
 

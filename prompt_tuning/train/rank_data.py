@@ -46,17 +46,8 @@ def is_rank_task(task: Any, split: str) -> bool:
     return False
   if split not in task.splits:
     return False
-  # Building the preprocessed dataset only to read its element spec costs seconds
-  # (tf.data traces every preprocessor); one answer per task object and split.
-  key = (task.name, id(task), split)
-  if key not in _IS_RANK:
-    spec = task.get_dataset(None, split=split, shuffle=False, num_epochs=1,
-                            try_in_mem_cache=False).element_spec
-    _IS_RANK[key] = all(f in spec for f in GROUP_FEATURES)
-  return _IS_RANK[key]
-
-
-_IS_RANK: dict[tuple[str, int, str], bool] = {}
+  spec = data_lib.element_spec(task, split)  # Built once per task object and split.
+  return all(f in spec for f in GROUP_FEATURES)
 
 
 def _text(value: Any) -> str:
