@@ -281,9 +281,12 @@ def markdown(out: dict) -> str:
               "are real. With jaxlib's defaults the YNNPACK fusions run inside their events.",
               ""]
   else:
-    lines += ["", "On this CPU the binaries keep jaxlib's defaults (YNNPACK's dots on), so "
-              "the two columns of ours differ only by the run: every row is a time, the "
-              "YNNPACK fusions running inside their events.", ""]
+    same = ({r.get("xla_flags") for r in out["runs"]["ours"]}
+            == {r.get("xla_flags") for r in out["runs"]["ours_jaxlib"]})
+    lines += ["", "On this CPU the binaries keep YNNPACK's dots on: every row of ours is a "
+              "time, the YNNPACK fusions running inside their events"
+              + (", and the two columns of ours ran the same XLA flags (they differ only by "
+                 "the run)." if same else ".") + " Both profilers slow their side's step.", ""]
   for system, title in zip(SYSTEMS, ("ours", "ours with jaxlib's defaults", "PEFT")):
     lines += [f"Heaviest ops, {title} (last round), seconds per step: " + ", ".join(
         f"`{n}` {t:.3f} ({c})" for n, t, c in summary[system]["top_ops"][:10]) + ".", ""]

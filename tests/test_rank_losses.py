@@ -179,13 +179,13 @@ def test_a_train_start_builds_each_subtasks_probe_dataset_once(monkeypatch):
   mixture = seqio.get_mixture_or_task("synthetic_bare_multitask")
   monkeypatch.setattr(data_lib, "_SPEC_CACHE", {})
   built = []
-  for task in mixture.tasks:
-    original = task.get_dataset
+  original = seqio.Task.get_dataset
 
-    def counted(*args, _original=original, _name=task.name, **kwargs):
-      built.append(_name)
-      return _original(*args, **kwargs)
-    monkeypatch.setattr(task, "get_dataset", counted)
+  def counted(self, *args, **kwargs):
+    built.append(self.name)
+    return original(self, *args, **kwargs)
+  assert all(type(t).get_dataset is original for t in mixture.tasks)  # Plain seqio Tasks.
+  monkeypatch.setattr(seqio.Task, "get_dataset", counted)  # Undone on the class itself.
   assert not rank_data.is_rank_task(mixture, "train")
   assert data_lib.passthrough_features(mixture, "train") == ("task_index",)
   assert rank_data.is_rank_task(mixture, "train") is False

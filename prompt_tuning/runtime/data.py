@@ -107,7 +107,8 @@ _SPEC_CACHE: dict[tuple[Any, str], Any] = {}
 
 def element_spec(task: Any, split: str) -> Any:
   """The element spec of one seqio Task's preprocessed, untrimmed examples on
-  `split` (found once per task object and split)."""
+  `split`, found once per task object and split and shared by every caller: read
+  it, do not change it."""
   key = (task, split)
   if key not in _SPEC_CACHE:
     _SPEC_CACHE[key] = task.get_dataset(None, split=split, shuffle=False, num_epochs=1,
