@@ -47,6 +47,7 @@ if ROOT not in sys.path:  # run as a script, and as its own child processes
   sys.path.insert(0, ROOT)
 
 from benchmarks import machine, report, train_step  # noqa: E402  (the same step and weights)
+from prompt_tuning.cli import environment  # noqa: E402  (imports no JAX)
 
 WARMUP, PROFILED = 2, 3
 CATEGORIES = ("matmul", "attention", "layout", "reductions", "elementwise", "rng", "other")
@@ -223,14 +224,11 @@ def summarize(runs: dict) -> dict:
 # XLA runs dots through Eigen, whose trace events end when the work is handed to
 # its thread pool: those rows of `ours` are not times.
 ASYNC_ROWS = ("matmul", "attention")
-_YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 
 
 def dots_through_eigen(xla_flags: str) -> bool:
   """Whether XLA_FLAGS turn YNNPACK's dot fusions off (an empty fusion type)."""
-  values = [t.split("=", 1)[1] if "=" in t else "" for t in xla_flags.split()
-            if t.lstrip("-").split("=", 1)[0] == _YNN_FLAG]
-  return bool(values) and values[-1] == ""
+  return environment.xla_flag_values(xla_flags).get(environment.YNN_FUSION_FLAG) == ""
 
 
 def markdown(out: dict) -> str:

@@ -70,6 +70,13 @@ def test_the_users_xla_flags_win_over_the_defaults():
       "--xla_cpu_use_onednn=true --xla_cpu_experimental_ynn_fusion_type=")
 
 
+def test_xla_flag_values_reads_each_flag_as_xla_does():
+  assert environment.xla_flag_values(
+      "--a=1 --xla_cpu_experimental_ynn_fusion_type=dot --b --a=2 --c=\"\"") == {
+          "a": "2", "xla_cpu_experimental_ynn_fusion_type": "dot", "b": "", "c": ""}
+  assert environment.xla_flag_values("") == {}
+
+
 def test_configure_keeps_ynnpack_where_the_cpu_has_amx(monkeypatch):
   monkeypatch.setattr(environment, "quiet_logs", lambda: None)
   monkeypatch.setenv("PROMPT_TUNING_XLA_DEFAULTS", "1")

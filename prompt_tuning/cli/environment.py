@@ -37,9 +37,11 @@ import os
 import shlex
 from typing import Optional
 
+# XLA:CPU's YNNPACK fusions; an empty value turns its dot fusions off.
+YNN_FUSION_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 # Flag name -> value, applied where XLA_FLAGS does not already name the flag.
 CPU_XLA_FLAGS = {
-    "xla_cpu_experimental_ynn_fusion_type": "",
+    YNN_FUSION_FLAG: "",
 }
 # The CPU flags that say a core has AMX with bfloat16 tiles.
 AMX_CPU_FLAGS = frozenset({"amx_bf16", "amx_tile"})
@@ -56,12 +58,21 @@ def project_cache_dir() -> str:
                         os.path.join(os.path.expanduser("~"), ".cache", "prompt_tuning"))
 
 
+def xla_flag_values(flags: str) -> dict[str, str]:
+  """Flag name -> value of an XLA_FLAGS string (a flag without `=` reads as "";
+  where a flag is named twice, the last value, as XLA reads it)."""
+  values = {}
+  for token in shlex.split(flags):
+    name, _, value = token.lstrip("-").partition("=")
+    values[name] = value
+  return values
+
+
 def merged_xla_flags(current: str, defaults: dict[str, str]) -> str:
   """`current` XLA_FLAGS plus each default whose flag `current` does not set."""
-  tokens = shlex.split(current)
-  named = {t.lstrip("-").split("=", 1)[0] for t in tokens}
+  named = xla_flag_values(current)
   extra = [f"--{k}={v}" for k, v in defaults.items() if k not in named]
-  return " ".join(tokens + extra)
+  return " ".join(shlex.split(current) + extra)
 
 
 def cpu_flags(cpuinfo_text: Optional[str] = None) -> frozenset[str]:
